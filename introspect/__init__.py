@@ -1,0 +1,3 @@
+"""introspect: two-stage introspective learning and gradient-based inference."""
+
+__version__ = "0.1.0"

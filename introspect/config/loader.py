@@ -1,0 +1,199 @@
+"""Compose ``configs/`` groups, an experiment and overrides into one validated config."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from introspect.config.schema import CHOICES, GROUPS, Config
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the fix."""
+
+
+def default_config_dir() -> Path:
+    """The ``configs/`` folder: ``$INTROSPECT_CONFIG_DIR``, else the one beside the package."""
+    env = os.environ.get("INTROSPECT_CONFIG_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    options = sorted(options)
+    close = difflib.get_close_matches(word, options, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Valid: {', '.join(options)}.{hint}"
+
+
+def _options(config_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except Exception as err:  # yaml.YAMLError from the parser
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: must hold a mapping of keys to values")
+    return node
+
+
+def _split_defaults(node: DictConfig, source: str, config_dir: Path) -> tuple[dict, DictConfig]:
+    """Separate a file's ``defaults:`` mapping (group -> option) from the rest of its keys."""
+    body = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(body, dict)
+    defaults = body.pop("defaults", None) or {}
+    if not isinstance(defaults, Mapping):
+        raise ConfigError(
+            f"{source}: 'defaults' must map a group to an option, e.g. 'data: digits'"
+        )
+    for group in defaults:
+        if group not in GROUPS:
+            raise ConfigError(
+                f"{source}: unknown group {group!r} in defaults. {_suggest(group, GROUPS)}"
+            )
+    return dict(defaults), OmegaConf.create(body)
+
+
+def _schema_keys(schema: DictConfig, path: str) -> list[str]:
+    node: Any = schema
+    for part in [p for p in path.split(".") if p]:
+        if not isinstance(node, DictConfig) or part not in node:
+            return []
+        node = node[part]
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+
+
+def _merge(cfg: DictConfig, layer: DictConfig, source: str, schema: DictConfig) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, layer)  # type: ignore[return-value]
+    except ConfigKeyError as err:
+        key = str(err.full_key or err.key)
+        parent, _, leaf = key.rpartition(".")
+        valid = _schema_keys(schema, parent)
+        where = f"under {parent!r}" if parent else "at the top level"
+        raise ConfigError(
+            f"{source}: unknown key {key!r}. {_suggest(leaf, valid)} (keys {where})"
+        ) from None
+    except ValidationError as err:
+        key = str(err.full_key)
+        reason = str(err.msg).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for {key!r}: {reason}") from None
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested mapping as ``{dotted.path: value}``."""
+    if isinstance(node, Mapping) and node:
+        found: dict[str, Any] = {}
+        for key, value in node.items():
+            found.update(_leaf_paths(value, f"{prefix}{key}."))
+        return found
+    return {prefix[:-1]: node}
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for path, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, path)
+        if value not in valid:
+            raise ConfigError(f"bad value {value!r} for {path!r}. {_suggest(str(value), valid)}")
+
+
+def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = None) -> DictConfig:
+    """Compose the root default, ``experiment=NAME``, ``group=option`` and ``a.b=value`` arguments.
+
+    Precedence (later wins): schema defaults, chosen group files, root ``config.yaml`` body,
+    experiment body, command-line dotlist. Raises ``ConfigError`` before any work on an unknown
+    key, a wrong type, a missing required value or an invalid choice.
+    """
+    config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
+    root_file = config_dir / "config.yaml"
+    if not root_file.is_file():
+        raise ConfigError(
+            f"no root config at {root_file}; set INTROSPECT_CONFIG_DIR to the configs/"
+        )
+    choices, root_body = _split_defaults(_read_yaml(root_file), str(root_file), config_dir)
+
+    experiment: str | None = None
+    group_args: dict[str, str] = {}
+    dotlist: list[str] = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"argument {arg!r} is not of the form key=value (e.g. data=digits)")
+        if key == "experiment":
+            experiment = value
+        elif key in GROUPS:
+            group_args[key] = value
+        else:
+            dotlist.append(arg)
+
+    layers: list[tuple[str, DictConfig]] = []
+    exp_body: DictConfig | None = None
+    if experiment:
+        path = config_dir / "experiment" / f"{experiment}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown experiment {experiment!r}. "
+                f"{_suggest(experiment, _options(config_dir, 'experiment'))}"
+            )
+        exp_defaults, exp_body = _split_defaults(_read_yaml(path), str(path), config_dir)
+        choices.update(exp_defaults)
+    choices.update(group_args)
+
+    for group in GROUPS:
+        option = choices.get(group)
+        if option is None:
+            continue
+        path = config_dir / group / f"{option}.yaml"
+        if not path.is_file():
+            valid = _options(config_dir, group)
+            raise ConfigError(f"unknown {group} option {option!r}. {_suggest(option, valid)}")
+        layers.append((str(path), OmegaConf.create({group: _read_yaml(path)})))
+    layers.append((str(root_file), root_body))
+    if exp_body is not None:
+        layers.append((f"experiment {experiment!r}", exp_body))
+    try:
+        cli = OmegaConf.from_dotlist(dotlist)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse command-line overrides {dotlist}: {err}") from None
+    layers.append(("command line", cli))
+
+    schema = OmegaConf.structured(Config)
+    cfg = schema
+    required: set[str] = set()
+    for source, layer in layers:
+        cfg = _merge(cfg, layer, source, schema)
+        # Merging "???" onto a default keeps the default, so required values are tracked here:
+        # a "???" marks a path required until a later layer gives it a value.
+        for path, value in _leaf_paths(OmegaConf.to_container(layer, resolve=False)).items():
+            if value == "???":
+                required.add(path)
+            else:
+                required.discard(path)
+    cfg.experiment = experiment
+
+    missing = sorted(set(OmegaConf.missing_keys(cfg)) | required)
+    if missing:
+        raise ConfigError(f"missing required value(s): {', '.join(missing)}; set them as key=value")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve interpolation: {err}") from None
+    _check_choices(cfg)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: Path | str) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,144 @@
+"""Structured schema of every configuration group; the YAML files in ``configs/`` fill it in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Fields whose value must be one of a fixed set: dotted path -> valid values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": ("digits", "cifar10", "cifar100", "imagefolder", "npz", "synthetic"),
+    "stage1.augment": ("none", "standard", "gaussian_noise", "augmix"),
+    "stage1.optim.name": ("sgd", "adamw"),
+    "stage1.optim.schedule": ("cosine", "none"),
+    "logger.wandb_mode": ("offline", "online", "disabled"),
+}
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are split and batched."""
+
+    source: str = "digits"
+    root: str = "~/.cache/introspect"
+    path: str | None = None
+    test_path: str | None = None
+    download: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    image_size: int | None = None
+    num_classes: int = 10
+    num_samples: int = 512
+
+
+@dataclass
+class BackboneConfig:
+    """Which stage-1 network, from which checkpoint; see ``introspect.backbones.load_backbone``."""
+
+    name: str = "small_cnn"
+    checkpoint: str | None = None
+    num_classes: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    head: str | None = None
+    cifar_stem: bool = False
+    pretrained: bool = False
+    trust_checkpoint: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+
+
+@dataclass
+class AdversarialConfig:
+    """PGD adversarial training (L-infinity) for stage 1."""
+
+    enabled: bool = False
+    epsilon: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 7
+    random_start: bool = True
+
+
+@dataclass
+class Stage1Config:
+    """Training recipe of the feed-forward (stage-1) classifier."""
+
+    epochs: int = 15
+    augment: str = "none"
+    noise_std: float = 0.1
+    augmix_severity: int = 3
+    label_smoothing: float = 0.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments forwarded to ``lightning.Trainer``."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    gradient_clip_val: float | None = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    fast_dev_run: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment loggers: CSV always, Weights & Biases when enabled."""
+
+    csv: bool = True
+    wandb: bool = False
+    wandb_mode: str = "offline"
+    project: str = "introspect"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """Identity and location of one run."""
+
+    name: str | None = None
+    dir: str | None = None
+    root: str = "runs"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """The whole, resolved configuration of a run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment: str | None = None
+
+
+GROUPS: tuple[str, ...] = ("data", "backbone", "trainer", "logger")
