@@ -105,4 +105,6 @@ def test_unknown_key_in_a_group_file_names_the_file(tmp_path: Path) -> None:
 def test_choices_table_matches_schema_defaults() -> None:
     cfg = load_config([])
     for path, valid in CHOICES.items():
-        assert OmegaConf.select(cfg, path) in valid
+        value = OmegaConf.select(cfg, path)
+        values = list(value) if OmegaConf.is_list(value) else [value]
+        assert values and all(v in valid for v in values), path

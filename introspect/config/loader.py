@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from introspect.config.schema import CHOICES, GROUPS, Config
@@ -105,8 +105,10 @@ def _leaf_paths(node: Any, prefix: str = "") -> dict[str, Any]:
 def _check_choices(cfg: DictConfig) -> None:
     for path, valid in CHOICES.items():
         value = OmegaConf.select(cfg, path)
-        if value not in valid:
-            raise ConfigError(f"bad value {value!r} for {path!r}. {_suggest(str(value), valid)}")
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        for item in values:
+            if item not in valid:
+                raise ConfigError(f"bad value {item!r} for {path!r}. {_suggest(str(item), valid)}")
 
 
 def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = None) -> DictConfig:
@@ -190,6 +192,28 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve interpolation: {err}") from None
+    _check_choices(cfg)
+    return cfg
+
+
+def load_run_config(run_dir: Path | str, args: Sequence[str] = ()) -> DictConfig:
+    """The saved ``config.yaml`` of a finished run, validated, with ``a.b=value`` overrides."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run= must name a run directory made by train.py")
+    for arg in args:
+        if "=" not in arg or arg.partition("=")[0] in (*GROUPS, "experiment"):
+            raise ConfigError(
+                f"argument {arg!r}: a finished run takes only a.b=value overrides "
+                "(e.g. eval.corruptions=[fog] eval.severities=[5])"
+            )
+    schema = OmegaConf.structured(Config)
+    cfg = _merge(schema, _read_yaml(path), str(path), schema)
+    try:
+        cli = OmegaConf.from_dotlist(list(args))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse overrides {list(args)}: {err}") from None
+    cfg = _merge(cfg, cli, "command line", schema)
     _check_choices(cfg)
     return cfg
 

@@ -12,6 +12,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage1.optim.name": ("sgd", "adamw"),
     "stage1.optim.schedule": ("cosine", "none"),
     "logger.wandb_mode": ("offline", "online", "disabled"),
+    "stage2.features.loss": ("ce", "mse", "bce"),
+    "stage2.features.target": ("ones", "uniform"),
+    "stage2.splits": ("train", "val"),
+    "stage2.features.normalize": ("none", "l2", "standardize"),
+    "stage2.head.activation": ("relu", "gelu", "tanh", "silu"),
+    "stage2.augment": ("none", "standard", "gaussian_noise", "augmix"),
+    "stage2.head.optim.name": ("sgd", "adamw"),
+    "stage2.head.optim.schedule": ("cosine", "none"),
 }
 
 
@@ -89,6 +97,66 @@ class Stage1Config:
 
 
 @dataclass
+class FeatureConfig:
+    """Options of the introspective gradient feature (METHOD.md §1); see ``gradients.extract``."""
+
+    loss: str = "ce"
+    target: str = "ones"
+    per_class: bool = False
+    include_bias: bool = False
+    normalize: str = "l2"
+
+
+@dataclass
+class HeadConfig:
+    """The stage-2 MLP ``H`` and its training (shared by the introspective and control heads)."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    dropout: float = 0.1
+    activation: str = "relu"
+    epochs: int = 40
+    batch_size: int = 128
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4)
+    )
+
+
+@dataclass
+class Stage2Config:
+    """Stage 2: gradient features, the data recipe they are extracted from, the heads on top.
+
+    ``splits``: which splits of the data H is trained on (``train`` and/or ``val``);
+    ``augment``: the augmentation applied to those images before feature extraction, with
+    ``passes`` augmented copies of each split (``include_clean`` adds the un-augmented copy).
+    """
+
+    enabled: bool = True
+    control: bool = True
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    augment: str = "none"
+    passes: int = 1
+    include_clean: bool = False
+    noise_std: float = 0.1
+    augmix_severity: int = 3
+    cache_dir: str = "~/.cache/introspect/features"
+    extract_batch_size: int = 256
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation splits: the clean test split and ``<corruption>/<severity>`` cells of it."""
+
+    clean: bool = True
+    corruptions: list[str] = field(default_factory=list)
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seed: int = 0
+    n_bins: int = 15
+    batch_size: int = 256
+
+
+@dataclass
 class TrainerConfig:
     """Arguments forwarded to ``lightning.Trainer``."""
 
@@ -136,6 +204,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment: str | None = None
