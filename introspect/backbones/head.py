@@ -61,7 +61,7 @@ def find_head(model: nn.Module, example: torch.Tensor) -> str:
 def resolve_head(
     model: nn.Module, head: str | nn.Module | None, example: torch.Tensor
 ) -> nn.Linear:
-    """Return the head module: ``head`` itself, the module at path ``head``, or the discovered one."""
+    """The head: ``head`` itself, the module at path ``head``, or the discovered one."""
     if isinstance(head, nn.Module):
         module = head
     else:
