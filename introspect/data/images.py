@@ -1,0 +1,128 @@
+"""Map-style image datasets: RGB float images in [0, 1] of shape (3, H, W) with int64 labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from introspect.data.errors import DataError
+
+Sample = tuple[Tensor, Tensor]
+
+
+def resize(image: Tensor, size: int) -> Tensor:
+    """``image`` (C, H, W) float resized to (C, size, size), bilinear with antialiasing."""
+    if image.shape[-2:] == (size, size):
+        return image
+    out = F.interpolate(
+        image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out[0].clamp_(0.0, 1.0)
+
+
+class ArrayImages(Dataset[Sample]):
+    """Images held in memory, (N, C, H, W) with C in {1, 3}, converted to float RGB per item.
+
+    ``uint8`` images are scaled by 1/255; floating images must already lie in [0, 1]. One-channel
+    images are repeated to three channels. ``image_size`` resizes every item to a square.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, image_size: int | None = None) -> None:
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise DataError(f"images must be (N, 1|3, H, W), got shape {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise DataError(
+                f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}; "
+                "give one label per image"
+            )
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.image_size = image_size
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(3, H, W) of every item."""
+        if self.image_size is not None:
+            return (3, self.image_size, self.image_size)
+        return (3, int(self.images.shape[2]), int(self.images.shape[3]))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> Sample:
+        image = self.images[index]
+        image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        image = image.expand(3, -1, -1).contiguous()
+        if self.image_size is not None:
+            image = resize(image, self.image_size)
+        return image, self.labels[index]
+
+
+class FileImages(Dataset[Sample]):
+    """Image files decoded lazily with PIL (converted to RGB) per item.
+
+    Without ``image_size`` every file must have the size of ``paths[0]``; an item of another size
+    raises a :class:`DataError` asking for ``data.image_size``.
+    """
+
+    def __init__(
+        self, paths: Sequence[Path], labels: Tensor, image_size: int | None = None
+    ) -> None:
+        if len(paths) == 0:
+            raise DataError("no image files to read")
+        if labels.shape != (len(paths),):
+            raise DataError(f"{len(paths)} files but labels of shape {tuple(labels.shape)}")
+        self.paths = list(paths)
+        self.labels = labels.to(torch.int64)
+        self.image_size = image_size
+        if image_size is None:
+            with Image.open(self.paths[0]) as first:
+                width, height = first.size
+            self.native_size = (height, width)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(3, H, W) of every item."""
+        if self.image_size is not None:
+            return (3, self.image_size, self.image_size)
+        return (3, *self.native_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.paths[index]
+        with Image.open(path) as img:
+            array = np.array(img.convert("RGB"))
+        image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+        if self.image_size is not None:
+            image = resize(image, self.image_size)
+        elif tuple(image.shape[1:]) != self.native_size:
+            raise DataError(
+                f"{path} is {image.shape[2]}x{image.shape[1]} pixels but {self.paths[0]} is "
+                f"{self.native_size[1]}x{self.native_size[0]}; images differ in size, so set "
+                "data.image_size to resize them all to one size"
+            )
+        return image, self.labels[index]
+
+
+class TransformDataset(Dataset[Sample]):
+    """``base`` with ``transform`` applied to the image of every item (the label is unchanged)."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Tensor], Tensor]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Sample:
+        image, label = self.base[index]
+        return self.transform(image), label
