@@ -1,0 +1,102 @@
+"""Stage 1: the feed-forward classifier, trained or fine-tuned as a LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from introspect.models.adversarial import pgd_linf
+from introspect.models.optim import build_optimizer
+
+
+class FeedForwardClassifier(L.LightningModule):
+    """Cross-entropy training of a backbone (images in ``[0, 1]`` -> logits).
+
+    ``optim`` holds ``name`` (sgd | adamw), ``lr``, ``momentum``, ``nesterov``, ``weight_decay``
+    and ``schedule`` (cosine | none); ``adversarial`` (optional) holds ``enabled``, ``epsilon``,
+    ``step_size``, ``steps`` and ``random_start`` for PGD training: each training batch is replaced
+    by its adversarial version, crafted with the network in eval mode.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        num_classes: int,
+        optim: Mapping[str, Any],
+        label_smoothing: float = 0.0,
+        adversarial: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        self.optim = dict(optim)
+        self.label_smoothing = label_smoothing
+        self.adversarial = dict(adversarial) if adversarial and adversarial.get("enabled") else None
+        metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
+        self.train_metrics = metrics.clone(prefix="feedforward/train/")
+        self.val_metrics = metrics.clone(prefix="feedforward/val/")
+        self.test_metrics = metrics.clone(prefix="feedforward/test/")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of ``images`` (RGB in ``[0, 1]``)."""
+        return self.backbone(images)
+
+    def _adversarial(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        assert self.adversarial is not None
+        self.backbone.eval()
+        try:
+            return pgd_linf(
+                self.backbone,
+                images,
+                labels,
+                epsilon=self.adversarial["epsilon"],
+                step_size=self.adversarial["step_size"],
+                steps=self.adversarial["steps"],
+                random_start=self.adversarial.get("random_start", True),
+            )
+        finally:
+            self.backbone.train()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> torch.Tensor:
+        images, labels = batch
+        if self.adversarial is not None:
+            images = self._adversarial(images, labels)
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.train_metrics.update(logits, labels)
+        self.log("feedforward/train/loss", loss, prog_bar=True, batch_size=len(labels))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, split: str
+    ) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log(
+            f"feedforward/{split}/loss",
+            F.cross_entropy(logits, labels),
+            batch_size=len(labels),
+            sync_dist=True,
+        )
+        metrics.update(logits, labels)
+        self.log_dict(
+            metrics, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(labels)
+        )
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def configure_optimizers(self) -> Any:
+        return build_optimizer(self.backbone.parameters(), self.optim, self.trainer)
