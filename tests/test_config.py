@@ -40,8 +40,11 @@ def test_every_shipped_group_option_and_experiment_validates() -> None:
             if group == "backbone" and option == "custom":
                 fill = ["backbone.name=pkg.mod:Net", "backbone.mean=[0]", "backbone.std=[1]"]
             load_config([f"{group}={option}", *fill])
-    for path in sorted((CONFIGS / "experiment").glob("*.yaml")):
-        load_config([f"experiment={path.stem}"])
+    experiments = sorted((CONFIGS / "experiment").glob("*.yaml"))
+    assert experiments, "configs/experiment/ is empty"
+    for path in experiments:
+        cfg = load_config([f"experiment={path.stem}"])
+        assert cfg.experiment == path.stem
 
 
 def test_experiment_sets_group_defaults_and_keys(tmp_path: Path) -> None:

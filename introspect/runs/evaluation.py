@@ -1,0 +1,152 @@
+"""Evaluate the feed-forward, introspective and control heads on every evaluation split."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import SumMetric
+
+from introspect.metrics import classification_metrics
+from introspect.models.stage2 import StageTwoClassifier
+
+HEADS = ("feedforward", "introspective", "control")
+TABLE_METRICS = ("acc", "ece")
+
+
+class Evaluator(L.LightningModule):
+    """Test-time module: one dataloader per split, one metric collection per split and head.
+
+    Softmax probabilities of every head are kept for the splits named in ``keep_probs``
+    (for reliability diagrams).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        heads: Mapping[str, StageTwoClassifier],
+        splits: Sequence[str],
+        *,
+        num_classes: int,
+        n_bins: int = 15,
+        keep_probs: Sequence[str] = ("clean",),
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone.eval()
+        self.heads = nn.ModuleDict(dict(heads))
+        self.splits = list(splits)
+        self.head_names = ["feedforward", *heads.keys()]
+        base = classification_metrics(num_classes, n_bins=n_bins)
+        self.metrics = nn.ModuleList(
+            nn.ModuleDict({h: base.clone() for h in self.head_names}) for _ in self.splits
+        )
+        self.counts = nn.ModuleList(SumMetric() for _ in self.splits)
+        self.keep_probs = set(keep_probs)
+        self.kept: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def test_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images, labels = batch
+        with torch.no_grad():
+            logits, penult = self.backbone.forward_features(images)
+        probs = {"feedforward": logits.softmax(-1)}
+        for name, head in self.heads.items():
+            feats = head.features(images, penultimate=penult)
+            with torch.no_grad():
+                probs[name] = head.classify(feats).softmax(-1)
+        split = self.splits[dataloader_idx]
+        for name, p in probs.items():
+            self.metrics[dataloader_idx][name].update(p, labels)
+        self.counts[dataloader_idx].update(torch.tensor(float(len(labels)), device=labels.device))
+        if split in self.keep_probs:
+            store = self.kept.setdefault(split, {"labels": []})
+            store["labels"].append(labels.cpu())
+            for name, p in probs.items():
+                store.setdefault(name, []).append(p.cpu())
+
+    def on_test_epoch_end(self) -> None:
+        for i, split in enumerate(self.splits):
+            entry: dict[str, Any] = {"num_samples": int(self.counts[i].compute().item())}
+            for name in self.head_names:
+                values = self.metrics[i][name].compute()
+                entry[name] = {k: float(v) for k, v in values.items()}
+            self.results[split] = entry
+
+    def kept_probs(self, split: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{head: (probs, labels)}`` of a split listed in ``keep_probs``."""
+        store = self.kept.get(split)
+        if not store:
+            return {}
+        labels = torch.cat(store["labels"])
+        return {h: (torch.cat(store[h]), labels) for h in self.head_names}
+
+
+def summarize(splits: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean of every head's metrics over the shifted splits (all but ``clean``)."""
+    shifted = [v for k, v in splits.items() if k != "clean"]
+    if not shifted:
+        return {}
+    heads = [h for h in HEADS if h in shifted[0]]
+    return {
+        h: {m: sum(s[h][m] for s in shifted) / len(shifted) for m in shifted[0][h]} for h in heads
+    }
+
+
+def aggregate_by(splits: Mapping[str, Mapping[str, Any]], part: int) -> dict[str, Any]:
+    """Means over shifted splits grouped by corruption (``part=0``) or severity (``part=1``)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, entry in splits.items():
+        if "/" not in name:
+            continue
+        groups.setdefault(name.split("/")[part], {})[name] = entry
+    return {g: summarize(members) for g, members in groups.items()}
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Markdown table: accuracy and ECE (in %) of every head per split, then the shifted mean."""
+    splits = results["splits"]
+    heads = [h for h in HEADS if any(h in e for e in splits.values())]
+    short = {"feedforward": "FF", "introspective": "INT", "control": "CTL"}
+    cols = [f"{m} {short[h]}" for m in TABLE_METRICS for h in heads]
+    lines = [
+        "| split | n | " + " | ".join(cols) + " |",
+        "|---|---:|" + "---:|" * len(cols),
+    ]
+
+    def row(name: str, n: str, entry: Mapping[str, Any]) -> str:
+        vals = [f"{100 * entry[h][m]:.2f}" for m in TABLE_METRICS for h in heads]
+        return f"| {name} | {n} | " + " | ".join(vals) + " |"
+
+    for name, entry in splits.items():
+        lines.append(row(name, str(entry["num_samples"]), entry))
+    summary = results.get("summary") or {}
+    if summary:
+        lines.append(row("**mean shifted**", "", summary))
+    return "\n".join(lines)
+
+
+def verdict(results: Mapping[str, Any]) -> str:
+    """One line per comparison: introspective minus feed-forward and minus control."""
+    out = []
+    for scope, entry in (
+        ("clean", results["splits"].get("clean")),
+        ("shifted", results.get("summary")),
+    ):
+        if not entry or "introspective" not in entry:
+            continue
+        intro = entry["introspective"]
+        for other in ("feedforward", "control"):
+            if other not in entry:
+                continue
+            d_acc = 100 * (intro["acc"] - entry[other]["acc"])
+            d_ece = 100 * (intro["ece"] - entry[other]["ece"])
+            out.append(
+                f"{scope}: introspective vs {other}: accuracy {d_acc:+.2f} pp, "
+                f"ECE {d_ece:+.2f} pp ({'better' if d_ece < 0 else 'worse'} calibrated)"
+            )
+    return "\n".join(out)

@@ -1,0 +1,216 @@
+"""Stage 2 of a run: cached features of the configured data recipe, then the two heads."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from introspect.data import ImageDataModule, TransformDataset, build_augmentation
+from introspect.gradients.cache import FeatureCache, cache_key, compute_features, weights_digest
+from introspect.gradients.normalize import normalize_features
+from introspect.models.stage2 import (
+    IntrospectiveClassifier,
+    ProbeClassifier,
+    StageTwoClassifier,
+)
+
+# Data fields that change which images a split holds (not how they are batched or loaded).
+_DATA_IDENTITY = (
+    "source", "path", "test_path", "val_fraction", "test_fraction", "split_seed", "image_size",
+    "num_classes", "num_samples",
+)  # fmt: skip
+
+
+def resolve_device(cfg: DictConfig) -> torch.device:
+    """The device feature extraction runs on, following ``trainer.accelerator``."""
+    acc = cfg.trainer.accelerator
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def feature_options(cfg: DictConfig) -> dict[str, Any]:
+    """Options passed to ``gradients.extract`` for caching (standardization is applied later)."""
+    opts = OmegaConf.to_container(cfg.stage2.features, resolve=True)
+    assert isinstance(opts, dict)
+    if opts["normalize"] == "standardize":
+        opts["normalize"] = "none"
+    return opts
+
+
+def _recipes(cfg: DictConfig) -> list[tuple[str, str, int]]:
+    """``(split, augmentation, pass)`` triples making up stage 2's training data."""
+    s2 = cfg.stage2
+    out: list[tuple[str, str, int]] = []
+    for split in s2.splits:
+        if s2.augment == "none":
+            out.append((split, "none", 0))
+            continue
+        if s2.include_clean:
+            out.append((split, "none", 0))
+        out += [(split, s2.augment, k) for k in range(s2.passes)]
+    return out
+
+
+def split_features(
+    cfg: DictConfig,
+    dm: ImageDataModule,
+    backbone: torch.nn.Module,
+    split: str,
+    augment: str = "none",
+    pass_index: int = 0,
+    *,
+    cache: FeatureCache,
+    digest: str,
+) -> dict[str, torch.Tensor]:
+    """Features of one split under one augmentation pass, from the cache or freshly extracted."""
+    s2 = cfg.stage2
+    recipe: dict[str, Any] = {
+        "backbone": digest,
+        "features": feature_options(cfg),
+        "data": {k: cfg.data[k] for k in _DATA_IDENTITY},
+        "split": split,
+        "augment": augment,
+    }
+    if augment != "none":
+        recipe |= {"pass": pass_index, "seed": cfg.run.seed}
+        recipe |= {"noise_std": s2.noise_std} if augment == "gaussian_noise" else {}
+        recipe |= {"augmix_severity": s2.augmix_severity} if augment == "augmix" else {}
+    key = cache_key(recipe)
+    hit = cache.load(key)
+    if hit is not None:
+        return hit
+    dataset = dm.split(split)
+    if augment != "none":
+        transform = build_augmentation(
+            augment,
+            image_size=dm.image_shape[-1],
+            noise_std=s2.noise_std,
+            augmix_severity=s2.augmix_severity,
+        )
+        dataset = TransformDataset(dataset, transform)
+        torch.manual_seed(cfg.run.seed * 7919 + pass_index)
+    loader = dm.loader(dataset, batch_size=s2.extract_batch_size)
+    tensors = compute_features(
+        backbone,
+        loader,
+        feature_options=feature_options(cfg),
+        device=resolve_device(cfg),
+        desc=f"features {split}/{augment}/{pass_index}",
+        total=len(loader),
+    )
+    cache.save(key, tensors, recipe)
+    return tensors
+
+
+def _head_inputs(kind: str, tensors: dict[str, torch.Tensor], normalize: str) -> torch.Tensor:
+    if kind == "introspective":
+        return tensors["grad"]
+    return normalize_features(
+        tensors["penult"], "none" if normalize == "standardize" else normalize
+    )
+
+
+def build_head(
+    cfg: DictConfig, kind: str, backbone: torch.nn.Module, in_dim: int, num_classes: int
+) -> StageTwoClassifier:
+    """An untrained introspective or control head for ``backbone`` from ``cfg.stage2``."""
+    h = cfg.stage2.head
+    common: dict[str, Any] = {
+        "num_classes": num_classes,
+        "in_dim": in_dim,
+        "hidden": list(h.hidden),
+        "dropout": h.dropout,
+        "activation": h.activation,
+        "optim": dict(h.optim),
+    }
+    if kind == "introspective":
+        opts = OmegaConf.to_container(cfg.stage2.features, resolve=True)
+        assert isinstance(opts, dict)
+        return IntrospectiveClassifier(backbone, feature_options=opts, **common)
+    return ProbeClassifier(backbone, normalize=cfg.stage2.features.normalize, **common)
+
+
+def stage2(
+    cfg: DictConfig,
+    dm: ImageDataModule,
+    backbone: torch.nn.Module,
+    run_dir: Path,
+    loggers: list[Logger],
+) -> dict[str, StageTwoClassifier]:
+    """Train the introspective head (and the control unless switched off) on cached features.
+
+    Heads are saved to ``<run>/stage2/<kind>.pt``; validation uses the clean ``val`` split unless
+    ``val`` is part of the training recipe.
+    """
+    from introspect.runs.pipeline import build_trainer
+
+    backbone.eval()
+    cache = FeatureCache(cfg.stage2.cache_dir)
+    digest = weights_digest(backbone)
+    parts = [
+        split_features(cfg, dm, backbone, *r, cache=cache, digest=digest) for r in _recipes(cfg)
+    ]
+    train = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    val = None
+    if "val" not in cfg.stage2.splits and len(dm.split("val")) > 0:
+        val = split_features(cfg, dm, backbone, "val", cache=cache, digest=digest)
+
+    kinds = ["introspective"] + (["control"] if cfg.stage2.control else [])
+    heads: dict[str, StageTwoClassifier] = {}
+    out_dir = run_dir / "stage2"
+    out_dir.mkdir(exist_ok=True)
+    normalize = cfg.stage2.features.normalize
+    for kind in kinds:
+        x = _head_inputs(kind, train, normalize)
+        L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+        head = build_head(cfg, kind, backbone, x.shape[1], dm.num_classes)
+        head.fit_standardizer(x)
+        train_loader = DataLoader(
+            TensorDataset(x, train["labels"]), batch_size=cfg.stage2.head.batch_size, shuffle=True
+        )
+        val_loader = None
+        if val is not None:
+            val_x = _head_inputs(kind, val, normalize)
+            val_loader = DataLoader(
+                TensorDataset(val_x, val["labels"]), batch_size=cfg.stage2.head.batch_size
+            )
+        trainer = build_trainer(
+            cfg,
+            run_dir,
+            loggers=loggers,
+            max_epochs=cfg.stage2.head.epochs,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+        )
+        with warnings.catch_warnings():
+            # The frozen backbone inside the head is in eval mode on purpose.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+            trainer.fit(head, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        head.eval()
+        torch.save(head.head_state(), out_dir / f"{kind}.pt")
+        heads[kind] = head
+    return heads
+
+
+def load_heads(
+    cfg: DictConfig, backbone: torch.nn.Module, run_dir: Path, num_classes: int
+) -> dict[str, StageTwoClassifier]:
+    """The stage-2 heads saved in ``<run>/stage2/`` (none when stage 2 was switched off)."""
+    heads: dict[str, StageTwoClassifier] = {}
+    for kind in ("introspective", "control"):
+        path = run_dir / "stage2" / f"{kind}.pt"
+        if not path.is_file():
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        head = build_head(cfg, kind, backbone, state["feature_mean"].shape[0], num_classes)
+        head.load_head_state(state)
+        heads[kind] = head.eval()
+    return heads

@@ -1,0 +1,271 @@
+"""The two-stage pipeline end to end on tiny data: frozen backbone, cache, results, reloads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import introspect.runs.stage2 as stage2_mod
+from introspect.config import load_config, load_run_config
+from introspect.gradients import extract
+from introspect.runs import pipeline
+from introspect.runs.pipeline import build_backbone, build_data, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "data=synthetic",
+    "data.num_samples=160",
+    "data.image_size=8",
+    "stage1.epochs=2",
+    "stage2.head.epochs=2",
+    "stage2.head.hidden=[32,16]",
+    "eval.corruptions=[gaussian_noise,contrast]",
+    "eval.severities=[1,5]",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return load_config(
+        [*TINY, f"run.dir={tmp_path / 'run'}", f"stage2.cache_dir={tmp_path / 'cache'}", *extra]
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = _cfg(tmp)
+    results = run(cfg)
+    return cfg, Path(cfg.run.dir), results
+
+
+def test_results_json_has_every_split_head_and_metric(finished) -> None:
+    cfg, run_dir, results = finished
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk["splits"].keys() == results["splits"].keys()
+    expected = ["clean"] + [f"{c}/{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
+    assert list(on_disk["splits"]) == expected
+    dm = build_data(cfg)
+    for entry in on_disk["splits"].values():
+        assert entry["num_samples"] == len(dm.split("test"))
+        for head in ("feedforward", "introspective", "control"):
+            m = entry[head]
+            assert {"acc", "ece", "nll", "brier"} <= m.keys()
+            assert 0 <= m["acc"] <= 1 and 0 <= m["ece"] <= 1
+    # summary = mean over the shifted splits (everything but clean)
+    shifted = [v for k, v in on_disk["splits"].items() if k != "clean"]
+    for head, metrics in on_disk["summary"].items():
+        for name, value in metrics.items():
+            assert value == pytest.approx(sum(s[head][name] for s in shifted) / len(shifted))
+    assert on_disk["run"]["config"]["run"]["dir"] == str(run_dir)
+    assert (run_dir / "table.md").is_file() and (run_dir / "reliability_clean.png").is_file()
+
+
+def test_clean_metrics_match_a_direct_computation(finished) -> None:
+    cfg, run_dir, results = finished
+    dm = build_data(cfg)
+    cfg2 = load_run_config(run_dir)
+    cfg2.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
+    backbone = build_backbone(cfg2, dm.num_classes, dm.image_shape).eval()
+    heads = stage2_mod.load_heads(cfg2, backbone, run_dir, dm.num_classes)
+    test = dm.split("test")
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    y = torch.as_tensor([int(test[i][1]) for i in range(len(test))])
+    with torch.no_grad():
+        logits = backbone(x)
+    ff_acc = (logits.argmax(1) == y).float().mean().item()
+    ff_nll = F.cross_entropy(logits, y).item()
+    clean = results["splits"]["clean"]
+    assert clean["feedforward"]["acc"] == pytest.approx(ff_acc, abs=1e-6)
+    assert clean["feedforward"]["nll"] == pytest.approx(ff_nll, rel=1e-4)
+    feats = extract(backbone, x)  # the default feature: all-ones CE, last layer, L2
+    with torch.no_grad():
+        intro_acc = (heads["introspective"].head(feats).argmax(1) == y).float().mean().item()
+    assert clean["introspective"]["acc"] == pytest.approx(intro_acc, abs=1e-6)
+
+
+def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) -> None:
+    cfg = _cfg(tmp_path, "stage2.control=false", "eval.corruptions=[]")
+    snapshots = {}
+    original = stage2_mod.stage2
+
+    def spy(cfg, dm, backbone, run_dir, loggers):
+        snapshots["before"] = {k: v.clone() for k, v in backbone.state_dict().items()}
+        heads = original(cfg, dm, backbone, run_dir, loggers)
+        snapshots["after"] = backbone.state_dict()
+        snapshots["grad"] = [p.requires_grad for p in backbone.parameters()]
+        snapshots["training"] = backbone.training
+        return heads
+
+    monkeypatch.setattr(stage2_mod, "stage2", spy)
+    results = run(cfg)
+    assert set(results["splits"]["clean"]) == {"num_samples", "feedforward", "introspective"}
+    for k, v in snapshots["before"].items():
+        assert torch.equal(v, snapshots["after"][k]), k
+    assert not any(snapshots["grad"]) and snapshots["training"] is False
+
+
+def test_feature_cache_is_reused_and_keyed(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    original = stage2_mod.compute_features
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc", ""))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stage2_mod, "compute_features", counting)
+    cfg = _cfg(tmp_path, "eval.corruptions=[]", "stage2.control=false")
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    assert len(calls) == 2  # train and val extracted once
+    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    assert len(calls) == 2  # both from the cache
+    cfg.stage2.features.include_bias = True
+    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    assert len(calls) == 4  # other feature options: extracted again
+    with torch.no_grad():
+        next(backbone.parameters()).add_(0.01)
+    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    assert len(calls) == 6  # other weights: extracted again
+    # a truncated cache file is detected and recomputed
+    for f in (tmp_path / "cache").glob("*.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    assert len(calls) == 8
+
+
+def test_augmented_recipe_extracts_each_pass(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    original = stage2_mod.compute_features
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc", ""))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stage2_mod, "compute_features", counting)
+    cfg = _cfg(
+        tmp_path,
+        "stage2.splits=[train,val]",
+        "stage2.augment=gaussian_noise",
+        "stage2.passes=2",
+        "stage2.include_clean=true",
+        "stage2.control=false",
+    )
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    # (clean + 2 noisy passes) x (train, val); no separate validation when val is trained on
+    assert sorted(calls) == sorted(
+        f"features {s}/{a}/{k}"
+        for s in ("train", "val")
+        for a, k in (("none", 0), ("gaussian_noise", 0), ("gaussian_noise", 1))
+    )
+
+
+def test_failed_run_leaves_no_results_json(tmp_path: Path, monkeypatch) -> None:
+    import introspect.runs.report as report
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected failure while plotting")
+
+    monkeypatch.setattr(report, "reliability_grid", boom)
+    cfg = _cfg(tmp_path, "eval.corruptions=[]")
+    with pytest.raises(RuntimeError, match="injected"):
+        run(cfg)
+    assert not (Path(cfg.run.dir) / "results.json").exists()
+
+
+def test_evaluate_py_reevaluates_on_other_splits(finished) -> None:
+    cfg, run_dir, results = finished
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), f"run={run_dir}",
+         "eval.corruptions=[impulse_noise]", "eval.severities=[3]",
+         "trainer.enable_progress_bar=false"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((run_dir / "results.json").read_text())
+    assert list(again["splits"]) == ["clean", "impulse_noise/3"]
+    for head in ("feedforward", "introspective", "control"):
+        for metric in ("acc", "ece", "nll"):
+            assert again["splits"]["clean"][head][metric] == pytest.approx(
+                results["splits"]["clean"][head][metric], abs=1e-6
+            )
+
+
+def test_class_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "backbone.num_classes=3")
+    with pytest.raises(pipeline.PipelineError, match="backbone.num_classes=3.*10 classes"):
+        run(cfg)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.corruptions=[gausian_noise]", r"gausian_noise.*valid: gaussian_noise"),
+        ("eval.severities=[0,3]", r"1\.\.5, got \[0\]"),
+        ("eval.corruptions=[contrast,contrast]", r"more than once"),
+    ],
+)
+def test_bad_evaluation_cells_fail_before_any_work(tmp_path: Path, override: str, message) -> None:
+    from introspect.data import DataError
+
+    cfg = _cfg(tmp_path, override)
+    with pytest.raises(DataError, match=message):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_logs_reach_csv_and_offline_wandb(tmp_path: Path, monkeypatch) -> None:
+    import csv
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    cfg = _cfg(
+        tmp_path,
+        "eval.corruptions=[contrast]",
+        "eval.severities=[3]",
+        "logger=wandb",
+        "trainer.log_every_n_steps=1",
+    )
+    results = run(cfg)
+    run_dir = Path(cfg.run.dir)
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
+    for split in ("clean", "contrast/3"):
+        for head in ("feedforward", "introspective", "control"):
+            key = f"eval/{split}/{head}/acc"
+            assert logged[key] == pytest.approx(results["splits"][split][head]["acc"])
+    for kind in ("feedforward", "introspective", "control"):
+        assert f"{kind}/train/loss" in logged and f"{kind}/val/acc" in logged
+    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+
+
+def test_rerun_in_the_same_directory_that_fails_leaves_no_stale_results(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import introspect.runs.report as report
+
+    cfg = _cfg(tmp_path, "eval.corruptions=[]", "stage2.enabled=false")
+    run(cfg)
+    run_dir = Path(cfg.run.dir)
+    assert (run_dir / "results.json").is_file()
+    monkeypatch.setattr(report, "reliability_grid", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run(_cfg(tmp_path, "eval.corruptions=[]", "stage2.enabled=false"))
+    assert not (run_dir / "results.json").exists()
