@@ -27,10 +27,14 @@ class GaussianNoise:
 
 
 class AugMixFloat:
-    """torchvision's AugMix applied to the image quantized to uint8, returned as float."""
+    """torchvision's AugMix applied to the image quantized to uint8, returned as float.
+
+    As in the AugMix paper, the operations that overlap with CIFAR-10-C's test corruptions
+    (brightness, color, contrast, sharpness) are left out (``all_ops=False``).
+    """
 
     def __init__(self, severity: int) -> None:
-        self.augmix = T.AugMix(severity=severity)
+        self.augmix = T.AugMix(severity=severity, all_ops=False)
 
     def __call__(self, image: Tensor) -> Tensor:
         as_uint8 = (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
