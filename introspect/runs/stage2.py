@@ -152,7 +152,8 @@ def stage2(
     """
     from introspect.runs.pipeline import build_trainer
 
-    backbone.eval()
+    # Extraction runs where trainer.accelerator says (Lightning moves modules back after fit).
+    backbone.eval().to(resolve_device(cfg))
     cache = FeatureCache(cfg.stage2.cache_dir)
     digest = weights_digest(backbone)
     parts = [
