@@ -13,7 +13,6 @@ from introspect.gradients.general import (
     check_class_indices,
     check_loss_target,
     per_sample_grads,
-    sample_losses,
     target_rows,
 )
 from introspect.gradients.normalize import (
@@ -190,23 +189,38 @@ def _head_features(
         x = images.clone() if images.is_inference() else images
         h, z_head, logits = _forward_with_leaf_head(model, linear, x)
         batch = h.shape[0]
+        # Loss gradients at the logits for one target (Q = 1) or every one-hot target (Q = N).
+        num_classes = logits.shape[-1]
+        rows = logits.detach().unsqueeze(1)  # (B, 1, N), broadcast against (B, Q, N) targets
+        if per_class:
+            eye = torch.eye(num_classes, dtype=rows.dtype, device=rows.device)
+            targets = eye.expand(batch, num_classes, num_classes)
+        elif isinstance(target, torch.Tensor):
+            check_class_indices(target, batch, num_classes)
+            targets = target_rows(target[:, None], rows)
+        else:
+            targets = target_rows(target, rows)
+        g_logits = loss_gradient(rows, targets, loss)
         with torch.enable_grad():
-            # Loss gradients at the logits for one target (Q = 1) or every one-hot target (Q = N).
-            num_classes = logits.shape[-1]
-            q = num_classes if per_class else 1
-            rows = logits.detach().unsqueeze(1).repeat(1, q, 1).requires_grad_()
-            if per_class:
-                eye = torch.eye(num_classes, dtype=rows.dtype, device=rows.device)
-                targets = eye.expand(batch, q, num_classes)
-            elif isinstance(target, torch.Tensor):
-                check_class_indices(target, batch, num_classes)
-                targets = target_rows(target[:, None], rows)
-            else:
-                targets = target_rows(target, rows)
-            (g_logits,) = torch.autograd.grad(sample_losses(rows, targets, loss).sum(), rows)
             delta = _pull_back(logits, z_head, g_logits)  # (B, Q, *T, N)
         features = _outer(delta, h, include_bias)
     return features.detach()
+
+
+def loss_gradient(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
+    """Gradient of ``sample_losses(logits, targets, loss)`` w.r.t. each logits row, in closed form.
+
+    ``ce``: ``softmax(z) * sum(t) - t``; ``mse``: ``2 (z - t) / N``; ``bce``:
+    ``(sigmoid(z) - t) / N``. ``logits`` and ``targets`` broadcast to ``(..., N)``.
+    """
+    n = logits.shape[-1]
+    if loss == "ce":
+        return torch.softmax(logits, dim=-1) * targets.sum(-1, keepdim=True) - targets
+    if loss == "mse":
+        return (logits - targets) * (2.0 / n)
+    if loss == "bce":
+        return (torch.sigmoid(logits) - targets) / n
+    raise ValueError(f"loss must be one of ce, mse, bce, got {loss!r}")
 
 
 def _forward_with_leaf_head(
