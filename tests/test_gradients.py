@@ -13,7 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from introspect.backbones.head import HeadNotFoundError
-from introspect.gradients import FeatureSpec, Standardizer, extract, feature_dim, per_sample_grads
+from introspect.gradients import (
+    FeatureSpec,
+    Standardizer,
+    extract,
+    extract_with_outputs,
+    feature_dim,
+    per_sample_grads,
+)
 
 N, D, B = 5, 8, 4
 DT = torch.float64
@@ -225,6 +232,19 @@ def test_ce_all_ones_closed_form() -> None:
     # The all-ones CE gradient is the sum of the N per-class gradients.
     per_class = extract(model, x, per_class=True, normalize="none").reshape(B, N, -1)
     _assert_rel(per_class.sum(1), expected)
+
+
+def test_extract_with_outputs_returns_head_input_and_logits_of_the_same_pass() -> None:
+    model = _build(SmallCNN)
+    x = _images()
+    with torch.no_grad():
+        h = model.features(x)
+        z = model(x)
+    feats, h_out, z_out = extract_with_outputs(model, x, loss="bce", include_bias=True)
+    _assert_rel(h_out, h)
+    _assert_rel(z_out, z)
+    _assert_rel(feats, extract(model, x, loss="bce", include_bias=True))
+    assert not (feats.requires_grad or h_out.requires_grad or z_out.requires_grad)
 
 
 def test_explicit_head_override_by_module_and_path() -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from introspect.gradients.extract import extract
+from introspect.gradients.extract import extract_with_outputs
 
 FIELDS = ("grad", "penult", "logits", "labels")
 
@@ -44,16 +44,14 @@ def compute_features(
     desc: str = "features",
     total: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Gradient features, penultimate activations, logits and labels of every batch (on CPU).
-
-    ``backbone`` must expose ``forward_features(x) -> (logits, penultimate)`` and ``head``.
-    """
+    """Gradient features, penultimate activations, logits and labels of every batch (on CPU),
+    from one forward pass per batch. ``backbone`` must expose its ``head`` module."""
     out: dict[str, list[torch.Tensor]] = {k: [] for k in FIELDS}
     for images, labels in tqdm(batches, desc=desc, total=total, leave=False):
         images = images.to(device, non_blocking=True)
-        with torch.no_grad():
-            logits, penult = backbone.forward_features(images)
-        grad = extract(backbone, images, head=backbone.head, **feature_options)
+        grad, penult, logits = extract_with_outputs(
+            backbone, images, head=backbone.head, **feature_options
+        )
         for key, value in zip(FIELDS, (grad, penult, logits, labels), strict=True):
             out[key].append(value.detach().cpu())
     if not out["labels"]:

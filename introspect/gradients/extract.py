@@ -132,7 +132,7 @@ def extract(
             model, images, params=params, loss=loss, target=target, per_class=per_class
         )
     else:
-        raw = _head_features(
+        raw, _, _ = _head_features(
             model,
             images,
             loss=loss,
@@ -142,6 +142,38 @@ def extract(
             head=head,
         )
     return normalize_features(raw, normalize, standardizer)
+
+
+def extract_with_outputs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    loss: str = "ce",
+    target: str | torch.Tensor = "ones",
+    per_class: bool = False,
+    include_bias: bool = False,
+    normalize: str = "l2",
+    head: str | nn.Module | None = None,
+    standardizer: Standardizer | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(features, head input, logits)`` of ``images`` from the same single forward pass.
+
+    ``features`` equals ``extract(model, images, ...)`` with the same options (last-layer path
+    only); the head input is the penultimate activation ``h`` and the logits are the model's
+    output, both detached, so a caller needing all three runs the backbone once.
+    """
+    check_options(loss, target, per_class, include_bias, None)
+    check_normalize(normalize, standardizer)
+    raw, h, logits = _head_features(
+        model,
+        images,
+        loss=loss,
+        target=target,
+        per_class=per_class,
+        include_bias=include_bias,
+        head=head,
+    )
+    return normalize_features(raw, normalize, standardizer), h, logits
 
 
 def _params_features(
@@ -180,8 +212,9 @@ def _head_features(
     per_class: bool,
     include_bias: bool,
     head: str | nn.Module | None,
-) -> torch.Tensor:
-    """Unnormalized last-layer gradient features (closed form from one forward pass)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unnormalized last-layer gradient features (closed form from one forward pass), with the
+    head input and the logits of that pass (all detached)."""
     linear = resolve_head(model, head, images[:1])
     if include_bias and linear.bias is None:
         raise ValueError("include_bias=True but the head has no bias; set include_bias=False")
@@ -204,7 +237,7 @@ def _head_features(
         with torch.enable_grad():
             delta = _pull_back(logits, z_head, g_logits)  # (B, Q, *T, N)
         features = _outer(delta, h, include_bias)
-    return features.detach()
+    return features.detach(), h, logits.detach()
 
 
 def loss_gradient(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:

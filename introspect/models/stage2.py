@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from introspect.gradients import extract
+from introspect.gradients import extract_with_outputs
 from introspect.gradients.normalize import normalize_features
 from introspect.models.mlp import MLP
 from introspect.models.optim import build_optimizer
@@ -153,11 +153,16 @@ class IntrospectiveClassifier(StageTwoClassifier):
         self, images: torch.Tensor, *, penultimate: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Gradient features of ``images`` (the backbone's head found by the registry)."""
-        head = getattr(self.backbone, "head", None)
-        return extract(
+        return self.features_with_outputs(images)[0]
+
+    def features_with_outputs(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(raw features, penultimate activations, backbone logits)`` from one forward pass."""
+        return extract_with_outputs(
             self.backbone,
             images,
-            head=head,
+            head=getattr(self.backbone, "head", None),
             normalize=self.extraction_normalize(),
             **self.feature_options,
         )

@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import SumMetric
 
 from introspect.metrics import classification_metrics
-from introspect.models.stage2 import StageTwoClassifier
+from introspect.models.stage2 import IntrospectiveClassifier, StageTwoClassifier
 
 HEADS = ("feedforward", "introspective", "control")
 TABLE_METRICS = ("acc", "ece")
@@ -52,11 +52,21 @@ class Evaluator(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int, dataloader_idx: int = 0
     ) -> None:
         images, labels = batch
-        with torch.no_grad():
-            logits, penult = self.backbone.forward_features(images)
+        # One backbone pass per batch: the introspective head's pass also yields h and logits.
+        intro = next(
+            (h for h in self.heads.values() if isinstance(h, IntrospectiveClassifier)), None
+        )
+        if intro is not None:
+            intro_feats, penult, logits = intro.features_with_outputs(images)
+        else:
+            with torch.no_grad():
+                logits, penult = self.backbone.forward_features(images)
         probs = {"feedforward": logits.softmax(-1)}
         for name, head in self.heads.items():
-            feats = head.features(images, penultimate=penult)
+            if head is intro:
+                feats = intro_feats
+            else:
+                feats = head.features(images, penultimate=penult)
             with torch.no_grad():
                 probs[name] = head.classify(feats).softmax(-1)
         split = self.splits[dataloader_idx]
