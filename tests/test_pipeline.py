@@ -112,7 +112,9 @@ def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) ->
     assert not any(snapshots["grad"]) and snapshots["training"] is False
 
 
-def test_feature_cache_is_reused_and_keyed(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def extractions(monkeypatch) -> list[str]:
+    """The ``desc`` of every feature extraction stage 2 runs (cache hits are not counted)."""
     calls: list[str] = []
     original = stage2_mod.compute_features
 
@@ -121,6 +123,11 @@ def test_feature_cache_is_reused_and_keyed(tmp_path: Path, monkeypatch) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(stage2_mod, "compute_features", counting)
+    return calls
+
+
+def test_feature_cache_is_reused_and_keyed(tmp_path: Path, extractions: list[str]) -> None:
+    calls = extractions
     cfg = _cfg(tmp_path, "eval.corruptions=[]", "stage2.control=false")
     dm = build_data(cfg)
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
@@ -144,15 +151,8 @@ def test_feature_cache_is_reused_and_keyed(tmp_path: Path, monkeypatch) -> None:
     assert len(calls) == 8
 
 
-def test_augmented_recipe_extracts_each_pass(tmp_path: Path, monkeypatch) -> None:
-    calls: list[str] = []
-    original = stage2_mod.compute_features
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("desc", ""))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(stage2_mod, "compute_features", counting)
+def test_augmented_recipe_extracts_each_pass(tmp_path: Path, extractions: list[str]) -> None:
+    calls = extractions
     cfg = _cfg(
         tmp_path,
         "stage2.splits=[train,val]",
