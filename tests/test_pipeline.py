@@ -64,6 +64,21 @@ def test_results_json_has_every_split_head_and_metric(finished) -> None:
     for head, metrics in on_disk["summary"].items():
         for name, value in metrics.items():
             assert value == pytest.approx(sum(s[head][name] for s in shifted) / len(shifted))
+    # per-corruption and per-severity means over exactly their cells
+    for key, part, groups in (
+        ("by_corruption", 0, ("gaussian_noise", "contrast")),
+        ("by_severity", 1, ("1", "5")),
+    ):
+        assert sorted(on_disk[key]) == sorted(groups)
+        for group in groups:
+            shifted_cells = {k: v for k, v in on_disk["splits"].items() if k != "clean"}
+            cells = [v for k, v in shifted_cells.items() if k.split("/")[part] == group]
+            assert len(cells) == 2
+            for head, metrics in on_disk[key][group].items():
+                for name, value in metrics.items():
+                    assert value == pytest.approx(sum(c[head][name] for c in cells) / 2)
+    table = (run_dir / "table.md").read_text()
+    assert "| corruption |" in table and "| severity |" in table and "| contrast/5 |" in table
     assert on_disk["run"]["config"]["run"]["dir"] == str(run_dir)
     assert (run_dir / "table.md").is_file() and (run_dir / "reliability_clean.png").is_file()
 

@@ -117,26 +117,35 @@ def aggregate_by(splits: Mapping[str, Mapping[str, Any]], part: int) -> dict[str
     return {g: summarize(members) for g, members in groups.items()}
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-    """Markdown table: accuracy and ECE (in %) of every head per split, then the shifted mean."""
-    splits = results["splits"]
-    heads = [h for h in HEADS if any(h in e for e in splits.values())]
+def _markdown(
+    first: str, rows: Mapping[str, Mapping[str, Any]], heads: list[str], sizes: bool
+) -> list[str]:
+    """Markdown lines: one row per entry, accuracy and ECE (in %) of every head."""
     short = {"feedforward": "FF", "introspective": "INT", "control": "CTL"}
     cols = [f"{m} {short[h]}" for m in TABLE_METRICS for h in heads]
     lines = [
-        "| split | n | " + " | ".join(cols) + " |",
-        "|---|---:|" + "---:|" * len(cols),
+        f"| {first} |" + (" n |" if sizes else "") + " " + " | ".join(cols) + " |",
+        "|---|" + ("---:|" if sizes else "") + "---:|" * len(cols),
     ]
-
-    def row(name: str, n: str, entry: Mapping[str, Any]) -> str:
+    for name, entry in rows.items():
+        n = f" {entry.get('num_samples', '')} |" if sizes else ""
         vals = [f"{100 * entry[h][m]:.2f}" for m in TABLE_METRICS for h in heads]
-        return f"| {name} | {n} | " + " | ".join(vals) + " |"
+        lines.append(f"| {name} |{n} " + " | ".join(vals) + " |")
+    return lines
 
-    for name, entry in splits.items():
-        lines.append(row(name, str(entry["num_samples"]), entry))
-    summary = results.get("summary") or {}
-    if summary:
-        lines.append(row("**mean shifted**", "", summary))
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Markdown: accuracy and ECE (in %) of every head per split and their shifted mean, then
+    the means per corruption and per severity when there are shifted splits."""
+    splits = results["splits"]
+    heads = [h for h in HEADS if any(h in e for e in splits.values())]
+    rows = dict(splits)
+    if results.get("summary"):
+        rows["**mean shifted**"] = results["summary"]
+    lines = _markdown("split", rows, heads, sizes=True)
+    for key, title in (("by_corruption", "corruption"), ("by_severity", "severity")):
+        if results.get(key):
+            lines += ["", *_markdown(title, results[key], heads, sizes=False)]
     return "\n".join(lines)
 
 

@@ -82,7 +82,7 @@ def evaluate_and_report(
     table = format_table(results)
     plots = _reliability_plots(evaluator, names, cfg.eval.n_bins, run_dir)
     (run_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n")
-    _log(loggers, results, table, plots)
+    _log(loggers, results, plots)
     # results.json last and atomically: a failed run leaves none behind.
     write_json_atomic(run_dir / "results.json", results)
     print(table)
@@ -121,17 +121,29 @@ def _flatten(results: dict[str, Any]) -> dict[str, float]:
                 flat |= {f"eval/{split}/{head}/{m}": v for m, v in metrics.items()}
     for head, metrics in (results.get("summary") or {}).items():
         flat |= {f"eval/summary/{head}/{m}": v for m, v in metrics.items()}
+    for key in ("by_corruption", "by_severity"):
+        for group, heads in (results.get(key) or {}).items():
+            for head, metrics in heads.items():
+                flat |= {f"eval/{key}/{group}/{head}/{m}": v for m, v in metrics.items()}
     return flat
 
 
-def _log(loggers: list[Logger], results: dict[str, Any], table: str, plots: list[Path]) -> None:
+def _table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows (split, n, then every head's metrics) of the per-split results."""
+    splits = results["splits"]
+    first = next(iter(splits.values()))
+    pairs = [(h, m) for h, ms in first.items() if isinstance(ms, dict) for m in ms]
+    columns = ["split", "num_samples", *(f"{h}/{m}" for h, m in pairs)]
+    data = [[name, e["num_samples"], *(e[h][m] for h, m in pairs)] for name, e in splits.items()]
+    return columns, data
+
+
+def _log(loggers: list[Logger], results: dict[str, Any], plots: list[Path]) -> None:
     flat = _flatten(results)
     for logger in loggers:
         logger.log_metrics(flat)
         if isinstance(logger, WandbLogger):
-            rows = [line.strip("|").split("|") for line in table.splitlines()]
-            header = [c.strip() for c in rows[0]]
-            data = [[c.strip() for c in r] for r in rows[2:]]
-            logger.log_table(key="eval/table", columns=header, data=data)
+            columns, data = _table_rows(results)
+            logger.log_table(key="eval/table", columns=columns, data=data)
             logger.log_image(key="eval/reliability", images=[str(p) for p in plots])
         logger.save()
