@@ -121,26 +121,27 @@ def extract(
     mode, since BatchNorm in training mode mixes the samples of a batch (and updates its running
     statistics). Operations between the head and the output must act on each sample separately.
     """
-    check_options(loss, target, per_class, include_bias, params)
-    check_normalize(normalize, standardizer)
-    if params is not None:
-        if head is not None:
-            raise ValueError(
-                "head and params both given: params selects the parameters itself; drop one"
-            )
-        raw = _params_features(
-            model, images, params=params, loss=loss, target=target, per_class=per_class
-        )
-    else:
-        raw, _, _ = _head_features(
+    if params is None:
+        return extract_with_outputs(
             model,
             images,
             loss=loss,
             target=target,
             per_class=per_class,
             include_bias=include_bias,
+            normalize=normalize,
             head=head,
+            standardizer=standardizer,
+        )[0]
+    check_options(loss, target, per_class, include_bias, params)
+    check_normalize(normalize, standardizer)
+    if head is not None:
+        raise ValueError(
+            "head and params both given: params selects the parameters itself; drop one"
         )
+    raw = _params_features(
+        model, images, params=params, loss=loss, target=target, per_class=per_class
+    )
     return normalize_features(raw, normalize, standardizer)
 
 
