@@ -28,7 +28,8 @@ def cell_seed(name: str, severity: int, seed: int) -> int:
 
 
 def corrupted_split(
-    dataset: Dataset,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     name: str,
     severity: int,
     *,
@@ -36,14 +37,14 @@ def corrupted_split(
     chunk_size: int = 512,
     device: torch.device | str = "cpu",
 ) -> TensorDataset:
-    """The whole ``dataset`` corrupted with ``name`` at ``severity``, deterministic for ``seed``.
+    """``images`` (a whole split, see ``stack_split``) corrupted with ``name`` at ``severity``,
+    deterministic for ``seed``, paired with ``labels``.
 
     Images are corrupted in fixed chunks of ``chunk_size`` (chunk ``k`` seeded with the cell seed
     plus ``k``), so the result does not depend on any loader's batch size.
     """
     from introspect.data.corruptions import corrupt
 
-    images, labels = stack_split(dataset)
     base = cell_seed(name, severity, seed)
     out = [
         corrupt(images[i : i + chunk_size].to(device), name, severity, seed=base + k).cpu()

@@ -157,6 +157,20 @@ def _read_npz(path: Path, what: str) -> tuple[Tensor, Tensor, list[str] | None]:
     return images, torch.from_numpy(y.astype(np.int64)), names
 
 
+def check_same_size(
+    test: ArrayImages | FileImages,
+    train: ArrayImages | FileImages,
+    test_what: str,
+    train_what: str,
+) -> None:
+    """``DataError`` naming ``data.image_size`` when test and training images differ in size."""
+    if test.image_shape != train.image_shape:
+        raise DataError(
+            f"{test_what} are {test.image_shape[1:]} but {train_what} are "
+            f"{train.image_shape[1:]}; set data.image_size to resize both to one size"
+        )
+
+
 def load_npz(path: Path, test_path: Path | None, image_size: int | None) -> Pools:
     """Images ``x`` and labels ``y`` (and optional ``class_names``) from NPZ files."""
     images, labels, names = _read_npz(path, "data.path")
@@ -172,11 +186,7 @@ def load_npz(path: Path, test_path: Path | None, image_size: int | None) -> Pool
         )
     check_labels(t_labels, len(class_names), str(test_path))
     test = ArrayImages(t_images, t_labels, image_size)
-    if test.image_shape != train.image_shape:
-        raise DataError(
-            f"{test_path} images are {test.image_shape[1:]} but {path} images are "
-            f"{train.image_shape[1:]}; set data.image_size to resize both to one size"
-        )
+    check_same_size(test, train, f"{test_path} images", f"{path} images")
     return Pools(train, test, class_names)
 
 
@@ -231,11 +241,7 @@ def load_imagefolder(
             f"{train_root} lacks; both must use the same class folder names"
         )
     test = _tree_images(test_classes, class_names, image_size)
-    if test.image_shape != train.image_shape:
-        raise DataError(
-            f"test images are {test.image_shape[1:]} but training images are "
-            f"{train.image_shape[1:]}; set data.image_size to resize both to one size"
-        )
+    check_same_size(test, train, "test images", "training images")
     return Pools(train, test, class_names)
 
 

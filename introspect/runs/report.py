@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from introspect.data import ImageDataModule
-from introspect.data.shifted import corrupted_split
+from introspect.data.shifted import corrupted_split, stack_split
 from introspect.metrics.reliability import reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
 from introspect.runs.evaluation import (
@@ -31,10 +31,12 @@ def evaluation_splits(cfg: DictConfig, dm: ImageDataModule) -> dict[str, Dataset
     test = dm.split("test")
     splits: dict[str, Dataset] = {"clean": test} if cfg.eval.clean else {}
     device = resolve_device(cfg)
+    if cfg.eval.corruptions:
+        images, labels = stack_split(test)  # read once, corrupted cell by cell
     for name in cfg.eval.corruptions:
         for severity in cfg.eval.severities:
             splits[f"{name}/{severity}"] = corrupted_split(
-                test, name, int(severity), seed=cfg.eval.seed, device=device
+                images, labels, name, int(severity), seed=cfg.eval.seed, device=device
             )
     if not splits:
         raise ValueError("nothing to evaluate: set eval.clean=true or list eval.corruptions")
