@@ -53,7 +53,7 @@ Deviations from the original (unseeded numpy / scikit-image / OpenCV / PIL / Ima
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -577,17 +577,21 @@ def _frost_directory(frost_dir: str | os.PathLike[str] | None) -> Path:
     if frost_dir is not None:
         folder = Path(frost_dir)
     else:
-        try:
-            folder = Path(str(importlib.resources.files("imagecorruptions") / "frost"))
-        except ModuleNotFoundError:
-            env = os.environ.get(_FROST_ENV)
-            if not env:
-                raise FileNotFoundError(
-                    "frost needs the frost photographs: install the `imagecorruptions` package, "
-                    f"or set {_FROST_ENV} (or pass frost_dir=) to a folder holding "
-                    f"{', '.join(_FROST_FILES)}"
-                ) from None
+        # Locate the package without importing it: its __init__ needs OpenCV and scikit-image,
+        # but only its data files are used (``pip install --no-deps imagecorruptions`` suffices).
+        spec = importlib.util.find_spec("imagecorruptions")
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        env = os.environ.get(_FROST_ENV)
+        if locations:
+            folder = Path(locations[0]) / "frost"
+        elif env:
             folder = Path(env)
+        else:
+            raise FileNotFoundError(
+                "frost needs the frost photographs: install the `imagecorruptions` package "
+                f"(`pip install --no-deps imagecorruptions` is enough), or set {_FROST_ENV} (or "
+                f"pass frost_dir=) to a folder holding {', '.join(_FROST_FILES)}"
+            )
     missing = [f for f in _FROST_FILES if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"frost photographs {missing} not found in {folder}")
