@@ -25,6 +25,9 @@ from introspect.backbones.cifar_resnet import SubsampleShortcut
 
 ROBUST_MEAN = (0.4914, 0.4822, 0.4465)
 ROBUST_STD = (0.2471, 0.2435, 0.2616)
+# The robust models through the import-path route (they are also registered by name).
+RESNET4B = "introspect.backbones.robust_small:ResNet4b"
+CNN_A = "introspect.backbones.robust_small:cnn_a"
 
 
 def n_params(module: nn.Module) -> int:
@@ -140,12 +143,10 @@ def test_small_cnn_learns_digits() -> None:
 
 
 def test_import_path_model_with_two_layer_head() -> None:
-    b = load_backbone(
-        "tests.robust_models:ResNet4b", num_classes=10, mean=ROBUST_MEAN, std=ROBUST_STD
-    )
+    b = load_backbone(RESNET4B, num_classes=10, mean=ROBUST_MEAN, std=ROBUST_STD)
     assert b.head_path == "net.linear2" and b.feature_dim == 100 and b.num_classes == 10
     assert b.input_size == (3, 32, 32)
-    seq = load_backbone("tests.robust_models:cnn_a", num_classes=4, mean=(0.5,) * 3, std=(1,) * 3)
+    seq = load_backbone(CNN_A, num_classes=4, mean=(0.5,) * 3, std=(1,) * 3)
     assert seq.head_path == "net.7" and seq.feature_dim == 100 and seq.num_classes == 4
 
 
@@ -168,7 +169,7 @@ def test_forward_features_returns_head_input() -> None:
 
 def test_forward_features_two_layer_head() -> None:
     torch.manual_seed(0)
-    b = load_backbone("tests.robust_models:cnn_a", mean=(0.5,) * 3, std=(0.25,) * 3)
+    b = load_backbone(CNN_A, mean=(0.5,) * 3, std=(0.25,) * 3)
     x = torch.rand(2, 3, 32, 32)
     logits, h = b.forward_features(x)
     seq = b.net
@@ -180,9 +181,7 @@ def test_forward_features_two_layer_head() -> None:
 
 def test_explicit_head_override() -> None:
     torch.manual_seed(0)
-    b = load_backbone(
-        "tests.robust_models:ResNet4b", mean=ROBUST_MEAN, std=ROBUST_STD, head="linear1"
-    )
+    b = load_backbone(RESNET4B, mean=ROBUST_MEAN, std=ROBUST_STD, head="linear1")
     assert b.head_path == "net.linear1" and b.head is b.net.linear1
     assert b.feature_dim == 512 and b.num_classes == 100
     x = torch.rand(2, 3, 32, 32)
@@ -192,11 +191,9 @@ def test_explicit_head_override() -> None:
     torch.testing.assert_close(h, net.layer2(net.layer1(F.relu(net.conv1(z)))).flatten(1))
     assert logits.shape == (2, 10)
     with pytest.raises(HeadNotFoundError, match="must be an nn.Linear"):
-        load_backbone(
-            "tests.robust_models:ResNet4b", mean=ROBUST_MEAN, std=ROBUST_STD, head="layer1"
-        )
+        load_backbone(RESNET4B, mean=ROBUST_MEAN, std=ROBUST_STD, head="layer1")
     with pytest.raises(HeadNotFoundError, match="no submodule"):
-        load_backbone("tests.robust_models:ResNet4b", mean=ROBUST_MEAN, std=ROBUST_STD, head="fc")
+        load_backbone(RESNET4B, mean=ROBUST_MEAN, std=ROBUST_STD, head="fc")
 
 
 def test_model_without_linear_head() -> None:
@@ -268,9 +265,9 @@ def test_unknown_name_and_bad_import_paths() -> None:
     with pytest.raises(BackboneError, match="cannot import module 'no_such_pkg.models'"):
         load_backbone("no_such_pkg.models:Net", mean=(0.5,) * 3, std=(0.5,) * 3)
     with pytest.raises(BackboneError, match="has no attribute 'Missing'.*ResNet4b"):
-        load_backbone("tests.robust_models:Missing", mean=(0.5,) * 3, std=(0.5,) * 3)
+        load_backbone("introspect.backbones.robust_small:Missing", mean=(0.5,) * 3, std=(0.5,) * 3)
     with pytest.raises(BackboneError, match="give its input normalization as mean and std"):
-        load_backbone("tests.robust_models:ResNet4b")
+        load_backbone(RESNET4B)
     with pytest.raises(BackboneError, match="backbone.kwargs"):
         load_backbone("small_cnn", kwargs={"depth": 3})
     with pytest.raises(BackboneError, match="not a torch.nn.Module"):

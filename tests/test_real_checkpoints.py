@@ -12,30 +12,22 @@ import torch
 from introspect.backbones import load_backbone
 
 ROBUST_RESNET_NORM = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2471, 0.2435, 0.2616)}
-ROBUST_CNN_NORM = {
-    "mean": tuple(v / 255 for v in (125.3, 123.0, 113.9)),
-    "std": tuple(v / 255 for v in (63.0, 62.1, 66.7)),
-}
 
 # name, checkpoint, options, accuracy (%) on cifar10-test-lossless-1017 from the data README,
 # head path, feature dimension
 CASES: list[tuple[str, str, dict[str, Any], float, str, int]] = [
     ("cifar_resnet20", "cifar_resnet/resnet20-12fca82f.th", {}, 91.64, "net.linear", 64),
     ("cifar_resnet56", "cifar_resnet/resnet56-4bfd9763.th", {}, 92.72, "net.linear", 64),
+    # Registered names carry their normalization (the data README's values) ...
+    ("robust_resnet4b", "robust_small/resnet4b.pth", {}, 77.29, "net.linear2", 100),
+    ("robust_cnn_a", "robust_small/cifar_cnn_a_adv.model", {}, 66.67, "net.7", 100),
+    # ... and the import-path route with the normalization given explicitly.
     (
-        "tests.robust_models:ResNet4b",
+        "introspect.backbones.robust_small:ResNet4b",
         "robust_small/resnet4b.pth",
         ROBUST_RESNET_NORM,
         77.29,
         "net.linear2",
-        100,
-    ),
-    (
-        "tests.robust_models:cnn_a",
-        "robust_small/cifar_cnn_a_adv.model",
-        ROBUST_CNN_NORM,
-        66.67,
-        "net.7",
         100,
     ),
 ]

@@ -15,6 +15,14 @@ from torch import nn
 
 from introspect.backbones.checkpoint import load_into_backbone, load_state_dict_file
 from introspect.backbones.cifar_resnet import CIFAR_RESNET_DEPTHS, CifarResNet
+from introspect.backbones.robust_small import (
+    CNN_A_MEAN,
+    CNN_A_STD,
+    RESNET4B_MEAN,
+    RESNET4B_STD,
+    ResNet4b,
+    cnn_a,
+)
 from introspect.backbones.small_cnn import SmallCNN
 from introspect.backbones.torchvision_models import (
     IMAGENET_MEAN,
@@ -234,6 +242,11 @@ def _register_builtins() -> None:
         register_backbone(
             f"cifar_resnet{depth}", mean=cifar_mean, std=cifar_std, input_size=(3, 32, 32)
         )(functools.partial(CifarResNet, depth))
+    size = (3, 32, 32)
+    register_backbone("robust_resnet4b", mean=RESNET4B_MEAN, std=RESNET4B_STD, input_size=size)(
+        ResNet4b
+    )
+    register_backbone("robust_cnn_a", mean=CNN_A_MEAN, std=CNN_A_STD, input_size=size)(cnn_a)
     register_backbone("small_cnn", mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(3, 8, 8))(SmallCNN)
 
 

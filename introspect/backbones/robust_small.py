@@ -1,7 +1,9 @@
-"""Architectures of the adversarially trained models in ``checkpoints/robust_small/``.
+"""Small adversarially trained CIFAR-10 models (PGD, L-inf 2/255) of a verification benchmark.
 
-Loaded through the import-path route, e.g. ``load_backbone("tests.robust_models:ResNet4b", ...)``.
-Both end in a two-layer head (... -> 100 -> ReLU -> num_classes).
+Registered as ``robust_resnet4b`` (``resnet4b.pth``) and ``robust_cnn_a``
+(``cifar_cnn_a_adv.model``), each with the input normalization it was trained with; parameter
+names match the released files. Both end in a two-layer head (... -> 100 -> ReLU -> N), so the
+introspective gradient is taken at the last linear layer, whose input is the 100-d hidden vector.
 """
 
 from __future__ import annotations
@@ -57,3 +59,9 @@ def cnn_a(num_classes: int = 10) -> nn.Sequential:
         nn.ReLU(),
         nn.Linear(100, num_classes),
     )
+
+
+# Input normalization (images in [0, 1]) each released model was trained with.
+RESNET4B_MEAN, RESNET4B_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+CNN_A_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
+CNN_A_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
