@@ -1,0 +1,118 @@
+"""``explain``: the explanation figure of a finished run, from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from introspect.config import ConfigError, load_run_config
+from introspect.explain.core import ExplanationError
+from introspect.explain.figure import explanation_figure
+
+USAGE = """\
+usage: explain run=runs/<name> [n=8] [split=test] [out=PATH] [layer=PATH] [a.b=value ...]
+
+Explains the finished run's stage-1 backbone on the first n images of split (train, val or
+test): one row per image with Grad-CAM "why P?", Contrast-CAM "why P, rather than Q?" for
+the two next most likely classes and Counterfactual-CAM "why not P?". Writes
+<run>/explanations.png (or out=PATH), prints its path and logs it to W&B when
+logger.wandb=true. layer= is the explained layer's dotted path (default: the last executed
+Conv2d); other a.b=value arguments override the run's saved config.
+"""
+
+OPTIONS = ("run", "n", "split", "out", "layer")
+
+
+def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The ``OPTIONS`` given (each at most once; ``run`` required) and the config overrides."""
+    options: dict[str, str] = {}
+    overrides: list[str] = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if key not in OPTIONS or not eq:
+            overrides.append(arg)
+        elif key in options:
+            raise ExplanationError(f"{key}= is given twice")
+        else:
+            options[key] = value
+    if not options.get("run"):
+        raise ExplanationError("give the run to explain as run=runs/<name>")
+    return options, overrides
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ExplanationError(f"n must be a positive integer, got {text!r}")
+    return n
+
+
+def _explain(options: dict[str, str], overrides: list[str]) -> Path:
+    """Load the run, draw the figure, log it; return the figure's path."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from introspect.data.module import SPLITS
+    from introspect.runs.pipeline import (
+        PipelineError,
+        build_backbone,
+        build_data,
+        quiet_library_warnings,
+        stage1_checkpoint,
+    )
+    from introspect.runs.rundir import build_loggers
+
+    n = _count(options.get("n", "8"))
+    split = options.get("split", "test")
+    if split not in SPLITS:
+        raise ExplanationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    run_dir = Path(options["run"]).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ExplanationError(f"run directory {run_dir} does not exist")
+    cfg = load_run_config(run_dir, overrides)
+    quiet_library_warnings()
+    dm = build_data(cfg)
+    checkpoint = stage1_checkpoint(cfg, run_dir)
+    if checkpoint is None:
+        raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
+    cfg.backbone.checkpoint = checkpoint
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dataset = dm.split(split)
+    samples = [dataset[i] for i in range(min(n, len(dataset)))]
+    if not samples:
+        raise ExplanationError(f"the {split} split has no images")
+    images = torch.stack([image for image, _ in samples])
+    labels = [int(label) for _, label in samples]
+    out = Path(options["out"]).expanduser() if options.get("out") else run_dir / "explanations.png"
+    layer = options.get("layer") or None
+    path = explanation_figure(backbone, images, dm.class_names, out, layer=layer, labels=labels)
+    if cfg.logger.wandb:
+        for logger in build_loggers(cfg, run_dir):
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="explanations", images=[str(path)])
+                logger.finalize("success")
+    return path
+
+
+def explain_main(argv: list[str]) -> int:
+    """Run ``explain`` with the arguments after the word ``explain``; return the exit code.
+
+    User errors (missing run, bad option, unknown layer, bad config) print one line on stderr
+    and return 2.
+    """
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0 if argv else 2
+    from introspect.runs.pipeline import USER_ERRORS
+
+    try:
+        path = _explain(*_parse(argv))
+    except (ExplanationError, ConfigError, *USER_ERRORS) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
