@@ -1,4 +1,5 @@
-"""Calibration metrics (torchmetrics, DDP-synchronized) and reliability diagrams."""
+"""Calibration metrics, OOD-detection and trust metrics (torchmetrics, DDP-synchronized) and
+reliability diagrams."""
 
 from introspect.metrics.calibration import (
     AdaptiveCalibrationError,
@@ -9,7 +10,28 @@ from introspect.metrics.calibration import (
     validate_probs_target,
 )
 from introspect.metrics.collection import ClassificationMetrics, classification_metrics
-from introspect.metrics.reliability import reliability_bins, reliability_diagram, reliability_grid
+from introspect.metrics.ood import (
+    OODMetrics,
+    TrustMetrics,
+    area_under_trust_curve,
+    auac,
+    aufc,
+    aupr_in,
+    aupr_out,
+    auroc,
+    detection_error,
+    fpr_at_tpr,
+    ood_metrics,
+    percentile_grid,
+    roc_curve,
+    trust_curve,
+)
+from introspect.metrics.reliability import (
+    bins_from_sums,
+    reliability_bins,
+    reliability_diagram,
+    reliability_grid,
+)
 
 __all__ = [
     "AdaptiveCalibrationError",
@@ -18,7 +40,22 @@ __all__ = [
     "ExpectedCalibrationError",
     "MaxCalibrationError",
     "NegativeLogLikelihood",
+    "OODMetrics",
+    "TrustMetrics",
+    "area_under_trust_curve",
+    "auac",
+    "aufc",
+    "aupr_in",
+    "aupr_out",
+    "auroc",
+    "bins_from_sums",
     "classification_metrics",
+    "detection_error",
+    "fpr_at_tpr",
+    "ood_metrics",
+    "percentile_grid",
+    "roc_curve",
+    "trust_curve",
     "reliability_bins",
     "reliability_diagram",
     "reliability_grid",

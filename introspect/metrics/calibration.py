@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 NLL_EPS = 1e-12
 
@@ -173,6 +174,15 @@ class _EqualWidthBinned(_ProbsTargetMetric):
         self.confidence_sum.index_add_(0, index, confidence)
         self.correct_sum.index_add_(0, index, correct)
 
+    def bin_sums(self) -> dict[str, torch.Tensor]:
+        """Per-bin ``count``, ``confidence_sum`` and ``correct_sum`` of all samples seen, summed
+        over the processes of a distributed run (on the CPU)."""
+        with self.sync_context():
+            return {
+                k: getattr(self, k).detach().cpu().clone()
+                for k in ("count", "confidence_sum", "correct_sum")
+            }
+
 
 class ExpectedCalibrationError(_EqualWidthBinned):
     """ECE: ``Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|`` over equal-width confidence bins.
@@ -210,6 +220,13 @@ class MaxCalibrationError(_EqualWidthBinned):
         return gap.max().to(torch.get_default_dtype())
 
 
+def gather_float64(state: torch.Tensor, group: Any | None = None) -> list[torch.Tensor]:
+    """Gather a float64 state from every process (a ``dist_sync_fn`` for "cat" states). A
+    process that saw no sample sends an empty placeholder in the metric's default dtype; it must
+    match the others' bytes, so every state is cast to float64."""
+    return gather_all_tensors(state.double(), group=group)
+
+
 class AdaptiveCalibrationError(_ProbsTargetMetric):
     """Adaptive ECE: ECE over ``n_bins`` equal-mass bins instead of equal-width ones.
 
@@ -227,6 +244,7 @@ class AdaptiveCalibrationError(_ProbsTargetMetric):
     plot_upper_bound = 1.0
 
     def __init__(self, n_bins: int = 15, **kwargs: Any) -> None:
+        kwargs.setdefault("dist_sync_fn", gather_float64)
         super().__init__(**kwargs)
         self.n_bins = check_n_bins(n_bins)
         self.add_state("confidence", [], dist_reduce_fx="cat")
