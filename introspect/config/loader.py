@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -69,8 +70,15 @@ def _split_defaults(node: DictConfig, source: str, config_dir: Path) -> tuple[di
 def _schema_keys(schema: DictConfig, path: str) -> list[str]:
     node: Any = schema
     for part in [p for p in path.split(".") if p]:
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, DictConfig):
             return []
+        if part not in node:
+            # A mapping of structured entries (e.g. eval.extra): the entry type's keys.
+            element = node._metadata.element_type
+            if not dataclasses.is_dataclass(element):
+                return []
+            node = OmegaConf.structured(element)
+            continue
         node = node[part]
     return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
 

@@ -1,0 +1,458 @@
+"""Compare finished runs: one table across runs (seeds pooled into mean ± std), an accuracy-vs-ECE
+scatter plot and per-severity curves, saved as Markdown, CSV and PNG and logged to W&B."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from introspect.data.shifted import is_cell
+from introspect.runs.evaluation import HEADS
+
+SHORT = {"feedforward": "FF", "introspective": "INT", "control": "CTL"}
+SHORT_NAMES = {"FF": "feed-forward", "INT": "introspective", "CTL": "control"}
+METRICS = ("acc", "ece")
+
+# Config keys that do not change what a run measures: runs differing only in these (and in
+# run.seed) are seeds of one experiment.
+_IGNORED = (
+    "run",
+    "logger",
+    "scores",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.root",
+    "stage2.cache_dir",
+    "eval.cache_dir",
+    "eval.batch_size",
+    "stage2.extract_batch_size",
+)
+
+
+class CompareError(ValueError):
+    """Runs that cannot be compared as asked; the message names the fix."""
+
+
+@dataclass
+class Run:
+    """One finished run: its directory, resolved config and results."""
+
+    path: Path
+    config: dict[str, Any]
+    results: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        """``run.seed``."""
+        return int(self.config["run"]["seed"])
+
+
+@dataclass
+class Group:
+    """Runs of one experiment that differ only by seed."""
+
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config of the first run (all members agree up to the ignored keys)."""
+        return self.runs[0].config
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """The run in ``path``; ``CompareError`` unless it holds a finished run's results.json."""
+    run_dir = Path(path).expanduser().resolve()
+    file = run_dir / "results.json"
+    if not file.is_file():
+        raise CompareError(
+            f"{run_dir} has no results.json; give directories of finished runs (train.py "
+            "writes results.json last)"
+        )
+    try:
+        results = json.loads(file.read_text())
+        config = results["run"]["config"]
+        results["splits"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CompareError(f"{file} is not a results file of introspect ({err})") from None
+    return Run(run_dir, config, results)
+
+
+def _drop(config: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = config
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
+def experiment_key(config: dict[str, Any]) -> str:
+    """A digest of ``config`` without the keys that runs of one experiment may differ in."""
+    plain = json.loads(json.dumps(config))
+    for key in _IGNORED:
+        _drop(plain, key)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def recipe(config: dict[str, Any]) -> str:
+    """Stage 2's data recipe in words, e.g. ``train, augmix x2 + clean``."""
+    s2 = config.get("stage2", {})
+    if not s2.get("enabled", True):
+        return "no stage 2"
+    where = "+".join(s2.get("splits", ["train"]))
+    augment = s2.get("augment", "none")
+    if augment == "none":
+        return f"{where}, plain"
+    extra = " + clean" if s2.get("include_clean") else ""
+    return f"{where}, {augment} x{s2.get('passes', 1)}{extra}"
+
+
+def describe(config: dict[str, Any]) -> str:
+    """Row label: backbone (with its checkpoint's file name) and stage-2 recipe."""
+    b = config.get("backbone", {})
+    name = str(b.get("name", "?"))
+    ckpt = b.get("checkpoint")
+    weights = f" [{Path(str(ckpt)).name}]" if ckpt else ""
+    return f"{name}{weights} · {recipe(config)}"
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Runs grouped by experiment (config up to seed and bookkeeping), in first-seen order.
+
+    Raises ``CompareError`` when one group holds a seed twice or members were evaluated on
+    different splits (their means would not be comparable).
+    """
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = experiment_key(run.config)
+        groups.setdefault(key, Group(describe(run.config))).runs.append(run)
+    labels = [g.label for g in groups.values()]
+    for group in groups.values():
+        if labels.count(group.label) > 1:  # same backbone and recipe, other options
+            group.label += f" ({experiment_key(group.config)[:6]})"
+        seeds = [r.seed for r in group.runs]
+        if len(set(seeds)) != len(seeds):
+            paths = [str(r.path) for r in group.runs]
+            raise CompareError(
+                f"runs {paths} are the same experiment with repeated seeds {seeds}; give each "
+                "seed once"
+            )
+        names = [sorted(r.results["splits"]) for r in group.runs]
+        if any(n != names[0] for n in names):
+            raise CompareError(
+                f"runs of {group.label!r} were evaluated on different splits; re-evaluate them "
+                "on the same ones (python evaluate.py run=...) before comparing"
+            )
+    return list(groups.values())
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return float(arr.mean()), std
+
+
+def _scopes(run: Run) -> dict[str, dict[str, Any]]:
+    """Per-head metrics of each scope: ``clean``, ``corrupted`` (mean of cells) and extras."""
+    res = run.results
+    out: dict[str, dict[str, Any]] = {}
+    if "clean" in res["splits"]:
+        out["clean"] = res["splits"]["clean"]
+    if res.get("summary"):
+        out["corrupted"] = res["summary"]
+    for name, entry in res["splits"].items():
+        if name != "clean" and not is_cell(name):
+            out[name] = entry
+    return out
+
+
+def group_table(group: Group) -> dict[str, tuple[float, float]]:
+    """``{"<scope>/<head>/<metric>": (mean, std)}`` over the group's seeds, plus the paired
+    differences ``<scope>/INT-FF/<metric>`` and ``<scope>/INT-CTL/<metric>``."""
+    per_run: list[dict[str, float]] = []
+    for run in group.runs:
+        flat: dict[str, float] = {}
+        for scope, entry in _scopes(run).items():
+            for head in HEADS:
+                if head in entry:
+                    for m in METRICS:
+                        flat[f"{scope}/{SHORT[head]}/{m}"] = float(entry[head][m])
+            for m in METRICS:
+                intro = flat.get(f"{scope}/INT/{m}")
+                for other in ("FF", "CTL"):
+                    base = flat.get(f"{scope}/{other}/{m}")
+                    if intro is not None and base is not None:
+                        flat[f"{scope}/INT-{other}/{m}"] = intro - base
+        per_run.append(flat)
+    keys = [k for k in per_run[0] if all(k in r for r in per_run)]
+    return {k: _stats([r[k] for r in per_run]) for k in keys}
+
+
+def _pct(stat: tuple[float, float] | None, n: int, signed: bool = False) -> str:
+    if stat is None:
+        return "–"
+    mean, std = stat
+    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
+    return f"{text} ± {100 * std:.2f}" if n > 1 else text
+
+
+def _columns(tables: list[dict[str, tuple[float, float]]], scope: str) -> list[str]:
+    keys = [f"{scope}/{SHORT[h]}/{m}" for m in METRICS for h in HEADS]
+    keys += [f"{scope}/INT-{o}/{m}" for m in METRICS for o in ("FF", "CTL")]
+    return [k for k in keys if any(k in t for t in tables)]
+
+
+_TITLES = {
+    "clean": "Clean test split",
+    "corrupted": "Mean over the <corruption>/<severity> cells (the benchmark number)",
+}
+
+
+def markdown(groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, float]]]) -> str:
+    """Markdown, one table per scope (clean, mean over corruption cells, each extra split):
+    accuracy and ECE of every head and the differences INT-FF and INT-CTL, in %, as mean ±
+    sample std over seeds."""
+    scopes: list[str] = []
+    for t in tables:
+        for key in t:
+            scope = key.split("/")[0]
+            if scope not in scopes:
+                scopes.append(scope)
+    order = [s for s in ("clean", "corrupted") if s in scopes]
+    order += [s for s in scopes if s not in order]
+    lines: list[str] = []
+    for scope in order:
+        cols = _columns(list(tables), scope)
+        names = [
+            c.split("/", 1)[1].replace("/", " ").replace("-", "−").replace("ece", "ECE")
+            for c in cols
+        ]
+        lines += [
+            f"**{_TITLES.get(scope, f'Split {scope}')}**",
+            "",
+            "| run (backbone · stage-2 recipe) | seeds | " + " | ".join(names) + " |",
+            "|---|---:|" + "---:|" * len(cols),
+        ]
+        for group, table in zip(groups, tables, strict=True):
+            n = len(group.runs)
+            vals = [_pct(table.get(c), n, signed="INT-" in c) for c in cols]
+            lines.append(f"| {group.label} | {n} | " + " | ".join(vals) + " |")
+        lines.append("")
+    cells = sorted({sum(is_cell(s) for s in g.runs[0].results["splits"]) for g in groups})
+    lines.append(
+        f"Values in %; mean ± sample std over seeds; corruption cells per run: "
+        f"{', '.join(map(str, cells))}; INT−FF / INT−CTL are per-seed differences (accuracy: "
+        "higher is better; ECE: lower is better)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(
+    path: Path, groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, float]]]
+) -> None:
+    """One row per group: identity columns, then ``<key>_mean`` and ``<key>_std`` (fractions)."""
+    keys: list[str] = []
+    for t in tables:
+        keys += [k for k in t if k not in keys]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            ["run", "backbone", "checkpoint", "recipe", "n_seeds", "seeds", "runs"]
+            + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
+        )
+        for group, table in zip(groups, tables, strict=True):
+            b = group.config.get("backbone", {})
+            ident = [
+                group.label,
+                b.get("name"),
+                b.get("checkpoint") or "",
+                recipe(group.config),
+                len(group.runs),
+                " ".join(str(r.seed) for r in group.runs),
+                " ".join(str(r.path) for r in group.runs),
+            ]
+            values = [f"{table[k][i]:.6f}" if k in table else "" for k in keys for i in (0, 1)]
+            writer.writerow(ident + values)
+
+
+_MARKERS = {"FF": "o", "INT": "^", "CTL": "s"}
+
+
+def scatter(
+    path: Path, groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, float]]]
+) -> None:
+    """Accuracy (y) against ECE (x), in %, for every group and head; clean and mean-corruption
+    panels; error bars are the seed std. Ideal: top-left."""
+    fig = Figure(figsize=(11, 4.8))
+    FigureCanvasAgg(fig)
+    colors = [f"C{i % 10}" for i in range(len(groups))]
+    for i, scope in enumerate(("clean", "corrupted")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for table, color in zip(tables, colors, strict=True):
+            for head, marker in _MARKERS.items():
+                acc, ece = table.get(f"{scope}/{head}/acc"), table.get(f"{scope}/{head}/ece")
+                if acc is None or ece is None:
+                    continue
+                ax.errorbar(
+                    100 * ece[0], 100 * acc[0], xerr=100 * ece[1], yerr=100 * acc[1],
+                    fmt=marker, color=color, markersize=8, capsize=3,
+                )  # fmt: skip
+        ax.set_xlabel("ECE (%)  ← better")
+        ax.set_ylabel("accuracy (%)  better →")
+        ax.set_title("clean test split" if scope == "clean" else "mean over corruption cells")
+        ax.grid(alpha=0.3)
+    handles = [
+        fig.axes[0].plot([], [], "o", color=c, label=g.label)[0]
+        for g, c in zip(groups, colors, strict=True)
+    ]
+    handles += [
+        fig.axes[0].plot([], [], m, color="grey", label=SHORT_NAMES[h])[0]
+        for h, m in _MARKERS.items()
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.18 + 0.04 * math.ceil((len(groups) + 3) / 2), wspace=0.25)
+    fig.savefig(path, dpi=120)
+
+
+def severity_curves(path: Path, groups: Sequence[Group]) -> bool:
+    """Accuracy and ECE (mean over corruptions, ± seed std) against severity, one column per
+    group and one line per head; returns False (and writes nothing) without severities."""
+    with_sev = [g for g in groups if g.runs[0].results.get("by_severity")]
+    if not with_sev:
+        return False
+    fig = Figure(figsize=(max(4.5, 4 * len(with_sev)), 6.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(with_sev), squeeze=False)
+    for j, group in enumerate(with_sev):
+        severities = sorted(group.runs[0].results["by_severity"], key=int)
+        x = [int(s) for s in severities]
+        for row, metric in enumerate(METRICS):
+            ax = axes[row][j]
+            for head in HEADS:
+                per_run = [
+                    [r.results["by_severity"][s].get(head, {}).get(metric) for s in severities]
+                    for r in group.runs
+                ]
+                if any(v is None for vals in per_run for v in vals):
+                    continue
+                arr = 100 * np.asarray(per_run, dtype=np.float64)
+                std = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+                ax.errorbar(
+                    x, arr.mean(0), yerr=std, marker=_MARKERS[SHORT[head]], capsize=3,
+                    label=SHORT_NAMES[SHORT[head]],
+                )  # fmt: skip
+            ax.set_xticks(x)
+            ax.set_xlabel("severity")
+            ax.set_ylabel("accuracy (%)" if metric == "acc" else "ECE (%)")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(group.label, fontsize=8)
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def default_out_dir(runs: Sequence[Run]) -> Path:
+    """``<common parent of the runs>/comparison``."""
+    parent = Path(os.path.commonpath([str(r.path.parent) for r in runs]))
+    return parent / "comparison"
+
+
+def compare(
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    wandb: bool | None = None,
+) -> dict[str, Any]:
+    """Build the comparison of the runs in ``paths``; write ``comparison.md``, ``comparison.csv``,
+    ``accuracy_vs_ece.png`` and ``severity_curves.png`` to ``out_dir`` (default: next to the
+    runs) and log them to W&B when ``wandb`` (default: when every run logged to W&B).
+
+    Returns ``{"out_dir", "markdown", "groups": [{label, runs, table}]}``.
+    """
+    if not paths:
+        raise CompareError("give at least one run directory to compare")
+    runs = [load_run(p) for p in paths]
+    if len({r.path for r in runs}) != len(runs):
+        raise CompareError("a run directory is listed twice; list each run once")
+    groups = group_runs(runs)
+    tables = [group_table(g) for g in groups]
+    out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(groups, tables)
+    (out / "comparison.md").write_text(text)
+    write_csv(out / "comparison.csv", groups, tables)
+    images = [out / "accuracy_vs_ece.png"]
+    scatter(images[0], groups, tables)
+    if severity_curves(out / "severity_curves.png", groups):
+        images.append(out / "severity_curves.png")
+    if wandb is None:
+        wandb = all(r.config.get("logger", {}).get("wandb") for r in runs)
+    if wandb:
+        _log_wandb(out, runs, groups, tables, images)
+    return {
+        "out_dir": out,
+        "markdown": text,
+        "groups": [
+            {"label": g.label, "runs": [str(r.path) for r in g.runs], "table": t}
+            for g, t in zip(groups, tables, strict=True)
+        ],
+    }
+
+
+def _log_wandb(
+    out: Path,
+    runs: Sequence[Run],
+    groups: Sequence[Group],
+    tables: Sequence[dict[str, tuple[float, float]]],
+    images: Sequence[Path],
+) -> None:
+    """One W&B run of job type ``compare`` (offline unless the runs were online)."""
+    import wandb
+
+    logger_cfg = runs[0].config.get("logger", {})
+    mode = logger_cfg.get("wandb_mode", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode != "online":
+        os.environ.setdefault("WANDB_MODE", mode)
+    keys: list[str] = []
+    for t in tables:
+        keys += [k for k in t if k not in keys]
+    run = wandb.init(
+        project=logger_cfg.get("project", "introspect"),
+        entity=logger_cfg.get("entity"),
+        job_type="compare",
+        dir=str(out),
+        mode=mode,
+        config={"runs": [str(r.path) for r in runs]},
+    )
+    try:
+        columns = ["run", "n_seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
+        data = [
+            [g.label, len(g.runs)] + [t[k][i] if k in t else None for k in keys for i in (0, 1)]
+            for g, t in zip(groups, tables, strict=True)
+        ]
+        run.log(
+            {
+                "compare/table": wandb.Table(columns=columns, data=data),
+                **{f"compare/{p.stem}": wandb.Image(str(p)) for p in images},
+            }
+        )
+    finally:
+        run.finish()

@@ -1,0 +1,160 @@
+"""``evaluate.py compare``: one table across runs, seeds pooled into mean ± std, plots, W&B."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import evaluate
+from introspect.runs.compare import CompareError, compare
+
+HEADS = ("feedforward", "introspective", "control")
+
+
+def _config(seed: int, backbone: str = "cifar_resnet20", augment: str = "augmix") -> dict:
+    return {
+        "run": {"name": f"r{seed}", "dir": f"/x/r{seed}", "seed": seed, "root": "runs"},
+        "backbone": {"name": backbone, "checkpoint": "/ckpt/resnet20.th"},
+        "stage2": {
+            "enabled": True,
+            "splits": ["train"],
+            "augment": augment,
+            "passes": 2,
+            "include_clean": True,
+            "cache_dir": f"/cache{seed}",
+        },  # fmt: skip
+        "logger": {"csv": True, "wandb": False, "wandb_mode": "offline", "project": "p"},
+        "eval": {"corruptions": ["fog", "snow"], "severities": [1, 5]},
+    }
+
+
+def _metrics(base: float) -> dict:
+    return {h: {"acc": base + 0.01 * i, "ece": 0.2 - base / 10 + 0.001 * i, "nll": 1.0}
+            for i, h in enumerate(HEADS)}  # fmt: skip
+
+
+def _write_run(root: Path, name: str, config: dict, offset: float) -> Path:
+    """A finished run whose metrics are simple functions of ``offset``."""
+    run = root / name
+    run.mkdir(parents=True)
+    cells = {f"{c}/{s}": {"num_samples": 10, **_metrics(0.5 + offset + 0.01 * s)}
+             for c in ("fog", "snow") for s in (1, 5)}  # fmt: skip
+    splits = {"clean": {"num_samples": 10, **_metrics(0.9 + offset)},
+              "jpeg_q75": {"num_samples": 20, **_metrics(0.8 + offset)}, **cells}  # fmt: skip
+    summary = {h: {m: statistics.mean(c[h][m] for c in cells.values()) for m in ("acc", "ece")}
+               for h in HEADS}  # fmt: skip
+    by_severity = {
+        str(s): {h: {m: statistics.mean(cells[f"{c}/{s}"][h][m] for c in ("fog", "snow"))
+                     for m in ("acc", "ece")} for h in HEADS}
+        for s in (1, 5)
+    }  # fmt: skip
+    results = {"run": {"config": config}, "splits": splits, "summary": summary,
+               "by_severity": by_severity}  # fmt: skip
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> dict[str, list[Path]]:
+    offsets = {0: 0.0, 1: 0.02, 2: 0.07}
+    a = [_write_run(tmp_path, f"a{s}", _config(s), o) for s, o in offsets.items()]
+    b = [_write_run(tmp_path, "b0", _config(0, "robust_resnet4b", "none"), 0.1)]
+    return {"a": a, "b": b}
+
+
+def _expected(paths: list[Path], scope: str, key) -> tuple[float, float]:
+    values = []
+    for p in paths:
+        res = json.loads((p / "results.json").read_text())
+        entry = res["summary"] if scope == "corrupted" else res["splits"][scope]
+        values.append(key(entry))
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def test_seeds_are_pooled_into_mean_and_sample_std(runs, tmp_path: Path) -> None:
+    report = compare([*runs["a"], *runs["b"]], tmp_path / "out", wandb=False)
+    assert [len(g["runs"]) for g in report["groups"]] == [3, 1]
+    table = report["groups"][0]["table"]
+    for scope in ("clean", "corrupted", "jpeg_q75"):
+        for short, head in (("FF", "feedforward"), ("INT", "introspective"), ("CTL", "control")):
+            for m in ("acc", "ece"):
+                got = table[f"{scope}/{short}/{m}"]
+                want = _expected(runs["a"], scope, lambda e, h=head, m=m: e[h][m])
+                assert got == pytest.approx(want, abs=1e-12)
+        # differences are paired per seed
+        got = table[f"{scope}/INT-CTL/ece"]
+        want = _expected(
+            runs["a"], scope, lambda e: e["introspective"]["ece"] - e["control"]["ece"]
+        )
+        assert got == pytest.approx(want, abs=1e-12)
+    assert report["groups"][1]["table"]["clean/FF/acc"][1] == 0.0  # one seed: no spread
+
+
+def test_files_markdown_csv_and_plots(runs, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = compare([*runs["a"], *runs["b"]], out, wandb=False)
+    md = (out / "comparison.md").read_text()
+    assert "cifar_resnet20 [resnet20.th] · train, augmix x2 + clean" in md
+    assert "robust_resnet4b [resnet20.th] · train, plain" in md
+    clean_ff = _expected(runs["a"], "clean", lambda e: e["feedforward"]["acc"])
+    assert f"{100 * clean_ff[0]:.2f} ± {100 * clean_ff[1]:.2f}" in md
+    assert md == report["markdown"]
+    with (out / "comparison.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["n_seeds"] for r in rows] == ["3", "1"]
+    assert rows[0]["seeds"] == "0 1 2"
+    corr = _expected(runs["a"], "corrupted", lambda e: e["introspective"]["acc"])
+    assert float(rows[0]["corrupted/INT/acc_mean"]) == pytest.approx(corr[0], abs=1e-6)
+    assert float(rows[0]["corrupted/INT/acc_std"]) == pytest.approx(corr[1], abs=1e-6)
+    for name in ("accuracy_vs_ece.png", "severity_curves.png"):
+        with Image.open(out / name) as img:
+            assert img.size[0] > 300 and img.size[1] > 300
+
+
+def test_default_output_folder_is_beside_the_runs(runs, tmp_path: Path) -> None:
+    report = compare(runs["a"], wandb=False)
+    assert report["out_dir"] == tmp_path.resolve() / "comparison"
+    assert (tmp_path / "comparison" / "comparison.csv").is_file()
+
+
+def test_bad_inputs_are_clear_errors(runs, tmp_path: Path) -> None:
+    with pytest.raises(CompareError, match="no results.json"):
+        compare([tmp_path / "nowhere"])
+    with pytest.raises(CompareError, match="listed twice"):
+        compare([runs["a"][0], runs["a"][0]])
+    dup = _write_run(tmp_path, "a0-again", _config(0), 0.3)
+    with pytest.raises(CompareError, match=r"repeated seeds \[0, 1, 2, 0\]"):
+        compare([*runs["a"], dup])
+    other = _write_run(tmp_path, "a3", _config(3), 0.0)
+    res = json.loads((other / "results.json").read_text())
+    del res["splits"]["snow/5"]
+    (other / "results.json").write_text(json.dumps(res))
+    with pytest.raises(CompareError, match="different splits"):
+        compare([*runs["a"], other])
+    with pytest.raises(CompareError, match="at least one"):
+        compare([])
+
+
+def test_command_line(runs, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    rc = evaluate.main(["compare", *map(str, runs["a"]), "--out", str(out), "--no-wandb"])
+    assert rc == 0 and (out / "comparison.md").is_file()
+    assert "| run (backbone · stage-2 recipe) |" in capsys.readouterr().out
+    assert evaluate.main(["compare", str(tmp_path / "missing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    assert evaluate.main(["compare", "--bogus"]) == 2
+
+
+def test_wandb_offline_logging(runs, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "wb"
+    compare(runs["a"], out, wandb=True)
+    offline = list((out / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("*.wandb"))  # the run's log file
