@@ -17,6 +17,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    from introspect.runs.distributed import is_global_zero
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings, run
 
     quiet_library_warnings()
@@ -26,7 +27,8 @@ def main(argv: list[str]) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s)")
+    if is_global_zero():
+        print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s)")
     return 0
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,10 +39,24 @@ def _cfg(tmp_path: Path, *extra: str):
     )
 
 
+def _write_npz(path: Path, n: int, size: int, classes: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    np.savez(path, x=x, y=np.arange(n) % classes)
+    return path
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("pipeline")
-    cfg = _cfg(tmp)
+    # An extra named split from another source: 30 random images of another size (resized).
+    extra = _write_npz(tmp / "extra.npz", 30, 12, 10, 0)
+    cfg = _cfg(
+        tmp,
+        "eval.extra.other.source=npz",
+        f"eval.extra.other.path={extra}",
+        "eval.extra.other.split=all",
+    )
     results = run(cfg)
     return cfg, Path(cfg.run.dir), results
 
@@ -50,17 +65,18 @@ def test_results_json_has_every_split_head_and_metric(finished) -> None:
     cfg, run_dir, results = finished
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert on_disk["splits"].keys() == results["splits"].keys()
-    expected = ["clean"] + [f"{c}/{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
-    assert list(on_disk["splits"]) == expected
+    cells = [f"{c}/{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
+    assert list(on_disk["splits"]) == ["clean", "other", *cells]
     dm = build_data(cfg)
-    for entry in on_disk["splits"].values():
-        assert entry["num_samples"] == len(dm.split("test"))
+    for name, entry in on_disk["splits"].items():
+        # split=all: every image of the extra file
+        assert entry["num_samples"] == (30 if name == "other" else len(dm.split("test")))
         for head in ("feedforward", "introspective", "control"):
             m = entry[head]
             assert {"acc", "ece", "nll", "brier"} <= m.keys()
             assert 0 <= m["acc"] <= 1 and 0 <= m["ece"] <= 1
-    # summary = mean over the shifted splits (everything but clean)
-    shifted = [v for k, v in on_disk["splits"].items() if k != "clean"]
+    # summary = mean over the corruption cells (neither clean nor the extra split)
+    shifted = [v for k, v in on_disk["splits"].items() if k in cells]
     for head, metrics in on_disk["summary"].items():
         for name, value in metrics.items():
             assert value == pytest.approx(sum(s[head][name] for s in shifted) / len(shifted))
@@ -71,12 +87,12 @@ def test_results_json_has_every_split_head_and_metric(finished) -> None:
     ):
         assert sorted(on_disk[key]) == sorted(groups)
         for group in groups:
-            shifted_cells = {k: v for k, v in on_disk["splits"].items() if k != "clean"}
-            cells = [v for k, v in shifted_cells.items() if k.split("/")[part] == group]
-            assert len(cells) == 2
+            shifted_cells = {k: v for k, v in on_disk["splits"].items() if k in cells}
+            members = [v for k, v in shifted_cells.items() if k.split("/")[part] == group]
+            assert len(members) == 2
             for head, metrics in on_disk[key][group].items():
                 for name, value in metrics.items():
-                    assert value == pytest.approx(sum(c[head][name] for c in cells) / 2)
+                    assert value == pytest.approx(sum(c[head][name] for c in members) / 2)
     table = (run_dir / "table.md").read_text()
     assert "| corruption |" in table and "| severity |" in table and "| contrast/5 |" in table
     assert on_disk["run"]["config"]["run"]["dir"] == str(run_dir)
@@ -131,13 +147,13 @@ def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) ->
 def extractions(monkeypatch) -> list[str]:
     """The ``desc`` of every feature extraction stage 2 runs (cache hits are not counted)."""
     calls: list[str] = []
-    original = stage2_mod.compute_features
+    original = stage2_mod.iter_features
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("desc", ""))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(stage2_mod, "compute_features", counting)
+    monkeypatch.setattr(stage2_mod, "iter_features", counting)
     return calls
 
 
@@ -159,8 +175,8 @@ def test_feature_cache_is_reused_and_keyed(tmp_path: Path, extractions: list[str
         next(backbone.parameters()).add_(0.01)
     stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
     assert len(calls) == 6  # other weights: extracted again
-    # a truncated cache file is detected and recomputed
-    for f in (tmp_path / "cache").glob("*.pt"):
+    # a truncated cache shard is detected and recomputed
+    for f in (tmp_path / "cache").glob("*/shard-*.pt"):
         f.write_bytes(f.read_bytes()[:100])
     stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
     assert len(calls) == 8
@@ -204,6 +220,7 @@ def test_failed_run_leaves_no_results_json(tmp_path: Path, monkeypatch) -> None:
 
 def test_evaluate_py_reevaluates_on_other_splits(finished) -> None:
     cfg, run_dir, results = finished
+    training_log = (run_dir / "logs" / "metrics.csv").read_text()
     proc = subprocess.run(
         [sys.executable, str(REPO / "evaluate.py"), f"run={run_dir}",
          "eval.corruptions=[impulse_noise]", "eval.severities=[3]",
@@ -212,12 +229,16 @@ def test_evaluate_py_reevaluates_on_other_splits(finished) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((run_dir / "results.json").read_text())
-    assert list(again["splits"]) == ["clean", "impulse_noise/3"]
-    for head in ("feedforward", "introspective", "control"):
-        for metric in ("acc", "ece", "nll"):
-            assert again["splits"]["clean"][head][metric] == pytest.approx(
-                results["splits"]["clean"][head][metric], abs=1e-6
-            )
+    assert list(again["splits"]) == ["clean", "other", "impulse_noise/3"]
+    # the training log is kept; the re-evaluation logs beside it
+    assert (run_dir / "logs" / "metrics.csv").read_text() == training_log
+    assert "eval/impulse_noise/3" in (run_dir / "logs" / "evaluate" / "metrics.csv").read_text()
+    for split in ("clean", "other"):  # the saved config keeps the extra split
+        for head in ("feedforward", "introspective", "control"):
+            for metric in ("acc", "ece", "nll"):
+                assert again["splits"][split][head][metric] == pytest.approx(
+                    results["splits"][split][head][metric], abs=1e-6
+                )
 
 
 def test_class_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:

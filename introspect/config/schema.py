@@ -20,6 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage2.augment": ("none", "standard", "gaussian_noise", "augmix"),
     "stage2.head.optim.name": ("sgd", "adamw"),
     "stage2.head.optim.schedule": ("cosine", "none"),
+    "eval.source": ("generated", "official"),
 }
 
 
@@ -142,18 +143,99 @@ class Stage2Config:
     augmix_severity: int = 3
     cache_dir: str = "~/.cache/introspect/features"
     extract_batch_size: int = 256
+    # Batches per feature-cache shard: the unit of resuming, and what extraction holds in memory.
+    shard_batches: int = 8
+
+
+@dataclass
+class ExtraSplitConfig:
+    """A named evaluation split from another source (e.g. a JPEG re-encoding of the test set).
+
+    ``source``/``path``/``test_path`` as in ``DataConfig`` (other data settings are inherited
+    from ``data``); ``split`` is which of its splits is evaluated (``train``, ``val``, ``test``
+    or ``all`` of its images).
+    """
+
+    source: str = "imagefolder"
+    path: str | None = None
+    test_path: str | None = None
+    split: str = "test"
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation splits: the clean test split and ``<corruption>/<severity>`` cells of it."""
+    """Evaluation splits: the clean test split, ``<corruption>/<severity>`` cells of it and any
+    ``extra`` named splits.
+
+    ``source``: ``generated`` corrupts the test split on the fly (seeded per cell by ``seed``,
+    ``chunk_size`` images at a time, optionally cached under ``cache_dir``); ``official`` reads
+    the released CIFAR-10-C / CIFAR-100-C arrays in ``official_dir``.
+    """
 
     clean: bool = True
     corruptions: list[str] = field(default_factory=list)
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    source: str = "generated"
+    official_dir: str | None = None
+    cache_dir: str | None = None
+    chunk_size: int = 256
+    extra: dict[str, ExtraSplitConfig] = field(default_factory=dict)
     seed: int = 0
     n_bins: int = 15
     batch_size: int = 256
+
+
+@dataclass
+class OODSetConfig:
+    """A named out-of-distribution set of the scores task (``python evaluate.py scores``).
+
+    ``source``/``path``/``test_path`` as in ``DataConfig`` (other data settings are inherited
+    from ``data``); ``split`` is which of its splits is scored (``train``, ``val``, ``test`` or
+    ``all`` of its images). Unlike ``eval.extra`` its classes need not match the run's data;
+    its images are resized to the run's image size.
+    """
+
+    source: str = "imagefolder"
+    path: str | None = None
+    test_path: str | None = None
+    split: str = "test"
+
+
+@dataclass
+class ScoresConfig:
+    """The OOD-detection and trust evaluation of a finished run (``python evaluate.py scores``).
+
+    - ``ood``: named OOD sets, scored against the run's clean test split (in-distribution).
+    - ``noise``: add ``noise``, seeded uniform-noise images of the run's image shape, as many
+      as in-distribution samples are scored.
+    - ``max_samples``: at most this many samples of each set (a subset seeded by ``seed``);
+      ``null`` scores every sample.
+    - ``purview``: the Purview scores (per-sample gradients of every parameter, the most
+      expensive score).
+    - ``purview_detector``: also train a ``PurviewDetector`` per OOD set on half of that set and
+      half of the in-distribution samples and report it on the other halves (a *supervised*
+      detector, ``purview_detector_supervised``); needs ``purview``.
+    - ``odin_T``, ``odin_eps``: ODIN temperature and input perturbation (pixel units; also used
+      by ``int_odin``). ``mahalanobis_eps``: Mahalanobis input perturbation (0 = none).
+    - ``gradtrust_k``: number of counterfactual classes of the paper's GradTrust form.
+    - ``trust``: the trust task (AUAC/AUFC) on the clean split, every ``eval.extra`` split and
+      the pooled corruption cells (``corrupted``).
+    - ``seed``: seeds the subsets, the noise images and the detector.
+    - ``batch_size``: images per scored batch.
+    """
+
+    ood: dict[str, OODSetConfig] = field(default_factory=dict)
+    noise: bool = True
+    max_samples: int | None = 2000
+    purview: bool = True
+    purview_detector: bool = False
+    odin_T: float = 1000.0
+    odin_eps: float = 0.0014
+    mahalanobis_eps: float = 0.0
+    gradtrust_k: int = 3
+    trust: bool = True
+    seed: int = 0
+    batch_size: int = 128
 
 
 @dataclass
@@ -206,6 +288,7 @@ class Config:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    scores: ScoresConfig = field(default_factory=ScoresConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment: str | None = None

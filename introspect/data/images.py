@@ -126,3 +126,19 @@ class TransformDataset(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         image, label = self.base[index]
         return self.transform(image), label
+
+
+class SeededTransformDataset(TransformDataset):
+    """``TransformDataset`` of a random ``transform`` whose draws for item ``i`` come from the
+    CPU random stream seeded with ``seed`` and ``i``: an item is the same whatever the batching,
+    the order, the loader workers or the process reading it (the global stream is restored)."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Tensor], Tensor], *, seed: int) -> None:
+        super().__init__(base, transform)
+        self.seed = seed
+
+    def __getitem__(self, index: int) -> Sample:
+        image, label = self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 2**32 + index) % 2**63)
+            return self.transform(image), label

@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf.errors import MissingMandatoryValue
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from introspect.data.errors import DataError
 from introspect.data.images import TransformDataset
@@ -214,10 +214,16 @@ class ImageDataModule(L.LightningDataModule):
         return self._splits[name]
 
     def loader(
-        self, dataset: Dataset, *, shuffle: bool = False, batch_size: int | None = None
+        self,
+        dataset: Dataset,
+        *,
+        shuffle: bool = False,
+        batch_size: int | None = None,
+        sampler: Sampler[int] | None = None,
     ) -> DataLoader:
         """A loader of any ``dataset`` with the configured workers and memory pinning;
-        ``batch_size`` defaults to ``eval_batch_size`` (or ``batch_size`` when that is unset)."""
+        ``batch_size`` defaults to ``eval_batch_size`` (or ``batch_size`` when that is unset);
+        ``sampler`` picks which items, in which order (e.g. one process's share)."""
         s = self.settings
         if batch_size is not None and batch_size < 1:
             raise DataError(f"batch_size={batch_size} must be a positive integer")
@@ -226,6 +232,7 @@ class ImageDataModule(L.LightningDataModule):
             dataset,
             batch_size=size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=s.num_workers,
             pin_memory=s.pin_memory,
             persistent_workers=s.num_workers > 0,

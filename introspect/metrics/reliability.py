@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,24 +40,38 @@ def reliability_bins(probs: ArrayLike, target: ArrayLike, n_bins: int = 15) -> d
     probs_t = torch.as_tensor(probs)
     target_t = torch.as_tensor(target)
     validate_probs_target(probs_t, target_t)
-    n = int(target_t.shape[0])
-    if n == 0:
+    if int(target_t.shape[0]) == 0:
         raise ValueError("reliability_bins needs at least one sample, got an empty batch")
     confidence, correct = confidence_and_correct(probs_t.detach().cpu(), target_t.cpu())
     index = equal_width_bin_index(confidence, n_bins)
-    count = torch.zeros(n_bins, dtype=torch.int64).index_add_(0, index, torch.ones_like(index))
-    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, index, confidence)
-    correct_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, index, correct)
+    return bins_from_sums(
+        torch.zeros(n_bins, dtype=torch.int64).index_add_(0, index, torch.ones_like(index)),
+        torch.zeros(n_bins, dtype=torch.float64).index_add_(0, index, confidence),
+        torch.zeros(n_bins, dtype=torch.float64).index_add_(0, index, correct),
+    )
+
+
+def bins_from_sums(
+    count: torch.Tensor, confidence_sum: torch.Tensor, correct_sum: torch.Tensor
+) -> dict:
+    """The statistics of :func:`reliability_bins` from per-bin sample counts, confidence sums
+    and correct-prediction sums (e.g. ``ExpectedCalibrationError.bin_sums()``, or the sums of
+    several splits to pool them)."""
+    n = int(count.sum())
+    if n == 0:
+        raise ValueError("reliability statistics need at least one sample, got empty bins")
+    count = count.to(torch.int64)
+    confidence_sum, correct_sum = confidence_sum.double(), correct_sum.double()
     filled = count > 0
-    nan = torch.full((n_bins,), float("nan"), dtype=torch.float64)
+    nan = torch.full(count.shape, float("nan"), dtype=torch.float64)
     return {
-        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+        "edges": np.linspace(0.0, 1.0, len(count) + 1),
         "count": count.numpy(),
         "accuracy": torch.where(filled, correct_sum / count.clamp_min(1), nan).numpy(),
-        "confidence": torch.where(filled, conf_sum / count.clamp_min(1), nan).numpy(),
-        "ece": float((correct_sum - conf_sum).abs().sum() / n),
-        "accuracy_all": float(correct.mean()),
-        "confidence_all": float(confidence.mean()),
+        "confidence": torch.where(filled, confidence_sum / count.clamp_min(1), nan).numpy(),
+        "ece": float((correct_sum - confidence_sum).abs().sum() / n),
+        "accuracy_all": float(correct_sum.sum() / n),
+        "confidence_all": float(confidence_sum.sum() / n),
         "n": n,
     }
 
@@ -129,19 +144,23 @@ def reliability_diagram(
 
 
 def reliability_grid(
-    panels: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    panels: Mapping[str, tuple[ArrayLike, ArrayLike] | Mapping[str, Any]],
     *,
     n_bins: int = 15,
     path: str | Path | None = None,
 ) -> Figure:
-    """Reliability diagrams side by side, one column per ``name -> (probs, target)`` panel.
+    """Reliability diagrams side by side, one column per panel: ``name -> (probs, target)``,
+    or ``name ->`` statistics from :func:`reliability_bins` / :func:`bins_from_sums`.
 
     Meant for comparing heads on the same data (feed-forward / introspective / control).
     Saves a PNG to ``path`` when given.
     """
     if len(panels) == 0:
         raise ValueError("reliability_grid needs at least one panel, got an empty mapping")
-    all_bins = {name: reliability_bins(p, t, n_bins) for name, (p, t) in panels.items()}
+    all_bins = {
+        name: panel if isinstance(panel, Mapping) else reliability_bins(*panel, n_bins)
+        for name, panel in panels.items()
+    }
     fig = Figure(figsize=(4.0 * len(all_bins), 6.0), layout="constrained")
     axes = fig.subplots(
         2, len(all_bins), sharex=True, sharey="row", height_ratios=[3, 1], squeeze=False

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchmetrics import SumMetric
 
+from introspect.data.shifted import is_cell
 from introspect.metrics import classification_metrics
 from introspect.models.stage2 import IntrospectiveClassifier, StageTwoClassifier
 
@@ -20,8 +21,10 @@ TABLE_METRICS = ("acc", "ece")
 class Evaluator(L.LightningModule):
     """Test-time module: one dataloader per split, one metric collection per split and head.
 
-    Softmax probabilities of every head are kept for the splits named in ``keep_probs``
-    (for reliability diagrams).
+    Metrics are torchmetrics states summed (or concatenated) over the processes of a
+    distributed run. After ``trainer.test``, every process calls :meth:`collect` (with the
+    module on the strategy's device): processes without a sample of any split skip Lightning's
+    test loop, so the synchronization cannot live in a test hook.
     """
 
     def __init__(
@@ -32,9 +35,10 @@ class Evaluator(L.LightningModule):
         *,
         num_classes: int,
         n_bins: int = 15,
-        keep_probs: Sequence[str] = ("clean",),
     ) -> None:
         super().__init__()
+        # A process may get no sample of a split: exact sharding pads none with duplicates.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.backbone = backbone.eval()
         self.heads = nn.ModuleDict(dict(heads))
         self.splits = list(splits)
@@ -44,9 +48,6 @@ class Evaluator(L.LightningModule):
             nn.ModuleDict({h: base.clone() for h in self.head_names}) for _ in self.splits
         )
         self.counts = nn.ModuleList(SumMetric() for _ in self.splits)
-        self.keep_probs = set(keep_probs)
-        self.kept: dict[str, dict[str, list[torch.Tensor]]] = {}
-        self.results: dict[str, dict[str, Any]] = {}
 
     def test_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int, dataloader_idx: int = 0
@@ -69,36 +70,30 @@ class Evaluator(L.LightningModule):
                 feats = head.features(images, penultimate=penult)
             with torch.no_grad():
                 probs[name] = head.classify(feats).softmax(-1)
-        split = self.splits[dataloader_idx]
         for name, p in probs.items():
             self.metrics[dataloader_idx][name].update(p, labels)
         self.counts[dataloader_idx].update(torch.tensor(float(len(labels)), device=labels.device))
-        if split in self.keep_probs:
-            store = self.kept.setdefault(split, {"labels": []})
-            store["labels"].append(labels.cpu())
-            for name, p in probs.items():
-                store.setdefault(name, []).append(p.cpu())
 
-    def on_test_epoch_end(self) -> None:
+    def collect(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """``(results, bins)`` over all processes: ``results[split]`` holds ``num_samples`` and
+        every head's metrics; ``bins[split][head]`` the reliability bin sums of
+        ``ExpectedCalibrationError.bin_sums``. Collective: call it on every process."""
+        results: dict[str, dict[str, Any]] = {}
+        bins: dict[str, dict[str, Any]] = {}
         for i, split in enumerate(self.splits):
             entry: dict[str, Any] = {"num_samples": int(self.counts[i].compute().item())}
             for name in self.head_names:
                 values = self.metrics[i][name].compute()
                 entry[name] = {k: float(v) for k, v in values.items()}
-            self.results[split] = entry
-
-    def kept_probs(self, split: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{head: (probs, labels)}`` of a split listed in ``keep_probs``."""
-        store = self.kept.get(split)
-        if not store:
-            return {}
-        labels = torch.cat(store["labels"])
-        return {h: (torch.cat(store[h]), labels) for h in self.head_names}
+            results[split] = entry
+            bins[split] = {h: self.metrics[i][h]["ece"].bin_sums() for h in self.head_names}
+        return results, bins
 
 
 def summarize(splits: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean of every head's metrics over the shifted splits (all but ``clean``)."""
-    shifted = [v for k, v in splits.items() if k != "clean"]
+    """Mean of every head's metrics over the ``<corruption>/<severity>`` cells (the benchmark
+    number); ``clean`` and ``eval.extra`` splits are not part of it."""
+    shifted = [v for k, v in splits.items() if is_cell(k)]
     if not shifted:
         return {}
     heads = [h for h in HEADS if h in shifted[0]]
@@ -111,7 +106,7 @@ def aggregate_by(splits: Mapping[str, Mapping[str, Any]], part: int) -> dict[str
     """Means over shifted splits grouped by corruption (``part=0``) or severity (``part=1``)."""
     groups: dict[str, dict[str, Any]] = {}
     for name, entry in splits.items():
-        if "/" not in name:
+        if not is_cell(name):
             continue
         groups.setdefault(name.split("/")[part], {})[name] = entry
     return {g: summarize(members) for g, members in groups.items()}
@@ -141,7 +136,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     heads = [h for h in HEADS if any(h in e for e in splits.values())]
     rows = dict(splits)
     if results.get("summary"):
-        rows["**mean shifted**"] = results["summary"]
+        rows["**mean corrupted**"] = results["summary"]
     lines = _markdown("split", rows, heads, sizes=True)
     for key, title in (("by_corruption", "corruption"), ("by_severity", "severity")):
         if results.get(key):
@@ -154,7 +149,7 @@ def verdict(results: Mapping[str, Any]) -> str:
     out = []
     for scope, entry in (
         ("clean", results["splits"].get("clean")),
-        ("shifted", results.get("summary")),
+        ("corrupted (mean of cells)", results.get("summary")),
     ):
         if not entry or "introspective" not in entry:
             continue

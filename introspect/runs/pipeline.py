@@ -22,9 +22,11 @@ from introspect.backbones import (
 )
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule, build_augmentation, build_datamodule
-from introspect.data.shifted import check_cells
 from introspect.models.feedforward import FeedForwardClassifier
+from introspect.runs.distributed import launch
 from introspect.runs.rundir import build_loggers, prepare_run_dir
+from introspect.runs.splits import evaluation_splits
+from introspect.runs.stage2 import resolve_device
 
 
 class PipelineError(RuntimeError):
@@ -173,20 +175,28 @@ def stage1_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the configured job end to end (stage 1, stage 2, evaluation) and return the results."""
+    """Run the configured job end to end (stage 1, stage 2, evaluation) and return the results.
+
+    With several processes (``trainer.devices``/``trainer.num_nodes``) every stage runs on all
+    of them and each returns the same results; rank zero writes the run directory.
+    """
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import stage2
 
     start = time.perf_counter()
-    check_cells(cfg.eval.corruptions, cfg.eval.severities)
+    for key in ("extract_batch_size", "shard_batches"):
+        if cfg.stage2[key] < 1:
+            raise ConfigError(f"stage2.{key}={cfg.stage2[key]} must be a positive integer")
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm = build_data(cfg)
+    splits = evaluation_splits(cfg, dm, resolve_device(cfg))  # checked before any work
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    launch(cfg)  # after the checks above: a bad configuration fails before processes start
     run_dir = prepare_run_dir(cfg)
     loggers = build_loggers(cfg, run_dir)
     stage1(cfg, dm, backbone, run_dir, loggers)
     heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
-    results = evaluate_and_report(cfg, dm, backbone, heads, run_dir, loggers, started=start)
+    results = evaluate_and_report(cfg, dm, backbone, heads, splits, run_dir, loggers, started=start)
     for logger in loggers:
         logger.finalize("success")
     return results
@@ -198,16 +208,17 @@ def reevaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from introspect.runs.stage2 import load_heads
 
     start = time.perf_counter()
-    check_cells(cfg.eval.corruptions, cfg.eval.severities)
     dm = build_data(cfg)
+    splits = evaluation_splits(cfg, dm, resolve_device(cfg))
     checkpoint = stage1_checkpoint(cfg, run_dir)
     if checkpoint is None:
         raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
     cfg.backbone.checkpoint = checkpoint
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     heads = load_heads(cfg, backbone, run_dir, dm.num_classes)
-    loggers = build_loggers(cfg, run_dir)
-    results = evaluate_and_report(cfg, dm, backbone, heads, run_dir, loggers, started=start)
+    launch(cfg)
+    loggers = build_loggers(cfg, run_dir, csv_version="evaluate")
+    results = evaluate_and_report(cfg, dm, backbone, heads, splits, run_dir, loggers, started=start)
     for logger in loggers:
         logger.finalize("success")
     return results

@@ -12,9 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from introspect.data import ImageDataModule
-from introspect.data.shifted import corrupted_split, stack_split
-from introspect.metrics.reliability import reliability_grid
+from introspect.data.samplers import ContiguousSampler
+from introspect.data.shifted import is_cell
+from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
+from introspect.runs.distributed import global_rank, is_global_zero, world_size
 from introspect.runs.evaluation import (
     Evaluator,
     aggregate_by,
@@ -23,24 +25,6 @@ from introspect.runs.evaluation import (
     verdict,
 )
 from introspect.runs.rundir import write_json_atomic
-from introspect.runs.stage2 import resolve_device
-
-
-def evaluation_splits(cfg: DictConfig, dm: ImageDataModule) -> dict[str, Dataset]:
-    """``clean`` (the test split) and every configured ``<corruption>/<severity>`` cell of it."""
-    test = dm.split("test")
-    splits: dict[str, Dataset] = {"clean": test} if cfg.eval.clean else {}
-    device = resolve_device(cfg)
-    if cfg.eval.corruptions:
-        images, labels = stack_split(test)  # read once, corrupted cell by cell
-    for name in cfg.eval.corruptions:
-        for severity in cfg.eval.severities:
-            splits[f"{name}/{severity}"] = corrupted_split(
-                images, labels, name, int(severity), seed=cfg.eval.seed, device=device
-            )
-    if not splits:
-        raise ValueError("nothing to evaluate: set eval.clean=true or list eval.corruptions")
-    return splits
 
 
 def evaluate_and_report(
@@ -48,23 +32,40 @@ def evaluate_and_report(
     dm: ImageDataModule,
     backbone: torch.nn.Module,
     heads: dict[str, StageTwoClassifier],
+    splits: dict[str, Dataset],
     run_dir: Path,
     loggers: list[Logger],
     *,
     started: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every head on every split; write ``results.json``, ``table.md`` and plots; log."""
+    """Evaluate every head on every split of ``splits`` (see ``runs.splits``); write
+    ``results.json``, ``table.md`` and plots; log everything.
+
+    In a multi-process run every process evaluates its contiguous block of each split and
+    returns the synchronized results; only rank zero writes and logs.
+    """
     from introspect.runs.pipeline import build_trainer
 
-    splits = evaluation_splits(cfg, dm)
     names = list(splits)
     evaluator = Evaluator(
-        backbone, heads, names, num_classes=dm.num_classes, n_bins=cfg.eval.n_bins,
-        keep_probs=names,
-    )  # fmt: skip
-    trainer = build_trainer(cfg, run_dir, loggers=False, inference_mode=False)
-    loaders = [dm.loader(splits[n], batch_size=cfg.eval.batch_size) for n in names]
+        backbone, heads, names, num_classes=dm.num_classes, n_bins=cfg.eval.n_bins
+    )
+    # Each process evaluates one contiguous block of every split, none padded with repeats.
+    trainer = build_trainer(
+        cfg, run_dir, loggers=False, inference_mode=False, use_distributed_sampler=False
+    )
+    rank, world = global_rank(), world_size()
+    loaders = [
+        dm.loader(
+            splits[n],
+            batch_size=cfg.eval.batch_size,
+            sampler=ContiguousSampler(len(splits[n]), rank, world),  # type: ignore[arg-type]
+        )
+        for n in names
+    ]
     trainer.test(evaluator, dataloaders=loaders, verbose=False)
+    # Lightning moved the module to the CPU; synchronize where the process group works.
+    split_results, bins = evaluator.to(trainer.strategy.root_device).collect()
 
     results: dict[str, Any] = {
         "run": {
@@ -73,16 +74,18 @@ def evaluate_and_report(
             "seed": cfg.run.seed,
             "config": OmegaConf.to_container(cfg, resolve=True),
         },
-        "splits": evaluator.results,
-        "summary": summarize(evaluator.results),
-        "by_corruption": aggregate_by(evaluator.results, 0),
-        "by_severity": aggregate_by(evaluator.results, 1),
+        "splits": split_results,
+        "summary": summarize(split_results),
+        "by_corruption": aggregate_by(split_results, 0),
+        "by_severity": aggregate_by(split_results, 1),
     }
     if started is not None:
         results["run"]["seconds"] = round(time.perf_counter() - started, 2)
+    if not is_global_zero():
+        return results
 
     table = format_table(results)
-    plots = _reliability_plots(evaluator, names, cfg.eval.n_bins, run_dir)
+    plots = _reliability_plots(bins, names, run_dir)
     (run_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n")
     _log(loggers, results, plots)
     # results.json last and atomically: a failed run leaves none behind.
@@ -93,24 +96,25 @@ def evaluate_and_report(
 
 
 def _reliability_plots(
-    evaluator: Evaluator, names: list[str], n_bins: int, run_dir: Path
+    bins: dict[str, dict[str, Any]], names: list[str], run_dir: Path
 ) -> list[Path]:
+    """Reliability grids of the clean split and of all corruption cells pooled."""
     paths: list[Path] = []
     if "clean" in names:
         path = run_dir / "reliability_clean.png"
-        reliability_grid(evaluator.kept_probs("clean"), n_bins=n_bins, path=path)
+        reliability_grid({h: bins_from_sums(**b) for h, b in bins["clean"].items()}, path=path)
         paths.append(path)
-    shifted = [n for n in names if n != "clean"]
+    shifted = [n for n in names if is_cell(n)]
     if shifted:
-        pooled: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for n in shifted:
-            for head, (p, y) in evaluator.kept_probs(n).items():
-                prev = pooled.get(head)
-                pooled[head] = (
-                    (p, y) if prev is None else (torch.cat([prev[0], p]), torch.cat([prev[1], y]))
-                )
-        path = run_dir / "reliability_shifted.png"
-        reliability_grid(pooled, n_bins=n_bins, path=path)
+        heads = bins[shifted[0]]
+        pooled = {
+            h: bins_from_sums(
+                **{k: sum(bins[n][h][k] for n in shifted) for k in heads[h]}  # type: ignore[misc]
+            )
+            for h in heads
+        }
+        path = run_dir / "reliability_corrupted.png"
+        reliability_grid(pooled, path=path)
         paths.append(path)
     return paths
 

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig
 
 from introspect.config import save_config
+from introspect.runs.distributed import barrier, broadcast_from_zero, is_global_zero
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
@@ -20,26 +21,35 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
 
     The default name is ``<experiment or 'default'>-<YYYYmmdd-HHMMSS>`` so runs never overwrite
     each other; ``run.dir`` places the run anywhere (results of an earlier run there are removed).
+    In a multi-process run, rank zero picks name and path for every process and alone writes.
     """
-    if not cfg.run.name:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        cfg.run.name = f"{cfg.experiment or 'default'}-{stamp}"
-    run_dir = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / cfg.run.name
-    run_dir = run_dir.expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Results of an earlier run in the same directory would not describe this one.
-    for stale in ("results.json", "table.md"):
-        (run_dir / stale).unlink(missing_ok=True)
-    cfg.run.dir = str(run_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    name = cfg.run.name or f"{cfg.experiment or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / name
+    name, path = broadcast_from_zero((name, str(run_dir.expanduser().resolve())))
+    cfg.run.name, cfg.run.dir = name, path
+    run_dir = Path(path)
+    if is_global_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Results of an earlier run in the same directory would not describe this one.
+        for stale in ("results.json", "table.md"):
+            (run_dir / stale).unlink(missing_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    barrier()
     return run_dir
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
-    """CSV logger in ``<run>/logs`` and, if enabled, a never-prompting W&B logger (offline)."""
+def build_loggers(cfg: DictConfig, run_dir: Path, *, csv_version: str = "") -> list[Logger]:
+    """CSV logger in ``<run>/logs/<csv_version>`` and, if enabled, a never-prompting W&B logger
+    (offline); none on processes other than rank zero (Lightning reduces their metrics to it).
+
+    A CSV logger replaces the ``metrics.csv`` of its folder, so later jobs on a finished run
+    (re-evaluation, scores) log under their own ``csv_version`` and keep the training log.
+    """
     loggers: list[Logger] = []
+    if not is_global_zero():
+        return loggers
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=csv_version))
     if cfg.logger.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
         if cfg.logger.wandb_mode != "online":

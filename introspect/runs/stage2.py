@@ -10,15 +10,24 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from introspect.data import ImageDataModule, TransformDataset, build_augmentation
-from introspect.gradients.cache import FeatureCache, cache_key, compute_features, weights_digest
+from introspect.data import DataError, ImageDataModule, build_augmentation
+from introspect.data.images import SeededTransformDataset
+from introspect.data.samplers import block_bounds
+from introspect.gradients.cache import FeatureCache, cache_key, iter_features, weights_digest
 from introspect.gradients.normalize import normalize_features
 from introspect.models.stage2 import (
     IntrospectiveClassifier,
     ProbeClassifier,
     StageTwoClassifier,
+)
+from introspect.runs.distributed import (
+    barrier,
+    broadcast_from_zero,
+    global_rank,
+    is_global_zero,
+    world_size,
 )
 
 # Data fields that change which images a split holds (not how they are batched or loaded).
@@ -70,7 +79,8 @@ def split_features(
     cache: FeatureCache,
     digest: str,
 ) -> dict[str, torch.Tensor]:
-    """Features of one split under one augmentation pass, from the cache or freshly extracted."""
+    """Features of one split under one augmentation pass, from the cache after its missing
+    shards are extracted: each process of the run extracts a contiguous block of them."""
     s2 = cfg.stage2
     recipe: dict[str, Any] = {
         "backbone": digest,
@@ -79,35 +89,51 @@ def split_features(
         "split": split,
         "augment": augment,
     }
+    dataset = dm.split(split)
     if augment != "none":
         recipe |= {"pass": pass_index, "seed": cfg.run.seed}
         recipe |= {"noise_std": s2.noise_std} if augment == "gaussian_noise" else {}
         recipe |= {"augmix_severity": s2.augmix_severity} if augment == "augmix" else {}
-    key = cache_key(recipe)
-    hit = cache.load(key)
-    if hit is not None:
-        return hit
-    dataset = dm.split(split)
-    if augment != "none":
         transform = build_augmentation(
             augment,
             image_size=dm.image_shape[-1],
             noise_std=s2.noise_std,
             augmix_severity=s2.augmix_severity,
         )
-        dataset = TransformDataset(dataset, transform)
-        torch.manual_seed(cfg.run.seed * 7919 + pass_index)
-    loader = dm.loader(dataset, batch_size=s2.extract_batch_size)
-    tensors = compute_features(
-        backbone,
-        loader,
-        feature_options=feature_options(cfg),
-        device=resolve_device(cfg),
-        desc=f"features {split}/{augment}/{pass_index}",
-        total=len(loader),
+        assert transform is not None
+        dataset = SeededTransformDataset(dataset, transform, seed=cfg.run.seed * 7919 + pass_index)
+    num_samples = len(dataset)  # type: ignore[arg-type]
+    if num_samples == 0:
+        raise DataError(f"stage 2 needs features of the {split} split, but it holds no images")
+    key = cache_key(recipe)
+    shard_size = s2.extract_batch_size * s2.shard_batches
+    plan = broadcast_from_zero(
+        cache.plan(key, recipe, num_samples=num_samples, shard_size=shard_size)
+        if is_global_zero()
+        else None
     )
-    cache.save(key, tensors, recipe)
-    return tensors
+    assert plan is not None
+    if plan.missing:
+        start, stop = block_bounds(len(plan.missing), global_rank(), world_size())
+        mine = plan.missing[start:stop]
+        if mine:
+            indices = [i for shard in mine for i in range(*plan.bounds(shard))]
+            loader = dm.loader(Subset(dataset, indices), batch_size=s2.extract_batch_size)
+            batches = iter_features(
+                backbone,
+                loader,
+                feature_options=feature_options(cfg),
+                device=resolve_device(cfg),
+                desc=f"features {split}/{augment}/{pass_index}",
+                total=len(loader),
+                progress=is_global_zero(),
+            )
+            cache.write_shards(plan, mine, batches)
+        barrier()
+        if is_global_zero():
+            cache.finish(plan)
+        barrier()
+    return cache.load(plan.key)
 
 
 def _head_inputs(kind: str, tensors: dict[str, torch.Tensor], normalize: str) -> torch.Tensor:
@@ -147,8 +173,9 @@ def stage2(
 ) -> dict[str, StageTwoClassifier]:
     """Train the introspective head (and the control unless switched off) on cached features.
 
-    Heads are saved to ``<run>/stage2/<kind>.pt``; validation uses the clean ``val`` split unless
-    ``val`` is part of the training recipe.
+    Heads are saved to ``<run>/stage2/<kind>.pt`` (by rank zero); validation uses the clean
+    ``val`` split unless ``val`` is part of the training recipe. Every process holds the whole
+    training features in memory; Lightning's distributed sampler gives each its share.
     """
     from introspect.runs.pipeline import build_trainer
 
@@ -156,6 +183,11 @@ def stage2(
     backbone.eval().to(resolve_device(cfg))
     cache = FeatureCache(cfg.stage2.cache_dir)
     digest = weights_digest(backbone)
+    if broadcast_from_zero(digest) != digest:
+        raise RuntimeError(
+            f"the backbone's weights on process {global_rank()} differ from rank zero's; every "
+            "process must build the same backbone (same run.seed or backbone.checkpoint)"
+        )
     parts = [
         split_features(cfg, dm, backbone, *r, cache=cache, digest=digest) for r in _recipes(cfg)
     ]
@@ -167,7 +199,8 @@ def stage2(
     kinds = ["introspective"] + (["control"] if cfg.stage2.control else [])
     heads: dict[str, StageTwoClassifier] = {}
     out_dir = run_dir / "stage2"
-    out_dir.mkdir(exist_ok=True)
+    if is_global_zero():
+        out_dir.mkdir(exist_ok=True)
     normalize = cfg.stage2.features.normalize
     for kind in kinds:
         x = _head_inputs(kind, train, normalize)
@@ -196,7 +229,8 @@ def stage2(
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
             trainer.fit(head, train_dataloaders=train_loader, val_dataloaders=val_loader)
         head.eval()
-        torch.save(head.head_state(), out_dir / f"{kind}.pt")
+        if is_global_zero():
+            torch.save(head.head_state(), out_dir / f"{kind}.pt")
         heads[kind] = head
     return heads
 

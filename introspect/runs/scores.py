@@ -1,0 +1,455 @@
+"""The scores task of a finished run: OOD detection and prediction trust of every confidence
+score (METHOD.md §3), added to the run's ``results.json`` and written to ``scores.md``.
+
+In-distribution samples are the run's clean test split. OOD sets are the ``scores.ood`` sets
+and, with ``scores.noise``, uniform-noise images. The trust task ranks predictions on the
+clean split, every ``eval.extra`` split and the corruption cells pooled into ``corrupted``:
+feed-forward scores rank the backbone's predictions, ``int_*`` scores the introspective head's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import ConcatDataset, Dataset, Subset
+from tqdm.auto import tqdm
+
+from introspect.config import ConfigError
+from introspect.data import DataError, ImageDataModule
+from introspect.data.module import SPLITS
+from introspect.data.shifted import is_cell
+from introspect.metrics.ood import ood_metrics
+from introspect.models.stage2 import IntrospectiveClassifier
+from introspect.runs.rundir import build_loggers, write_json_atomic
+from introspect.runs.splits import evaluation_splits, read_source
+from introspect.runs.stage2 import resolve_device
+from introspect.scores import (
+    Mahalanobis,
+    PurviewDetector,
+    format_ood_table,
+    ood_table,
+    purview_features,
+    purview_score,
+    score_batch,
+    trust_table,
+)
+
+NOISE = "noise"
+CORRUPTED = "corrupted"
+DETECTOR = "purview_detector_supervised"
+MARKDOWN_OOD_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
+TRUST_NOTE = (
+    "Feed-forward scores rank the backbone's predictions, int_* scores the introspective "
+    "head's predictions."
+)
+DETECTOR_NOTE = (
+    f"{DETECTOR} is supervised: one PurviewDetector per OOD set, trained on a seeded half of "
+    "that set and of the in-distribution samples and evaluated on the other halves; it is not "
+    "comparable with the unsupervised scores."
+)
+
+
+def check_scores_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` naming the key when a ``scores.*`` value cannot be used."""
+    s = cfg.scores
+    for key in ("batch_size", "gradtrust_k", "max_samples"):
+        value = s[key]
+        if value is not None and value < 1:
+            raise ConfigError(f"scores.{key}={value} must be a positive integer")
+    if s.odin_T <= 0:
+        raise ConfigError(f"scores.odin_T={s.odin_T} must be positive")
+    for key in ("odin_eps", "mahalanobis_eps"):
+        if s[key] < 0:
+            raise ConfigError(f"scores.{key}={s[key]} must be >= 0 (0 = no input perturbation)")
+    if s.seed < 0:
+        raise ConfigError(f"scores.seed={s.seed} must be a non-negative integer")
+    if s.purview_detector and not s.purview:
+        raise ConfigError(
+            "scores.purview_detector=true needs the Purview features: set scores.purview=true"
+        )
+    for name, entry in s.ood.items():
+        where = f"scores.ood.{name}"
+        if not str(name) or "/" in str(name):
+            raise ConfigError(f"{where}: the name must be non-empty and contain no '/'")
+        if s.noise and name == NOISE:
+            raise ConfigError(
+                f"{where}: 'noise' is the synthetic noise set; rename the set or set "
+                "scores.noise=false"
+            )
+        if entry.split not in (*SPLITS, "all"):
+            raise ConfigError(
+                f"{where}.split={entry.split!r} is not a split; valid: {', '.join(SPLITS)}, all"
+            )
+    if not s.ood and not s.noise and not s.trust:
+        raise ConfigError(
+            "nothing to score: add scores.ood.<name>.*, set scores.noise=true or scores.trust=true"
+        )
+
+
+class UniformNoise(Dataset):
+    """``length`` images of i.i.d. uniform ``[0, 1)`` pixels of ``shape`` (C, H, W); image ``i``
+    depends only on ``seed`` and ``i``. Labels are -1 (no class)."""
+
+    def __init__(self, length: int, shape: tuple[int, int, int], seed: int) -> None:
+        self.length = length
+        self.shape = shape
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} images")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.rand(self.shape, generator=g), torch.tensor(-1)
+
+
+def ood_set(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
+    """The ``scores.ood.<name>`` set, read with the run's data settings and resized to the run's
+    (square) image size; its classes may differ from the run's. ``DataError`` names the fix."""
+    entry = cfg.scores.ood[name]
+    where = f"scores.ood.{name}"
+    _, height, width = dm.image_shape
+    if height != width:
+        raise DataError(
+            f"{where}: the run's images are {height}x{width}; OOD sets are resized to a square "
+            "image size, so this run needs data.image_size"
+        )
+    return read_source(cfg, entry, where, image_size=height)[1]
+
+
+def seeded_subset(dataset: Dataset, max_samples: int | None, seed: int, name: str) -> Dataset:
+    """``dataset`` itself, or at most ``max_samples`` of its items: a subset seeded by ``seed`` and
+    ``name``, in index order (so corrupted cells are read chunk by chunk)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if max_samples is None or n <= max_samples:
+        return dataset
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    keep = torch.randperm(n, generator=g)[:max_samples].sort().values
+    return Subset(dataset, keep.tolist())
+
+
+@dataclass
+class ScoredSet:
+    """Per-sample results of one set: scores by name, labels, feed-forward and introspective
+    predictions (when asked for) and Purview norm vectors (for the detector)."""
+
+    scores: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    preds: torch.Tensor | None = None
+    int_preds: torch.Tensor | None = None
+    norms: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of samples."""
+        return int(self.labels.numel())
+
+
+class SetScorer:
+    """Scores every batch of a set with ``score_batch`` (plus Purview from its norm vectors) and
+    keeps only the per-sample vectors, on the CPU."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        dm: ImageDataModule,
+        backbone: torch.nn.Module,
+        intro: IntrospectiveClassifier | None,
+        mahalanobis: Mahalanobis,
+        device: torch.device,
+    ) -> None:
+        self.cfg = cfg
+        self.dm = dm
+        self.backbone = backbone
+        self.intro = intro
+        self.mahalanobis = mahalanobis
+        self.device = device
+
+    def __call__(self, name: str, dataset: Dataset, *, with_preds: bool) -> ScoredSet:
+        """Score every image of ``dataset``; with ``with_preds`` also keep the predictions."""
+        s = self.cfg.scores
+        parts: dict[str, list[torch.Tensor]] = {}
+        loader = self.dm.loader(dataset, batch_size=s.batch_size)
+        progress = self.cfg.trainer.enable_progress_bar
+        for images, labels in tqdm(loader, desc=f"scores {name}", disable=not progress):
+            x = images.to(self.device)
+            batch = score_batch(
+                self.backbone,
+                x,
+                introspective_head=self.intro,
+                mahalanobis=self.mahalanobis,
+                mahalanobis_eps=s.mahalanobis_eps,
+                odin_T=s.odin_T,
+                odin_eps=s.odin_eps,
+                gradtrust_k=s.gradtrust_k,
+                purview=False,
+            )
+            if s.purview:
+                norms = purview_features(self.backbone, x)
+                batch["purview"] = purview_score(norms, "final")
+                batch["purview_initial"] = purview_score(norms, "initial")
+                if s.purview_detector:
+                    batch["norms"] = norms
+            batch["labels"] = labels
+            if with_preds:
+                batch |= self._preds(x)
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(value.detach().cpu())
+        out = {key: torch.cat(values) for key, values in parts.items()}
+        labels = out.pop("labels")
+        norms = out.pop("norms", None)
+        preds, int_preds = out.pop("preds", None), out.pop("int_preds", None)
+        # Feed-forward scores first, then the introspective ones.
+        ordered = dict(sorted(out.items(), key=lambda item: item[0].startswith("int_")))
+        return ScoredSet(ordered, labels, preds, int_preds, norms)
+
+    def _preds(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            if self.intro is None:
+                return {"preds": self.backbone(x).argmax(1)}
+            feats, _, logits = self.intro.features_with_outputs(x)
+            return {
+                "preds": logits.argmax(1),
+                "int_preds": self.intro.classify(feats).argmax(1),
+            }
+
+
+def _trust_of(scored: ScoredSet, num_classes: int) -> dict[str, dict[str, float]]:
+    """AUAC/AUFC of every score of one split: ``int_*`` scores against the introspective
+    predictions, the others against the feed-forward ones."""
+    assert scored.preds is not None
+    ff = {k: v for k, v in scored.scores.items() if not k.startswith("int_")}
+    table = trust_table(ff, scored.preds, scored.labels, num_classes)
+    if scored.int_preds is not None:
+        intro = {k: v for k, v in scored.scores.items() if k.startswith("int_")}
+        table |= trust_table(intro, scored.int_preds, scored.labels, num_classes)
+    return table
+
+
+def _detector_rows(
+    in_dist: ScoredSet, ood: dict[str, ScoredSet], seed: int
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Metrics of one supervised ``PurviewDetector`` per OOD set on the held-out halves, and the
+    numbers of held-out samples."""
+    assert in_dist.norms is not None
+
+    def halves(norms: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(norms) < 2:
+            raise DataError(
+                f"the supervised Purview detector needs at least 2 samples of {name!r}; raise "
+                "scores.max_samples or set scores.purview_detector=false"
+            )
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        order = torch.randperm(len(norms), generator=g)
+        cut = len(norms) // 2
+        return norms[order[:cut]], norms[order[cut:]]
+
+    in_fit, in_eval = halves(in_dist.norms, "in-distribution")
+    rows: dict[str, dict[str, float]] = {}
+    held_out = {"in_distribution": len(in_eval)}
+    for name, scored in ood.items():
+        assert scored.norms is not None
+        out_fit, out_eval = halves(scored.norms, name)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            detector = PurviewDetector(in_fit.shape[1]).fit(in_fit, out_fit)
+        with torch.no_grad():
+            values = ood_metrics(detector(in_eval), detector(out_eval))
+        rows[name] = {metric: float(value) for metric, value in values.items()}
+        held_out[name] = len(out_eval)
+    return rows, held_out
+
+
+def format_trust_splits(table: dict[str, dict[str, dict[str, float]]], digits: int = 2) -> str:
+    """Markdown of ``table[score][split] = {"auac", "aufc"}``: one row per score, one AUAC and
+    one AUFC column per split, in percent."""
+    splits = list(next(iter(table.values()), {}))
+    header = ["score"] + [f"{s} {m}" for s in splits for m in ("AUAC", "AUFC")]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for name, by_split in table.items():
+        cells = [f"{100 * by_split[s][m]:.{digits}f}" for s in splits for m in ("auac", "aufc")]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    note = "Area under the accuracy (AUAC) and macro-F1 (AUFC) curves, in %; higher is better."
+    return note + " " + TRUST_NOTE + "\n\n" + "\n".join(lines)
+
+
+def _markdown(
+    cfg: DictConfig,
+    settings: dict[str, Any],
+    ood: dict[str, Any] | None,
+    trust: dict[str, Any] | None,
+) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "ood")
+    parts = [f"# Scores of run {cfg.run.name}", f"Settings (scores.*): {shown}."]
+    if ood is not None:
+        counts = ood["num_samples"]
+        sizes = ", ".join(f"{k} {v}" for k, v in counts["ood_sets"].items())
+        parts += [
+            "## OOD detection",
+            f"In-distribution: the clean test split ({counts['in_distribution']} samples); "
+            f"OOD sets: {sizes}.",
+            format_ood_table(ood["scores"], MARKDOWN_OOD_METRICS),
+        ]
+        if DETECTOR in ood["scores"]:
+            parts.append(DETECTOR_NOTE)
+    if trust is not None:
+        sizes = ", ".join(f"{k} {v}" for k, v in trust["num_samples"].items())
+        parts += ["## Trust", f"Samples: {sizes}.", format_trust_splits(trust["scores"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def _flat(ood: dict[str, Any] | None, trust: dict[str, Any] | None) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for task, section in (("ood", ood), ("trust", trust)):
+        if section is None:
+            continue
+        for score, by_set in section["scores"].items():
+            for name, metrics in by_set.items():
+                flat |= {f"scores/{task}/{score}/{name}/{m}": v for m, v in metrics.items()}
+    return flat
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); re-evaluate the run first") from None
+    if not isinstance(results, dict):
+        raise ConfigError(f"{path} does not hold a JSON object; re-evaluate the run first")
+    return results
+
+
+def score_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Score a finished run's OOD detection and trust (see the module docstring); add ``"ood"``
+    and ``"trust"`` to its ``results.json``, write ``scores.md``, print the tables and log the
+    scalars. Returns ``{"ood": ..., "trust": ...}`` (``None`` for a task not run).
+
+    ``results.json`` is only replaced, atomically, once everything succeeded.
+    """
+    from introspect.runs.pipeline import (
+        PipelineError,
+        build_backbone,
+        build_data,
+        stage1_checkpoint,
+    )
+    from introspect.runs.stage2 import load_heads
+
+    started = time.perf_counter()
+    check_scores_config(cfg)
+    s = cfg.scores
+    results_path = run_dir / "results.json"
+    _read_results(results_path)  # an unreadable file fails before any work
+    device = resolve_device(cfg)
+    dm = build_data(cfg)
+    # Every data source is opened before any work, so bad settings fail early.
+    in_dist = seeded_subset(dm.split("test"), s.max_samples, s.seed, "in_distribution")
+    ood_sets = {str(n): ood_set(cfg, dm, str(n)) for n in s.ood}
+    ood_sets = {n: seeded_subset(d, s.max_samples, s.seed, n) for n, d in ood_sets.items()}
+    if s.noise:
+        ood_sets[NOISE] = UniformNoise(len(in_dist), dm.image_shape, s.seed)
+    trust_sets: dict[str, Dataset] = {}
+    if s.trust:
+        splits = evaluation_splits(cfg, dm, device)
+        cells = [d for n, d in splits.items() if is_cell(n)]
+        trust_sets = {n: d for n, d in splits.items() if not is_cell(n)}
+        if cells:
+            if CORRUPTED in trust_sets:
+                raise PipelineError(
+                    f"eval.extra.{CORRUPTED} clashes with the pooled corruption cells of the "
+                    "trust task; rename that extra split"
+                )
+            trust_sets[CORRUPTED] = ConcatDataset(cells)
+        trust_sets = {
+            n: in_dist if n == "clean" else seeded_subset(d, s.max_samples, s.seed, n)
+            for n, d in trust_sets.items()
+        }
+
+    checkpoint = stage1_checkpoint(cfg, run_dir)
+    if checkpoint is None:
+        raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
+    cfg.backbone.checkpoint = checkpoint
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
+    intro = load_heads(cfg, backbone, run_dir, dm.num_classes).get("introspective")
+    if intro is not None:
+        assert isinstance(intro, IntrospectiveClassifier)
+        intro = intro.eval().to(device)
+
+    with torch.inference_mode(False):
+        train = dm.split("train")
+        fit_loader = dm.loader(train, batch_size=s.batch_size)
+        hide = not cfg.trainer.enable_progress_bar
+        mahalanobis = Mahalanobis(dm.num_classes).fit(
+            backbone, tqdm(fit_loader, desc="scores mahalanobis fit", disable=hide)
+        )
+        scorer = SetScorer(cfg, dm, backbone, intro, mahalanobis, device)
+        scored_in = scorer("in_distribution", in_dist, with_preds="clean" in trust_sets)
+        scored_ood = {n: scorer(n, d, with_preds=False) for n, d in ood_sets.items()}
+        scored_trust = {
+            n: scored_in if n == "clean" else scorer(n, d, with_preds=True)
+            for n, d in trust_sets.items()
+        }
+
+    settings = OmegaConf.to_container(s, resolve=True)
+    assert isinstance(settings, dict)
+    settings["mahalanobis_fit_samples"] = mahalanobis.count
+    ood: dict[str, Any] | None = None
+    if scored_ood:
+        table = ood_table(scored_in.scores, {n: o.scores for n, o in scored_ood.items()})
+        ood = {
+            "positive_class": "in-distribution",
+            "note": "In-distribution (the clean test split) is the positive class; AUPR-Out "
+            "swaps the roles. Scores are confidences (higher = more in-distribution).",
+            "num_samples": {
+                "in_distribution": scored_in.size,
+                "ood_sets": {n: o.size for n, o in scored_ood.items()},
+            },
+            "settings": settings,
+            "scores": table,
+        }
+        if s.purview_detector:
+            rows, held_out = _detector_rows(scored_in, scored_ood, s.seed)
+            table[DETECTOR] = rows
+            ood["purview_detector"] = {"note": DETECTOR_NOTE, "held_out_samples": held_out}
+    trust: dict[str, Any] | None = None
+    if scored_trust:
+        per_split = {n: _trust_of(t, dm.num_classes) for n, t in scored_trust.items()}
+        names = list(next(iter(per_split.values())))
+        trust = {
+            "note": TRUST_NOTE,
+            "num_samples": {n: t.size for n, t in scored_trust.items()},
+            "settings": settings,
+            "scores": {score: {n: per_split[n][score] for n in per_split} for score in names},
+        }
+
+    markdown = _markdown(cfg, settings, ood, trust)
+    (run_dir / "scores.md").write_text(markdown)
+    print(markdown)
+    with warnings.catch_warnings():
+        # Re-scoring replaces the CSV log of the previous scoring run, as intended.
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* not empty")
+        for logger in build_loggers(cfg, run_dir, csv_version="scores"):
+            logger.log_metrics(_flat(ood, trust))
+            logger.save()
+            logger.finalize("success")
+    results = _read_results(results_path)  # as it is now, not as it was when scoring began
+    for key, section in (("ood", ood), ("trust", trust)):
+        if section is None:
+            results.pop(key, None)  # a result of earlier settings would not describe this run
+        else:
+            results[key] = section
+    # results.json last and atomically: a failed scoring run leaves it as it was.
+    write_json_atomic(results_path, results)
+    print(f"scored in {time.perf_counter() - started:.1f} s")
+    return {"ood": ood, "trust": trust}

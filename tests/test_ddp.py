@@ -1,0 +1,254 @@
+"""Multi-process (DDP) runs on the CPU: exact evaluation shards, the whole pipeline on two
+processes started as ``python train.py trainer=ddp_cpu``, and resumable sharded extraction."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from introspect.config import ConfigError, load_config, load_run_config
+from introspect.data.samplers import ContiguousSampler
+from introspect.gradients.cache import FeatureCache
+from introspect.metrics import ExpectedCalibrationError, bins_from_sums, reliability_bins
+from introspect.runs.distributed import launch, world_size
+from introspect.runs.pipeline import build_data, reevaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 505 images: a test split of 101 (odd, so the two processes get 50 and 51), val 41, train 363
+# in shards of 64 (six of them).
+DDP_TINY = [
+    "trainer=ddp_cpu",
+    "data=synthetic",
+    "data.num_samples=505",
+    "data.image_size=8",
+    "stage1.epochs=2",
+    "stage2.head.epochs=2",
+    "stage2.head.hidden=[32,16]",
+    "stage2.extract_batch_size=32",
+    "stage2.shard_batches=2",
+    "eval.corruptions=[gaussian_noise,contrast]",
+    "eval.severities=[1,5]",
+    "eval.chunk_size=16",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+CELLS = [f"{c}/{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 101])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_contiguous_sampler_partitions_without_padding(n: int, world: int) -> None:
+    blocks = [list(ContiguousSampler(n, rank, world)) for rank in range(world)]
+    assert [i for block in blocks for i in block] == list(range(n))
+    sizes = [len(ContiguousSampler(n, rank, world)) for rank in range(world)]
+    assert sizes == [len(b) for b in blocks] and max(sizes) - min(sizes) <= 1
+
+
+def test_bin_sums_of_shards_pool_to_the_bins_of_all_samples() -> None:
+    g = torch.Generator().manual_seed(0)
+    probs = (torch.randn(101, 5, generator=g) * 3).softmax(1)
+    target = torch.randint(0, 5, (101,), generator=g)
+    parts = []
+    for block in (slice(0, 50), slice(50, 101)):  # what two processes hold
+        metric = ExpectedCalibrationError(7)
+        metric.update(probs[block], target[block])
+        parts.append(metric.bin_sums())
+    pooled = bins_from_sums(**{k: parts[0][k] + parts[1][k] for k in parts[0]})
+    whole = reliability_bins(probs, target, 7)
+    assert pooled["n"] == 101 and np.array_equal(pooled["count"], whole["count"])
+    for key in ("ece", "accuracy_all", "confidence_all"):
+        assert pooled[key] == pytest.approx(whole[key], abs=1e-12)
+    np.testing.assert_allclose(pooled["accuracy"], whole["accuracy"], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.strategy=ddp_spawn"], "trainer.strategy=ddp"),
+        ([], "test runner.*python train.py trainer=ddp_cpu"),
+    ],
+)
+def test_launch_refuses_what_cannot_run_the_pipeline(overrides: list[str], message: str) -> None:
+    cfg = load_config(["trainer=ddp_cpu", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        launch(cfg)
+    assert world_size() == 1
+
+
+def test_launch_of_one_process_starts_nothing() -> None:
+    launch(load_config(["trainer=cpu"]))
+    assert world_size() == 1 and "LOCAL_RANK" not in os.environ
+
+
+def _train(args: list[str], *, script: Path = REPO / "train.py", env=None, check: bool = True):
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory):
+    """One two-process run of ``train.py``; returns its folder, run directory and output."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    # An extra split of a single image: one of the two processes evaluates nothing of it.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp / "one.npz", x=x, y=np.array([0, 1, 2, 3, 9]))
+    proc = _train(
+        [
+            *DDP_TINY,
+            f"run.root={tmp / 'runs'}",
+            f"stage2.cache_dir={tmp / 'cache'}",
+            "eval.extra.one.source=npz",
+            f"eval.extra.one.path={tmp / 'one.npz'}",
+            "eval.extra.one.split=test",
+            "logger=wandb",
+        ],
+        env={**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp / "wandb")},
+    )
+    (run_dir,) = (tmp / "runs").iterdir()  # one name, chosen by rank zero for both
+    return tmp, run_dir, proc
+
+
+def test_two_processes_run_every_stage_and_count_each_sample_once(ddp_run) -> None:
+    tmp, run_dir, proc = ddp_run
+    output = proc.stdout + proc.stderr
+    assert "distributed_backend=gloo" in output and "MEMBER: 2/2" in output
+    assert proc.stdout.count("run directory:") == 1 and proc.stdout.count("| clean |") == 1
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["run"]["config"]["trainer"]["devices"] == 2
+    dm = build_data(load_run_config(run_dir))
+    assert len(dm.split("test")) == 101
+    counts = {split: entry["num_samples"] for split, entry in results["splits"].items()}
+    assert counts == {"clean": 101, "one": 1, **dict.fromkeys(CELLS, 101)}
+    # Rank zero alone wrote the run directory, the CSV log and one W&B run.
+    assert {p.name for p in run_dir.iterdir()} == {
+        "config.yaml", "checkpoints", "stage2", "logs", "wandb", "results.json", "table.md",
+        "reliability_clean.png", "reliability_corrupted.png",
+    }  # fmt: skip
+    assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    for name in ("checkpoints/stage1-best.ckpt", "stage2/introspective.pt", "stage2/control.pt"):
+        assert (run_dir / name).is_file(), name
+    logged = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for kind in ("feedforward", "introspective", "control"):
+        assert f"{kind}/train/loss" in logged and f"{kind}/val/acc" in logged
+    manifests = [json.loads(p.read_text()) for p in (tmp / "cache").glob("*/manifest.json")]
+    assert sorted((m["recipe"]["split"], m["num_samples"]) for m in manifests) == [
+        ("train", 363),
+        ("val", 41),
+    ]
+    assert all(m["complete"] for m in manifests)
+
+
+def test_two_process_metrics_equal_single_process_metrics(ddp_run, tmp_path: Path) -> None:
+    _, run_dir, _ = ddp_run
+    single_dir = tmp_path / "single"
+    shutil.copytree(run_dir, single_dir)
+    one_process = ["trainer.devices=1", "trainer.strategy=auto", "logger.wandb=false"]
+    cfg = load_run_config(single_dir, one_process)
+    single = reevaluate(cfg, single_dir)
+    ddp = json.loads((run_dir / "results.json").read_text())
+    assert list(single["splits"]) == list(ddp["splits"])
+    for split, entry in ddp["splits"].items():
+        assert single["splits"][split]["num_samples"] == entry["num_samples"]
+        for head in ("feedforward", "introspective", "control"):
+            for metric, value in entry[head].items():
+                assert abs(single["splits"][split][head][metric] - value) <= 1e-6, (split, head)
+    # The plots come from bin statistics summed over the processes: the same samples, once.
+    for plot in ("reliability_clean.png", "reliability_corrupted.png"):
+        assert (single_dir / plot).read_bytes() == (run_dir / plot).read_bytes(), plot
+
+
+DRIVER = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import train
+from introspect.gradients.cache import FeatureCache
+from introspect.runs.distributed import global_rank
+
+original = FeatureCache.write_shard
+written = []
+
+def write_shard(self, plan, index, tensors):
+    rank = global_rank()
+    if rank == 1 and len(written) == int(os.environ["FAIL_AFTER_SHARDS"]):
+        raise RuntimeError("injected failure during extraction")
+    original(self, plan, index, tensors)
+    written.append(index)
+    with open(os.environ["SHARD_LOG"] + f".rank{{rank}}", "a") as log:
+        log.write(f"{{plan.key}} {{index}}\\n")
+
+FeatureCache.write_shard = write_shard
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _written(log: Path) -> dict[int, set[tuple[str, int]]]:
+    """``{rank: {(entry key, shard index)}}`` written since the log was last removed."""
+    out: dict[int, set[tuple[str, int]]] = {}
+    for path in log.parent.glob(log.name + ".rank*"):
+        rank = int(path.name.rpartition("rank")[2])
+        lines = [line.split() for line in path.read_text().splitlines()]
+        out[rank] = {(key, int(index)) for key, index in lines}
+        path.unlink()
+    return out
+
+
+def test_two_process_extraction_resumes_after_a_failure(ddp_run, tmp_path: Path) -> None:
+    tmp, run_dir, _ = ddp_run
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(repo=str(REPO)))
+    cache = tmp_path / "cache"
+    args = [
+        *DDP_TINY,
+        f"backbone.checkpoint={run_dir / 'checkpoints' / 'stage1-best.ckpt'}",
+        f"stage2.cache_dir={cache}",
+        f"run.dir={tmp_path / 'run'}",
+        "stage2.control=false",
+        "stage2.head.epochs=1",
+        "eval.corruptions=[]",
+    ]
+    log = tmp_path / "written"
+    env = {**os.environ, "SHARD_LOG": str(log), "FAIL_AFTER_SHARDS": "1"}
+    failed = _train(args, script=driver, env=env, check=False)
+    assert failed.returncode != 0 and "injected failure" in failed.stderr
+    first = set().union(*_written(log).values())
+    (train_entry,) = {key for key, _ in first}
+    assert (train_entry, 3) in first and (train_entry, 4) not in first  # rank 1: shards 3, 4, 5
+    mtimes = {i: (cache / k / f"shard-{i:05d}.pt").stat().st_mtime_ns for k, i in first}
+
+    env["FAIL_AFTER_SHARDS"] = "-1"
+    _train(args, script=driver, env=env)
+    second = _written(log)
+    assert set(second) == {0, 1}  # both processes extracted a share of what was missing
+    redone = set().union(*second.values())
+    assert not redone & first
+    for entry in {key for key, _ in first | redone}:
+        manifest = json.loads((cache / entry / "manifest.json").read_text())
+        assert manifest["complete"]
+        shards = {i for key, i in first | redone if key == entry}
+        assert shards == set(range(manifest["num_shards"])), entry
+    assert {i: (cache / k / f"shard-{i:05d}.pt").stat().st_mtime_ns for k, i in first} == mtimes
+    # Same backbone weights and recipe as the uninterrupted run: the same entries, equal features.
+    for entry in {key for key, _ in redone}:
+        resumed = FeatureCache(cache).load(entry)
+        reference = FeatureCache(tmp / "cache").load(entry)
+        for field, value in reference.items():
+            torch.testing.assert_close(resumed[field], value, rtol=0, atol=1e-6)
