@@ -574,3 +574,26 @@ def test_real_lossless_npz(shared_data: Path) -> None:
     x, y = _stack(torch.utils.data.Subset(dm.split("test"), range(5)))
     torch.testing.assert_close(x, torch.from_numpy(ref_x).permute(0, 3, 1, 2).float() / 255)
     assert torch.equal(y, torch.from_numpy(ref_y).long())
+
+
+def test_seeded_augmentation_differs_by_seed_and_item_and_repeats_exactly() -> None:
+    from torch.utils.data import TensorDataset
+
+    from introspect.data.images import SeededTransformDataset
+    from introspect.data.seeding import derive_seed
+
+    gen = torch.Generator().manual_seed(0)
+    base = TensorDataset(torch.rand(3, 3, 16, 16, generator=gen), torch.zeros(3))
+
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
+
+    # Seeds that differ only above bit 32 (as seed * 2**32 + index did) must still differ.
+    seeds = [derive_seed(0, "augmix", 0), derive_seed(0, "augmix", 1), derive_seed(1, "augmix", 0)]
+    assert len(set(seeds)) == 3 and all(0 <= s < 2**31 for s in seeds)
+    views = [SeededTransformDataset(base, noise, seed=s) for s in seeds]
+    for i in range(3):
+        images = [v[i][0] for v in views]
+        assert not torch.equal(images[0], images[1]) and not torch.equal(images[0], images[2])
+        torch.testing.assert_close(views[0][i][0], images[0], rtol=0, atol=0)  # repeatable
+    assert not torch.equal(views[0][0][0] - base[0][0], views[0][1][0] - base[1][0])

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from introspect.data.errors import DataError
+from introspect.data.seeding import derive_seed
 
 Sample = tuple[Tensor, Tensor]
 
@@ -140,5 +141,5 @@ class SeededTransformDataset(TransformDataset):
     def __getitem__(self, index: int) -> Sample:
         image, label = self.base[index]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 2**32 + index) % 2**63)
+            torch.manual_seed(derive_seed(self.seed, index))
             return self.transform(image), label

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule
 from introspect.data.module import SPLITS
+from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
@@ -109,7 +109,7 @@ class UniformNoise(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} images")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, index))
         return torch.rand(self.shape, generator=g), torch.tensor(-1)
 
 
@@ -133,7 +133,7 @@ def seeded_subset(dataset: Dataset, max_samples: int | None, seed: int, name: st
     n = len(dataset)  # type: ignore[arg-type]
     if max_samples is None or n <= max_samples:
         return dataset
-    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    g = torch.Generator().manual_seed(derive_seed(seed, name))
     keep = torch.randperm(n, generator=g)[:max_samples].sort().values
     return Subset(dataset, keep.tolist())
 
@@ -249,7 +249,7 @@ def _detector_rows(
                 f"the supervised Purview detector needs at least 2 samples of {name!r}; raise "
                 "scores.max_samples or set scores.purview_detector=false"
             )
-        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        g = torch.Generator().manual_seed(derive_seed(seed, name))
         order = torch.randperm(len(norms), generator=g)
         cut = len(norms) // 2
         return norms[order[:cut]], norms[order[cut:]]

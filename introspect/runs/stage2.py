@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from introspect.data import DataError, ImageDataModule, build_augmentation
 from introspect.data.images import SeededTransformDataset
 from introspect.data.samplers import block_bounds
+from introspect.data.seeding import derive_seed
 from introspect.gradients.cache import FeatureCache, cache_key, iter_features, weights_digest
 from introspect.gradients.normalize import normalize_features
 from introspect.models.stage2 import (
@@ -91,7 +92,8 @@ def split_features(
     }
     dataset = dm.split(split)
     if augment != "none":
-        recipe |= {"pass": pass_index, "seed": cfg.run.seed}
+        # "seeding" names how per-image draws are seeded: a change must not hit old entries.
+        recipe |= {"pass": pass_index, "seed": cfg.run.seed, "seeding": "derive_seed-v1"}
         recipe |= {"noise_std": s2.noise_std} if augment == "gaussian_noise" else {}
         recipe |= {"augmix_severity": s2.augmix_severity} if augment == "augmix" else {}
         transform = build_augmentation(
@@ -101,7 +103,9 @@ def split_features(
             augmix_severity=s2.augmix_severity,
         )
         assert transform is not None
-        dataset = SeededTransformDataset(dataset, transform, seed=cfg.run.seed * 7919 + pass_index)
+        dataset = SeededTransformDataset(
+            dataset, transform, seed=derive_seed(cfg.run.seed, augment, pass_index)
+        )
     num_samples = len(dataset)  # type: ignore[arg-type]
     if num_samples == 0:
         raise DataError(f"stage 2 needs features of the {split} split, but it holds no images")
