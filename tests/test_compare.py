@@ -158,3 +158,14 @@ def test_wandb_offline_logging(runs, tmp_path: Path, monkeypatch) -> None:
     offline = list((out / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     assert list(offline[0].glob("*.wandb"))  # the run's log file
+
+
+def test_experiments_differing_beyond_the_recipe_are_named_by_their_keys(tmp_path: Path) -> None:
+    plain = _write_run(tmp_path, "p", _config(0), 0.0)
+    config = _config(0)
+    config["stage2"]["head"] = {"dropout": 0.5}
+    other = _write_run(tmp_path, "q", config, 0.01)
+    report = compare([plain, other], tmp_path / "out", wandb=False)
+    labels = [g["label"] for g in report["groups"]]
+    base = "cifar_resnet20 [resnet20.th] · train, augmix x2 + clean"
+    assert labels == [f"{base} (stage2.head.dropout=None)", f"{base} (stage2.head.dropout=0.5)"]

@@ -39,6 +39,7 @@ _IGNORED = (
     "eval.cache_dir",
     "eval.batch_size",
     "stage2.extract_batch_size",
+    "stage2.shard_batches",
 )
 
 
@@ -100,12 +101,33 @@ def _drop(config: dict[str, Any], dotted: str) -> None:
         node.pop(leaf, None)
 
 
-def experiment_key(config: dict[str, Any]) -> str:
-    """A digest of ``config`` without the keys that runs of one experiment may differ in."""
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys that runs of one experiment may differ in."""
     plain = json.loads(json.dumps(config))
     for key in _IGNORED:
         _drop(plain, key)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12]
+    return plain
+
+
+def experiment_key(config: dict[str, Any]) -> str:
+    """A digest of ``config`` without the keys that runs of one experiment may differ in."""
+    return hashlib.sha256(json.dumps(_identity(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out |= _leaves(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: node}
+
+
+def _differences(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The dotted keys whose values differ between ``configs`` (ignored keys left out)."""
+    leaves = [_leaves(_identity(c)) for c in configs]
+    keys = sorted(set().union(*leaves))
+    return [k for k in keys if len({json.dumps(f.get(k)) for f in leaves}) > 1]
 
 
 def recipe(config: dict[str, Any]) -> str:
@@ -140,10 +162,16 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     for run in runs:
         key = experiment_key(run.config)
         groups.setdefault(key, Group(describe(run.config))).runs.append(run)
-    labels = [g.label for g in groups.values()]
+    by_label: dict[str, list[Group]] = {}
     for group in groups.values():
-        if labels.count(group.label) > 1:  # same backbone and recipe, other options
-            group.label += f" ({experiment_key(group.config)[:6]})"
+        by_label.setdefault(group.label, []).append(group)
+    for same in by_label.values():  # same backbone and recipe, other options: name them
+        if len(same) > 1:
+            keys = _differences([g.config for g in same])
+            for g in same:
+                leaves = _leaves(_identity(g.config))
+                g.label += " (" + ", ".join(f"{k}={leaves.get(k)}" for k in keys) + ")"
+    for group in groups.values():
         seeds = [r.seed for r in group.runs]
         if len(set(seeds)) != len(seeds):
             paths = [str(r.path) for r in group.runs]
