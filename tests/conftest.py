@@ -23,3 +23,24 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} is absent")
     return path
+
+
+def run_two_process_script(tmp_path: Path, script: str) -> dict:
+    """Run ``script`` (called as ``script.py PORT OUT``; it spawns two gloo processes and rank
+    zero writes a JSON dict to OUT) and return that dict."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "ddp.py"
+    path.write_text(script)
+    out = tmp_path / "values.json"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, str(path), str(port), str(out)], check=True, env=env, timeout=120
+    )
+    return json.loads(out.read_text())

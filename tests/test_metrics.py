@@ -6,13 +6,7 @@ References: plain numpy/python loops written here, torchmetrics' MulticlassCalib
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +27,7 @@ from introspect.metrics import (
     reliability_diagram,
     reliability_grid,
 )
+from tests.conftest import run_two_process_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -345,18 +340,7 @@ if __name__ == "__main__":
 
 
 def test_ddp_sync_over_two_processes_equals_one_process(tmp_path) -> None:
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    out = tmp_path / "values.json"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(script), str(port), str(out)], check=True, env=env, timeout=120
-    )
-    synced = json.loads(out.read_text())
+    synced = run_two_process_script(tmp_path, DDP_SCRIPT)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(203, 5, generator=g) * 3
     target = torch.randint(0, 5, (203,), generator=g)

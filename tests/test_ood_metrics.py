@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +25,7 @@ from introspect.metrics.ood import (
     roc_curve,
     trust_curve,
 )
+from tests.conftest import run_two_process_script
 
 
 def _pair(seed: int, tied: bool, n_in: int = 150, n_out: int = 90):
@@ -245,18 +241,7 @@ if __name__ == "__main__":
 
 
 def test_streaming_metrics_synchronize_with_an_empty_process(tmp_path: Path) -> None:
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    out = tmp_path / "values.json"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(script), str(port), str(out)], check=True, env=env, timeout=120
-    )
-    synced = json.loads(out.read_text())
+    synced = run_two_process_script(tmp_path, DDP_SCRIPT)
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(150, generator=g).round(decimals=1)
     is_in = torch.rand(150, generator=g) < 0.5

@@ -106,6 +106,24 @@ def select_parameters(model: nn.Module, params: Sequence[str] | str) -> list[str
     return [n for n in names if n in chosen]
 
 
+def check_per_sample_inputs(
+    model: nn.Module, images: torch.Tensor, chunk_size: int, what: str
+) -> None:
+    """``ValueError`` unless ``chunk_size`` is positive, ``images`` a non-empty batch and no
+    BatchNorm layer of ``model`` is in training mode (it would mix the samples of a batch);
+    ``what`` names the computation in the message."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    if images.ndim < 1 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
+    training_bn = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.training]
+    if training_bn:
+        raise ValueError(
+            f"BatchNorm layer {training_bn[0]!r} is in training mode, which mixes the samples of "
+            f"a batch; call model.eval() before {what}"
+        )
+
+
 def per_sample_grads(
     model: nn.Module,
     images: torch.Tensor,
@@ -125,16 +143,7 @@ def per_sample_grads(
     used, never updated); parameters are neither modified nor given a ``.grad``.
     """
     check_loss_target(loss, target)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    if images.ndim < 1 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
-    training_bn = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.training]
-    if training_bn:
-        raise ValueError(
-            f"BatchNorm layer {training_bn[0]!r} is in training mode, which mixes the samples of "
-            "a batch; call model.eval() before taking per-sample gradients"
-        )
+    check_per_sample_inputs(model, images, chunk_size, "taking per-sample gradients")
     names = select_parameters(model, params)
     with torch.inference_mode(False), torch.no_grad():
         x_all = images.clone() if images.is_inference() else images

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from introspect.gradients.extract import loss_gradient
-from introspect.gradients.general import select_parameters
+from introspect.gradients.general import check_per_sample_inputs, select_parameters
 from introspect.scores.output import check_logits
 
 GRADTRUST_FORMS = ("released", "paper")
@@ -78,16 +77,7 @@ def purview_features(
     when it has BatchNorm layers; parameters are neither modified nor given a ``.grad``. Works
     under ``torch.inference_mode``.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    if images.ndim < 1 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
-    training_bn = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.training]
-    if training_bn:
-        raise ValueError(
-            f"BatchNorm layer {training_bn[0]!r} is in training mode, which mixes the samples of "
-            "a batch; call model.eval() before computing purview features"
-        )
+    check_per_sample_inputs(model, images, chunk_size, "computing purview features")
     all_names = [name for name, _ in model.named_parameters()]
     names = all_names if params is None else select_parameters(model, params)
     with torch.inference_mode(False), torch.no_grad():
