@@ -461,8 +461,15 @@ def test_score_batch_keys_and_values() -> None:
     _close(scores["purview"], purview_score(purview_features(model, x)))
     _close(scores["mahalanobis"], maha.score(h))
     _close(scores["int_odin"], introspective_odin(head, x, eps=0.01))
+    _close(scores["int_msp"], introspective_msp(head, x))
     plain = score_batch(model, x, purview=False)
     assert list(plain) == [k for k in FEED_FORWARD if not k.startswith("purview")]
+    # The predicted classes of the same passes, on request.
+    with_preds = score_batch(model, x, introspective_head=head, purview=False,
+                             with_predictions=True)  # fmt: skip
+    assert torch.equal(with_preds["preds"], logits.argmax(1))
+    with torch.no_grad():
+        assert torch.equal(with_preds["int_preds"], head.classify(head.features(x)).argmax(1))
 
 
 def _toy_features_of(model: Backbone) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,11 @@ import torch
 from torch import nn
 
 
-class HeadNotFoundError(ValueError):
+class BackboneError(ValueError):
+    """A backbone that cannot be built or used as asked; the message names the fix."""
+
+
+class HeadNotFoundError(BackboneError):
     """Raised when a model has no linear layer that could serve as its classification head."""
 
 
@@ -83,3 +87,18 @@ def capture_input(module: nn.Module) -> Iterator[list[torch.Tensor]]:
         yield store
     finally:
         handle.remove()
+
+
+def forward_with_head_input(
+    model: nn.Module, head: nn.Linear, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(model(images), head input)`` from one forward pass; ``HeadNotFoundError`` unless
+    ``head`` runs exactly once. Autograd records the pass as usual."""
+    with capture_input(head) as inputs:
+        logits = model(images)
+    if len(inputs) != 1:
+        raise HeadNotFoundError(
+            f"the head ran {len(inputs)} times in one forward pass; point head at a linear layer "
+            "that runs exactly once"
+        )
+    return logits, inputs[0]

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from introspect.backbones.head import capture_input, find_head, resolve_head
-
-
-class BackboneError(ValueError):
-    """A backbone that cannot be built as asked; the message names the fix."""
+from introspect.backbones.head import (
+    BackboneError,
+    find_head,
+    forward_with_head_input,
+    resolve_head,
+)
 
 
 class Normalize(nn.Module):
@@ -101,14 +102,7 @@ class Backbone(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, penultimate)`` from one forward pass; ``penultimate`` is the head's input."""
-        with capture_input(self.head) as inputs:
-            logits = self(x)
-        if len(inputs) != 1:
-            raise BackboneError(
-                f"the head {self.head_path!r} ran {len(inputs)} times in one forward pass; "
-                "point head at a linear layer that runs exactly once"
-            )
-        return logits, inputs[0]
+        return forward_with_head_input(self, self.head, x)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, head_path={self.head_path!r}, input_size={self.input_size}"

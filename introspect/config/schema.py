@@ -148,12 +148,13 @@ class Stage2Config:
 
 
 @dataclass
-class ExtraSplitConfig:
-    """A named evaluation split from another source (e.g. a JPEG re-encoding of the test set).
+class SourceSplitConfig:
+    """One split of another data source, read with the run's data settings: an
+    ``eval.extra`` split (e.g. a JPEG re-encoding of the test set; same classes and image size
+    as the run's data) or a ``scores.ood`` set (any classes; resized to the run's image size).
 
-    ``source``/``path``/``test_path`` as in ``DataConfig`` (other data settings are inherited
-    from ``data``); ``split`` is which of its splits is evaluated (``train``, ``val``, ``test``
-    or ``all`` of its images).
+    ``source``/``path``/``test_path`` as in ``DataConfig``; ``split`` is which of its splits is
+    used (``train``, ``val``, ``test`` or ``all`` of its images).
     """
 
     source: str = "imagefolder"
@@ -179,26 +180,10 @@ class EvalConfig:
     official_dir: str | None = None
     cache_dir: str | None = None
     chunk_size: int = 256
-    extra: dict[str, ExtraSplitConfig] = field(default_factory=dict)
+    extra: dict[str, SourceSplitConfig] = field(default_factory=dict)
     seed: int = 0
     n_bins: int = 15
     batch_size: int = 256
-
-
-@dataclass
-class OODSetConfig:
-    """A named out-of-distribution set of the scores task (``python evaluate.py scores``).
-
-    ``source``/``path``/``test_path`` as in ``DataConfig`` (other data settings are inherited
-    from ``data``); ``split`` is which of its splits is scored (``train``, ``val``, ``test`` or
-    ``all`` of its images). Unlike ``eval.extra`` its classes need not match the run's data;
-    its images are resized to the run's image size.
-    """
-
-    source: str = "imagefolder"
-    path: str | None = None
-    test_path: str | None = None
-    split: str = "test"
 
 
 @dataclass
@@ -224,7 +209,7 @@ class ScoresConfig:
     - ``batch_size``: images per scored batch.
     """
 
-    ood: dict[str, OODSetConfig] = field(default_factory=dict)
+    ood: dict[str, SourceSplitConfig] = field(default_factory=dict)
     noise: bool = True
     max_samples: int | None = 2000
     purview: bool = True

@@ -222,23 +222,45 @@ def _head_features(
     with torch.inference_mode(False):
         x = images.clone() if images.is_inference() else images
         h, z_head, logits = _forward_with_leaf_head(model, linear, x)
-        batch = h.shape[0]
-        # Loss gradients at the logits for one target (Q = 1) or every one-hot target (Q = N).
-        num_classes = logits.shape[-1]
-        rows = logits.detach().unsqueeze(1)  # (B, 1, N), broadcast against (B, Q, N) targets
-        if per_class:
-            eye = torch.eye(num_classes, dtype=rows.dtype, device=rows.device)
-            targets = eye.expand(batch, num_classes, num_classes)
-        elif isinstance(target, torch.Tensor):
-            check_class_indices(target, batch, num_classes)
-            targets = target_rows(target[:, None], rows)
-        else:
-            targets = target_rows(target, rows)
-        g_logits = loss_gradient(rows, targets, loss)
+        g_logits = logit_gradients(logits.detach(), loss=loss, target=target, per_class=per_class)
         with torch.enable_grad():
             delta = _pull_back(logits, z_head, g_logits)  # (B, Q, *T, N)
         features = _outer(delta, h, include_bias)
     return features.detach(), h, logits.detach()
+
+
+def logit_gradients(
+    logits: torch.Tensor, *, loss: str, target: str | torch.Tensor, per_class: bool
+) -> torch.Tensor:
+    """``(B, Q, N)`` loss gradients at the logits ``(B, N)``: for the one ``target`` (Q = 1) or,
+    with ``per_class``, for every one-hot target (Q = N). Differentiable in ``logits``."""
+    batch, num_classes = logits.shape
+    rows = logits.unsqueeze(1)  # (B, 1, N), broadcast against (B, Q, N) targets
+    if per_class:
+        eye = torch.eye(num_classes, dtype=rows.dtype, device=rows.device)
+        targets = eye.expand(batch, num_classes, num_classes)
+    elif isinstance(target, torch.Tensor):
+        check_class_indices(target, batch, num_classes)
+        targets = target_rows(target[:, None], rows)
+    else:
+        targets = target_rows(target, rows)
+    return loss_gradient(rows, targets, loss)
+
+
+def head_output_features(
+    logits: torch.Tensor,
+    h: torch.Tensor,
+    *,
+    loss: str = "ce",
+    target: str | torch.Tensor = "ones",
+    per_class: bool = False,
+    include_bias: bool = False,
+) -> torch.Tensor:
+    """Unnormalized last-layer gradient features when the logits ``(B, N)`` are the head's own
+    output and ``h`` its input: the closed form of ``extract``, differentiable in both (e.g. for
+    input perturbations through the features)."""
+    g = logit_gradients(logits, loss=loss, target=target, per_class=per_class)
+    return _outer(g, h, include_bias)
 
 
 def loss_gradient(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule
-from introspect.data.module import SPLITS
 from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
 from introspect.metrics.ood import ood_metrics
@@ -75,7 +74,7 @@ def check_scores_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "scores.purview_detector=true needs the Purview features: set scores.purview=true"
         )
-    for name, entry in s.ood.items():
+    for name in s.ood:
         where = f"scores.ood.{name}"
         if not str(name) or "/" in str(name):
             raise ConfigError(f"{where}: the name must be non-empty and contain no '/'")
@@ -83,10 +82,6 @@ def check_scores_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{where}: 'noise' is the synthetic noise set; rename the set or set "
                 "scores.noise=false"
-            )
-        if entry.split not in (*SPLITS, "all"):
-            raise ConfigError(
-                f"{where}.split={entry.split!r} is not a split; valid: {', '.join(SPLITS)}, all"
             )
     if not s.ood and not s.noise and not s.trust:
         raise ConfigError(
@@ -193,6 +188,7 @@ class SetScorer:
                 odin_eps=s.odin_eps,
                 gradtrust_k=s.gradtrust_k,
                 purview=False,
+                with_predictions=with_preds,
             )
             if s.purview:
                 norms = purview_features(self.backbone, x)
@@ -201,8 +197,6 @@ class SetScorer:
                 if s.purview_detector:
                     batch["norms"] = norms
             batch["labels"] = labels
-            if with_preds:
-                batch |= self._preds(x)
             for key, value in batch.items():
                 parts.setdefault(key, []).append(value.detach().cpu())
         out = {key: torch.cat(values) for key, values in parts.items()}
@@ -212,16 +206,6 @@ class SetScorer:
         # Feed-forward scores first, then the introspective ones.
         ordered = dict(sorted(out.items(), key=lambda item: item[0].startswith("int_")))
         return ScoredSet(ordered, labels, preds, int_preds, norms)
-
-    def _preds(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            if self.intro is None:
-                return {"preds": self.backbone(x).argmax(1)}
-            feats, _, logits = self.intro.features_with_outputs(x)
-            return {
-                "preds": logits.argmax(1),
-                "int_preds": self.intro.classify(feats).argmax(1),
-            }
 
 
 def _trust_of(scored: ScoredSet, num_classes: int) -> dict[str, dict[str, float]]:

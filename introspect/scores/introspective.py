@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from introspect.backbones.head import capture_input, resolve_head
-from introspect.gradients.extract import check_options, loss_gradient
-from introspect.gradients.general import target_rows
+from introspect.backbones.head import forward_with_head_input, resolve_head
+from introspect.gradients.extract import check_options, head_output_features
 from introspect.gradients.normalize import normalize_features
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.scores.model_based import ODIN_EPS, ODIN_T, perturb_towards
@@ -46,27 +45,18 @@ def introspective_features(head: IntrospectiveClassifier, images: torch.Tensor) 
     outputs: list[torch.Tensor] = []
     handle = linear.register_forward_hook(lambda _m, _i, out: outputs.append(out))
     try:
-        with capture_input(linear) as inputs:
-            logits = backbone(images)
+        logits, h = forward_with_head_input(backbone, linear, images)
     finally:
         handle.remove()
-    if len(outputs) != 1 or outputs[0] is not logits:
+    if outputs[0] is not logits:
         raise ValueError(
-            "the backbone's logits must be the output of its head (run once); the closed form "
-            "used here does not cover operations after the head"
+            "the backbone's logits must be the output of its head; the closed form used here "
+            "does not cover operations after the head"
         )
-    h = inputs[0]
-    rows = logits.unsqueeze(1)  # (B, 1, N)
-    if per_class:
-        n = logits.shape[1]
-        targets = torch.eye(n, dtype=logits.dtype, device=logits.device).expand(len(h), n, n)
-    else:
-        targets = target_rows(target, rows)
-    g = loss_gradient(rows, targets, loss)  # (B, Q, N)
-    blocks = torch.einsum("bqn,bd->bqnd", g, h).flatten(2)
-    if include_bias:
-        blocks = torch.cat([blocks, g], dim=2)
-    return normalize_features(blocks.flatten(1), head.extraction_normalize())
+    raw = head_output_features(
+        logits, h, loss=loss, target=target, per_class=per_class, include_bias=include_bias
+    )
+    return normalize_features(raw, head.extraction_normalize())
 
 
 def introspective_msp(head: IntrospectiveClassifier, images: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from introspect.backbones.head import capture_input, resolve_head
+from introspect.backbones.head import forward_with_head_input, resolve_head
 
 ODIN_T = 1000.0
 ODIN_EPS = 0.0014
@@ -40,15 +40,7 @@ def logits_and_penultimate(
     must run exactly once. Autograd records the pass as usual."""
     if head is None:
         head = getattr(model, "head", None)
-    linear = resolve_head(model, head, images[:1])
-    with capture_input(linear) as inputs:
-        logits = model(images)
-    if len(inputs) != 1:
-        raise ValueError(
-            f"the head ran {len(inputs)} times in one forward pass; pass head= a linear layer "
-            "that runs exactly once"
-        )
-    return logits, inputs[0]
+    return forward_with_head_input(model, resolve_head(model, head, images[:1]), images)
 
 
 def odin(

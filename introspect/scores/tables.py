@@ -10,7 +10,7 @@ from torch import nn
 from introspect.metrics.ood import auac, aufc, ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.scores.gradient import gradnorm, gradtrust, purview_features, purview_score
-from introspect.scores.introspective import introspective_msp, introspective_odin
+from introspect.scores.introspective import introspective_odin
 from introspect.scores.model_based import (
     ODIN_EPS,
     ODIN_T,
@@ -43,6 +43,7 @@ def score_batch(
     gradtrust_k: int = 3,
     purview: bool = True,
     head: nn.Linear | None = None,
+    with_predictions: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every confidence score of ``images`` (RGB in ``[0, 1]``), as detached ``(B,)`` tensors.
 
@@ -52,8 +53,10 @@ def score_batch(
     released score on the final / initial part of the parameter list); with ``mahalanobis`` (a
     fitted ``Mahalanobis``) ``mahalanobis``; with ``introspective_head`` ``int_msp`` and
     ``int_odin`` (ODIN with the same ``odin_T``/``odin_eps``). ``head`` is the backbone's last
-    linear layer (default ``backbone.head``). Works under ``torch.inference_mode``; the backbone
-    (and ``introspective_head``) must be in eval mode.
+    linear layer (default ``backbone.head``). ``with_predictions`` adds the predicted classes of
+    the same passes, ``preds`` (backbone) and ``int_preds`` (introspective head), which are not
+    scores. Works under ``torch.inference_mode``; the backbone (and ``introspective_head``)
+    must be in eval mode.
     """
     with torch.inference_mode(False), torch.enable_grad():
         x = images.detach().clone()
@@ -78,9 +81,15 @@ def score_batch(
             scores["mahalanobis"] = mahalanobis.score_images(
                 backbone, x, eps=mahalanobis_eps, head=head
             )
+        if with_predictions:
+            scores["preds"] = logits.argmax(1)
         if introspective_head is not None:
-            scores["int_msp"] = introspective_msp(introspective_head, x)
+            with torch.no_grad():
+                int_logits = introspective_head(x)
+            scores["int_msp"] = msp(int_logits)
             scores["int_odin"] = introspective_odin(introspective_head, x, T=odin_T, eps=odin_eps)
+            if with_predictions:
+                scores["int_preds"] = int_logits.argmax(1)
     return {name: value.detach() for name, value in scores.items()}
 
 
