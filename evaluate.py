@@ -1,9 +1,11 @@
 """Evaluate finished runs.
 
-python evaluate.py run=runs/<name> [a.b=value ...]
-    Reload a run's backbone and stage-2 heads, evaluate them on the configured splits
-    (override e.g. eval.corruptions=[fog,snow] eval.severities=[5]) and rewrite
-    results.json and table.md in the run directory.
+python evaluate.py run=runs/<name> [tag=NAME] [trainer=...] [logger=...] [a.b=value ...]
+    Reload a run's backbone and stage-2 heads and evaluate them on the configured splits
+    (override e.g. eval.corruptions=[fog,snow] eval.severities=[5]). Results go to
+    runs/<name>/evaluations/<tag>/ (results.json, table.md, plots, logs); the tag defaults to
+    one derived from the overrides. The run's own results.json is never modified, and an
+    existing evaluation is never replaced (pass another tag=).
 
 python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb]
     One table across runs (runs differing only in run.seed are pooled into mean ± std):
@@ -11,16 +13,26 @@ python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb]
     control heads and their differences, as comparison.md and comparison.csv, plus
     accuracy_vs_ece.png and severity_curves.png, written to DIR (default: a folder
     "comparison" beside the runs) and logged to W&B (default: when the runs were).
+    Runs that are not complete (status.json) are skipped with a message.
 
-python evaluate.py scores run=runs/<name> [a.b=value ...]
+python evaluate.py scores run=runs/<name> [tag=NAME] [a.b=value ...]
     OOD detection and trust of every confidence score (MSP, ODIN, energy, Mahalanobis,
     GradNorm, GradTrust, Purview, ... and the introspective head's int_msp/int_odin).
     In-distribution = the run's clean test split; OOD sets are scores.ood.<name>.{source,
     path,test_path,split} (any classes, resized) plus uniform noise (scores.noise); trust
     (AUAC/AUFC) is measured on the clean split, every eval.extra split and the pooled
-    corruption cells. Adds "ood" and "trust" to results.json, writes scores.md. E.g.
+    corruption cells. Writes results.json ("ood", "trust") and scores.md to
+    runs/<name>/evaluations/scores[-<tag>]/. E.g.
     scores.ood.mnist.source=npz scores.ood.mnist.path=mnist.npz scores.ood.mnist.split=all
     scores.max_samples=1000 scores.purview=false
+
+python evaluate.py explain run=runs/<name> [n=8] [split=test] [layer=...] [out=FILE]
+    Explanation maps (Grad-CAM, Contrast-CAM, Counterfactual-CAM) of the first n images.
+
+A run directory is data: settings of its config.yaml that import code (backbone.name=
+pkg.mod:Obj) or unpickle (backbone.trust_checkpoint=true) are refused unless the command line
+repeats them or --trust-run is given. Group choices trainer=... and logger=... work as in
+train.py (e.g. trainer=ddp_cpu).
 """
 
 from __future__ import annotations
@@ -35,27 +47,36 @@ from omegaconf import DictConfig
 from introspect.config import ConfigError, load_run_config
 
 
-def _load_run(argv: list[str]) -> tuple[DictConfig, Path] | None:
-    """The saved config (with ``a.b=value`` overrides) and directory of ``run=DIR``; None after
-    printing the error."""
+def _load_run(
+    argv: list[str], *, trust_run: bool, default_tag: str = ""
+) -> tuple[DictConfig, Path, Path] | None:
+    """The saved config (with overrides), directory and output folder of ``run=DIR``, checked
+    before any heavy import; None after printing the error."""
+    from introspect.runs.rundir import evaluation_dir, evaluation_tag
+
     runs = [a.partition("=")[2] for a in argv if a.startswith("run=")]
-    if len(runs) != 1:
-        print("error: give exactly one run=runs/<name>", file=sys.stderr)
+    tags = [a.partition("=")[2] for a in argv if a.startswith("tag=")]
+    if len(runs) != 1 or len(tags) > 1:
+        print("error: give exactly one run=runs/<name> (and at most one tag=)", file=sys.stderr)
         return None
     run_dir = Path(runs[0]).expanduser().resolve()
+    overrides = [a for a in argv if not a.startswith(("run=", "tag="))]
     try:
-        cfg = load_run_config(run_dir, [a for a in argv if not a.startswith("run=")])
+        cfg = load_run_config(run_dir, overrides, trust_run=trust_run)
+        tag = tags[0] if tags else evaluation_tag(overrides)
+        if default_tag:
+            tag = default_tag if tag == "default" else f"{default_tag}-{tag}"
+        out_dir = evaluation_dir(run_dir, tag)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return None
-    return cfg, run_dir
+    return cfg, run_dir, out_dir
 
 
-def _run_job(argv: list[str], job: Callable[[DictConfig, Path], Any]) -> Path | None:
-    """Load ``run=DIR`` and run ``job(cfg, run_dir)``; user errors are printed, giving None."""
-    loaded = _load_run(argv)
-    if loaded is None:
-        return None
+def _run_job(
+    loaded: tuple[DictConfig, Path, Path], job: Callable[[DictConfig, Path, Path], Any]
+) -> bool:
+    """Run ``job(cfg, run_dir, out_dir)``; user errors are printed, giving False."""
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
     quiet_library_warnings()
@@ -63,31 +84,35 @@ def _run_job(argv: list[str], job: Callable[[DictConfig, Path], Any]) -> Path | 
         job(*loaded)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
-        return None
-    return loaded[1]
+        return False
+    return True
 
 
-def reevaluate_main(argv: list[str]) -> int:
-    """Parse ``run=DIR`` and overrides, re-evaluate, print the table."""
+def reevaluate_main(argv: list[str], *, trust_run: bool = False) -> int:
+    """Parse ``run=DIR``, ``tag=`` and overrides, re-evaluate, print the table."""
+    loaded = _load_run(argv, trust_run=trust_run)
+    if loaded is None:
+        return 2
     from introspect.runs.distributed import is_global_zero
     from introspect.runs.pipeline import reevaluate
 
-    run_dir = _run_job(argv, reevaluate)
-    if run_dir is None:
+    if not _run_job(loaded, reevaluate):
         return 2
     if is_global_zero():
-        print(f"rewrote {run_dir / 'results.json'}")
+        print(f"wrote {loaded[2] / 'results.json'}")
     return 0
 
 
-def scores_main(argv: list[str]) -> int:
-    """Parse ``run=DIR`` and overrides, score the run's OOD detection and trust, print tables."""
+def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
+    """Parse ``run=DIR``, ``tag=`` and overrides, score the run's OOD detection and trust."""
+    loaded = _load_run(argv, trust_run=trust_run, default_tag="scores")
+    if loaded is None:
+        return 2
     from introspect.runs.scores import score_run
 
-    run_dir = _run_job(argv, score_run)
-    if run_dir is None:
+    if not _run_job(loaded, score_run):
         return 2
-    print(f"updated {run_dir / 'results.json'}; tables in {run_dir / 'scores.md'}")
+    print(f"wrote {loaded[2] / 'results.json'}; tables in {loaded[2] / 'scores.md'}")
     return 0
 
 
@@ -127,15 +152,17 @@ def main(argv: list[str]) -> int:
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0 if argv else 2
+    trust_run = "--trust-run" in argv
+    argv = [a for a in argv if a != "--trust-run"]
     if argv[0] == "compare":
         return compare_main(argv[1:])
     if argv[0] == "scores":
-        return scores_main(argv[1:])
+        return scores_main(argv[1:], trust_run=trust_run)
     if argv[0] == "explain":
-        from introspect.explain import explain_main
+        from introspect.explain.cli import explain_main
 
-        return explain_main(argv[1:])
-    return reevaluate_main(argv)
+        return explain_main(argv[1:], trust_run=trust_run)
+    return reevaluate_main(argv, trust_run=trust_run)
 
 
 if __name__ == "__main__":

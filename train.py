@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from introspect.config import ConfigError, load_config
+from introspect.runs.rundir import check_run_dir
 
 
 def main(argv: list[str]) -> int:
@@ -14,6 +15,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         cfg = load_config(argv)
+        check_run_dir(cfg)  # before the heavy imports below
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -537,6 +537,10 @@ def _call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
 
 
 def test_explain_main_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from introspect.data.module import SPLITS
+    from introspect.explain import cli
+
+    assert cli.SPLITS == SPLITS
     for argv, message in (
         ([f"run={tmp_path / 'missing'}"], "does not exist"),
         ([f"run={tmp_path}", "n=0"], "n must be a positive integer"),

@@ -70,20 +70,25 @@ def scored(tmp_path_factory: pytest.TempPathFactory):
     train_log = (run_dir / "logs" / "metrics.csv").read_bytes()
     same = _npz(tmp / "same.npz", 30, 8, 3, 10, 2)
     gray = _npz(tmp / "gray.npz", 40, 12, 1, 3, 3)
-    args = [f"run={run_dir}", "scores.purview=false"]
+    args = [f"run={run_dir}", "tag=main", "scores.purview=false"]
     for name, path in (("same", same), ("gray", gray)):
         args += [f"scores.ood.{name}.source=npz", f"scores.ood.{name}.path={path}"]
         args += [f"scores.ood.{name}.split=all"]
     rc = evaluate.main(["scores", *args])
-    after = json.loads((run_dir / "results.json").read_text())
-    return {"rc": rc, "run_dir": run_dir, "before": before, "after": after, "same": same,
-            "train_log": train_log, "tmp": tmp}  # fmt: skip
+    out = run_dir / "evaluations" / "scores-main"
+    after = json.loads((out / "results.json").read_text())
+    return {"rc": rc, "run_dir": run_dir, "out": out, "before": before, "after": after,
+            "same": same, "train_log": train_log, "tmp": tmp}  # fmt: skip
 
 
-def test_scores_adds_ood_and_trust_and_keeps_the_rest(scored) -> None:
+def test_scores_writes_ood_and_trust_beside_the_run_record(scored) -> None:
     assert scored["rc"] == 0
     before, after, run_dir = scored["before"], scored["after"], scored["run_dir"]
-    assert {k: v for k, v in after.items() if k not in ("ood", "trust")} == before
+    # The run's own record is untouched; the scores are a record of their own.
+    assert json.loads((run_dir / "results.json").read_text()) == before
+    assert set(after) == {"run", "ood", "trust"}
+    assert after["run"]["evaluation_of"] == str(run_dir)
+    assert after["run"]["provenance"]["versions"]["torch"] == torch.__version__
     ood, trust = after["ood"], after["trust"]
     assert ood["positive_class"] == "in-distribution"
     assert ood["num_samples"] == {
@@ -102,9 +107,9 @@ def test_scores_adds_ood_and_trust_and_keeps_the_rest(scored) -> None:
         assert list(by_split) == ["clean", "other", "corrupted"]
         assert all(set(m) == {"auac", "aufc"} for m in by_split.values())
     assert ood["settings"]["max_samples"] == 2000 and ood["settings"]["purview"] is False
-    markdown = (run_dir / "scores.md").read_text()
+    markdown = (scored["out"] / "scores.md").read_text()
     assert "| int_odin |" in markdown and "same AUROC" in markdown and "corrupted AUAC" in markdown
-    logged = (run_dir / "logs" / "scores" / "metrics.csv").read_text().splitlines()[0]
+    logged = (scored["out"] / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "scores/ood/msp/gray/auroc" in logged and "scores/trust/int_msp/other/aufc" in logged
     # The run's own training log is kept.
     assert (run_dir / "logs" / "metrics.csv").read_bytes() == scored["train_log"]
@@ -171,6 +176,7 @@ def test_user_errors_exit_2_and_leave_results_untouched(scored, capsys, args, me
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert path.read_bytes() == data
+    assert [p.name for p in (scored["run_dir"] / "evaluations").iterdir()] == ["scores-main"]
 
 
 def test_a_failure_while_scoring_leaves_results_untouched(scored, monkeypatch) -> None:
@@ -181,9 +187,11 @@ def test_a_failure_while_scoring_leaves_results_untouched(scored, monkeypatch) -
     path = scored["run_dir"] / "results.json"
     data = path.read_bytes()
     cfg = load_run_config(scored["run_dir"], ["scores.purview=false"])
+    out = scored["run_dir"] / "evaluations" / "failing"
     with pytest.raises(RuntimeError, match="scoring failed"):
-        score_run(cfg, scored["run_dir"])
+        score_run(cfg, scored["run_dir"], out)
     assert path.read_bytes() == data
+    assert not (out / "results.json").exists()
 
 
 def test_an_old_run_config_without_scores_loads(scored, tmp_path: Path) -> None:
@@ -210,10 +218,11 @@ def test_purview_and_the_supervised_detector(scored, tmp_path: Path, one_thread)
     run_dir = tmp_path / "run"
     shutil.copytree(scored["run_dir"], run_dir)
     args = ["scores.max_samples=12", "scores.purview_detector=true", "scores.trust=false"]
-    out = score_run(load_run_config(run_dir, args), run_dir)
-    on_disk = json.loads((run_dir / "results.json").read_text())
+    folder = run_dir / "evaluations" / "detector"
+    out = score_run(load_run_config(run_dir, args), run_dir, folder)
+    on_disk = json.loads((folder / "results.json").read_text())
     assert on_disk["ood"] == json.loads(json.dumps(out["ood"])) and out["trust"] is None
-    assert "trust" not in on_disk  # the earlier trust result described other settings
+    assert on_disk["trust"] is None
     table = on_disk["ood"]["scores"]
     assert {"purview", "purview_initial", "purview_detector_supervised"} <= set(table)
     assert list(table["purview_detector_supervised"]) == ["noise"]
@@ -222,7 +231,7 @@ def test_purview_and_the_supervised_detector(scored, tmp_path: Path, one_thread)
         "in_distribution": 6,
         "noise": 6,
     }
-    assert "supervised" in (run_dir / "scores.md").read_text()
+    assert "supervised" in (folder / "scores.md").read_text()
 
 
 def test_noise_images_and_subsets_are_seeded() -> None:

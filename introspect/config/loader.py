@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from introspect.config.schema import CHOICES, GROUPS, Config
+from introspect.config.schema import CHOICES, GROUPS, RANGES, Config
 
 
 class ConfigError(ValueError):
@@ -119,6 +119,30 @@ def _check_choices(cfg: DictConfig) -> None:
                 raise ConfigError(f"bad value {item!r} for {path!r}. {_suggest(str(item), valid)}")
 
 
+def _check_ranges(cfg: DictConfig) -> None:
+    for path, valid in RANGES.items():
+        value = OmegaConf.select(cfg, path)
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        for item in values:
+            if item is None or isinstance(item, bool) or not isinstance(item, int | float):
+                continue  # None: an unset optional field; types are checked by the schema
+            if not valid.contains(item):
+                raise ConfigError(
+                    f"bad value {item!r} for {path!r}: must lie in {valid.describe()}"
+                )
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+        raise ConfigError(
+            f"data.val_fraction={cfg.data.val_fraction} and data.test_fraction="
+            f"{cfg.data.test_fraction} leave no training images; their sum must be below 1"
+        )
+
+
+def _validate(cfg: DictConfig) -> None:
+    """Choices and numeric ranges of a composed config."""
+    _check_choices(cfg)
+    _check_ranges(cfg)
+
+
 def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = None) -> DictConfig:
     """Compose the root default, ``experiment=NAME``, ``group=option`` and ``a.b=value`` arguments.
 
@@ -200,29 +224,98 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve interpolation: {err}") from None
-    _check_choices(cfg)
+    _validate(cfg)
     return cfg
 
 
-def load_run_config(run_dir: Path | str, args: Sequence[str] = ()) -> DictConfig:
-    """The saved ``config.yaml`` of a finished run, validated, with ``a.b=value`` overrides."""
+# Settings of a saved config that import code or unpickle files: honoured only when the current
+# command line gives them too (or with --trust-run), because a run directory is data.
+_CODE_SETTINGS = {
+    "backbone.name": "imports a module and runs its code",
+    "backbone.trust_checkpoint": "unpickles the checkpoint, which can run any code",
+}
+# Groups a finished run can switch (how and where it is evaluated, not what was trained).
+RUN_GROUPS = ("trainer", "logger")
+
+
+def _runs_code(path: str, value: Any) -> bool:
+    if path == "backbone.name":
+        return isinstance(value, str) and ":" in value
+    return value is True
+
+
+def _refuse_code(saved: DictConfig, cli: DictConfig, source: Path) -> None:
+    """``ConfigError`` when ``saved`` imports code or unpickles unless ``cli`` says the same."""
+    for path, effect in _CODE_SETTINGS.items():
+        value = OmegaConf.select(saved, path)
+        if not _runs_code(path, value):
+            continue
+        given = OmegaConf.select(cli, path, default=None)
+        if given == value or (given is not None and not _runs_code(path, given)):
+            continue  # the user consents, or replaces it with a value that runs no code
+        shown = str(value).lower() if isinstance(value, bool) else value
+        raise ConfigError(
+            f"{source} sets {path}={shown} ({effect}); a run directory is data and is not "
+            f"trusted: repeat {path}={shown} on the command line or pass --trust-run"
+        )
+
+
+def load_run_config(
+    run_dir: Path | str,
+    args: Sequence[str] = (),
+    *,
+    trust_run: bool = False,
+    config_dir: Path | str | None = None,
+) -> DictConfig:
+    """The saved ``config.yaml`` of a finished run, validated, with ``trainer=``/``logger=``
+    group choices and ``a.b=value`` overrides (later wins).
+
+    Settings that import code (``backbone.name=pkg.mod:Obj``) or unpickle
+    (``backbone.trust_checkpoint``) are refused unless ``args`` give them too or ``trust_run``.
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} not found: run= must name a run directory made by train.py")
+    config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
+    groups: dict[str, str] = {}
+    dotlist: list[str] = []
     for arg in args:
-        if "=" not in arg or arg.partition("=")[0] in (*GROUPS, "experiment"):
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"argument {arg!r} is not of the form key=value")
+        if key in RUN_GROUPS:
+            groups[key] = value
+        elif key in (*GROUPS, "experiment"):
             raise ConfigError(
-                f"argument {arg!r}: a finished run takes only a.b=value overrides "
-                "(e.g. eval.corruptions=[fog] eval.severities=[5])"
+                f"argument {arg!r}: the {key} of a finished run is fixed; evaluate other data "
+                "as eval.extra.<name>.source=... or start a new run with train.py"
             )
+        else:
+            dotlist.append(arg)
     schema = OmegaConf.structured(Config)
-    cfg = _merge(schema, _read_yaml(path), str(path), schema)
+    saved = _read_yaml(path)
+    cfg = _merge(schema, saved, str(path), schema)
+    for group, option in groups.items():
+        file = config_dir / group / f"{option}.yaml"
+        if not file.is_file():
+            valid = _options(config_dir, group)
+            raise ConfigError(f"unknown {group} option {option!r}. {_suggest(option, valid)}")
+        # The option replaces the saved section, as it would have in train.py.
+        fresh = _merge(
+            OmegaConf.structured(Config),
+            OmegaConf.create({group: _read_yaml(file)}),
+            str(file),
+            schema,
+        )
+        cfg[group] = fresh[group]
     try:
-        cli = OmegaConf.from_dotlist(list(args))
+        cli = OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse overrides {list(args)}: {err}") from None
+        raise ConfigError(f"cannot parse overrides {dotlist}: {err}") from None
+    if not trust_run:
+        _refuse_code(cfg, cli, path)
     cfg = _merge(cfg, cli, "command line", schema)
-    _check_choices(cfg)
+    _validate(cfg)
     return cfg
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # Fields whose value must be one of a fixed set: dotted path -> valid values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -21,6 +21,94 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage2.head.optim.name": ("sgd", "adamw"),
     "stage2.head.optim.schedule": ("cosine", "none"),
     "eval.source": ("generated", "official"),
+}
+
+
+class Range(NamedTuple):
+    """Valid values of a numeric field: ``low``/``high`` bounds (None = unbounded), each
+    inclusive unless its ``*_open`` flag is set."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the range."""
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        """The range in interval notation, e.g. ``[1, inf)``."""
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        left = "(" if self.low is None or self.low_open else "["
+        right = ")" if self.high is None or self.high_open else "]"
+        return f"{left}{low}, {high}{right}"
+
+
+_POSITIVE = Range(1)  # counts: at least one
+_NON_NEGATIVE = Range(0)
+_FRACTION = Range(0, 1, high_open=True)
+_SEED = Range(0, 2**32 - 1)  # what numpy and Lightning accept as a seed
+
+# Every numeric field of the schema: dotted path -> valid range (a list field: every element;
+# a None value of an optional field is always valid). tests/test_config.py checks that no
+# numeric field is missing here.
+RANGES: dict[str, Range] = {
+    "run.seed": _SEED,
+    "data.val_fraction": _FRACTION,
+    "data.test_fraction": _FRACTION,
+    "data.split_seed": _SEED,
+    "data.batch_size": _POSITIVE,
+    "data.eval_batch_size": _POSITIVE,
+    "data.num_workers": _NON_NEGATIVE,
+    "data.image_size": _POSITIVE,
+    "data.num_classes": Range(2),
+    "data.num_samples": _POSITIVE,
+    "backbone.num_classes": Range(2),
+    "backbone.mean": Range(),
+    "backbone.std": Range(0, low_open=True),
+    "stage1.epochs": _POSITIVE,
+    "stage1.noise_std": _NON_NEGATIVE,
+    "stage1.augmix_severity": Range(1, 10),
+    "stage1.label_smoothing": _FRACTION,
+    "stage1.optim.lr": Range(0, low_open=True),
+    "stage1.optim.momentum": _FRACTION,
+    "stage1.optim.weight_decay": _NON_NEGATIVE,
+    "stage1.adversarial.epsilon": _NON_NEGATIVE,
+    "stage1.adversarial.step_size": _NON_NEGATIVE,
+    "stage1.adversarial.steps": _POSITIVE,
+    "stage2.head.hidden": _POSITIVE,
+    "stage2.head.dropout": _FRACTION,
+    "stage2.head.epochs": _POSITIVE,
+    "stage2.head.batch_size": _POSITIVE,
+    "stage2.head.optim.lr": Range(0, low_open=True),
+    "stage2.head.optim.momentum": _FRACTION,
+    "stage2.head.optim.weight_decay": _NON_NEGATIVE,
+    "stage2.passes": _POSITIVE,
+    "stage2.noise_std": _NON_NEGATIVE,
+    "stage2.augmix_severity": Range(1, 10),
+    "stage2.extract_batch_size": _POSITIVE,
+    "stage2.shard_batches": _POSITIVE,
+    "eval.severities": Range(1, 5),
+    "eval.chunk_size": _POSITIVE,
+    "eval.seed": _SEED,
+    "eval.n_bins": _POSITIVE,
+    "eval.batch_size": _POSITIVE,
+    "scores.max_samples": _POSITIVE,
+    "scores.odin_T": Range(0, low_open=True),
+    "scores.odin_eps": _NON_NEGATIVE,
+    "scores.mahalanobis_eps": _NON_NEGATIVE,
+    "scores.gradtrust_k": _POSITIVE,
+    "scores.seed": _SEED,
+    "scores.batch_size": _POSITIVE,
+    "trainer.num_nodes": _POSITIVE,
+    "trainer.log_every_n_steps": _POSITIVE,
+    "trainer.gradient_clip_val": _NON_NEGATIVE,
 }
 
 
@@ -261,6 +349,10 @@ class RunConfig:
     dir: str | None = None
     root: str = "runs"
     seed: int = 0
+    # A directory holds one run: starting one where a run exists is refused unless it is
+    # cleared first (overwrite) or the run there is continued (resume).
+    overwrite: bool = False
+    resume: bool = False
 
 
 @dataclass

@@ -7,19 +7,51 @@ autograd enabled (also inside ``torch.inference_mode``); its train/eval modes ar
 hooks removed and no parameter ``.grad`` is touched.
 """
 
-from introspect.explain.cam import contrast_cam, counterfactual_cam, gradcam
-from introspect.explain.cli import explain_main
-from introspect.explain.core import ExplanationError
-from introspect.explain.figure import explanation_figure
-from introspect.explain.layers import resolve_layer
-from introspect.explain.saliency import (
-    deconvnet,
-    guided_backprop,
-    guided_gradcam,
-    occlusion,
-    vanilla_gradient,
-)
-from introspect.explain.voice import VoiceResult, voice
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# Names -> defining submodule, imported on first use: the command-line front end
+# (``explain_main``) checks its arguments before torch is imported.
+_EXPORTS = {
+    "ExplanationError": "errors",
+    "VoiceResult": "voice",
+    "contrast_cam": "cam",
+    "counterfactual_cam": "cam",
+    "deconvnet": "saliency",
+    "explain_main": "cli",
+    "explanation_figure": "figure",
+    "gradcam": "cam",
+    "guided_backprop": "saliency",
+    "guided_gradcam": "saliency",
+    "occlusion": "saliency",
+    "resolve_layer": "layers",
+    "vanilla_gradient": "saliency",
+    "voice": "voice",
+}
+
+if TYPE_CHECKING:
+    from introspect.explain.cam import contrast_cam, counterfactual_cam, gradcam
+    from introspect.explain.cli import explain_main
+    from introspect.explain.errors import ExplanationError
+    from introspect.explain.figure import explanation_figure
+    from introspect.explain.layers import resolve_layer
+    from introspect.explain.saliency import (
+        deconvnet,
+        guided_backprop,
+        guided_gradcam,
+        occlusion,
+        vanilla_gradient,
+    )
+    from introspect.explain.voice import VoiceResult, voice
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'introspect.explain' has no attribute {name!r}")
+    value = getattr(import_module(f"introspect.explain.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ExplanationError",

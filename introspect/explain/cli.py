@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
+from omegaconf import DictConfig
 
 from introspect.config import ConfigError, load_run_config
-from introspect.explain.core import ExplanationError
-from introspect.explain.figure import explanation_figure
+from introspect.explain.errors import ExplanationError
 
 USAGE = """\
 usage: explain run=runs/<name> [n=8] [split=test] [out=PATH] [layer=PATH] [a.b=value ...]
@@ -23,6 +22,8 @@ Conv2d); other a.b=value arguments override the run's saved config.
 """
 
 OPTIONS = ("run", "n", "split", "out", "layer")
+# The datamodule's splits (``introspect.data.module.SPLITS``; not imported: it needs torch).
+SPLITS = ("train", "val", "test")
 
 
 def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -52,11 +53,26 @@ def _count(text: str) -> int:
     return n
 
 
-def _explain(options: dict[str, str], overrides: list[str]) -> Path:
-    """Load the run, draw the figure, log it; return the figure's path."""
+def _load(
+    options: dict[str, str], overrides: list[str], *, trust_run: bool
+) -> tuple[Path, DictConfig]:
+    """The run directory and its saved config with ``overrides`` (checked before torch)."""
+    _count(options.get("n", "8"))
+    split = options.get("split", "test")
+    if split not in SPLITS:
+        raise ExplanationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    run_dir = Path(options["run"]).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ExplanationError(f"run directory {run_dir} does not exist")
+    return run_dir, load_run_config(run_dir, overrides, trust_run=trust_run)
+
+
+def _explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) -> Path:
+    """Load the run's backbone, draw the figure, log it; return the figure's path."""
+    import torch
     from lightning.pytorch.loggers import WandbLogger
 
-    from introspect.data.module import SPLITS
+    from introspect.explain.figure import explanation_figure
     from introspect.runs.pipeline import (
         PipelineError,
         build_backbone,
@@ -68,12 +84,6 @@ def _explain(options: dict[str, str], overrides: list[str]) -> Path:
 
     n = _count(options.get("n", "8"))
     split = options.get("split", "test")
-    if split not in SPLITS:
-        raise ExplanationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    run_dir = Path(options["run"]).expanduser().resolve()
-    if not run_dir.is_dir():
-        raise ExplanationError(f"run directory {run_dir} does not exist")
-    cfg = load_run_config(run_dir, overrides)
     quiet_library_warnings()
     dm = build_data(cfg)
     checkpoint = stage1_checkpoint(cfg, run_dir)
@@ -98,7 +108,7 @@ def _explain(options: dict[str, str], overrides: list[str]) -> Path:
     return path
 
 
-def explain_main(argv: list[str]) -> int:
+def explain_main(argv: list[str], *, trust_run: bool = False) -> int:
     """Run ``explain`` with the arguments after the word ``explain``; return the exit code.
 
     User errors (missing run, bad option, unknown layer, bad config) print one line on stderr
@@ -107,10 +117,16 @@ def explain_main(argv: list[str]) -> int:
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0 if argv else 2
+    try:
+        options, overrides = _parse(argv)
+        run_dir, cfg = _load(options, overrides, trust_run=trust_run)
+    except (ExplanationError, ConfigError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     from introspect.runs.pipeline import USER_ERRORS
 
     try:
-        path = _explain(*_parse(argv))
+        path = _explain(options, run_dir, cfg)
     except (ExplanationError, ConfigError, *USER_ERRORS) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

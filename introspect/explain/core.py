@@ -9,14 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from introspect.explain.errors import ExplanationError as ExplanationError  # re-exported
+
 Target = int | Sequence[int] | torch.Tensor | None
 
 # A map whose range is at most this fraction of its magnitude counts as constant.
 CONSTANT_TOLERANCE = 1e-6
-
-
-class ExplanationError(ValueError):
-    """An explanation that cannot be computed as asked; the message says what to change."""
 
 
 def check_images(images: torch.Tensor) -> None:

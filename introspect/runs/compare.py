@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from matplotlib.figure import Figure
 
 from introspect.data.shifted import is_cell
 from introspect.runs.evaluation import HEADS
+from introspect.runs.status import describe as describe_status
+from introspect.runs.status import read_status
 
 SHORT = {"feedforward": "FF", "introspective": "INT", "control": "CTL"}
 SHORT_NAMES = {"FF": "feed-forward", "INT": "introspective", "CTL": "control"}
@@ -412,11 +415,28 @@ def compare(
     ``accuracy_vs_ece.png`` and ``severity_curves.png`` to ``out_dir`` (default: next to the
     runs) and log them to W&B when ``wandb`` (default: when every run logged to W&B).
 
-    Returns ``{"out_dir", "markdown", "groups": [{label, runs, table}]}``.
+    Runs whose ``status.json`` says they are not complete (running, killed or failed) are
+    skipped with a message on stderr and listed under ``"skipped"``.
+
+    Returns ``{"out_dir", "markdown", "groups": [{label, runs, table}], "skipped"}``.
     """
     if not paths:
         raise CompareError("give at least one run directory to compare")
-    runs = [load_run(p) for p in paths]
+    skipped: list[str] = []
+    complete: list[str | os.PathLike[str]] = []
+    for path in paths:
+        status = read_status(Path(path).expanduser())
+        if status is not None and status.get("state") != "complete":
+            print(
+                f"skipping {path}: the run is not complete ({describe_status(status)})",
+                file=sys.stderr,
+            )
+            skipped.append(str(path))
+        else:
+            complete.append(path)
+    if not complete:
+        raise CompareError(f"none of the runs is complete (skipped: {', '.join(skipped)})")
+    runs = [load_run(p) for p in complete]
     if len({r.path for r in runs}) != len(runs):
         raise CompareError("a run directory is listed twice; list each run once")
     groups = group_runs(runs)
@@ -436,6 +456,7 @@ def compare(
         _log_wandb(out, runs, groups, tables, images)
     return {
         "out_dir": out,
+        "skipped": skipped,
         "markdown": text,
         "groups": [
             {"label": g.label, "runs": [str(r.path) for r in g.runs], "table": t}

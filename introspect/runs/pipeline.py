@@ -23,10 +23,11 @@ from introspect.backbones import (
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule, build_augmentation, build_datamodule
 from introspect.models.feedforward import FeedForwardClassifier
-from introspect.runs.distributed import launch
-from introspect.runs.rundir import build_loggers, prepare_run_dir
+from introspect.runs.distributed import barrier, broadcast_from_zero, is_global_zero, launch
+from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
 from introspect.runs.splits import evaluation_splits
 from introspect.runs.stage2 import resolve_device
+from introspect.runs.status import mark_stage_done, now, stages_done, update_status
 
 
 class PipelineError(RuntimeError):
@@ -128,13 +129,65 @@ def build_backbone(
     return backbone
 
 
+class RandomStates(Callback):
+    """Keeps the random states of torch, NumPy and Python in every checkpoint and restores them
+    on resume, so a resumed run draws what the uninterrupted run would have drawn."""
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["random_states"] = random_states()
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if "random_states" in checkpoint:
+            set_random_states(checkpoint["random_states"])
+
+
+def random_states() -> dict[str, Any]:
+    """The global random states as tensors and lists (loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss),
+                  float(cached)],
+        "python": [int(version), list(state), gauss],
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    """Restore what ``random_states`` returned."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def stage1(
     cfg: DictConfig, dm: ImageDataModule, backbone: Backbone, run_dir: Path, loggers: list[Logger]
 ) -> FeedForwardClassifier:
     """Train the feed-forward classifier unless ``backbone.checkpoint`` is set; return it.
 
     Training keeps the best (by validation accuracy) and the last checkpoint under
-    ``<run>/checkpoints`` and continues with the best weights.
+    ``<run>/checkpoints`` and continues with the best weights. With ``run.resume`` training
+    continues from the last checkpoint (weights, optimizer, schedule, epoch, random states), or
+    is skipped when the run finished stage 1.
     """
     model = FeedForwardClassifier(
         backbone,
@@ -145,21 +198,34 @@ def stage1(
     )
     if cfg.backbone.checkpoint is not None:
         return model
-    ckpt = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="stage1-best",
-        monitor="feedforward/val/acc",
-        mode="max",
-        save_last=True,
-    )
-    ckpt.CHECKPOINT_NAME_LAST = "stage1-last"
-    trainer = build_trainer(
-        cfg, run_dir, loggers=loggers, callbacks=[ckpt], max_epochs=cfg.stage1.epochs
-    )
-    trainer.fit(model, datamodule=dm)
-    if ckpt.best_model_path:
-        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+    folder = run_dir / "checkpoints"
+    best, last = folder / "stage1-best.ckpt", folder / "stage1-last.ckpt"
+    finished = cfg.run.resume and "stage1" in broadcast_from_zero(stages_done(run_dir))
+    if not finished:
+        ckpt = ModelCheckpoint(
+            dirpath=str(folder),
+            filename="stage1-best",
+            monitor="feedforward/val/acc",
+            mode="max",
+            save_last=True,
+            enable_version_counter=False,
+        )
+        ckpt.CHECKPOINT_NAME_LAST = "stage1-last"
+        trainer = build_trainer(
+            cfg,
+            run_dir,
+            loggers=loggers,
+            callbacks=[ckpt, RandomStates()],
+            max_epochs=cfg.stage1.epochs,
+        )
+        resume_from = str(last) if cfg.run.resume and broadcast_from_zero(last.is_file()) else None
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
+        best = Path(ckpt.best_model_path) if ckpt.best_model_path else best
+    if best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
+    elif finished:
+        raise PipelineError(f"{best} is missing; the run cannot be resumed, only overwritten")
     return model
 
 
@@ -177,33 +243,81 @@ def stage1_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured job end to end (stage 1, stage 2, evaluation) and return the results.
 
-    With several processes (``trainer.devices``/``trainer.num_nodes``) every stage runs on all
-    of them and each returns the same results; rank zero writes the run directory.
+    The run directory is checked first (``rundir.check_run_dir``), then data, evaluation splits
+    and backbone are built and checked before any training. ``status.json`` follows the run
+    (``running`` with its stage, ``failed`` with the error, ``complete``); with
+    ``run.resume=true`` every finished stage is reused. With several processes
+    (``trainer.devices``/``trainer.num_nodes``) every stage runs on all of them and each
+    returns the same results; rank zero writes the run directory.
     """
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import stage2
 
     start = time.perf_counter()
-    for key in ("extract_batch_size", "shard_batches"):
-        if cfg.stage2[key] < 1:
-            raise ConfigError(f"stage2.{key}={cfg.stage2[key]} must be a positive integer")
+    check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))  # checked before any work
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
     launch(cfg)  # after the checks above: a bad configuration fails before processes start
     run_dir = prepare_run_dir(cfg)
-    loggers = build_loggers(cfg, run_dir)
-    stage1(cfg, dm, backbone, run_dir, loggers)
-    heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
-    results = evaluate_and_report(cfg, dm, backbone, heads, splits, run_dir, loggers, started=start)
-    for logger in loggers:
-        logger.finalize("success")
+    zero = is_global_zero()
+    try:
+        loggers = build_loggers(cfg, run_dir, csv_version=_log_version(cfg, run_dir))
+        if zero:
+            update_status(run_dir, stage="stage1")
+        stage1(cfg, dm, backbone, run_dir, loggers)
+        if zero:
+            mark_stage_done(run_dir, "stage1")
+            update_status(run_dir, stage="stage2")
+        heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
+        if zero:
+            mark_stage_done(run_dir, "stage2")
+            update_status(run_dir, stage="evaluation")
+        results = evaluate_and_report(
+            cfg, dm, backbone, heads, splits, run_dir, loggers, started=start
+        )
+        for logger in loggers:
+            logger.finalize("success")
+    except BaseException as err:
+        if zero:
+            update_status(run_dir, state="failed", error=_describe_error(err), failed=now())
+        raise
+    if zero:
+        mark_stage_done(run_dir, "evaluation")
+        update_status(
+            run_dir,
+            state="complete",
+            stage=None,
+            finished=now(),
+            seconds=results["run"].get("seconds"),
+        )
     return results
 
 
-def reevaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Reload a finished run's backbone and heads and evaluate them again on ``cfg.eval``."""
+def _log_version(cfg: DictConfig, run_dir: Path) -> str:
+    """The CSV log folder of this process's part of the run: ``""`` for a fresh run,
+    ``resume-K`` for its K-th resumption (earlier logs are kept)."""
+    if not cfg.run.resume:
+        return ""
+    k = 1
+    while (run_dir / "logs" / f"resume-{k}").exists():
+        k += 1
+    return f"resume-{k}"
+
+
+def _describe_error(err: BaseException) -> str:
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Reload a finished run's backbone and heads, evaluate them again on ``cfg.eval`` and
+    write the results to ``out_dir`` (e.g. ``<run>/evaluations/<tag>``; the run's own
+    ``results.json`` is never touched). An interrupted re-evaluation into the same
+    ``out_dir`` continues where it stopped."""
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import load_heads
 
@@ -217,8 +331,21 @@ def reevaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     heads = load_heads(cfg, backbone, run_dir, dm.num_classes)
     launch(cfg)
-    loggers = build_loggers(cfg, run_dir, csv_version="evaluate")
-    results = evaluate_and_report(cfg, dm, backbone, heads, splits, run_dir, loggers, started=start)
+    if is_global_zero():
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    loggers = build_loggers(cfg, out_dir)
+    results = evaluate_and_report(
+        cfg,
+        dm,
+        backbone,
+        heads,
+        splits,
+        out_dir,
+        loggers,
+        started=start,
+        extra_run_info={"evaluation_of": str(run_dir)},
+    )
     for logger in loggers:
         logger.finalize("success")
     return results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,12 @@ from introspect.data.samplers import ContiguousSampler
 from introspect.data.shifted import is_cell
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
-from introspect.runs.distributed import global_rank, is_global_zero, world_size
+from introspect.runs.distributed import (
+    broadcast_from_zero,
+    global_rank,
+    is_global_zero,
+    world_size,
+)
 from introspect.runs.evaluation import (
     Evaluator,
     aggregate_by,
@@ -24,7 +31,68 @@ from introspect.runs.evaluation import (
     summarize,
     verdict,
 )
-from introspect.runs.rundir import write_json_atomic
+from introspect.runs.provenance import provenance
+from introspect.runs.rundir import config_digest
+from introspect.runs.status import write_json_atomic
+
+PARTIAL_DIR = ".partial-evaluation"
+
+
+class PartialResults:
+    """Results of the splits evaluated so far, one JSON file per split under
+    ``<out>/.partial-evaluation/``, so an interrupted evaluation continues where it stopped.
+    A file made by another evaluation (other ``digest``) is ignored."""
+
+    def __init__(self, folder: Path, digest: str) -> None:
+        self.folder = folder
+        self.digest = digest
+
+    def _file(self, split: str) -> Path:
+        return self.folder / (split.replace("/", "__") + ".json")
+
+    def load(self, names: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """``{split: (entry, bins)}`` of the splits among ``names`` already evaluated."""
+        done: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        for name in names:
+            try:
+                saved = json.loads(self._file(name).read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(saved, dict) or saved.get("digest") != self.digest:
+                continue
+            if saved.get("split") != name:
+                continue
+            bins = {
+                head: {k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}
+                for head, sums in saved["bins"].items()
+            }
+            done[name] = (saved["entry"], bins)
+        return done
+
+    def save(self, results: dict[str, Any], bins: dict[str, Any]) -> None:
+        """Store the results and reliability bin sums of freshly evaluated splits."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, entry in results.items():
+            plain = {
+                head: {k: v.double().tolist() for k, v in sums.items()}
+                for head, sums in bins[name].items()
+            }
+            write_json_atomic(
+                self._file(name),
+                {"digest": self.digest, "split": name, "entry": entry, "bins": plain},
+            )
+
+    def clear(self) -> None:
+        """Remove the partial results (once the final results file is written)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def split_groups(names: list[str]) -> list[list[str]]:
+    """Evaluation units of work: each corruption's cells together, every other split alone."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.split("/")[0] if is_cell(name) else f"split:{name}", []).append(name)
+    return list(groups.values())
 
 
 def evaluate_and_report(
@@ -33,39 +101,51 @@ def evaluate_and_report(
     backbone: torch.nn.Module,
     heads: dict[str, StageTwoClassifier],
     splits: dict[str, Dataset],
-    run_dir: Path,
+    out_dir: Path,
     loggers: list[Logger],
     *,
     started: float | None = None,
+    extra_run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every head on every split of ``splits`` (see ``runs.splits``); write
-    ``results.json``, ``table.md`` and plots; log everything.
+    ``results.json``, ``table.md`` and plots to ``out_dir``; log everything.
 
-    In a multi-process run every process evaluates its contiguous block of each split and
-    returns the synchronized results; only rank zero writes and logs.
+    Splits are evaluated a group at a time (``split_groups``) and kept in ``out_dir`` until the
+    final ``results.json`` is written, so a rerun of an interrupted evaluation skips the splits
+    already done. In a multi-process run every process evaluates its contiguous block of each
+    split and returns the synchronized results; only rank zero writes and logs.
     """
-    from introspect.runs.pipeline import build_trainer
+    from introspect.runs.pipeline import build_trainer, resolve_device
 
     names = list(splits)
-    evaluator = Evaluator(
-        backbone, heads, names, num_classes=dm.num_classes, n_bins=cfg.eval.n_bins
-    )
+    partial = PartialResults(out_dir / PARTIAL_DIR, config_digest(cfg))
+    done = broadcast_from_zero(partial.load(names) if is_global_zero() else None)
+    assert done is not None
     # Each process evaluates one contiguous block of every split, none padded with repeats.
     trainer = build_trainer(
-        cfg, run_dir, loggers=False, inference_mode=False, use_distributed_sampler=False
+        cfg, out_dir, loggers=False, inference_mode=False, use_distributed_sampler=False
     )
     rank, world = global_rank(), world_size()
-    loaders = [
-        dm.loader(
-            splits[n],
-            batch_size=cfg.eval.batch_size,
-            sampler=ContiguousSampler(len(splits[n]), rank, world),  # type: ignore[arg-type]
+    for group in split_groups([n for n in names if n not in done]):
+        evaluator = Evaluator(
+            backbone, heads, group, num_classes=dm.num_classes, n_bins=cfg.eval.n_bins
         )
-        for n in names
-    ]
-    trainer.test(evaluator, dataloaders=loaders, verbose=False)
-    # Lightning moved the module to the CPU; synchronize where the process group works.
-    split_results, bins = evaluator.to(trainer.strategy.root_device).collect()
+        loaders = [
+            dm.loader(
+                splits[n],
+                batch_size=cfg.eval.batch_size,
+                sampler=ContiguousSampler(len(splits[n]), rank, world),  # type: ignore[arg-type]
+            )
+            for n in group
+        ]
+        trainer.test(evaluator, dataloaders=loaders, verbose=False)
+        # Lightning moved the module to the CPU; synchronize where the process group works.
+        group_results, group_bins = evaluator.to(trainer.strategy.root_device).collect()
+        if is_global_zero():
+            partial.save(group_results, group_bins)
+        done.update({n: (group_results[n], group_bins[n]) for n in group})
+    split_results = {n: done[n][0] for n in names}
+    bins = {n: done[n][1] for n in names}
 
     results: dict[str, Any] = {
         "run": {
@@ -73,6 +153,8 @@ def evaluate_and_report(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seed": cfg.run.seed,
             "config": OmegaConf.to_container(cfg, resolve=True),
+            "provenance": provenance(resolve_device(cfg), world_size=world),
+            **(extra_run_info or {}),
         },
         "splits": split_results,
         "summary": summarize(split_results),
@@ -85,11 +167,12 @@ def evaluate_and_report(
         return results
 
     table = format_table(results)
-    plots = _reliability_plots(bins, names, run_dir)
-    (run_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n")
+    plots = _reliability_plots(bins, names, out_dir)
+    (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n")
     _log(loggers, results, plots)
     # results.json last and atomically: a failed run leaves none behind.
-    write_json_atomic(run_dir / "results.json", results)
+    write_json_atomic(out_dir / "results.json", results)
+    partial.clear()
     print(table)
     print(verdict(results))
     return results

@@ -1,5 +1,6 @@
 """The scores task of a finished run: OOD detection and prediction trust of every confidence
-score (METHOD.md §3), added to the run's ``results.json`` and written to ``scores.md``.
+score (METHOD.md §3), written as ``results.json`` and ``scores.md`` to an evaluation folder of
+the run (``<run>/evaluations/scores[-<tag>]``).
 
 In-distribution samples are the run's clean test split. OOD sets are the ``scores.ood`` sets
 and, with ``scores.noise``, uniform-noise images. The trust task ranks predictions on the
@@ -9,9 +10,7 @@ feed-forward scores rank the backbone's predictions, ``int_*`` scores the intros
 
 from __future__ import annotations
 
-import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
+from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers, write_json_atomic
 from introspect.runs.splits import evaluation_splits, read_source
 from introspect.runs.stage2 import resolve_device
@@ -303,24 +303,14 @@ def _flat(ood: dict[str, Any] | None, trust: dict[str, Any] | None) -> dict[str,
     return flat
 
 
-def _read_results(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); re-evaluate the run first") from None
-    if not isinstance(results, dict):
-        raise ConfigError(f"{path} does not hold a JSON object; re-evaluate the run first")
-    return results
+def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Score a finished run's OOD detection and trust (see the module docstring); write
+    ``results.json`` (``"run"``, ``"ood"``, ``"trust"``) and ``scores.md`` to ``out_dir``
+    (e.g. ``<run>/evaluations/scores``), print the tables and log the scalars. The run's own
+    ``results.json`` is not touched. Returns ``{"ood": ..., "trust": ...}`` (``None`` for a
+    task not run).
 
-
-def score_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Score a finished run's OOD detection and trust (see the module docstring); add ``"ood"``
-    and ``"trust"`` to its ``results.json``, write ``scores.md``, print the tables and log the
-    scalars. Returns ``{"ood": ..., "trust": ...}`` (``None`` for a task not run).
-
-    ``results.json`` is only replaced, atomically, once everything succeeded.
+    ``results.json`` is written last and atomically, once everything succeeded.
     """
     from introspect.runs.pipeline import (
         PipelineError,
@@ -333,8 +323,6 @@ def score_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     check_scores_config(cfg)
     s = cfg.scores
-    results_path = run_dir / "results.json"
-    _read_results(results_path)  # an unreadable file fails before any work
     device = resolve_device(cfg)
     dm = build_data(cfg)
     # Every data source is opened before any work, so bad settings fail early.
@@ -418,22 +406,26 @@ def score_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         }
 
     markdown = _markdown(cfg, settings, ood, trust)
-    (run_dir / "scores.md").write_text(markdown)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scores.md").write_text(markdown)
     print(markdown)
-    with warnings.catch_warnings():
-        # Re-scoring replaces the CSV log of the previous scoring run, as intended.
-        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* not empty")
-        for logger in build_loggers(cfg, run_dir, csv_version="scores"):
-            logger.log_metrics(_flat(ood, trust))
-            logger.save()
-            logger.finalize("success")
-    results = _read_results(results_path)  # as it is now, not as it was when scoring began
-    for key, section in (("ood", ood), ("trust", trust)):
-        if section is None:
-            results.pop(key, None)  # a result of earlier settings would not describe this run
-        else:
-            results[key] = section
-    # results.json last and atomically: a failed scoring run leaves it as it was.
-    write_json_atomic(results_path, results)
+    for logger in build_loggers(cfg, out_dir):
+        logger.log_metrics(_flat(ood, trust))
+        logger.save()
+        logger.finalize("success")
+    results: dict[str, Any] = {
+        "run": {
+            "name": cfg.run.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "evaluation_of": str(run_dir),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "provenance": provenance(device),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+        "ood": ood,
+        "trust": trust,
+    }
+    # results.json last and atomically: a failed scoring run leaves none.
+    write_json_atomic(out_dir / "results.json", results)
     print(f"scored in {time.perf_counter() - started:.1f} s")
     return {"ood": ood, "trust": trust}

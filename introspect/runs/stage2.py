@@ -207,6 +207,11 @@ def stage2(
         out_dir.mkdir(exist_ok=True)
     normalize = cfg.stage2.features.normalize
     for kind in kinds:
+        path = out_dir / f"{kind}.pt"
+        if cfg.run.resume and broadcast_from_zero(path.is_file()):
+            # Trained before the run was interrupted (heads are written whole, atomically).
+            heads[kind] = _load_head(cfg, kind, backbone, path, dm.num_classes)
+            continue
         x = _head_inputs(kind, train, normalize)
         L.seed_everything(cfg.run.seed, workers=True, verbose=False)
         head = build_head(cfg, kind, backbone, x.shape[1], dm.num_classes)
@@ -234,9 +239,25 @@ def stage2(
             trainer.fit(head, train_dataloaders=train_loader, val_dataloaders=val_loader)
         head.eval()
         if is_global_zero():
-            torch.save(head.head_state(), out_dir / f"{kind}.pt")
+            _save_atomic(head.head_state(), path)
         heads[kind] = head
     return heads
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` so that readers see no file or the complete one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _load_head(
+    cfg: DictConfig, kind: str, backbone: torch.nn.Module, path: Path, num_classes: int
+) -> StageTwoClassifier:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    head = build_head(cfg, kind, backbone, state["feature_mean"].shape[0], num_classes)
+    head.load_head_state(state)
+    return head.eval()
 
 
 def load_heads(
@@ -246,10 +267,6 @@ def load_heads(
     heads: dict[str, StageTwoClassifier] = {}
     for kind in ("introspective", "control"):
         path = run_dir / "stage2" / f"{kind}.pt"
-        if not path.is_file():
-            continue
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        head = build_head(cfg, kind, backbone, state["feature_mean"].shape[0], num_classes)
-        head.load_head_state(state)
-        heads[kind] = head.eval()
+        if path.is_file():
+            heads[kind] = _load_head(cfg, kind, backbone, path, num_classes)
     return heads
