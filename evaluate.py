@@ -118,8 +118,6 @@ def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
 
 def compare_main(argv: list[str]) -> int:
     """Parse run directories and ``--out``/``--wandb``, build and print the comparison."""
-    from introspect.runs.compare import CompareError, compare
-
     paths: list[str] = []
     out: str | None = None
     wandb: bool | None = None
@@ -137,6 +135,12 @@ def compare_main(argv: list[str]) -> int:
             return 2
         else:
             paths.append(arg)
+    missing = [p for p in paths if not Path(p).expanduser().is_dir()]
+    if missing:  # before the heavy imports below
+        print(f"error: {missing[0]} is not a run directory", file=sys.stderr)
+        return 2
+    from introspect.runs.compare import CompareError, compare
+
     try:
         report = compare(paths, out, wandb=wandb)
     except CompareError as err:

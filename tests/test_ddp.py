@@ -140,8 +140,8 @@ def test_two_processes_run_every_stage_and_count_each_sample_once(ddp_run) -> No
     assert counts == {"clean": 101, "one": 1, **dict.fromkeys(CELLS, 101)}
     # Rank zero alone wrote the run directory, the CSV log and one W&B run.
     assert {p.name for p in run_dir.iterdir()} == {
-        "config.yaml", "checkpoints", "stage2", "logs", "wandb", "results.json", "table.md",
-        "reliability_clean.png", "reliability_corrupted.png",
+        "config.yaml", "status.json", "checkpoints", "stage2", "logs", "wandb", "results.json",
+        "table.md", "reliability_clean.png", "reliability_corrupted.png",
     }  # fmt: skip
     assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     for name in ("checkpoints/stage1-best.ckpt", "stage2/introspective.pt", "stage2/control.pt"):
@@ -163,7 +163,7 @@ def test_two_process_metrics_equal_single_process_metrics(ddp_run, tmp_path: Pat
     shutil.copytree(run_dir, single_dir)
     one_process = ["trainer.devices=1", "trainer.strategy=auto", "logger.wandb=false"]
     cfg = load_run_config(single_dir, one_process)
-    single = reevaluate(cfg, single_dir)
+    single = reevaluate(cfg, single_dir, single_dir / "evaluations" / "single")
     ddp = json.loads((run_dir / "results.json").read_text())
     assert list(single["splits"]) == list(ddp["splits"])
     for split, entry in ddp["splits"].items():
@@ -173,7 +173,8 @@ def test_two_process_metrics_equal_single_process_metrics(ddp_run, tmp_path: Pat
                 assert abs(single["splits"][split][head][metric] - value) <= 1e-6, (split, head)
     # The plots come from bin statistics summed over the processes: the same samples, once.
     for plot in ("reliability_clean.png", "reliability_corrupted.png"):
-        assert (single_dir / plot).read_bytes() == (run_dir / plot).read_bytes(), plot
+        again = single_dir / "evaluations" / "single" / plot
+        assert again.read_bytes() == (run_dir / plot).read_bytes(), plot
 
 
 DRIVER = """
@@ -235,7 +236,7 @@ def test_two_process_extraction_resumes_after_a_failure(ddp_run, tmp_path: Path)
     mtimes = {i: (cache / k / f"shard-{i:05d}.pt").stat().st_mtime_ns for k, i in first}
 
     env["FAIL_AFTER_SHARDS"] = "-1"
-    _train(args, script=driver, env=env)
+    _train([*args, "run.resume=true"], script=driver, env=env)
     second = _written(log)
     assert set(second) == {0, 1}  # both processes extracted a share of what was missing
     redone = set().union(*second.values())

@@ -335,6 +335,7 @@ def test_negative_epochs_stop_before_any_work(tmp_path: Path) -> None:
         ("evaluate", ["run={missing}"], "config.yaml not found"),
         ("evaluate", ["scores", "run={missing}"], "config.yaml not found"),
         ("evaluate", ["explain", "run={missing}"], "does not exist"),
+        ("evaluate", ["compare", "{missing}"], "is not a run directory"),
     ],
 )
 def test_path_errors_come_before_heavy_imports(
