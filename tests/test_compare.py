@@ -146,6 +146,9 @@ def test_command_line(runs, tmp_path: Path, capsys) -> None:
     assert rc == 0 and (out / "comparison.md").is_file()
     assert "| run (backbone · stage-2 recipe) |" in capsys.readouterr().out
     assert evaluate.main(["compare", str(tmp_path / "missing")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert evaluate.main(["compare", str(tmp_path / "empty")]) == 2
     assert "no results.json" in capsys.readouterr().err
     assert evaluate.main(["compare", "--bogus"]) == 2
 

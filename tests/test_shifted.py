@@ -204,7 +204,7 @@ def test_evaluation_splits_of_a_config(tmp_path: Path) -> None:
         ),
         (["eval.corruptions=[fog]", "eval.source=official"], "needs eval.official_dir"),
         (["eval.corruptions=[fog]", "eval.official_dir=/x"], "only read with eval.source"),
-        (["eval.corruptions=[fog]", "eval.chunk_size=0"], "eval.chunk_size=0"),
+        (["eval.corruptions=[fog]", "eval.chunk_size=0"], "0 for 'eval.chunk_size'"),
     ],
 )
 def test_bad_evaluation_splits_fail_before_any_work(
