@@ -367,6 +367,50 @@ def test_an_entry_still_inconsistent_after_recomputing_is_an_error(
     assert "shard 3: injected" in notice
 
 
+@pytest.fixture
+def hashed(monkeypatch) -> list[int]:
+    """The length of everything SHA-256 hashes (as one argument) while the test runs."""
+    lengths: list[int] = []
+    original = hashlib.sha256
+
+    def counting(data=b"", **kwargs):
+        lengths.append(len(data))
+        return original(data, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    return lengths
+
+
+def test_a_process_hashes_each_shard_once(tiny, tmp_path: Path, hashed: list[int]) -> None:
+    _features(tiny, tmp_path)  # extracts, finishes and loads: hashes as it writes
+    shards = [p.stat().st_size for p in sorted(_entry(tmp_path).glob("shard-*.pt"))]
+    assert len(shards) == 5 and sorted(n for n in hashed if n in shards) == sorted(shards)
+    hashed.clear()
+    _features(tiny, tmp_path)  # another run (cache): plans, then loads without hashing again
+    assert sorted(n for n in hashed if n in shards) == sorted(shards)
+
+
+def test_a_shard_replaced_after_plan_is_still_caught_by_load(tiny, tmp_path: Path) -> None:
+    _features(tiny, tmp_path)
+    entry = _entry(tmp_path)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    cache = FeatureCache(tmp_path)
+    plan = cache.plan(
+        entry.name,
+        manifest["recipe"],
+        num_samples=manifest["num_samples"],
+        shard_size=manifest["shard_size"],
+    )
+    assert plan.missing == ()
+    shard = entry / "shard-00003.pt"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, new file
+    (entry / "replacement").write_bytes(bytes(data))
+    (entry / "replacement").replace(shard)
+    with pytest.raises(InconsistentEntry, match="shard 3: .*checksum mismatch"):
+        cache.load(entry.name)
+
+
 DDP_SCRIPT = """
 import json, os, sys
 import torch

@@ -20,7 +20,8 @@ records, bytes and tensors agree with the layout (every shard listed once, in or
 own file, each field holding ``stop - start`` rows of the recorded dtype and shape): ``plan``
 discards the shards a complete manifest does not vouch for and ``load`` raises
 ``InconsistentEntry`` naming the shards it finds wrong, for ``discard``; either says so in one
-line on stderr, and the discarded shards are computed again.
+line on stderr, and the discarded shards are computed again. A ``FeatureCache`` hashes each
+shard file once, unless the file is replaced or changed after that.
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    """What tells one version of a file from another: device, inode, size and times."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def _read_json(path: Path) -> Any:
     """The JSON in ``path``, or ``None`` when it is absent or unreadable."""
     try:
@@ -201,6 +207,10 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser()
+        # SHA-256 of each shard file this object wrote or hashed, with the file's identity then:
+        # a file still of that identity is not hashed again (this cache replaces files, never
+        # rewrites them in place).
+        self._digests: dict[Path, tuple[tuple[int, ...], str]] = {}
 
     def entry_dir(self, key: str) -> Path:
         """The folder of entry ``key``."""
@@ -233,15 +243,26 @@ class FeatureCache:
             if record.get(name) != value:
                 raise _Mismatch(f"{source} has {name}={record.get(name)!r}, expected {value!r}")
 
-    def _checked_bytes(self, key: str, record: Mapping[str, Any]) -> bytes:
-        """The bytes of ``record``'s file; raises ``_Mismatch`` unless they are what it says."""
+    def _checked_bytes(self, key: str, record: Mapping[str, Any], *, read: bool) -> bytes:
+        """The bytes of ``record``'s file (when ``read``, else none); raises ``_Mismatch``
+        unless they are what the record says."""
+        path = self.entry_dir(key) / record["file"]
+        known = self._digests.get(path)
         try:
-            data = (self.entry_dir(key) / record["file"]).read_bytes()
+            if not read and known is not None and known[0] == _identity(path.stat()):
+                data, size, digest = b"", known[0][2], known[1]
+            else:
+                with path.open("rb") as fh:
+                    identity = _identity(os.fstat(fh.fileno()))
+                    data = fh.read()
+                size = len(data)
+                if known is None or known[0] != identity:
+                    known = identity, hashlib.sha256(data).hexdigest()
+                    self._digests[path] = known
+                digest = known[1]
         except OSError:
             raise _Mismatch(f"{record['file']} is missing or unreadable") from None
-        if len(data) != record.get("bytes") or hashlib.sha256(data).hexdigest() != record.get(
-            "sha256"
-        ):
+        if size != record.get("bytes") or digest != record.get("sha256"):
             raise _Mismatch(f"{record['file']} does not match its record (checksum mismatch)")
         return data
 
@@ -253,7 +274,7 @@ class FeatureCache:
         if record is None:
             raise _Mismatch(f"{name}.json is missing or unreadable")
         self._check_layout(plan, index, record, f"{name}.json")
-        self._checked_bytes(plan.key, record)
+        self._checked_bytes(plan.key, record, read=False)
         return record
 
     def _records(self, plan: ShardPlan) -> tuple[dict[int, dict[str, Any]], Problems]:
@@ -297,7 +318,14 @@ class FeatureCache:
     def _remove_shard(self, key: str, index: int) -> None:
         name = self._shard_name(index)
         for suffix in (".json", ".pt"):
-            (self.entry_dir(key) / f"{name}{suffix}").unlink(missing_ok=True)
+            path = self.entry_dir(key) / f"{name}{suffix}"
+            path.unlink(missing_ok=True)
+            self._digests.pop(path, None)
+
+    def _remove_entry(self, key: str) -> None:
+        folder = self.entry_dir(key)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._digests = {p: d for p, d in self._digests.items() if p.parent != folder}
 
     def plan(
         self, key: str, recipe: Mapping[str, Any], *, num_samples: int, shard_size: int
@@ -324,7 +352,7 @@ class FeatureCache:
         }
         manifest = self._manifest(key)
         if manifest is None or any(manifest.get(k) != v for k, v in header.items()):
-            shutil.rmtree(folder, ignore_errors=True)  # nothing in it can be trusted
+            self._remove_entry(key)  # nothing in it can be trusted
             manifest = None
         folder.mkdir(parents=True, exist_ok=True)
         plan = ShardPlan(key, num_samples, shard_size, ())
@@ -370,14 +398,17 @@ class FeatureCache:
         data = buffer.getvalue()
         name = self._shard_name(index)
         folder = self.entry_dir(plan.key)
-        _write_atomic(folder / f"{name}.pt", data)
+        path = folder / f"{name}.pt"
+        _write_atomic(path, data)
+        digest = hashlib.sha256(data).hexdigest()
+        self._digests[path] = _identity(path.stat()), digest
         record = {
             "index": index,
             "file": f"{name}.pt",
             "start": start,
             "stop": stop,
             "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": digest,
             "fields": {
                 k: {"dtype": str(tensors[k].dtype).removeprefix("torch."),
                     "shape": list(tensors[k].shape[1:])}
@@ -468,7 +499,7 @@ class FeatureCache:
         """The tensors of shard ``index`` as the manifest lists it (``record``); raises
         ``_Mismatch`` unless they are what the record and ``fields`` say."""
         self._check_layout(plan, index, record, "the manifest")
-        data = self._checked_bytes(plan.key, record)
+        data = self._checked_bytes(plan.key, record, read=True)
         try:
             tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # any unpickling failure: the shard is unusable
@@ -525,7 +556,7 @@ class FeatureCache:
         manifest = self._manifest(key)
         indices = {index for index, _ in problems}
         if manifest is None or None in indices:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._remove_entry(key)
             return
         for index in indices:
             assert index is not None
