@@ -6,16 +6,22 @@ An entry ``<root>/<key>/`` holds:
 * ``shard-NNNNN.pt``: the features of samples ``start .. stop - 1`` of the split (shard ``i``
   covers ``i·shard_size`` up to the next multiple or the end), a ``torch.save``'d dict of
   ``FIELDS``;
-* ``shard-NNNNN.json``: that shard's record (index, start, stop, file size, SHA-256 and the
-  dtype and per-sample shape of every field), written right after the shard by the process that
-  extracted it, so any number of processes fill an entry without sharing a file;
+* ``shard-NNNNN.json``: that shard's record (index, start, stop, file, file size, SHA-256 and
+  the dtype and per-sample shape of every field), written right after the shard by the process
+  that extracted it, so any number of processes fill an entry without sharing a file;
 * ``manifest.json``: format, key, the recipe (backbone digest, feature options, data identity,
   split, augmentation), ``num_samples``, ``shard_size``, ``num_shards``, ``complete`` and, once
   complete, every shard's record. Written before the first shard and again when all are done.
 
-A shard counts as done only when its record matches its bytes, so an interrupted, truncated or
-corrupted shard is computed again; an entry whose manifest names another recipe or layout is
-never reused.
+A shard counts as done only when its record fits the layout and matches its bytes, so an
+interrupted, truncated or corrupted shard is computed again; an entry whose manifest names
+another recipe or layout is never reused. A complete entry is used only when its manifest,
+records, bytes and tensors agree with the layout (every shard listed once, in order, under its
+own file, each field holding ``stop - start`` rows of the recorded dtype and shape): ``plan``
+discards the shards a complete manifest does not vouch for and ``load`` raises
+``InconsistentEntry`` naming the shards it finds wrong, for ``discard``; either says so in one
+line on stderr, and the discarded shards are computed again. A ``FeatureCache`` hashes each
+shard file once, unless the file is replaced or changed after that.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +52,55 @@ FORMAT = 2
 
 class CacheError(RuntimeError):
     """A cache entry that cannot be read as planned; the message says the fix."""
+
+
+# What is wrong with a complete entry: (shard index, or None for the entry as a whole, reason).
+Problems = list[tuple[int | None, str]]
+
+
+class InconsistentEntry(CacheError):
+    """A complete entry whose manifest, records, bytes or tensors disagree with its layout;
+    ``problems`` names the shards (``None``: the whole entry) and what is wrong with each."""
+
+    def __init__(self, folder: Path, problems: Problems) -> None:
+        self.folder, self.problems = folder, list(problems)
+        super().__init__(folder, self.problems)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.folder} is inconsistent ({summarize(self.problems)}); run again to recompute it"
+        )
+
+
+class _Mismatch(Exception):
+    """One shard or manifest field that disagrees with the layout (the message says how)."""
+
+
+def summarize(problems: Problems) -> str:
+    """``problems`` in one line: each reason once, with the shards it concerns."""
+    groups: dict[str, list[int | None]] = {}
+    for index, reason in problems:
+        groups.setdefault(reason, []).append(index)
+    return "; ".join(f"{_targets(indices)}: {reason}" for reason, indices in groups.items())
+
+
+def _targets(indices: Iterable[int | None]) -> str:
+    """``shard 3``, ``shards 1, 4`` or ``the entry`` (when ``None`` is among ``indices``)."""
+    indices = set(indices)
+    if None in indices:
+        return "the entry"
+    shards = sorted(i for i in indices if i is not None)
+    return ("shard " if len(shards) == 1 else "shards ") + ", ".join(map(str, shards))
+
+
+def _notice(folder: Path, problems: Problems) -> None:
+    """One line on stderr: what is discarded of entry ``folder`` and why."""
+    print(
+        f"feature cache: {folder} is inconsistent ({summarize(problems)}); discarding and "
+        f"recomputing {_targets(i for i, _ in problems)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -126,6 +182,11 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    """What tells one version of a file from another: device, inode, size and times."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def _read_json(path: Path) -> Any:
     """The JSON in ``path``, or ``None`` when it is absent or unreadable."""
     try:
@@ -138,13 +199,18 @@ class FeatureCache:
     """Feature tensors of every (split, recipe) entry under ``root``, as sharded entries.
 
     Single-process use: ``plan``, then ``write_shards`` for ``plan.missing`` and ``finish``
-    when anything was missing, then ``load``. Several processes share the work by splitting
-    ``plan.missing`` between them (``plan`` and ``finish`` on one process only). Extraction
-    holds one shard in memory; ``load`` returns the whole entry.
+    when anything was missing, then ``load`` (on ``InconsistentEntry``: ``discard`` its problems
+    and start again). Several processes share the work by splitting ``plan.missing`` between
+    them (``plan``, ``finish`` and ``discard`` on one process only). Extraction holds one shard
+    in memory; ``load`` returns the whole entry.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser()
+        # SHA-256 of each shard file this object wrote or hashed, with the file's identity then:
+        # a file still of that identity is not hashed again (this cache replaces files, never
+        # rewrites them in place).
+        self._digests: dict[Path, tuple[tuple[int, ...], str]] = {}
 
     def entry_dir(self, key: str) -> Path:
         """The folder of entry ``key``."""
@@ -161,33 +227,116 @@ class FeatureCache:
     def _write_manifest(self, key: str, manifest: Mapping[str, Any]) -> None:
         _write_atomic(self.entry_dir(key) / "manifest.json", _json_bytes(dict(manifest)))
 
-    def _record(self, plan: ShardPlan, index: int) -> dict[str, Any] | None:
-        """Shard ``index``'s record if it fits ``plan`` and the shard's bytes match it."""
-        folder = self.entry_dir(plan.key)
-        record = _read_json(folder / f"{self._shard_name(index)}.json")
+    def _check_layout(self, plan: ShardPlan, index: int, record: Any, source: str) -> None:
+        """Raise ``_Mismatch`` unless ``record`` (read from ``source``) places shard ``index``
+        where ``plan`` does."""
         if not isinstance(record, dict):
-            return None
+            raise _Mismatch(f"{source} holds no record of it")
         start, stop = plan.bounds(index)
-        expected = {"index": index, "start": start, "stop": stop}
-        if any(record.get(k) != v for k, v in expected.items()):
-            return None
+        expected = {
+            "index": index,
+            "start": start,
+            "stop": stop,
+            "file": f"{self._shard_name(index)}.pt",
+        }
+        for name, value in expected.items():
+            if record.get(name) != value:
+                raise _Mismatch(f"{source} has {name}={record.get(name)!r}, expected {value!r}")
+
+    def _checked_bytes(self, key: str, record: Mapping[str, Any], *, read: bool) -> bytes:
+        """The bytes of ``record``'s file (when ``read``, else none); raises ``_Mismatch``
+        unless they are what the record says."""
+        path = self.entry_dir(key) / record["file"]
+        known = self._digests.get(path)
         try:
-            data = (folder / str(record.get("file"))).read_bytes()
+            if not read and known is not None and known[0] == _identity(path.stat()):
+                data, size, digest = b"", known[0][2], known[1]
+            else:
+                with path.open("rb") as fh:
+                    identity = _identity(os.fstat(fh.fileno()))
+                    data = fh.read()
+                size = len(data)
+                if known is None or known[0] != identity:
+                    known = identity, hashlib.sha256(data).hexdigest()
+                    self._digests[path] = known
+                digest = known[1]
         except OSError:
-            return None
-        if len(data) != record.get("bytes") or hashlib.sha256(data).hexdigest() != record.get(
-            "sha256"
-        ):
-            return None
+            raise _Mismatch(f"{record['file']} is missing or unreadable") from None
+        if size != record.get("bytes") or digest != record.get("sha256"):
+            raise _Mismatch(f"{record['file']} does not match its record (checksum mismatch)")
+        return data
+
+    def _record(self, plan: ShardPlan, index: int) -> dict[str, Any]:
+        """Shard ``index``'s own record; raises ``_Mismatch`` unless it fits ``plan`` and the
+        shard's bytes match it."""
+        name = self._shard_name(index)
+        record = _read_json(self.entry_dir(plan.key) / f"{name}.json")
+        if record is None:
+            raise _Mismatch(f"{name}.json is missing or unreadable")
+        self._check_layout(plan, index, record, f"{name}.json")
+        self._checked_bytes(plan.key, record, read=False)
         return record
+
+    def _records(self, plan: ShardPlan) -> tuple[dict[int, dict[str, Any]], Problems]:
+        """The valid records of ``plan``'s shards, and what is wrong with the others."""
+        records: dict[int, dict[str, Any]] = {}
+        problems: Problems = []
+        for index in range(plan.num_shards):
+            try:
+                records[index] = self._record(plan, index)
+            except _Mismatch as err:
+                problems.append((index, str(err)))
+        return records, problems
+
+    @staticmethod
+    def _unvouched(
+        manifest: Mapping[str, Any], plan: ShardPlan, records: Mapping[int, Mapping[str, Any]]
+    ) -> Problems:
+        """The valid shards (``records``) that a complete ``manifest`` does not list as they are."""
+        listed = manifest.get("shards")
+        if (
+            manifest.get("num_shards") != plan.num_shards
+            or not isinstance(listed, list)
+            or len(listed) > plan.num_shards
+        ):
+            reason = f"the manifest does not list {plan.num_shards} shards"
+            return [(index, reason) for index in records]
+        problems: Problems = []
+        for index, record in records.items():
+            if index >= len(listed):
+                problems.append((index, "not listed in the manifest"))
+                continue
+            entry = listed[index] if isinstance(listed[index], dict) else {}
+            own = {k: v for k, v in record.items() if k != "fields"}
+            differ = sorted(k for k in own.keys() | entry.keys() if own.get(k) != entry.get(k))
+            if differ:
+                problems.append((index, f"the manifest's record differs in {', '.join(differ)}"))
+            elif record.get("fields") != manifest.get("fields"):
+                problems.append((index, "its fields differ from the manifest's"))
+        return problems
+
+    def _remove_shard(self, key: str, index: int) -> None:
+        name = self._shard_name(index)
+        for suffix in (".json", ".pt"):
+            path = self.entry_dir(key) / f"{name}{suffix}"
+            path.unlink(missing_ok=True)
+            self._digests.pop(path, None)
+
+    def _remove_entry(self, key: str) -> None:
+        folder = self.entry_dir(key)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._digests = {p: d for p, d in self._digests.items() if p.parent != folder}
 
     def plan(
         self, key: str, recipe: Mapping[str, Any], *, num_samples: int, shard_size: int
     ) -> ShardPlan:
-        """Check entry ``key`` (every shard's checksum) and return which shards are missing.
+        """Check entry ``key`` (every shard's record and checksum) and return which shards are
+        missing.
 
-        An entry made with another recipe, format or layout is removed first. Writes the
-        manifest: complete when nothing is missing, else listing what is valid so far.
+        An entry made with another recipe, format or layout is removed first. The shards of a
+        complete entry that its manifest does not list exactly as their records are, or whose
+        records do not match their bytes, are discarded (one line on stderr) and missing.
+        Writes the manifest: complete when nothing is missing, else listing what is valid.
         """
         if num_samples < 1 or shard_size < 1:
             raise ValueError(
@@ -203,14 +352,24 @@ class FeatureCache:
         }
         manifest = self._manifest(key)
         if manifest is None or any(manifest.get(k) != v for k, v in header.items()):
-            shutil.rmtree(folder, ignore_errors=True)  # nothing in it can be trusted
+            self._remove_entry(key)  # nothing in it can be trusted
             manifest = None
         folder.mkdir(parents=True, exist_ok=True)
         plan = ShardPlan(key, num_samples, shard_size, ())
-        records = {i: self._record(plan, i) for i in range(plan.num_shards)}
-        missing = tuple(i for i, r in records.items() if r is None)
-        valid = [r for r in records.values() if r is not None]
-        if manifest is None or missing or not manifest.get("complete"):
+        records, invalid = self._records(plan)
+        complete = manifest is not None and manifest.get("complete") is True
+        if complete:
+            assert manifest is not None
+            problems = invalid + self._unvouched(manifest, plan, records)
+            if problems:
+                _notice(folder, problems)
+                for index, _ in problems:
+                    assert index is not None
+                    self._remove_shard(key, index)
+                    records.pop(index, None)
+        missing = tuple(i for i in range(plan.num_shards) if i not in records)
+        if not complete or missing:
+            valid = [records[i] for i in sorted(records)]
             self._write_manifest(key, self._describe(header, plan, valid, not missing))
         return ShardPlan(key, num_samples, shard_size, missing)
 
@@ -239,14 +398,17 @@ class FeatureCache:
         data = buffer.getvalue()
         name = self._shard_name(index)
         folder = self.entry_dir(plan.key)
-        _write_atomic(folder / f"{name}.pt", data)
+        path = folder / f"{name}.pt"
+        _write_atomic(path, data)
+        digest = hashlib.sha256(data).hexdigest()
+        self._digests[path] = _identity(path.stat()), digest
         record = {
             "index": index,
             "file": f"{name}.pt",
             "start": start,
             "stop": stop,
             "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": digest,
             "fields": {
                 k: {"dtype": str(tensors[k].dtype).removeprefix("torch."),
                     "shape": list(tensors[k].shape[1:])}
@@ -291,33 +453,112 @@ class FeatureCache:
         manifest = self._manifest(plan.key)
         if manifest is None:
             raise CacheError(f"{self.entry_dir(plan.key)} lost its manifest.json; run again")
-        records = [self._record(plan, i) for i in range(plan.num_shards)]
-        absent = [i for i, r in enumerate(records) if r is None]
-        if absent:
+        records, invalid = self._records(plan)
+        if invalid:
             raise CacheError(
-                f"shards {absent} of {self.entry_dir(plan.key)} were not written or do not match "
-                "their records; run again to compute them"
+                f"shards {[i for i, _ in invalid]} of {self.entry_dir(plan.key)} were not written "
+                "or do not match their records; run again to compute them"
             )
         header = {k: manifest[k] for k in ("format", "key", "recipe", "num_samples", "shard_size")}
-        valid = [r for r in records if r is not None]
+        valid = [records[i] for i in sorted(records)]
         self._write_manifest(plan.key, self._describe(header, plan, valid, True))
 
-    def load(self, key: str) -> dict[str, torch.Tensor]:
-        """Every field of complete entry ``key``, each shard checked against the manifest."""
-        folder = self.entry_dir(key)
+    def _layout(self, key: str) -> tuple[ShardPlan, dict[str, Any], list[Any]]:
+        """The layout, fields and shard list of complete entry ``key``'s manifest; raises
+        ``_Mismatch`` when the manifest is absent, incomplete or not of this entry's form."""
         manifest = self._manifest(key)
-        if manifest is None or not manifest.get("complete"):
-            raise CacheError(f"{folder} is not a complete cache entry; run again to finish it")
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in FIELDS}
-        for record in manifest["shards"]:
-            path = folder / record["file"]
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != record["sha256"]:
-                raise CacheError(
-                    f"{path} changed after it was written (checksum mismatch); run again to "
-                    "recompute it"
-                )
+        if manifest is None or manifest.get("complete") is not True:
+            raise _Mismatch("no complete manifest.json")
+        if manifest.get("format") != FORMAT or manifest.get("key") != key:
+            raise _Mismatch("the manifest names another format or key")
+        num_samples, shard_size = manifest.get("num_samples"), manifest.get("shard_size")
+        if (
+            type(num_samples) is not int
+            or type(shard_size) is not int
+            or min(num_samples, shard_size) < 1
+        ):
+            raise _Mismatch(f"num_samples={num_samples!r} and shard_size={shard_size!r}")
+        plan = ShardPlan(key, num_samples, shard_size, ())
+        fields, shards = manifest.get("fields"), manifest.get("shards")
+        if manifest.get("num_shards") != plan.num_shards:
+            raise _Mismatch(
+                f"num_shards={manifest.get('num_shards')!r}, expected {plan.num_shards}"
+            )
+        if not isinstance(shards, list) or len(shards) > plan.num_shards:
+            raise _Mismatch(f"the manifest does not list {plan.num_shards} shards")
+        if not isinstance(fields, dict) or any(
+            not isinstance(fields.get(k), dict) or fields[k].keys() != {"dtype", "shape"}
+            for k in FIELDS
+        ):
+            raise _Mismatch("the manifest does not describe every field")
+        return plan, fields, shards
+
+    def _load_shard(
+        self, plan: ShardPlan, index: int, record: Any, fields: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The tensors of shard ``index`` as the manifest lists it (``record``); raises
+        ``_Mismatch`` unless they are what the record and ``fields`` say."""
+        self._check_layout(plan, index, record, "the manifest")
+        data = self._checked_bytes(plan.key, record, read=True)
+        try:
             tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as err:  # any unpickling failure: the shard is unusable
+            raise _Mismatch(f"{record['file']} does not load ({type(err).__name__})") from None
+        if not isinstance(tensors, dict):
+            raise _Mismatch(f"{record['file']} does not hold a dict of fields")
+        start, stop = plan.bounds(index)
+        for name in FIELDS:
+            tensor = tensors.get(name)
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
+                raise _Mismatch(f"{record['file']} has no rows of {name}")
+            if len(tensor) != stop - start:
+                raise _Mismatch(f"{name} has {len(tensor)} rows, expected {stop - start}")
+            found = {
+                "dtype": str(tensor.dtype).removeprefix("torch."),
+                "shape": list(tensor.shape[1:]),
+            }
+            if found != fields[name]:
+                raise _Mismatch(f"{name} is {found}, the manifest says {fields[name]}")
+        return tensors
+
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        """Every field of complete entry ``key``, in sample order.
+
+        Raises ``InconsistentEntry`` unless the manifest lists the entry's shards in order, each
+        under its own file with the bytes it holds, and every field of each shard has one row
+        per sample of the shard, of the dtype and shape the manifest records.
+        """
+        try:
+            plan, fields, shards = self._layout(key)
+        except _Mismatch as err:
+            raise InconsistentEntry(self.entry_dir(key), [(None, str(err))]) from None
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in FIELDS}
+        problems: Problems = []
+        for index in range(plan.num_shards):
+            try:
+                if index >= len(shards):
+                    raise _Mismatch("not listed in the manifest")
+                tensors = self._load_shard(plan, index, shards[index], fields)
+            except _Mismatch as err:
+                problems.append((index, str(err)))
+                continue
             for k in FIELDS:
                 parts[k].append(tensors[k])
+        if problems:
+            raise InconsistentEntry(self.entry_dir(key), problems)
         return {k: torch.cat(v) for k, v in parts.items()}
+
+    def discard(self, key: str, problems: Problems) -> None:
+        """Forget what ``problems`` (from ``InconsistentEntry``) name of entry ``key``, so that
+        the next ``plan`` lists it as missing, and say so in one line on stderr."""
+        folder = self.entry_dir(key)
+        _notice(folder, problems)
+        manifest = self._manifest(key)
+        indices = {index for index, _ in problems}
+        if manifest is None or None in indices:
+            self._remove_entry(key)
+            return
+        for index in indices:
+            assert index is not None
+            self._remove_shard(key, index)
+        self._write_manifest(key, {**manifest, "complete": False})

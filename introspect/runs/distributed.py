@@ -60,6 +60,15 @@ def broadcast_from_zero(obj: T) -> T:
     return box[0]
 
 
+def gather_from_all(obj: T) -> list[T]:
+    """Every process's ``obj`` (picklable), in rank order, on every process."""
+    if not _initialized():
+        return [obj]
+    out: list[T] = [obj] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _launch_command() -> str:
     """The module or script that Lightning re-runs to start the other processes."""
     import __main__

@@ -16,7 +16,16 @@ from introspect.data import DataError, ImageDataModule, build_augmentation
 from introspect.data.images import SeededTransformDataset
 from introspect.data.samplers import block_bounds
 from introspect.data.seeding import derive_seed
-from introspect.gradients.cache import FeatureCache, cache_key, iter_features, weights_digest
+from introspect.gradients.cache import (
+    CacheError,
+    FeatureCache,
+    InconsistentEntry,
+    Problems,
+    cache_key,
+    iter_features,
+    summarize,
+    weights_digest,
+)
 from introspect.gradients.normalize import normalize_features
 from introspect.models.stage2 import (
     IntrospectiveClassifier,
@@ -26,6 +35,7 @@ from introspect.models.stage2 import (
 from introspect.runs.distributed import (
     barrier,
     broadcast_from_zero,
+    gather_from_all,
     global_rank,
     is_global_zero,
     world_size,
@@ -81,7 +91,11 @@ def split_features(
     digest: str,
 ) -> dict[str, torch.Tensor]:
     """Features of one split under one augmentation pass, from the cache after its missing
-    shards are extracted: each process of the run extracts a contiguous block of them."""
+    shards are extracted: each process of the run extracts a contiguous block of them.
+
+    Every process loads the entry; when any finds it inconsistent, rank zero discards what was
+    wrong and all extract it again, once (``CacheError`` if the entry is still inconsistent).
+    """
     s2 = cfg.stage2
     recipe: dict[str, Any] = {
         "backbone": digest,
@@ -111,33 +125,56 @@ def split_features(
         raise DataError(f"stage 2 needs features of the {split} split, but it holds no images")
     key = cache_key(recipe)
     shard_size = s2.extract_batch_size * s2.shard_batches
-    plan = broadcast_from_zero(
-        cache.plan(key, recipe, num_samples=num_samples, shard_size=shard_size)
-        if is_global_zero()
-        else None
+    problems: Problems = []
+    for _ in range(2):  # again once after discarding what a process found inconsistent
+        if problems and is_global_zero():
+            cache.discard(key, problems)
+        plan = broadcast_from_zero(
+            cache.plan(key, recipe, num_samples=num_samples, shard_size=shard_size)
+            if is_global_zero()
+            else None
+        )
+        assert plan is not None
+        if plan.missing:
+            start, stop = block_bounds(len(plan.missing), global_rank(), world_size())
+            mine = plan.missing[start:stop]
+            if mine:
+                indices = [i for shard in mine for i in range(*plan.bounds(shard))]
+                loader = dm.loader(Subset(dataset, indices), batch_size=s2.extract_batch_size)
+                batches = iter_features(
+                    backbone,
+                    loader,
+                    feature_options=feature_options(cfg),
+                    device=resolve_device(cfg),
+                    desc=f"features {split}/{augment}/{pass_index}",
+                    total=len(loader),
+                    progress=is_global_zero(),
+                )
+                cache.write_shards(plan, mine, batches)
+            barrier()
+            if is_global_zero():
+                cache.finish(plan)
+            barrier()
+        features, problems = _load_everywhere(cache, key)
+        if features is not None:
+            return features
+    raise CacheError(
+        f"{cache.entry_dir(key)} is still inconsistent after discarding and recomputing what "
+        f"was wrong ({summarize(problems)})"
     )
-    assert plan is not None
-    if plan.missing:
-        start, stop = block_bounds(len(plan.missing), global_rank(), world_size())
-        mine = plan.missing[start:stop]
-        if mine:
-            indices = [i for shard in mine for i in range(*plan.bounds(shard))]
-            loader = dm.loader(Subset(dataset, indices), batch_size=s2.extract_batch_size)
-            batches = iter_features(
-                backbone,
-                loader,
-                feature_options=feature_options(cfg),
-                device=resolve_device(cfg),
-                desc=f"features {split}/{augment}/{pass_index}",
-                total=len(loader),
-                progress=is_global_zero(),
-            )
-            cache.write_shards(plan, mine, batches)
-        barrier()
-        if is_global_zero():
-            cache.finish(plan)
-        barrier()
-    return cache.load(plan.key)
+
+
+def _load_everywhere(
+    cache: FeatureCache, key: str
+) -> tuple[dict[str, torch.Tensor] | None, Problems]:
+    """Entry ``key`` as this process loads it and what any process found wrong with it (then
+    no features): every process of the run gets the same verdict."""
+    try:
+        features, mine = cache.load(key), []
+    except InconsistentEntry as err:
+        features, mine = None, err.problems
+    problems = list(dict.fromkeys(p for found in gather_from_all(mine) for p in found))
+    return (None if problems else features), problems
 
 
 def _head_inputs(kind: str, tensors: dict[str, torch.Tensor], normalize: str) -> torch.Tensor:
