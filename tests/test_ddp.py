@@ -3,6 +3,7 @@ processes started as ``python train.py trainer=ddp_cpu``, and resumable sharded 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -13,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy as TrainerDDPStrategy
 
 from introspect.config import ConfigError, load_config, load_run_config
 from introspect.data.samplers import ContiguousSampler
 from introspect.gradients.cache import FeatureCache
 from introspect.metrics import ExpectedCalibrationError, bins_from_sums, reliability_bins
-from introspect.runs.distributed import launch, world_size
+from introspect.runs import distributed
+from introspect.runs.distributed import launch, trainer_strategy, world_size
 from introspect.runs.pipeline import build_data, reevaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,3 +255,21 @@ def test_two_process_extraction_resumes_after_a_failure(ddp_run, tmp_path: Path)
         reference = FeatureCache(tmp / "cache").load(entry)
         for field, value in reference.items():
             torch.testing.assert_close(resumed[field], value, rtol=0, atol=1e-6)
+
+
+def test_timeout_must_be_positive() -> None:
+    assert load_config([]).trainer.timeout_s > 0
+    with pytest.raises(ConfigError, match=r"^trainer.timeout_s=0 must be a positive"):
+        load_config(["trainer=ddp_cpu", "trainer.timeout_s=0"])
+
+
+def test_trainers_of_a_multi_process_run_use_the_timeout(monkeypatch) -> None:
+    cfg = load_config(["trainer=ddp_cpu", "trainer.timeout_s=7"])
+    assert trainer_strategy(cfg) == "ddp"  # one process: the name, as configured
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for name, unused in [("ddp", 0), ("auto", 0), ("ddp_find_unused_parameters_true", 1)]:
+        cfg.trainer.strategy = name
+        strategy = trainer_strategy(cfg)
+        assert isinstance(strategy, TrainerDDPStrategy)
+        assert strategy._timeout == datetime.timedelta(seconds=7)
+        assert strategy._ddp_kwargs.get("find_unused_parameters", False) == unused

@@ -119,6 +119,14 @@ def _check_choices(cfg: DictConfig) -> None:
                 raise ConfigError(f"bad value {item!r} for {path!r}. {_suggest(str(item), valid)}")
 
 
+def _check_timeout(cfg: DictConfig) -> None:
+    """``trainer.timeout_s`` bounds every wait between processes, so it must be positive."""
+    if cfg.trainer.timeout_s <= 0:
+        raise ConfigError(
+            f"trainer.timeout_s={cfg.trainer.timeout_s} must be a positive number of seconds"
+        )
+
+
 def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = None) -> DictConfig:
     """Compose the root default, ``experiment=NAME``, ``group=option`` and ``a.b=value`` arguments.
 
@@ -201,6 +209,7 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve interpolation: {err}") from None
     _check_choices(cfg)
+    _check_timeout(cfg)
     return cfg
 
 
@@ -223,6 +232,7 @@ def load_run_config(run_dir: Path | str, args: Sequence[str] = ()) -> DictConfig
         raise ConfigError(f"cannot parse overrides {list(args)}: {err}") from None
     cfg = _merge(cfg, cli, "command line", schema)
     _check_choices(cfg)
+    _check_timeout(cfg)
     return cfg
 
 

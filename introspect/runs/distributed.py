@@ -3,6 +3,7 @@ collectives the pipeline needs outside Lightning's loops (no-ops in a single pro
 
 from __future__ import annotations
 
+import datetime
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -11,6 +12,8 @@ import torch
 import torch.distributed as dist
 from lightning.fabric import Fabric
 from lightning.fabric.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy as TrainerDDPStrategy
+from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig
 
 from introspect.config import ConfigError
@@ -60,6 +63,23 @@ def broadcast_from_zero(obj: T) -> T:
     return box[0]
 
 
+def trainer_strategy(cfg: DictConfig) -> str | TrainerDDPStrategy:
+    """``cfg.trainer.strategy`` for a ``lightning.Trainer``: in a multi-process run, a ``ddp``
+    strategy (what ``auto`` picks there too) that waits at most ``trainer.timeout_s`` for the
+    other processes; the name itself otherwise."""
+    name = str(cfg.trainer.strategy)
+    if world_size() <= 1:
+        return name
+    if name == "auto":
+        options: dict = {}
+    elif name in StrategyRegistry and StrategyRegistry[name]["strategy"] is TrainerDDPStrategy:
+        options = dict(StrategyRegistry[name]["init_params"])
+    else:
+        return name
+    timeout = datetime.timedelta(seconds=cfg.trainer.timeout_s)
+    return TrainerDDPStrategy(timeout=timeout, **options)
+
+
 def _launch_command() -> str:
     """The module or script that Lightning re-runs to start the other processes."""
     import __main__
@@ -73,7 +93,8 @@ def launch(cfg: DictConfig) -> None:
 
     ``trainer.devices`` processes per node (times ``trainer.num_nodes``) run the command that
     started this one from its beginning, as Lightning's ``ddp`` strategy does; every later
-    ``Trainer`` of the run reuses the processes and their group. Does nothing for a
+    ``Trainer`` of the run reuses the processes and their group. Collectives wait at most
+    ``trainer.timeout_s`` for the other processes. Does nothing for a
     single-process configuration or when the group exists already (e.g. under ``torchrun``).
     Raises ``ConfigError`` for strategies whose processes would not run the whole pipeline.
     """
@@ -81,7 +102,10 @@ def launch(cfg: DictConfig) -> None:
         return
     t = cfg.trainer
     fabric = Fabric(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy="ddp"
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=DDPStrategy(timeout=datetime.timedelta(seconds=t.timeout_s)),
     )
     strategy = fabric.strategy
     assert isinstance(strategy, DDPStrategy)
