@@ -56,6 +56,7 @@ def _run_job(argv: list[str], job: Callable[[DictConfig, Path], Any]) -> Path | 
     loaded = _load_run(argv)
     if loaded is None:
         return None
+    from introspect.runs.distributed import report_stopped_process
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
     quiet_library_warnings()
@@ -63,6 +64,10 @@ def _run_job(argv: list[str], job: Callable[[DictConfig, Path], Any]) -> Path | 
         job(*loaded)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        return None
+    except Exception as err:
+        if not report_stopped_process(err):  # another process of a multi-process run stopped
+            raise
         return None
     return loaded[1]
 
