@@ -275,12 +275,12 @@ def launch(cfg: DictConfig) -> None:
     ``trainer.devices`` processes per node (times ``trainer.num_nodes``) run the command that
     started this one from its beginning, as Lightning's ``ddp`` strategy does; every later
     ``Trainer`` of the run reuses the processes and their group. Collectives wait at most
-    ``trainer.timeout_s`` for the other processes. The process that starts the others ends
-    the run (one line on stderr, exit status 1) as soon as one of them exits with an error or
-    a signal, and each started process ends when the one that started it is gone. Does
-    nothing for a single-process configuration or when the group exists already (e.g. under
-    ``torchrun``). Raises
-    ``ConfigError`` for strategies whose processes would not run the whole pipeline.
+    ``trainer.timeout_s`` for the other processes. Once a process Lightning started here (or
+    the one that started this process) has stopped, this one stops too, at its next collective
+    operation or ``trainer.timeout_s`` later (see ``report_stopped_process``). Does nothing
+    for a single-process configuration or when the group exists already (e.g. under
+    ``torchrun``). Raises ``ConfigError`` for strategies whose processes would not run the
+    whole pipeline.
     """
     if _initialized():
         return
