@@ -77,6 +77,7 @@ def _run_job(
     loaded: tuple[DictConfig, Path, Path], job: Callable[[DictConfig, Path, Path], Any]
 ) -> bool:
     """Run ``job(cfg, run_dir, out_dir)``; user errors are printed, giving False."""
+    from introspect.runs.distributed import report_stopped_process
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
     quiet_library_warnings()
@@ -84,6 +85,10 @@ def _run_job(
         job(*loaded)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        return False
+    except Exception as err:
+        if not report_stopped_process(err):  # another process of a multi-process run stopped
+            raise
         return False
     return True
 

@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from introspect.runs.distributed import is_global_zero
+    from introspect.runs.distributed import is_global_zero, report_stopped_process
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings, run
 
     quiet_library_warnings()
@@ -29,6 +29,10 @@ def main(argv: list[str]) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not report_stopped_process(err):  # another process of a multi-process run stopped
+            raise
+        return 1
     if is_global_zero():
         print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s)")
     return 0

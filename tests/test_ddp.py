@@ -1,11 +1,14 @@
 """Multi-process (DDP) runs on the CPU: exact evaluation shards, the whole pipeline on two
-processes started as ``python train.py trainer=ddp_cpu``, and resumable sharded extraction."""
+processes started as ``python train.py trainer=ddp_cpu``, resumable sharded extraction, and
+what the other process does when one stops."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy as TrainerDDPStrategy
 
 from introspect.config import ConfigError, load_config, load_run_config
 from introspect.data.samplers import ContiguousSampler
 from introspect.gradients.cache import FeatureCache
 from introspect.metrics import ExpectedCalibrationError, bins_from_sums, reliability_bins
-from introspect.runs.distributed import launch, world_size
+from introspect.runs import distributed
+from introspect.runs.distributed import launch, trainer_strategy, world_size
 from introspect.runs.pipeline import build_data, reevaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,3 +258,195 @@ def test_two_process_extraction_resumes_after_a_failure(ddp_run, tmp_path: Path)
         reference = FeatureCache(tmp / "cache").load(entry)
         for field, value in reference.items():
             torch.testing.assert_close(resumed[field], value, rtol=0, atol=1e-6)
+
+
+def test_timeout_must_be_positive() -> None:
+    assert load_config([]).trainer.timeout_s > 0
+    with pytest.raises(ConfigError, match=r"^bad value 0 for 'trainer.timeout_s'.*\(0, inf\)"):
+        load_config(["trainer=ddp_cpu", "trainer.timeout_s=0"])
+
+
+def test_trainers_of_a_multi_process_run_use_the_timeout(monkeypatch) -> None:
+    cfg = load_config(["trainer=ddp_cpu", "trainer.timeout_s=7"])
+    assert trainer_strategy(cfg) == "ddp"  # one process: the name, as configured
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for name, unused in [("ddp", 0), ("auto", 0), ("ddp_find_unused_parameters_true", 1)]:
+        cfg.trainer.strategy = name
+        strategy = trainer_strategy(cfg)
+        assert isinstance(strategy, TrainerDDPStrategy)
+        assert strategy._timeout == datetime.timedelta(seconds=7)
+        assert strategy._ddp_kwargs.get("find_unused_parameters", False) == unused
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [  # what gloo and the TCP store raised in two-process runs whose other process was killed
+        # or stopped, and errors that are not about another process
+        (RuntimeError("[/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:8628: "
+                      "Connection reset by peer. This is typically caused by ..."), "connection"),
+        (RuntimeError("[/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                      "[127.0.0.1]:51602."), "connection"),
+        (RuntimeError("[/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for "
+                      "recv operation to complete"), "timeout"),
+        (RuntimeError("Application timeout caused pair closure"), "timeout"),
+        (torch.distributed.DistNetworkError("The client socket has timed out after 20000ms "
+                                            "while trying to connect to (127.0.0.1, 49679)."),
+         "timeout"),
+        (torch.distributed.DistNetworkError("The server socket has failed to listen on any "
+                                            "local network address. port: 29500, EADDRINUSE"),
+         None),
+        (RuntimeError("Distributed package doesn't have NCCL built in"), None),
+        (RuntimeError("DataLoader timed out after 5 seconds"), None),
+    ],
+)  # fmt: skip
+def test_errors_of_a_stopped_process_are_told_apart(error: Exception, kind: str | None) -> None:
+    assert distributed._collective_error(error) == kind
+    try:
+        raise ValueError("raised while handling it") from error
+    except ValueError as wrapped:
+        assert distributed._collective_error(wrapped) == kind
+
+
+# Runs train.py with faults: FAULTS maps a stage to [[rank, action], ...]; the rank SIGKILLs
+# itself ("kill"), stops (SIGSTOP, "stop": alive but not answering) or sleeps ("busy": stuck
+# outside any collective operation) when it first reaches that stage. The script first adopts
+# every process of the run (a Linux child subreaper) to record how and when each one ended.
+FAULT_DRIVER = """
+import ctypes, json, os, signal, subprocess, sys, time
+
+if os.environ.pop("FAULT_REAPER", None) == "1":
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        sys.exit("prctl failed")
+    subprocess.Popen([sys.executable, __file__, *sys.argv[1:]])
+    ends = {{}}
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        ends[pid] = [os.waitstatus_to_exitcode(status), time.time()]
+    with open(os.environ["FAULT_ENDS"], "w") as out:
+        json.dump(ends, out)
+    sys.exit(0)
+
+sys.path.insert(0, {repo!r})
+import train
+from introspect.gradients.cache import FeatureCache
+from introspect.models.feedforward import FeedForwardClassifier
+from introspect.runs import distributed
+from introspect.runs.evaluation import Evaluator
+
+FAULTS = json.loads(os.environ["FAULTS"])
+
+
+def rank():
+    if distributed.world_size() > 1:
+        return distributed.global_rank()
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def event(name):
+    line = dict(pid=os.getpid(), rank=rank(), event=name, time=time.time())
+    with open(os.environ["FAULT_LOG"], "a") as log:
+        log.write(json.dumps(line) + "\\n")
+
+
+def inject(owner, name, stage):
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        for target, action in FAULTS.get(stage, []):
+            if target == rank():
+                event(action)
+                if action == "busy":
+                    time.sleep(3600)
+                os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
+inject(FeedForwardClassifier, "training_step", "stage1")
+inject(FeatureCache, "write_shard", "extract")
+inject(Evaluator, "test_step", "eval")
+event("start")
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _run_with_faults(tmp_path: Path, faults: dict, timeout_s: int):
+    """Output, ``{rank: (exit status, end time)}`` of the processes the script adopted or
+    started (rank 0 and orphans), the time of the injected fault, and the run's processes
+    that were still running at the end, of a two-process run of ``train.py`` with ``faults``."""
+    script = tmp_path / "faults.py"
+    script.write_text(FAULT_DRIVER.format(repo=str(REPO)))
+    log, ends_file = tmp_path / "events.jsonl", tmp_path / "ends.json"
+    env = {
+        **os.environ,
+        "FAULT_REAPER": "1",
+        "FAULTS": json.dumps(faults),
+        "FAULT_LOG": str(log),
+        "FAULT_ENDS": str(ends_file),
+    }
+    args = [
+        *DDP_TINY,
+        f"trainer.timeout_s={timeout_s}",
+        f"run.dir={tmp_path / 'run'}",
+        f"stage2.cache_dir={tmp_path / 'cache'}",
+    ]
+    left = []
+    try:
+        # Today's 30-minute default would hang here: a bounded wait fails the test instead.
+        proc = subprocess.run(
+            [sys.executable, str(script), *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s + 90,
+        )
+    finally:
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        for pid in {e["pid"] for e in events}:
+            try:
+                if str(script) in Path(f"/proc/{pid}/cmdline").read_text():
+                    left.append(pid)
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = {e["pid"]: e["rank"] for e in events if e["event"] == "start"}
+    ends = {ranks[int(pid)]: tuple(end) for pid, end in json.loads(ends_file.read_text()).items()}
+    (fault,) = [e["time"] for e in events if e["event"] in ("kill", "stop")]
+    return proc.stdout + proc.stderr, ends, fault, left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreaper is Linux-only")
+@pytest.mark.parametrize(
+    ("faults", "survivor", "message"),
+    [
+        # Killed during stage-1 training: the survivor's next all-reduce fails at once.
+        ({"stage1": [[1, "kill"]]}, 0, "process 1 of 2 stopped (killed by SIGKILL)"),
+        # Alive but not answering during evaluation: the collective times out; the survivor
+        # ends the stopped process too.
+        ({"eval": [[1, "stop"]]}, 0, "process 1 of 2 did not answer within trainer.timeout_s=15 s"),
+        # Rank zero killed during extraction while the other is stuck outside any collective.
+        ({"extract": [[0, "kill"], [1, "busy"]]}, 1, "process 0 of 2 stopped;"),
+    ],
+    ids=["rank1-killed", "rank1-hangs", "rank0-killed-other-busy"],
+)
+def test_when_one_process_stops_the_other_exits_with_one_line(
+    tmp_path: Path, faults: dict, survivor: int, message: str
+) -> None:
+    timeout_s = 15
+    output, ends, fault, left = _run_with_faults(tmp_path, faults, timeout_s)
+    assert not left  # every process of the run ended
+    status, end = ends[survivor]
+    assert status == 1, output[-3000:]
+    if survivor == 1:  # rank 0, the fault's victim, was adopted too
+        assert ends[0][0] == -signal.SIGKILL
+    assert end - fault < timeout_s + 30
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-3000:]
+    assert errors[0].startswith(f"error: {message}") and "the run is incomplete" in errors[0]
+    assert "Traceback" not in output  # one line, not the survivor's traceback

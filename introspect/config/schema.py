@@ -109,6 +109,7 @@ RANGES: dict[str, Range] = {
     "trainer.num_nodes": _POSITIVE,
     "trainer.log_every_n_steps": _POSITIVE,
     "trainer.gradient_clip_val": _NON_NEGATIVE,
+    "trainer.timeout_s": Range(0, low_open=True),
 }
 
 
@@ -313,7 +314,13 @@ class ScoresConfig:
 
 @dataclass
 class TrainerConfig:
-    """Arguments forwarded to ``lightning.Trainer``."""
+    """Arguments forwarded to ``lightning.Trainer``.
+
+    - ``timeout_s``: in a multi-process run, how long (seconds, > 0) a process waits for the
+      others in a collective operation, and at the start for all of them to join, before it
+      stops with an error; once another process has died, a process stops at its next
+      collective operation or at most ``timeout_s`` later.
+    """
 
     accelerator: str = "auto"
     devices: Any = 1
@@ -327,6 +334,7 @@ class TrainerConfig:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     fast_dev_run: bool = False
+    timeout_s: int = 300
 
 
 @dataclass

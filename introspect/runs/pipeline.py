@@ -23,7 +23,13 @@ from introspect.backbones import (
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule, build_augmentation, build_datamodule
 from introspect.models.feedforward import FeedForwardClassifier
-from introspect.runs.distributed import barrier, broadcast_from_zero, is_global_zero, launch
+from introspect.runs.distributed import (
+    barrier,
+    broadcast_from_zero,
+    is_global_zero,
+    launch,
+    trainer_strategy,
+)
 from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
 from introspect.runs.splits import evaluation_splits
 from introspect.runs.stage2 import resolve_device
@@ -65,7 +71,7 @@ def build_trainer(
         "accelerator": t.accelerator,
         "devices": t.devices,
         "num_nodes": t.num_nodes,
-        "strategy": t.strategy,
+        "strategy": trainer_strategy(cfg),
         "precision": t.precision,
         "deterministic": t.deterministic,
         "log_every_n_steps": t.log_every_n_steps,
