@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from introspect.config.baselines import baseline_config_error
 from introspect.config.schema import CHOICES, GROUPS, Config
 
 
@@ -117,6 +118,10 @@ def _check_choices(cfg: DictConfig) -> None:
         for item in values:
             if item not in valid:
                 raise ConfigError(f"bad value {item!r} for {path!r}. {_suggest(str(item), valid)}")
+    # Ranges and consistency of the baseline options (MC dropout, ensembles).
+    message = baseline_config_error(cfg)
+    if message is not None:
+        raise ConfigError(message)
 
 
 def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = None) -> DictConfig:
