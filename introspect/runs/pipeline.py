@@ -129,12 +129,19 @@ def build_backbone(
 
 
 def stage1(
-    cfg: DictConfig, dm: ImageDataModule, backbone: Backbone, run_dir: Path, loggers: list[Logger]
+    cfg: DictConfig,
+    dm: ImageDataModule,
+    backbone: Backbone,
+    run_dir: Path,
+    loggers: list[Logger],
+    *,
+    name: str = "stage1",
 ) -> FeedForwardClassifier:
     """Train the feed-forward classifier unless ``backbone.checkpoint`` is set; return it.
 
     Training keeps the best (by validation accuracy) and the last checkpoint under
-    ``<run>/checkpoints`` and continues with the best weights.
+    ``<run>/checkpoints`` (``<name>-best.ckpt``, ``<name>-last.ckpt``) and continues with the
+    best weights.
     """
     model = FeedForwardClassifier(
         backbone,
@@ -147,12 +154,12 @@ def stage1(
         return model
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
-        filename="stage1-best",
+        filename=f"{name}-best",
         monitor="feedforward/val/acc",
         mode="max",
         save_last=True,
     )
-    ckpt.CHECKPOINT_NAME_LAST = "stage1-last"
+    ckpt.CHECKPOINT_NAME_LAST = f"{name}-last"
     trainer = build_trainer(
         cfg, run_dir, loggers=loggers, callbacks=[ckpt], max_epochs=cfg.stage1.epochs
     )
@@ -180,10 +187,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     With several processes (``trainer.devices``/``trainer.num_nodes``) every stage runs on all
     of them and each returns the same results; rank zero writes the run directory.
     """
+    from introspect.runs.baselines import prepare_baselines, resolve_ensemble_config
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import stage2
 
     start = time.perf_counter()
+    resolve_ensemble_config(cfg)
     for key in ("extract_batch_size", "shard_batches"):
         if cfg.stage2[key] < 1:
             raise ConfigError(f"stage2.{key}={cfg.stage2[key]} must be a positive integer")
@@ -196,7 +205,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg, run_dir)
     stage1(cfg, dm, backbone, run_dir, loggers)
     heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
-    results = evaluate_and_report(cfg, dm, backbone, heads, splits, run_dir, loggers, started=start)
+    baselines = prepare_baselines(
+        cfg, dm, backbone, heads, run_dir, train=True, device=resolve_device(cfg)
+    )
+    results = evaluate_and_report(
+        cfg, dm, backbone, heads, splits, run_dir, loggers, started=start, baselines=baselines
+    )
     for logger in loggers:
         logger.finalize("success")
     return results
@@ -204,6 +218,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def reevaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Reload a finished run's backbone and heads and evaluate them again on ``cfg.eval``."""
+    from introspect.runs.baselines import prepare_baselines
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import load_heads
 
@@ -217,8 +232,13 @@ def reevaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     heads = load_heads(cfg, backbone, run_dir, dm.num_classes)
     launch(cfg)
+    baselines = prepare_baselines(
+        cfg, dm, backbone, heads, run_dir, train=False, device=resolve_device(cfg)
+    )
     loggers = build_loggers(cfg, run_dir, csv_version="evaluate")
-    results = evaluate_and_report(cfg, dm, backbone, heads, splits, run_dir, loggers, started=start)
+    results = evaluate_and_report(
+        cfg, dm, backbone, heads, splits, run_dir, loggers, started=start, baselines=baselines
+    )
     for logger in loggers:
         logger.finalize("success")
     return results

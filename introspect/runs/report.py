@@ -16,6 +16,7 @@ from introspect.data.samplers import ContiguousSampler
 from introspect.data.shifted import is_cell
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
+from introspect.runs.baselines import Baselines
 from introspect.runs.distributed import global_rank, is_global_zero, world_size
 from introspect.runs.evaluation import (
     Evaluator,
@@ -37,18 +38,25 @@ def evaluate_and_report(
     loggers: list[Logger],
     *,
     started: float | None = None,
+    baselines: Baselines | None = None,
 ) -> dict[str, Any]:
     """Evaluate every head on every split of ``splits`` (see ``runs.splits``); write
     ``results.json``, ``table.md`` and plots; log everything.
 
     In a multi-process run every process evaluates its contiguous block of each split and
-    returns the synchronized results; only rank zero writes and logs.
+    returns the synchronized results; only rank zero writes and logs. ``baselines`` adds the
+    tempered twins, MC dropout and the ensemble (see ``runs.baselines``).
     """
     from introspect.runs.pipeline import build_trainer
 
     names = list(splits)
     evaluator = Evaluator(
-        backbone, heads, names, num_classes=dm.num_classes, n_bins=cfg.eval.n_bins
+        backbone,
+        heads,
+        names,
+        num_classes=dm.num_classes,
+        n_bins=cfg.eval.n_bins,
+        **(baselines.evaluator_kwargs() if baselines is not None else {}),
     )
     # Each process evaluates one contiguous block of every split, none padded with repeats.
     trainer = build_trainer(
@@ -79,6 +87,8 @@ def evaluate_and_report(
         "by_corruption": aggregate_by(split_results, 0),
         "by_severity": aggregate_by(split_results, 1),
     }
+    if baselines is not None:
+        results["run"] |= baselines.provenance()
     if started is not None:
         results["run"]["seconds"] = round(time.perf_counter() - started, 2)
     if not is_global_zero():
@@ -86,7 +96,8 @@ def evaluate_and_report(
 
     table = format_table(results)
     plots = _reliability_plots(bins, names, run_dir)
-    (run_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n")
+    notes = "\n".join(baselines.notes()) + "\n" if baselines is not None else ""
+    (run_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n" + notes)
     _log(loggers, results, plots)
     # results.json last and atomically: a failed run leaves none behind.
     write_json_atomic(run_dir / "results.json", results)
