@@ -172,3 +172,42 @@ def test_experiments_differing_beyond_the_recipe_are_named_by_their_keys(tmp_pat
     labels = [g["label"] for g in report["groups"]]
     base = "cifar_resnet20 [resnet20.th] · train, augmix x2 + clean"
     assert labels == [f"{base} (stage2.head.dropout=None)", f"{base} (stage2.head.dropout=0.5)"]
+
+
+def test_baseline_heads_get_columns_paired_differences_and_markers(tmp_path: Path) -> None:
+    from introspect.runs.evaluation import HEADS as ALL_HEADS
+
+    paths = []
+    for seed, offset in ((0, 0.0), (1, 0.03)):
+        config = _config(seed)
+        config["backbone"]["ensemble_checkpoints"] = [
+            {"name": None, "checkpoint": "/ckpt/resnet20.th"},
+            {"name": "cifar_resnet56", "checkpoint": "/ckpt/resnet56.th"},
+        ]
+        run = tmp_path / f"e{seed}"
+        run.mkdir()
+        metrics = {
+            h: {"acc": 0.6 + offset + 0.01 * i, "ece": 0.2 - 0.02 * i + offset / 2}
+            for i, h in enumerate(ALL_HEADS)
+        }
+        splits = {"clean": {"num_samples": 10, **metrics}, "fog/1": {"num_samples": 10, **metrics}}
+        results = {"run": {"config": config}, "splits": splits, "summary": metrics}
+        (run / "results.json").write_text(json.dumps(results))
+        paths.append(run)
+    report = compare(paths, tmp_path / "out", wandb=False)
+    group = report["groups"][0]
+    assert group["label"].endswith("· ensemble [resnet20.th, resnet56.th]")
+    table = group["table"]
+    for scope in ("clean", "corrupted"):
+        for short in ("FF+TS", "INT+TS", "CTL+TS", "MCD", "ENS"):
+            assert f"{scope}/{short}/acc" in table
+        # INT+TS minus FF+TS, paired per seed: (index 3 - index 1) * 0.01 in accuracy
+        assert table[f"{scope}/INT+TS-FF+TS/acc"][0] == pytest.approx(0.02)
+        assert table[f"{scope}/INT+TS-CTL+TS/ece"][0] == pytest.approx(0.04)
+    md = report["markdown"]
+    header = next(line for line in md.splitlines() if line.startswith("| run"))
+    for name in ("FF+TS acc", "ENS ECE", "MCD acc", "INT+TS−CTL+TS ECE", "INT−FF acc"):
+        assert f"| {name} |" in header
+    assert "+2.00 ± 0.00" in md  # a signed difference
+    with Image.open(tmp_path / "out" / "accuracy_vs_ece.png") as img:
+        assert img.size[0] > 300

@@ -198,6 +198,33 @@ def test_npz_train_and_test_files(tmp_path: Path) -> None:
     assert sorted(_indices(dm, "train") + val) == list(range(40))
 
 
+def test_val_from_test_halves_the_test_file_and_keeps_every_training_image(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (40, 6, 5, 3), dtype=np.uint8)
+    xt = rng.integers(0, 256, (12, 6, 5, 3), dtype=np.uint8)
+    yt = np.arange(12) % 4
+    train = _write_npz(tmp_path / "train.npz", x=x, y=np.arange(40) % 4)
+    test = _write_npz(tmp_path / "test.npz", x=xt, y=yt)
+    dm = _dm(source="npz", path=str(train), test_path=str(test), val_fraction=0.5,
+             val_from="test")  # fmt: skip
+    assert _indices(dm, "train") == list(range(40))
+    val, kept = _indices(dm, "val"), _indices(dm, "test")
+    assert len(val) == len(kept) == 6 and sorted(val + kept) == list(range(12))
+    # stratified: each of the 4 classes (3 test images each) lands on both sides
+    assert set(yt[val]) == set(yt[kept]) == {0, 1, 2, 3}
+    xv, _ = _stack(dm.split("val"))
+    torch.testing.assert_close(xv, torch.from_numpy(xt[val]).permute(0, 3, 1, 2).float() / 255)
+    # Without a test file, val comes out of the held-out test part of the training pool.
+    digits = _dm(source="digits", val_fraction=0.5, val_from="test")
+    plain = _dm(source="digits", val_fraction=0.5)
+    assert sorted(_indices(digits, "val") + _indices(digits, "test")) == _indices(plain, "test")
+    assert _indices(digits, "train") == sorted(_indices(plain, "train") + _indices(plain, "val"))
+    with pytest.raises(DataError, match="val_from"):
+        _dm(source="digits", val_from="train+test")
+
+
 def test_npz_grayscale_without_test_file_is_split(tmp_path: Path) -> None:
     x = np.random.default_rng(1).integers(0, 256, (50, 7, 7), dtype=np.uint8)
     y = np.arange(50) % 5

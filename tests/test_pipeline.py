@@ -137,7 +137,9 @@ def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) ->
 
     monkeypatch.setattr(stage2_mod, "stage2", spy)
     results = run(cfg)
-    assert set(results["splits"]["clean"]) == {"num_samples", "feedforward", "introspective"}
+    assert set(results["splits"]["clean"]) == {
+        "num_samples", "feedforward", "feedforward_ts", "introspective", "introspective_ts"
+    }  # fmt: skip
     for k, v in snapshots["before"].items():
         assert torch.equal(v, snapshots["after"][k]), k
     assert not any(snapshots["grad"]) and snapshots["training"] is False

@@ -440,9 +440,30 @@ FEED_FORWARD = [
     "gradnorm",
     "gradtrust",
     "gradtrust_paper",
+    "nll",
     "purview",
     "purview_initial",
 ]
+
+
+def test_score_batch_mc_dropout_scores_reuse_its_backbone_pass() -> None:
+    from introspect.uncertainty import MCDropout
+
+    model, x = _backbone(), _images()
+    calls = []
+    handle = model.net.register_forward_pre_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        plain = score_batch(model, x, purview=False)
+        n_plain = len(calls)
+        mc = MCDropout(7, 0.3, seed=4)
+        scores = score_batch(model, x, purview=False, mc_dropout=mc, mc_key=5)
+    handle.remove()
+    assert len(calls) == 2 * n_plain  # the MC-dropout samples add no backbone pass
+    assert list(scores) == [*plain, "mcd_bald", "mcd_expected_entropy"]
+    reference = mc.scores(model, x, key=5)
+    for name, value in reference.items():
+        _close(scores[name], value)
+    assert bool((scores["mcd_bald"] <= 0).all()) and float(scores["mcd_bald"].abs().max()) > 0
 
 
 def test_score_batch_keys_and_values() -> None:
@@ -457,6 +478,7 @@ def test_score_batch_keys_and_values() -> None:
     _close(scores["msp"], msp(logits))
     _close(scores["gradnorm"], gradnorm(logits, h))
     _close(scores["gradtrust_paper"], gradtrust(logits, form="paper", k=3))
+    _close(scores["nll"], -F.cross_entropy(logits, logits.argmax(1), reduction="none"))
     _close(scores["odin"], odin(model, x, eps=0.01))
     _close(scores["purview"], purview_score(purview_features(model, x)))
     _close(scores["mahalanobis"], maha.score(h))

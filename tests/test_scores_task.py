@@ -36,7 +36,7 @@ TINY = [
 ]
 FEED_FORWARD = [
     "msp", "max_logit", "entropy", "margin", "energy", "odin", "gradnorm", "gradtrust",
-    "gradtrust_paper", "mahalanobis",
+    "gradtrust_paper", "nll", "mcd_bald", "mcd_expected_entropy", "mahalanobis",
 ]  # fmt: skip
 SCORES = [*FEED_FORWARD, "int_msp", "int_odin"]
 
@@ -70,7 +70,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory):
     train_log = (run_dir / "logs" / "metrics.csv").read_bytes()
     same = _npz(tmp / "same.npz", 30, 8, 3, 10, 2)
     gray = _npz(tmp / "gray.npz", 40, 12, 1, 3, 3)
-    args = [f"run={run_dir}", "tag=main", "scores.purview=false"]
+    args = [f"run={run_dir}", "tag=main", "scores.purview=false", "eval.mc_dropout.samples=3"]
     for name, path in (("same", same), ("gray", gray)):
         args += [f"scores.ood.{name}.source=npz", f"scores.ood.{name}.path={path}"]
         args += [f"scores.ood.{name}.split=all"]
@@ -157,6 +157,26 @@ def test_auac_matches_brute_force_with_each_heads_predictions(scored) -> None:
     # int_* scores rank the introspective head's own predictions.
     intro_auac = _brute_auac(msp(int_logits).numpy(), (int_logits.argmax(1) == y).numpy())
     assert trust["int_msp"]["clean"]["auac"] == pytest.approx(intro_auac, abs=1e-6)
+
+
+def test_nll_and_mc_dropout_trust_scores(scored) -> None:
+    from introspect.data.seeding import derive_seed
+    from introspect.uncertainty import MCDropout
+
+    backbone, _, x, y = _reload(scored["run_dir"])
+    with torch.no_grad():
+        logits = backbone(x)
+    trust = scored["after"]["trust"]["scores"]
+    correct = (logits.argmax(1) == y).numpy()
+    # -NLL of the prediction is log(MSP): the same ranking, the same AUAC.
+    assert trust["nll"]["clean"]["auac"] == pytest.approx(trust["msp"]["clean"]["auac"])
+    # MC-dropout scores of the in-distribution batch (one batch, key of its first batch) rank
+    # the feed-forward predictions.
+    mc = MCDropout(3, 0.1, seed=0).scores(backbone, x, key=derive_seed("in_distribution", 0))
+    for name in ("mcd_bald", "mcd_expected_entropy"):
+        want = _brute_auac(mc[name].numpy(), correct)
+        assert trust[name]["clean"]["auac"] == pytest.approx(want, abs=1e-6)
+    assert "3 samples, p=0.1" in scored["after"]["trust"]["settings"]["mc_dropout"]
 
 
 @pytest.mark.parametrize(

@@ -242,16 +242,18 @@ def test_official_source_in_a_config(tmp_path: Path) -> None:
 
 @pytest.mark.shared_data
 def test_real_experiment_splits_and_jpeg_accuracy(shared_data: Path) -> None:
-    """The cifar10_resnet20 splits: 1,017 exact test images, the 10,000-image JPEG test set on
-    which the released ResNet-20 scores 81.03 % (data README), and 75 generated cells."""
+    """The cifar10_resnet20 splits: the 1,017 exact test images halved into a calibration
+    (val) split and the clean test split, the 10,000-image JPEG test set on which the released
+    ResNet-20 scores 81.03 % (data README), and 75 generated cells."""
     from introspect.runs.pipeline import build_backbone
 
     cfg = load_config(["experiment=cifar10_resnet20"])
     dm = build_data(cfg)
-    assert len(dm.split("train")) == 5170  # val_fraction 0: stage 2 sees every training image
+    assert len(dm.split("train")) == 5170  # val_from=test: stage 2 sees every training image
+    assert len(dm.split("val")) == 509  # the calibration split, held out of the test images
     splits = evaluation_splits(cfg, dm)
     assert len(splits) == 2 + 75
-    assert len(splits["clean"]) == 1017 and len(splits["jpeg_q75"]) == 10000
+    assert len(splits["clean"]) == 508 and len(splits["jpeg_q75"]) == 10000
     assert sum(is_cell(n) for n in splits) == 75
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     loader = DataLoader(splits["jpeg_q75"], batch_size=500)

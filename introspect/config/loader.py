@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from introspect.config.baselines import baseline_config_error, resolve_ensemble_config
 from introspect.config.schema import CHOICES, GROUPS, RANGES, Config
 
 
@@ -117,6 +118,10 @@ def _check_choices(cfg: DictConfig) -> None:
         for item in values:
             if item not in valid:
                 raise ConfigError(f"bad value {item!r} for {path!r}. {_suggest(str(item), valid)}")
+    # Ranges and consistency of the baseline options (MC dropout, ensembles).
+    message = baseline_config_error(cfg)
+    if message is not None:
+        raise ConfigError(message)
 
 
 def _check_ranges(cfg: DictConfig) -> None:
@@ -225,6 +230,7 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve interpolation: {err}") from None
     _validate(cfg)
+    resolve_ensemble_config(cfg)
     return cfg
 
 

@@ -21,6 +21,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage2.head.optim.name": ("sgd", "adamw"),
     "stage2.head.optim.schedule": ("cosine", "none"),
     "eval.source": ("generated", "official"),
+    "eval.calibration_split": ("val", "train", "none"),
+    "data.val_from": ("train", "test"),
 }
 
 
@@ -110,6 +112,10 @@ RANGES: dict[str, Range] = {
     "trainer.log_every_n_steps": _POSITIVE,
     "trainer.gradient_clip_val": _NON_NEGATIVE,
     "trainer.timeout_s": Range(0, low_open=True),
+    "stage1.ensemble": _POSITIVE,
+    "eval.mc_dropout.samples": _NON_NEGATIVE,
+    "eval.mc_dropout.p": _FRACTION,
+    "eval.mc_dropout.seed": _SEED,
 }
 
 
@@ -123,6 +129,9 @@ class DataConfig:
     test_path: str | None = None
     download: bool = True
     val_fraction: float = 0.1
+    # The pool the validation split is held out of: "train", or "test" for a backbone trained
+    # elsewhere on every training image (val is then data it has never seen).
+    val_from: str = "train"
     test_fraction: float = 0.2
     split_seed: int = 0
     batch_size: int = 128
@@ -132,6 +141,15 @@ class DataConfig:
     image_size: int | None = None
     num_classes: int = 10
     num_samples: int = 512
+
+
+@dataclass
+class EnsembleMemberConfig:
+    """One member of ``backbone.ensemble_checkpoints``: a backbone name (default: the run's
+    ``backbone.name``, whose options it then shares) and its checkpoint."""
+
+    name: str | None = None
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -148,6 +166,8 @@ class BackboneConfig:
     pretrained: bool = False
     trust_checkpoint: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Existing networks evaluated as a deep ensemble (head "ensemble"); see runs.baselines.
+    ensemble_checkpoints: list[EnsembleMemberConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -182,6 +202,9 @@ class Stage1Config:
     noise_std: float = 0.1
     augmix_severity: int = 3
     label_smoothing: float = 0.0
+    # Stage-1 networks trained with different seeds; K >= 2 adds head "ensemble" (stage 2 and
+    # the feed-forward head stay on the first member).
+    ensemble: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
@@ -253,6 +276,17 @@ class SourceSplitConfig:
 
 
 @dataclass
+class MCDropoutConfig:
+    """MC dropout of the feed-forward network (head ``mc_dropout``): ``samples`` stochastic
+    passes (0 = off) with dropout ``p`` at the head input and in the backbone's dropout layers;
+    ``seed`` fixes the draws."""
+
+    samples: int = 0
+    p: float = 0.1
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
     """Evaluation splits: the clean test split, ``<corruption>/<severity>`` cells of it and any
     ``extra`` named splits.
@@ -260,6 +294,10 @@ class EvalConfig:
     ``source``: ``generated`` corrupts the test split on the fly (seeded per cell by ``seed``,
     ``chunk_size`` images at a time, optionally cached under ``cache_dir``); ``official`` reads
     the released CIFAR-10-C / CIFAR-100-C arrays in ``official_dir``.
+
+    ``calibration_split``: where the temperature of every head's tempered twin (``*_ts``) is
+    fitted: ``val`` (default), ``train`` or ``none``; a head trained on that split is not
+    tempered (the run says why). ``mc_dropout``: see ``MCDropoutConfig``.
     """
 
     clean: bool = True
@@ -273,6 +311,8 @@ class EvalConfig:
     seed: int = 0
     n_bins: int = 15
     batch_size: int = 256
+    calibration_split: str = "val"
+    mc_dropout: MCDropoutConfig = field(default_factory=MCDropoutConfig)
 
 
 @dataclass

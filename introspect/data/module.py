@@ -49,6 +49,7 @@ class DataSettings:
     test_path: str | None
     download: bool
     val_fraction: float
+    val_from: str
     test_fraction: float
     split_seed: int
     batch_size: int
@@ -79,6 +80,8 @@ class DataSettings:
         values["root"] = Path(str(values["root"])).expanduser()
         if not 0.0 <= values["val_fraction"] < 1.0:
             raise DataError(f"data.val_fraction={values['val_fraction']} must be in [0, 1)")
+        if values["val_from"] not in ("train", "test"):
+            raise DataError(f"data.val_from={values['val_from']!r} must be 'train' or 'test'")
         if not 0.0 < values["test_fraction"] < 1.0:
             raise DataError(f"data.test_fraction={values['test_fraction']} must be in (0, 1)")
         positive = ["batch_size", "eval_batch_size", "image_size", "num_samples"]
@@ -138,15 +141,29 @@ def load_pools(settings: DataSettings) -> Pools:
 
 def make_splits(pools: Pools, settings: DataSettings) -> dict[str, Dataset]:
     """Train/val/test subsets: test held out by ``test_fraction`` when the source has no test
-    split, then val held out of the rest by ``val_fraction``, both seeded by ``split_seed``."""
+    split, then val held out by ``val_fraction`` of the rest of the training pool or, with
+    ``val_from="test"``, of the test pool (the test split keeps the remainder); every split is
+    seeded by ``split_seed``."""
     labels = pools.train.labels.numpy()
     what = f"data.source={settings.source!r}"
     if pools.test is None:
         rest, test_idx = split_indices(labels, settings.test_fraction, settings.split_seed, what)
-        test: Dataset = Subset(pools.train, test_idx.tolist())
+        test_pool, test_labels, test_index = pools.train, labels[test_idx], test_idx
     else:
         rest = np.arange(len(labels))
-        test = pools.test
+        test_pool = pools.test
+        test_labels = pools.test.labels.numpy()
+        test_index = np.arange(len(test_labels))
+    if settings.val_from == "test":
+        kept, held = split_indices(
+            test_labels, settings.val_fraction, settings.split_seed, f"the test split of {what}"
+        )
+        return {
+            "train": Subset(pools.train, rest.tolist()),
+            "val": Subset(test_pool, test_index[held].tolist()),
+            "test": Subset(test_pool, test_index[kept].tolist()),
+        }
+    test: Dataset = Subset(pools.train, test_idx.tolist()) if pools.test is None else pools.test
     kept, held = split_indices(labels[rest], settings.val_fraction, settings.split_seed, what)
     return {
         "train": Subset(pools.train, rest[kept].tolist()),

@@ -32,6 +32,7 @@ from introspect.metrics.reliability import (
     reliability_diagram,
     reliability_grid,
 )
+from introspect.metrics.temperature import fit_temperature, temper, temperature_nll
 
 __all__ = [
     "AdaptiveCalibrationError",
@@ -51,10 +52,13 @@ __all__ = [
     "bins_from_sums",
     "classification_metrics",
     "detection_error",
+    "fit_temperature",
     "fpr_at_tpr",
     "ood_metrics",
     "percentile_grid",
     "roc_curve",
+    "temper",
+    "temperature_nll",
     "trust_curve",
     "reliability_bins",
     "reliability_diagram",

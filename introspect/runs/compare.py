@@ -19,13 +19,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from introspect.data.shifted import is_cell
-from introspect.runs.evaluation import HEADS
+from introspect.runs.evaluation import HEADS, SHORT
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
 
-SHORT = {"feedforward": "FF", "introspective": "INT", "control": "CTL"}
-SHORT_NAMES = {"FF": "feed-forward", "INT": "introspective", "CTL": "control"}
+SHORT_NAMES = {
+    "FF": "feed-forward",
+    "FF+TS": "feed-forward + TS",
+    "INT": "introspective",
+    "INT+TS": "introspective + TS",
+    "CTL": "control",
+    "CTL+TS": "control + TS",
+    "MCD": "MC dropout",
+    "ENS": "ensemble",
+}
 METRICS = ("acc", "ece")
+# Paired per-seed differences (head, baseline): introspection against the feed-forward network
+# and the control, untempered and tempered.
+DIFFS = (("INT", "FF"), ("INT", "CTL"), ("INT+TS", "FF+TS"), ("INT+TS", "CTL+TS"))
 
 # Config keys that do not change what a run measures: runs differing only in these (and in
 # run.seed) are seeds of one experiment.
@@ -147,12 +158,21 @@ def recipe(config: dict[str, Any]) -> str:
 
 
 def describe(config: dict[str, Any]) -> str:
-    """Row label: backbone (with its checkpoint's file name) and stage-2 recipe."""
+    """Row label: backbone (with its checkpoint's file name), stage-2 recipe and, with an
+    ensemble, its members."""
     b = config.get("backbone", {})
     name = str(b.get("name", "?"))
     ckpt = b.get("checkpoint")
     weights = f" [{Path(str(ckpt)).name}]" if ckpt else ""
-    return f"{name}{weights} · {recipe(config)}"
+    label = f"{name}{weights} · {recipe(config)}"
+    k = int(config.get("stage1", {}).get("ensemble", 1) or 1)
+    members = b.get("ensemble_checkpoints") or []
+    if k > 1:
+        label += f" · ensemble of {k} trained"
+    elif members:
+        files = ", ".join(Path(str(m.get("checkpoint"))).name for m in members)
+        label += f" · ensemble [{files}]"
+    return label
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -213,8 +233,9 @@ def _scopes(run: Run) -> dict[str, dict[str, Any]]:
 
 
 def group_table(group: Group) -> dict[str, tuple[float, float]]:
-    """``{"<scope>/<head>/<metric>": (mean, std)}`` over the group's seeds, plus the paired
-    differences ``<scope>/INT-FF/<metric>`` and ``<scope>/INT-CTL/<metric>``."""
+    """``{"<scope>/<head>/<metric>": (mean, std)}`` over the group's seeds (heads by their short
+    names: ``FF``, ``FF+TS``, ``INT``, …), plus the paired differences of ``DIFFS``, e.g.
+    ``<scope>/INT-FF/<metric>`` and ``<scope>/INT+TS-CTL+TS/<metric>``."""
     per_run: list[dict[str, float]] = []
     for run in group.runs:
         flat: dict[str, float] = {}
@@ -224,11 +245,10 @@ def group_table(group: Group) -> dict[str, tuple[float, float]]:
                     for m in METRICS:
                         flat[f"{scope}/{SHORT[head]}/{m}"] = float(entry[head][m])
             for m in METRICS:
-                intro = flat.get(f"{scope}/INT/{m}")
-                for other in ("FF", "CTL"):
-                    base = flat.get(f"{scope}/{other}/{m}")
-                    if intro is not None and base is not None:
-                        flat[f"{scope}/INT-{other}/{m}"] = intro - base
+                for head, other in DIFFS:
+                    value, base = flat.get(f"{scope}/{head}/{m}"), flat.get(f"{scope}/{other}/{m}")
+                    if value is not None and base is not None:
+                        flat[f"{scope}/{head}-{other}/{m}"] = value - base
         per_run.append(flat)
     keys = [k for k in per_run[0] if all(k in r for r in per_run)]
     return {k: _stats([r[k] for r in per_run]) for k in keys}
@@ -244,7 +264,7 @@ def _pct(stat: tuple[float, float] | None, n: int, signed: bool = False) -> str:
 
 def _columns(tables: list[dict[str, tuple[float, float]]], scope: str) -> list[str]:
     keys = [f"{scope}/{SHORT[h]}/{m}" for m in METRICS for h in HEADS]
-    keys += [f"{scope}/INT-{o}/{m}" for m in METRICS for o in ("FF", "CTL")]
+    keys += [f"{scope}/{a}-{b}/{m}" for m in METRICS for a, b in DIFFS]
     return [k for k in keys if any(k in t for t in tables)]
 
 
@@ -281,7 +301,7 @@ def markdown(groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, fl
         ]
         for group, table in zip(groups, tables, strict=True):
             n = len(group.runs)
-            vals = [_pct(table.get(c), n, signed="INT-" in c) for c in cols]
+            vals = [_pct(table.get(c), n, signed="-" in c.split("/")[1]) for c in cols]
             lines.append(f"| {group.label} | {n} | " + " | ".join(vals) + " |")
         lines.append("")
     cells = sorted({sum(is_cell(s) for s in g.runs[0].results["splits"]) for g in groups})
@@ -321,7 +341,17 @@ def write_csv(
             writer.writerow(ident + values)
 
 
-_MARKERS = {"FF": "o", "INT": "^", "CTL": "s"}
+# Marker and fill of every head: tempered twins are the hollow version of their head.
+_MARKERS = {
+    "FF": ("o", True),
+    "FF+TS": ("o", False),
+    "INT": ("^", True),
+    "INT+TS": ("^", False),
+    "CTL": ("s", True),
+    "CTL+TS": ("s", False),
+    "MCD": ("D", True),
+    "ENS": ("*", True),
+}
 
 
 def scatter(
@@ -335,13 +365,14 @@ def scatter(
     for i, scope in enumerate(("clean", "corrupted")):
         ax = fig.add_subplot(1, 2, i + 1)
         for table, color in zip(tables, colors, strict=True):
-            for head, marker in _MARKERS.items():
+            for head, (marker, filled) in _MARKERS.items():
                 acc, ece = table.get(f"{scope}/{head}/acc"), table.get(f"{scope}/{head}/ece")
                 if acc is None or ece is None:
                     continue
                 ax.errorbar(
                     100 * ece[0], 100 * acc[0], xerr=100 * ece[1], yerr=100 * acc[1],
                     fmt=marker, color=color, markersize=8, capsize=3,
+                    markerfacecolor=color if filled else "none",
                 )  # fmt: skip
         ax.set_xlabel("ECE (%)  ← better")
         ax.set_ylabel("accuracy (%)  better →")
@@ -351,12 +382,18 @@ def scatter(
         fig.axes[0].plot([], [], "o", color=c, label=g.label)[0]
         for g, c in zip(groups, colors, strict=True)
     ]
+    shown = {k.split("/")[1] for t in tables for k in t}
     handles += [
-        fig.axes[0].plot([], [], m, color="grey", label=SHORT_NAMES[h])[0]
-        for h, m in _MARKERS.items()
-    ]
+        fig.axes[0].plot(
+            [], [], m, color="grey", markerfacecolor="grey" if filled else "none",
+            label=SHORT_NAMES[h],
+        )[0]
+        for h, (m, filled) in _MARKERS.items()
+        if h in shown
+    ]  # fmt: skip
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.subplots_adjust(bottom=0.18 + 0.04 * math.ceil((len(groups) + 3) / 2), wspace=0.25)
+    rows = math.ceil(len(handles) / 2)
+    fig.subplots_adjust(bottom=0.1 + 0.04 * rows, wspace=0.25)
     fig.savefig(path, dpi=120)
 
 
@@ -383,9 +420,10 @@ def severity_curves(path: Path, groups: Sequence[Group]) -> bool:
                     continue
                 arr = 100 * np.asarray(per_run, dtype=np.float64)
                 std = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+                marker, filled = _MARKERS[SHORT[head]]
                 ax.errorbar(
-                    x, arr.mean(0), yerr=std, marker=_MARKERS[SHORT[head]], capsize=3,
-                    label=SHORT_NAMES[SHORT[head]],
+                    x, arr.mean(0), yerr=std, marker=marker, capsize=3,
+                    linestyle="-" if filled else "--", label=SHORT_NAMES[SHORT[head]],
                 )  # fmt: skip
             ax.set_xticks(x)
             ax.set_xlabel("severity")

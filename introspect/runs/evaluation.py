@@ -10,12 +10,57 @@ import torch
 from torch import nn
 from torchmetrics import SumMetric
 
+from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
 from introspect.metrics import classification_metrics
+from introspect.metrics.temperature import temper
 from introspect.models.stage2 import IntrospectiveClassifier, StageTwoClassifier
+from introspect.uncertainty import MCDropout, ensemble_probs
 
-HEADS = ("feedforward", "introspective", "control")
+# Every head a run can evaluate, in table order: "<head>_ts" is the tempered twin of <head>
+# (logits / T, T fitted on the calibration split), "mc_dropout" the MC-dropout predictive mean of
+# the feed-forward network, "ensemble" the mean softmax of the stage-1 ensemble.
+HEADS = (
+    "feedforward",
+    "feedforward_ts",
+    "introspective",
+    "introspective_ts",
+    "control",
+    "control_ts",
+    "mc_dropout",
+    "ensemble",
+)
+SHORT = {
+    "feedforward": "FF",
+    "feedforward_ts": "FF+TS",
+    "introspective": "INT",
+    "introspective_ts": "INT+TS",
+    "control": "CTL",
+    "control_ts": "CTL+TS",
+    "mc_dropout": "MCD",
+    "ensemble": "ENS",
+}
 TABLE_METRICS = ("acc", "ece")
+
+
+def head_logits(
+    backbone: nn.Module, heads: Mapping[str, StageTwoClassifier], images: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``({"feedforward": logits, <head>: logits, ...}, penultimate)`` of ``images`` from one
+    backbone pass: the introspective head's pass also yields the penultimate activations and the
+    backbone's logits, which the control and the feed-forward head reuse."""
+    intro = next((h for h in heads.values() if isinstance(h, IntrospectiveClassifier)), None)
+    if intro is not None:
+        intro_feats, penult, logits = intro.features_with_outputs(images)
+    else:
+        with torch.no_grad():
+            logits, penult = backbone.forward_features(images)
+    out = {"feedforward": logits.detach()}
+    for name, head in heads.items():
+        feats = intro_feats if head is intro else head.features(images, penultimate=penult)
+        with torch.no_grad():
+            out[name] = head.classify(feats)
+    return out, penult.detach()
 
 
 class Evaluator(L.LightningModule):
@@ -35,14 +80,36 @@ class Evaluator(L.LightningModule):
         *,
         num_classes: int,
         n_bins: int = 15,
+        temperatures: Mapping[str, float] | None = None,
+        mc_dropout: MCDropout | None = None,
+        ensemble: Sequence[nn.Module] = (),
+        ensemble_with_backbone: bool = True,
     ) -> None:
+        """``temperatures`` (head -> T) adds the tempered twins ``<head>_ts``; ``mc_dropout``
+        the head ``mc_dropout``; ``ensemble`` (further stage-1 networks, in eval mode) the head
+        ``ensemble``, the mean softmax of those networks and, with ``ensemble_with_backbone``,
+        of ``backbone``."""
         super().__init__()
         # A process may get no sample of a split: exact sharding pads none with duplicates.
         self.allow_zero_length_dataloader_with_multiple_devices = True
         self.backbone = backbone.eval()
         self.heads = nn.ModuleDict(dict(heads))
         self.splits = list(splits)
-        self.head_names = ["feedforward", *heads.keys()]
+        self.temperatures = dict(temperatures or {})
+        unknown = [h for h in self.temperatures if h != "feedforward" and h not in heads]
+        if unknown:
+            raise ValueError(f"temperatures of heads {unknown} that are not evaluated")
+        self.mc_dropout = mc_dropout
+        self.ensemble = nn.ModuleList(m.eval() for m in ensemble)
+        self.ensemble_with_backbone = ensemble_with_backbone
+        if len(self.ensemble) + int(ensemble_with_backbone) < 2 and len(self.ensemble) > 0:
+            raise ValueError("an ensemble needs at least two members")
+        present = ["feedforward", *heads.keys()]
+        present += [f"{h}_ts" for h in self.temperatures]
+        present += ["mc_dropout"] if mc_dropout is not None else []
+        present += ["ensemble"] if len(self.ensemble) else []
+        self.head_names = [h for h in HEADS if h in present]
+        self.head_names += [h for h in present if h not in self.head_names]
         base = classification_metrics(num_classes, n_bins=n_bins)
         self.metrics = nn.ModuleList(
             nn.ModuleDict({h: base.clone() for h in self.head_names}) for _ in self.splits
@@ -50,26 +117,26 @@ class Evaluator(L.LightningModule):
         self.counts = nn.ModuleList(SumMetric() for _ in self.splits)
 
     def test_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int, dataloader_idx: int = 0
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         images, labels = batch
-        # One backbone pass per batch: the introspective head's pass also yields h and logits.
-        intro = next(
-            (h for h in self.heads.values() if isinstance(h, IntrospectiveClassifier)), None
-        )
-        if intro is not None:
-            intro_feats, penult, logits = intro.features_with_outputs(images)
-        else:
+        # One backbone pass per batch for the feed-forward, stage-2 and tempered heads.
+        logits, penult = head_logits(self.backbone, self.heads, images)
+        probs = {name: z.softmax(-1) for name, z in logits.items()}
+        for name, t in self.temperatures.items():
+            probs[f"{name}_ts"] = temper(logits[name], t).softmax(-1)
+        if self.mc_dropout is not None:
+            key = derive_seed(self.global_rank, dataloader_idx, batch_idx)
+            samples = self.mc_dropout.sample_logits(
+                self.backbone, images, penultimate=penult, key=key
+            )
+            probs["mc_dropout"] = samples.softmax(-1).mean(0)
+        if len(self.ensemble):
             with torch.no_grad():
-                logits, penult = self.backbone.forward_features(images)
-        probs = {"feedforward": logits.softmax(-1)}
-        for name, head in self.heads.items():
-            if head is intro:
-                feats = intro_feats
-            else:
-                feats = head.features(images, penultimate=penult)
-            with torch.no_grad():
-                probs[name] = head.classify(feats).softmax(-1)
+                members = [m(images) for m in self.ensemble]
+            if self.ensemble_with_backbone:
+                members.insert(0, logits["feedforward"])
+            probs["ensemble"] = ensemble_probs(members)
         for name, p in probs.items():
             self.metrics[dataloader_idx][name].update(p, labels)
         self.counts[dataloader_idx].update(torch.tensor(float(len(labels)), device=labels.device))
@@ -116,8 +183,7 @@ def _markdown(
     first: str, rows: Mapping[str, Mapping[str, Any]], heads: list[str], sizes: bool
 ) -> list[str]:
     """Markdown lines: one row per entry, accuracy and ECE (in %) of every head."""
-    short = {"feedforward": "FF", "introspective": "INT", "control": "CTL"}
-    cols = [f"{m} {short[h]}" for m in TABLE_METRICS for h in heads]
+    cols = [f"{m} {SHORT.get(h, h)}" for m in TABLE_METRICS for h in heads]
     lines = [
         f"| {first} |" + (" n |" if sizes else "") + " " + " | ".join(cols) + " |",
         "|---|" + ("---:|" if sizes else "") + "---:|" * len(cols),
@@ -144,23 +210,32 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_VERSUS = (
+    ("introspective", "feedforward"),
+    ("introspective", "control"),
+    ("introspective_ts", "feedforward_ts"),
+    ("introspective_ts", "control_ts"),
+)
+
+
 def verdict(results: Mapping[str, Any]) -> str:
-    """One line per comparison: introspective minus feed-forward and minus control."""
+    """One line per comparison: the introspective head minus the feed-forward head and minus
+    the control, and the same for their tempered twins when there are any."""
     out = []
     for scope, entry in (
         ("clean", results["splits"].get("clean")),
         ("corrupted (mean of cells)", results.get("summary")),
     ):
-        if not entry or "introspective" not in entry:
+        if not entry:
             continue
-        intro = entry["introspective"]
-        for other in ("feedforward", "control"):
-            if other not in entry:
+        for head, other in _VERSUS:
+            if head not in entry or other not in entry:
                 continue
-            d_acc = 100 * (intro["acc"] - entry[other]["acc"])
-            d_ece = 100 * (intro["ece"] - entry[other]["ece"])
+            d_acc = 100 * (entry[head]["acc"] - entry[other]["acc"])
+            d_ece = 100 * (entry[head]["ece"] - entry[other]["ece"])
+            name, versus = head.replace("_ts", "+TS"), other.replace("_ts", "+TS")
             out.append(
-                f"{scope}: introspective vs {other}: accuracy {d_acc:+.2f} pp, "
+                f"{scope}: {name} vs {versus}: accuracy {d_acc:+.2f} pp, "
                 f"ECE {d_ece:+.2f} pp ({'better' if d_ece < 0 else 'worse'} calibrated)"
             )
     return "\n".join(out)

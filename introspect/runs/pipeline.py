@@ -186,14 +186,20 @@ def set_random_states(states: dict[str, Any]) -> None:
 
 
 def stage1(
-    cfg: DictConfig, dm: ImageDataModule, backbone: Backbone, run_dir: Path, loggers: list[Logger]
+    cfg: DictConfig,
+    dm: ImageDataModule,
+    backbone: Backbone,
+    run_dir: Path,
+    loggers: list[Logger],
+    *,
+    name: str = "stage1",
 ) -> FeedForwardClassifier:
     """Train the feed-forward classifier unless ``backbone.checkpoint`` is set; return it.
 
     Training keeps the best (by validation accuracy) and the last checkpoint under
-    ``<run>/checkpoints`` and continues with the best weights. With ``run.resume`` training
-    continues from the last checkpoint (weights, optimizer, schedule, epoch, random states), or
-    is skipped when the run finished stage 1.
+    ``<run>/checkpoints`` (``<name>-best.ckpt``, ``<name>-last.ckpt``) and continues with the
+    best weights. With ``run.resume`` training continues from the last checkpoint (weights,
+    optimizer, schedule, epoch, random states), or is skipped when the run finished ``name``.
     """
     model = FeedForwardClassifier(
         backbone,
@@ -205,18 +211,18 @@ def stage1(
     if cfg.backbone.checkpoint is not None:
         return model
     folder = run_dir / "checkpoints"
-    best, last = folder / "stage1-best.ckpt", folder / "stage1-last.ckpt"
-    finished = cfg.run.resume and "stage1" in broadcast_from_zero(stages_done(run_dir))
+    best, last = folder / f"{name}-best.ckpt", folder / f"{name}-last.ckpt"
+    finished = cfg.run.resume and name in broadcast_from_zero(stages_done(run_dir))
     if not finished:
         ckpt = ModelCheckpoint(
             dirpath=str(folder),
-            filename="stage1-best",
+            filename=f"{name}-best",
             monitor="feedforward/val/acc",
             mode="max",
             save_last=True,
             enable_version_counter=False,
         )
-        ckpt.CHECKPOINT_NAME_LAST = "stage1-last"
+        ckpt.CHECKPOINT_NAME_LAST = f"{name}-last"
         trainer = build_trainer(
             cfg,
             run_dir,
@@ -256,6 +262,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (``trainer.devices``/``trainer.num_nodes``) every stage runs on all of them and each
     returns the same results; rank zero writes the run directory.
     """
+    from introspect.runs.baselines import prepare_baselines
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import stage2
 
@@ -280,8 +287,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if zero:
             mark_stage_done(run_dir, "stage2")
             update_status(run_dir, stage="evaluation")
+        baselines = prepare_baselines(
+            cfg, dm, backbone, heads, run_dir, train=True, device=resolve_device(cfg)
+        )
         results = evaluate_and_report(
-            cfg, dm, backbone, heads, splits, run_dir, loggers, started=start
+            cfg, dm, backbone, heads, splits, run_dir, loggers, started=start, baselines=baselines
         )
         for logger in loggers:
             logger.finalize("success")
@@ -324,6 +334,7 @@ def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
     write the results to ``out_dir`` (e.g. ``<run>/evaluations/<tag>``; the run's own
     ``results.json`` is never touched). An interrupted re-evaluation into the same
     ``out_dir`` continues where it stopped."""
+    from introspect.runs.baselines import prepare_baselines
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import load_heads
 
@@ -340,6 +351,9 @@ def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
     if is_global_zero():
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier()
+    baselines = prepare_baselines(
+        cfg, dm, backbone, heads, run_dir, train=False, device=resolve_device(cfg)
+    )
     loggers = build_loggers(cfg, out_dir)
     results = evaluate_and_report(
         cfg,
@@ -351,6 +365,7 @@ def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         loggers,
         started=start,
         extra_run_info={"evaluation_of": str(run_dir)},
+        baselines=baselines,
     )
     for logger in loggers:
         logger.finalize("success")

@@ -18,6 +18,7 @@ from introspect.data.samplers import ContiguousSampler
 from introspect.data.shifted import is_cell
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
+from introspect.runs.baselines import Baselines
 from introspect.runs.distributed import (
     broadcast_from_zero,
     global_rank,
@@ -106,6 +107,7 @@ def evaluate_and_report(
     *,
     started: float | None = None,
     extra_run_info: dict[str, Any] | None = None,
+    baselines: Baselines | None = None,
 ) -> dict[str, Any]:
     """Evaluate every head on every split of ``splits`` (see ``runs.splits``); write
     ``results.json``, ``table.md`` and plots to ``out_dir``; log everything.
@@ -113,7 +115,8 @@ def evaluate_and_report(
     Splits are evaluated a group at a time (``split_groups``) and kept in ``out_dir`` until the
     final ``results.json`` is written, so a rerun of an interrupted evaluation skips the splits
     already done. In a multi-process run every process evaluates its contiguous block of each
-    split and returns the synchronized results; only rank zero writes and logs.
+    split and returns the synchronized results; only rank zero writes and logs. ``baselines``
+    adds the tempered twins, MC dropout and the ensemble (see ``runs.baselines``).
     """
     from introspect.runs.pipeline import build_trainer, resolve_device
 
@@ -128,7 +131,12 @@ def evaluate_and_report(
     rank, world = global_rank(), world_size()
     for group in split_groups([n for n in names if n not in done]):
         evaluator = Evaluator(
-            backbone, heads, group, num_classes=dm.num_classes, n_bins=cfg.eval.n_bins
+            backbone,
+            heads,
+            group,
+            num_classes=dm.num_classes,
+            n_bins=cfg.eval.n_bins,
+            **(baselines.evaluator_kwargs() if baselines is not None else {}),
         )
         loaders = [
             dm.loader(
@@ -161,6 +169,8 @@ def evaluate_and_report(
         "by_corruption": aggregate_by(split_results, 0),
         "by_severity": aggregate_by(split_results, 1),
     }
+    if baselines is not None:
+        results["run"] |= baselines.provenance()
     if started is not None:
         results["run"]["seconds"] = round(time.perf_counter() - started, 2)
     if not is_global_zero():
@@ -168,7 +178,8 @@ def evaluate_and_report(
 
     table = format_table(results)
     plots = _reliability_plots(bins, names, out_dir)
-    (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n")
+    notes = "\n".join(baselines.notes()) + "\n" if baselines is not None else ""
+    (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n" + notes)
     _log(loggers, results, plots)
     # results.json last and atomically: a failed run leaves none behind.
     write_json_atomic(out_dir / "results.json", results)

@@ -40,6 +40,7 @@ from introspect.scores import (
     score_batch,
     trust_table,
 )
+from introspect.uncertainty import MCDropout
 
 NOISE = "noise"
 CORRUPTED = "corrupted"
@@ -169,6 +170,8 @@ class SetScorer:
         self.intro = intro
         self.mahalanobis = mahalanobis
         self.device = device
+        mc = cfg.eval.mc_dropout
+        self.mc_dropout = MCDropout(mc.samples, mc.p, seed=mc.seed) if mc.samples > 0 else None
 
     def __call__(self, name: str, dataset: Dataset, *, with_preds: bool) -> ScoredSet:
         """Score every image of ``dataset``; with ``with_preds`` also keep the predictions."""
@@ -176,7 +179,9 @@ class SetScorer:
         parts: dict[str, list[torch.Tensor]] = {}
         loader = self.dm.loader(dataset, batch_size=s.batch_size)
         progress = self.cfg.trainer.enable_progress_bar
-        for images, labels in tqdm(loader, desc=f"scores {name}", disable=not progress):
+        for index, (images, labels) in enumerate(
+            tqdm(loader, desc=f"scores {name}", disable=not progress)
+        ):
             x = images.to(self.device)
             batch = score_batch(
                 self.backbone,
@@ -189,6 +194,8 @@ class SetScorer:
                 gradtrust_k=s.gradtrust_k,
                 purview=False,
                 with_predictions=with_preds,
+                mc_dropout=self.mc_dropout,
+                mc_key=derive_seed(name, index),
             )
             if s.purview:
                 norms = purview_features(self.backbone, x)
@@ -376,6 +383,12 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
     settings = OmegaConf.to_container(s, resolve=True)
     assert isinstance(settings, dict)
     settings["mahalanobis_fit_samples"] = mahalanobis.count
+    mc = cfg.eval.mc_dropout
+    settings["mc_dropout"] = (
+        f"{mc.samples} samples, p={mc.p}, seed={mc.seed}"
+        if mc.samples > 0
+        else "off (eval.mc_dropout.samples=0; no mcd_* scores)"
+    )
     ood: dict[str, Any] | None = None
     if scored_ood:
         table = ood_table(scored_in.scores, {n: o.scores for n, o in scored_ood.items()})

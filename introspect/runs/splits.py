@@ -31,6 +31,8 @@ def read_source(
         )
     settings: dict[str, Any] = OmegaConf.to_container(cfg.data, resolve=True)  # type: ignore[assignment]
     settings |= {"source": entry.source, "path": entry.path, "test_path": entry.test_path}
+    # Its test split is all of its test images: the run's val_from=test does not carve it up.
+    settings["val_from"] = "train"
     if image_size is not None:
         settings["image_size"] = image_size
     try:

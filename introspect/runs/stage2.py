@@ -48,6 +48,15 @@ _DATA_IDENTITY = (
 )  # fmt: skip
 
 
+def _data_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The data fields of a cache recipe; ``val_from`` only when it is not the default, so
+    entries made before that option existed stay valid."""
+    identity = {k: cfg.data[k] for k in _DATA_IDENTITY}
+    if cfg.data.get("val_from", "train") != "train":
+        identity["val_from"] = cfg.data.val_from
+    return identity
+
+
 def resolve_device(cfg: DictConfig) -> torch.device:
     """The device feature extraction runs on, following ``trainer.accelerator``."""
     acc = cfg.trainer.accelerator
@@ -100,7 +109,7 @@ def split_features(
     recipe: dict[str, Any] = {
         "backbone": digest,
         "features": feature_options(cfg),
-        "data": {k: cfg.data[k] for k in _DATA_IDENTITY},
+        "data": _data_identity(cfg),
         "split": split,
         "augment": augment,
     }

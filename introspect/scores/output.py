@@ -52,3 +52,10 @@ def energy(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     if T <= 0:
         raise ValueError(f"temperature T must be positive, got {T}")
     return T * torch.logsumexp(logits / T, dim=1)
+
+
+def nll(logits: torch.Tensor) -> torch.Tensor:
+    """Log-probability of the predicted class, ``log max softmax(z)``: the negated NLL of the
+    prediction (GradTrust's NLL baseline); a monotone function of ``msp``."""
+    check_logits(logits)
+    return torch.log_softmax(logits, dim=1).amax(dim=1)

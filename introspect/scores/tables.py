@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from introspect.backbones.head import resolve_head
 from introspect.metrics.ood import auac, aufc, ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.scores.gradient import gradnorm, gradtrust, purview_features, purview_score
@@ -18,7 +19,8 @@ from introspect.scores.model_based import (
     logits_and_penultimate,
     odin,
 )
-from introspect.scores.output import energy, entropy, margin, max_logit, msp
+from introspect.scores.output import energy, entropy, margin, max_logit, msp, nll
+from introspect.uncertainty import MCDropout
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out", "detection_error")
 OOD_METRIC_LABELS = {
@@ -44,11 +46,15 @@ def score_batch(
     purview: bool = True,
     head: nn.Linear | None = None,
     with_predictions: bool = False,
+    mc_dropout: MCDropout | None = None,
+    mc_key: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Every confidence score of ``images`` (RGB in ``[0, 1]``), as detached ``(B,)`` tensors.
 
     Keys: ``msp``, ``max_logit``, ``entropy``, ``margin``, ``energy``, ``odin``, ``gradnorm``,
-    ``gradtrust`` (released form), ``gradtrust_paper``; with ``purview`` (per-sample gradients of
+    ``gradtrust`` (released form), ``gradtrust_paper``, ``nll`` (log-probability of the
+    prediction); with ``mc_dropout`` (an ``MCDropout``; ``mc_key`` varies its draws per batch)
+    ``mcd_bald`` and ``mcd_expected_entropy`` (negated); with ``purview`` (per-sample gradients of
     every parameter, the most expensive score) ``purview`` and ``purview_initial`` (the
     released score on the final / initial part of the parameter list); with ``mahalanobis`` (a
     fitted ``Mahalanobis``) ``mahalanobis``; with ``introspective_head`` ``int_msp`` and
@@ -72,7 +78,16 @@ def score_batch(
             "gradnorm": gradnorm(logits, penultimate),
             "gradtrust": gradtrust(logits, form="released"),
             "gradtrust_paper": gradtrust(logits, form="paper", k=gradtrust_k),
+            "nll": nll(logits),
         }
+        if mc_dropout is not None:
+            scores |= mc_dropout.scores(
+                backbone,
+                x,
+                penultimate=penultimate,
+                key=mc_key,
+                head=resolve_head(backbone, head or getattr(backbone, "head", None), x[:1]),
+            )
         if purview:
             norms = purview_features(backbone, x)
             scores["purview"] = purview_score(norms, "final")
