@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from introspect.explain.cam import contrast_cam, counterfactual_cam, gradcam
+from introspect.explain.class_maps import contrast_cam, counterfactual_cam, gradcam
 from introspect.explain.core import ExplanationError, check_images, explaining
 from introspect.explain.layers import LayerSpec
 

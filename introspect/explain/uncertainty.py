@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from introspect.explain.cam import (
+from introspect.explain.class_maps import (
     class_logit,
     contrast_loss,
     layer_gradient,
