@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from introspect.config import load_config, save_config
 from introspect.explain import (
     ExplanationError,
     curve_auc,
     deletion_insertion,
     evaluate_faithfulness,
     evaluate_voice,
+    explain_eval_main,
     perturbation_curves,
     random_map,
     voice,
 )
 from introspect.explain.core import baseline_images, blur
+from introspect.runs.pipeline import build_backbone, build_data
 from tests.explain_nets import HalfMeanModel, PoolNet
 
 SIZE = (8, 12)
@@ -188,3 +193,95 @@ def test_voice_threshold_applies_to_the_normalized_uncertainty() -> None:
     assert (result.iou > 0).any()
     with pytest.raises(ExplanationError, match="threshold"):
         voice(net, x, threshold=1.0)
+
+
+# ---- the command -----------------------------------------------------------------------
+
+
+def make_run(tmp_path: Path) -> Path:
+    """A finished run on synthetic 8x8 images (config and stage-1 checkpoint only)."""
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        ["data=synthetic", "data.num_samples=40", "data.image_size=8", f"run.dir={run_dir}"]
+    )
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": backbone.state_dict()}, run_dir / "checkpoints" / "stage1-last.ckpt")
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def _call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = explain_eval_main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_eval_writes_a_record_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = make_run(tmp_path)
+    argv = [
+        f"run={run_dir}",
+        "methods=[gradcam,rise,random]",
+        "n=5",
+        "steps=8",
+        "batch_size=3",
+        "method.rise.masks=20",
+    ]
+    code, out, err = _call(argv, capsys)
+    assert code == 0, err
+    folder = run_dir / "evaluations" / "explain"
+    results = json.loads((folder / "results.json").read_text())
+    table = results["faithfulness"]
+    assert list(table) == ["gradcam", "rise", "random"]
+    assert all(row["images"] == 5 and 0 <= row["deletion_auc"] <= 1 for row in table.values())
+    assert results["settings"]["method_options"] == {"rise": {"masks": 20}}
+    summary = results["voice"]["summary"]
+    assert summary["correct"]["images"] + summary["incorrect"]["images"] == 5
+    assert len(results["voice"]["iou"]) == 5
+    assert (folder / "voice.png").is_file() and "| gradcam |" in (folder / "explain.md").read_text()
+    assert "| gradcam |" in out and str(folder / "results.json") in out
+    # the same evaluation again is refused: a record is never replaced
+    code, out, err = _call(argv, capsys)
+    assert code == 2 and "already holds results" in err and err.count("\n") == 1
+    # a corruption cell goes to its own folder, without VOICE when asked
+    cell = [f"run={run_dir}", "methods=gradcam", "n=4", "cell=gaussian_noise/3", "voice=false"]
+    code, out, err = _call(cell, capsys)
+    assert code == 0, err
+    results = json.loads(
+        (run_dir / "evaluations/explain-gaussian_noise-3/results.json").read_text()
+    )
+    assert results["settings"]["cell"] == "gaussian_noise/3" and results["voice"] is None
+    # the data differ: another AUC than on the clean images
+    clean = json.loads((folder / "results.json").read_text())["faithfulness"]["gradcam"]
+    assert results["faithfulness"]["gradcam"]["deletion_auc"] != clean["deletion_auc"]
+
+
+def test_explain_eval_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = make_run(tmp_path)
+    from introspect.explain import MAP_METHODS, cli
+    from introspect.explain.methods import REFERENCES
+
+    assert cli.METHOD_NAMES == tuple(MAP_METHODS) and cli.REFERENCE_NAMES == tuple(REFERENCES)
+    for argv, message in (
+        ([f"run={run_dir}", "methods=[gradcam,nope]"], "unknown method(s) nope"),
+        ([f"run={run_dir}", "cell=fog"], "cell must be"),
+        ([f"run={run_dir}", "cell=fog/9"], "cell must be"),
+        ([f"run={run_dir}", "threshold=2"], "threshold must be"),
+        ([f"run={run_dir}", "voice=maybe"], "voice must be true or false"),
+        ([f"run={run_dir}", "methods=[]", "voice=false"], "nothing to evaluate"),
+        ([f"run={run_dir}", "methods=gradcam", "method.rise.masks=5"], "not evaluated"),
+        ([f"run={run_dir}", "methods=rise", "method.rise.size=5"], "rise has no option size"),
+        ([f"run={run_dir}", "methods=gradcam", "cell=blurry/2"], "unknown corruption"),
+        ([f"run={run_dir}", "methods=gradcam", "layer=nope"], "no layer 'nope'"),
+        ([f"run={tmp_path / 'missing'}"], "does not exist"),
+        (["n=3"], "run=runs/<name>"),
+    ):
+        code, out, err = _call(argv, capsys)
+        assert code == 2, argv
+        assert err.startswith("error: ") and message in err, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (run_dir / "evaluations" / "explain" / "results.json").exists()
+    assert _call([], capsys)[0] == 2 and _call(["--help"], capsys)[0] == 0

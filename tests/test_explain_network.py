@@ -1,5 +1,5 @@
-"""Looking inside the network (filters, activations, top patches, neighbours, t-SNE) and the
-introspection and gallery figures."""
+"""Looking inside the network (filters, activations, top patches, neighbours, t-SNE), the
+introspection and gallery figures, and the explain / explain-network commands."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from introspect.explain import (
     activations_figure,
     class_gradients,
     contrast_cam,
+    explain_main,
+    explain_network_main,
     filters_figure,
     first_layer_filters,
     introspection_figure,
@@ -33,6 +35,7 @@ from introspect.explain import (
     tsne_figure,
 )
 from tests.explain_nets import PoolNet
+from tests.test_explain_eval import make_run
 
 SIZE = (10, 12)
 
@@ -212,3 +215,41 @@ def test_introspection_contrasts_are_contrast_cams_for_every_class() -> None:
     maps = contrast_cam(net, x.expand(4, -1, -1, -1), target=p, contrast=torch.arange(4))
     for q in range(4):
         torch.testing.assert_close(maps[q : q + 1], contrast_cam(net, x, target=p, contrast=q))
+
+
+def test_explain_commands_draw_figures_of_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = make_run(tmp_path)
+    code = explain_main([f"run={run_dir}", "figure=introspection", "index=2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.strip() == str(run_dir / "explanations" / "introspection-2.png")
+    assert is_png(Path(out.strip()))
+    cheap = ["method.rise.masks=20", "method.lime.samples=20", "method.smoothgrad.samples=2"]
+    code = explain_main(
+        [f"run={run_dir}", "figure=methods", "n=2", f"out={tmp_path / 'm.png'}", *cheap]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0 and is_png(tmp_path / "m.png"), err
+    for argv, message in (
+        ([f"run={run_dir}", "figure=nope"], "figure must be one of"),
+        ([f"run={run_dir}", "figure=introspection", "index=999"], "pick fewer"),
+        ([f"run={run_dir}", "index=-1"], "index must be a non-negative integer"),
+        ([f"run={run_dir}", "method.rise.masks=2"], "apply to figure=methods only"),
+        ([f"run={run_dir}", "figure=methods", "method.rise.mask=2"], "rise has no option mask"),
+    ):
+        assert explain_main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    code = explain_network_main(
+        [f"run={run_dir}", "n=30", "layer=net.features.0", "channels=0,1", "k=3", "queries=2"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    folder = run_dir / "explanations" / "network"
+    names = ["filters", "activations", "patches", "neighbours", "tsne"]
+    assert out.split() == [str(folder / f"{n}.png") for n in names]
+    assert all(is_png(folder / f"{n}.png") for n in names)
+    assert explain_network_main([f"run={run_dir}", "channels=a"]) == 2
+    assert "channels must be" in capsys.readouterr().err
