@@ -26,8 +26,19 @@ python evaluate.py scores run=runs/<name> [tag=NAME] [a.b=value ...]
     scores.ood.mnist.source=npz scores.ood.mnist.path=mnist.npz scores.ood.mnist.split=all
     scores.max_samples=1000 scores.purview=false
 
-python evaluate.py explain run=runs/<name> [n=8] [split=test] [layer=...] [out=FILE]
-    Explanation maps (Grad-CAM, Contrast-CAM, Counterfactual-CAM) of the first n images.
+python evaluate.py explain run=runs/<name> [figure=paradigms|methods|introspection] [n=8]
+        [index=0] [split=test] [layer=...] [out=FILE]
+    Explanation figures: the paradigms (Grad-CAM, Contrast-CAM, Counterfactual-CAM) of the
+    first n images, every map method, or "why P, rather than Q?" for every Q of one image.
+
+python evaluate.py explain-eval run=runs/<name> [methods=[gradcam,rise,...]] [n=64]
+        [cell=fog/3] [layer=...] [steps=32] [voice=true] [method.rise.masks=500] [tag=NAME]
+    Deletion/insertion AUC and seconds per image of every map method, and VOICE IoU/SNR of
+    correct and incorrect predictions, on the first n test images (or a corruption cell);
+    written to runs/<name>/evaluations/explain[-<tag>]/.
+
+python evaluate.py explain-network run=runs/<name> [n=500] [layer=layer2] [channels=0,1]
+    Filters, activations, maximally activating patches, nearest neighbours and t-SNE figures.
 
 A run directory is data: settings of its config.yaml that import code (backbone.name=
 pkg.mod:Obj) or unpickle (backbone.trust_checkpoint=true) are refused unless the command line
@@ -156,8 +167,15 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
+EXPLAIN_COMMANDS = {
+    "explain": "explain_main",
+    "explain-eval": "explain_eval_main",
+    "explain-network": "explain_network_main",
+}
+
+
 def main(argv: list[str]) -> int:
-    """Dispatch to re-evaluation, ``compare``, ``scores`` or ``explain``."""
+    """Dispatch to re-evaluation, ``compare``, ``scores`` or the ``explain`` commands."""
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0 if argv else 2
@@ -167,10 +185,11 @@ def main(argv: list[str]) -> int:
         return compare_main(argv[1:])
     if argv[0] == "scores":
         return scores_main(argv[1:], trust_run=trust_run)
-    if argv[0] == "explain":
-        from introspect.explain.cli import explain_main
+    if argv[0] in EXPLAIN_COMMANDS:
+        from introspect.explain import cli
 
-        return explain_main(argv[1:], trust_run=trust_run)
+        command = getattr(cli, EXPLAIN_COMMANDS[argv[0]])
+        return command(argv[1:], trust_run=trust_run)
     return reevaluate_main(argv, trust_run=trust_run)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from introspect.backbones import Backbone, load_backbone
 from introspect.config import load_config, save_config
 from introspect.explain import (
+    MAP_METHODS,
     ExplanationError,
     contrast_cam,
     counterfactual_cam,
@@ -31,16 +32,7 @@ from introspect.explain import (
 from introspect.runs import rundir
 from introspect.runs.pipeline import build_backbone, build_data
 
-METHODS = {
-    "gradcam": gradcam,
-    "counterfactual_cam": counterfactual_cam,
-    "contrast_cam": contrast_cam,
-    "vanilla_gradient": vanilla_gradient,
-    "guided_backprop": guided_backprop,
-    "deconvnet": deconvnet,
-    "guided_gradcam": guided_gradcam,
-    "occlusion": occlusion,
-}
+METHODS = dict(MAP_METHODS)
 NUM_CLASSES = 4
 SIZE = (10, 14)  # non-square on purpose
 
@@ -346,7 +338,8 @@ def test_voice_matches_definition(net: TinyNet, images: torch.Tensor) -> None:
         u = others.var(dim=0, unbiased=False)
         torch.testing.assert_close(result.uncertainty[b], u, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(result.explanation[b], explanation[b], atol=1e-5, rtol=1e-4)
-        high_u, high_e = u > 0.1, explanation[b] > 0.1
+        # the threshold applies to the uncertainty min-max normalized per image
+        high_u, high_e = minmax(u[None])[0] > 0.1, explanation[b] > 0.1
         union = (high_u | high_e).sum()
         iou = (high_u & high_e).sum() / union if union > 0 else torch.tensor(0.0)
         assert result.iou[b].item() == pytest.approx(iou.item(), abs=1e-6)
@@ -370,7 +363,9 @@ def test_shapes_range_and_raw_values(name: str, net: TinyNet, images: torch.Tens
     torch.testing.assert_close(maps, minmax(raw), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+# RISE sums the masks weighted by the probability: with a constant probability its map is the
+# masks' (uneven) coverage, not a constant.
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"rise"}))
 def test_constant_maps_become_zeros_not_nan(name: str, images: torch.Tensor) -> None:
     torch.manual_seed(0)
     net = TinyNet()

@@ -109,3 +109,70 @@ def finish(maps: torch.Tensor, normalize: bool) -> torch.Tensor:
     """``maps`` detached, min-max normalized per image if ``normalize``."""
     maps = maps.detach()
     return minmax_normalize(maps) if normalize else maps
+
+
+Baseline = float | torch.Tensor | str
+BASELINE_NAMES = ("mean", "blur")
+# The Gaussian of the "blur" baseline (the blurred image RISE's insertion metric starts from).
+BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is a positive ``int`` (not a bool), else ``ExplanationError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExplanationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_fraction(name: str, value: object, *, low: float = 0.0, high: float = 1.0) -> float:
+    """``value`` as a float if it lies in the open interval ``(low, high)``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value < high:
+        raise ExplanationError(f"{name} must be a number in ({low:g}, {high:g}), got {value!r}")
+    return float(value)
+
+
+def blur(images: torch.Tensor) -> torch.Tensor:
+    """Each channel of ``(B, C, H, W)`` images blurred by a Gaussian (``BLUR_KERNEL`` taps,
+    ``BLUR_SIGMA`` pixels; borders reflected, or replicated for images too small to reflect)."""
+    offsets = torch.arange(BLUR_KERNEL, dtype=images.dtype, device=images.device)
+    taps = torch.exp(-0.5 * ((offsets - BLUR_KERNEL // 2) / BLUR_SIGMA) ** 2)
+    taps = taps / taps.sum()
+    channels = images.shape[1]
+    pad = BLUR_KERNEL // 2
+    mode = "reflect" if min(images.shape[-2:]) > pad else "replicate"
+    x = F.pad(images, (pad, pad, pad, pad), mode=mode)
+    x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(x, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
+    """The ``(B, C, H, W)`` reference that hidden pixels of ``images`` take.
+
+    ``baseline`` is a number (a constant in the model's input space, e.g. 0.5 for grey on
+    ``[0, 1]`` images), a tensor broadcastable to ``(C, H, W)`` or ``(B, C, H, W)``,
+    ``"mean"`` (each image's per-channel mean colour) or ``"blur"`` (each image blurred by a
+    Gaussian of ``BLUR_SIGMA`` pixels).
+    """
+    x = images.detach()
+    if isinstance(baseline, str):
+        if baseline == "mean":
+            return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+        if baseline == "blur":
+            return blur(x)
+        raise ExplanationError(
+            f"baseline must be a number, a tensor or one of {', '.join(BASELINE_NAMES)}; "
+            f"got {baseline!r}"
+        )
+    if isinstance(baseline, bool) or not isinstance(baseline, int | float | torch.Tensor):
+        raise ExplanationError(
+            f"baseline must be a number, a tensor or one of {', '.join(BASELINE_NAMES)}; "
+            f"got {type(baseline).__name__}"
+        )
+    fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    try:
+        return torch.broadcast_to(fill, x.shape)
+    except RuntimeError:
+        raise ExplanationError(
+            f"a baseline tensor must broadcast to the images {tuple(x.shape)}, got "
+            f"{tuple(fill.shape)}"
+        ) from None

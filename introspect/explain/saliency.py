@@ -23,11 +23,14 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from introspect.explain.cam import class_logit, gradcam
+from introspect.explain.class_maps import class_logit, gradcam
 from introspect.explain.core import (
+    Baseline,
     ExplanationError,
     Target,
+    baseline_images,
     check_images,
+    check_positive_int,
     explaining,
     finish,
     grad_input,
@@ -204,15 +207,17 @@ def occlusion(
     *,
     patch: int = 8,
     stride: int = 4,
-    baseline: float | torch.Tensor = 0.0,
+    baseline: Baseline = "mean",
     batch_size: int = 64,
 ) -> torch.Tensor:
     """Occlusion saliency: per pixel, the mean drop of the target class's softmax probability,
     ``p_t(x) - p_t(x with a patch set to baseline)``, over all patches covering the pixel.
 
     Square ``patch x patch`` patches (clipped to the image) slide with ``stride``; the last
-    row and column of patches touch the border, so every pixel is covered. ``baseline`` is a
-    value or a tensor broadcastable to one image ``(C, H, W)``. The occluded images are
+    row and column of patches touch the border, so every pixel is covered. The patch takes the
+    ``baseline`` values (see :func:`~introspect.explain.core.baseline_images`): by default each
+    image's mean colour, a grey patch as the lecture seed asks (a black one would itself be a
+    strong feature); 0.5 gives mid-grey on ``[0, 1]`` images. The occluded images are
     evaluated ``batch_size`` at a time. ``layer`` is ignored (accepted so that every method
     shares one signature); ``target`` and ``normalize`` as for
     :func:`~introspect.explain.gradcam`. Normalized maps are min-max scaled, so the pixel
@@ -220,16 +225,15 @@ def occlusion(
     """
     check_images(images)
     for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ExplanationError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
     x = images.detach()
+    fill = baseline_images(x, baseline)
     height, width = x.shape[-2:]
     rows = _coverage(_starts(height, min(patch, height), stride), min(patch, height), height)
     cols = _coverage(_starts(width, min(patch, width), stride), min(patch, width), width)
     count = len(rows) * len(cols)
     with explaining(model), torch.no_grad():
         rows, cols = rows.to(x.device), cols.to(x.device)
-        fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
         heat = torch.zeros(x.shape[0], height, width, dtype=x.dtype, device=x.device)
         logits = model(x)
         classes = resolve_targets(target, logits)
@@ -239,7 +243,7 @@ def occlusion(
             index = torch.arange(begin, end, device=x.device)
             image, position = index // count, index % count
             masks = rows[position // len(cols), :, None] & cols[position % len(cols), None, :]
-            occluded = torch.where(masks[:, None], fill, x[image])
+            occluded = torch.where(masks[:, None], fill[image], x[image])
             probs = model(occluded).softmax(dim=1).gather(1, classes[image, None])[:, 0]
             heat.index_add_(0, image, (clean[image] - probs)[:, None, None] * masks)
     covering = rows.sum(0)[:, None] * cols.sum(0)[None, :]

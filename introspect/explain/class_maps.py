@@ -1,4 +1,4 @@
-"""Gradient-weighted class activation maps: Grad-CAM, Counterfactual-CAM and Contrast-CAM.
+"""Class activation maps: Grad-CAM, Counterfactual-CAM, Contrast-CAM, Grad-CAM++ and CAM.
 
 Each map is ``ReLU(sum_k alpha_k A^k)`` with ``A^k`` the activations of the explained layer
 and ``alpha_k = mean_ij ds/dA^k_ij`` for a scalar ``s`` of the logits ``z`` (METHOD.md §2),
@@ -26,7 +26,7 @@ from introspect.explain.core import (
     runner_up,
     upsample,
 )
-from introspect.explain.layers import LayerCapture, LayerSpec
+from introspect.explain.layers import LayerCapture, LayerSpec, resolve_layer
 
 Score = Callable[[torch.Tensor], torch.Tensor]
 
@@ -128,3 +128,104 @@ def contrast_cam(
     """
     maps = _cam(model, images, layer, lambda z: contrast_loss(z, target, contrast), sign=1.0)
     return finish(maps, normalize)
+
+
+def gradcam_plus_plus(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: LayerSpec = None,
+    target: Target = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018) for the logit ``z_t`` of class ``target``.
+
+    Channel weights ``w_k = sum_ij a_ij^k ReLU(g_ij^k)`` with ``g = dz_t/dA`` and
+    ``a_ij^k = g_ij^2 / (2 g_ij^2 + sum_ab A_ab^k g_ij^3)`` (the paper's closed form for the
+    exponential of the score, 0 where the denominator is 0); map ``ReLU(sum_k w_k A^k)``.
+    Arguments and output as for :func:`gradcam`.
+    """
+    check_images(images)
+    with explaining(model), LayerCapture(model, layer) as capture:
+        logits = model(grad_input(images))
+        activations = capture.activations()
+        grad = layer_gradient(class_logit(logits, target).sum(), activations)
+        acts = activations.detach()
+        squared = grad.pow(2)
+        denominator = 2 * squared + acts.sum(dim=(2, 3), keepdim=True) * squared * grad
+        nonzero = denominator != 0
+        alpha = torch.where(
+            nonzero, squared / torch.where(nonzero, denominator, 1.0), torch.zeros_like(grad)
+        )
+        weights = (alpha * F.relu(grad)).sum(dim=(2, 3), keepdim=True)
+        maps = F.relu((weights * acts).sum(dim=1))
+    return finish(upsample(maps, images.shape[-2:]), normalize)
+
+
+# A layer's output whose spatial mean is within this relative distance of the head's input
+# counts as the globally pooled feature map.
+POOL_TOLERANCE = 1e-4
+
+
+def _is_pooled(activations: torch.Tensor, head_input: torch.Tensor) -> bool:
+    """Whether ``head_input`` ``(B, K)`` is the spatial mean of ``activations`` ``(B, K, h, w)``."""
+    if activations.ndim != 4 or head_input.shape != activations.shape[:2]:
+        return False
+    pooled = activations.mean(dim=(2, 3))
+    scale = head_input.abs().max().clamp(min=1e-12)
+    return bool(((pooled - head_input).abs().max() / scale) <= POOL_TOLERANCE)
+
+
+def cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: LayerSpec = None,
+    target: Target = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """CAM (Zhou et al. 2016) for networks whose head is a linear layer on the global average
+    pool of a feature map: ``ReLU(sum_k W_tk A^k)`` with ``W`` the head's weight.
+
+    The head is the last ``nn.Linear`` the forward pass runs. ``layer`` is the pooled layer;
+    ``None`` finds it (the last executed module whose output's spatial mean is the head's
+    input). ``ExplanationError`` if the head's input is not that pool. As ``dz_t/dA^k_ij`` is
+    ``W_tk / (h w)`` there, the map equals Grad-CAM of the same layer times ``h w``; the ReLU
+    is kept from Grad-CAM so that the two agree. Other arguments and the output as for
+    :func:`gradcam`.
+    """
+    check_images(images)
+    target_module = resolve_layer(model, layer)
+    outputs: list[tuple[nn.Module, torch.Tensor]] = []
+    linears: list[tuple[nn.Linear, torch.Tensor]] = []
+
+    def record(module: nn.Module, inputs: tuple, output: object) -> None:
+        if isinstance(module, nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
+            linears.append((module, inputs[0].detach()))
+        if isinstance(output, torch.Tensor) and output.ndim == 4:
+            if target_module is None or module is target_module:
+                outputs.append((module, output.detach().clone()))
+
+    watched = [m for m in model.modules() if m is not model or target_module is model]
+    with explaining(model), torch.no_grad():
+        handles = [m.register_forward_hook(record) for m in watched]
+        try:
+            logits = model(images.detach())
+        finally:
+            for handle in handles:
+                handle.remove()
+        classes = resolve_targets(target, logits)
+    if not linears:
+        raise ExplanationError("CAM needs a model whose head is an nn.Linear; use gradcam")
+    head, head_input = linears[-1]
+    if target_module is not None and not outputs:
+        raise ExplanationError("the given layer did not run in the forward pass; pick another")
+    pooled = [a for _, a in reversed(outputs) if _is_pooled(a, head_input)]
+    if not pooled:
+        where = "the given layer's output" if target_module is not None else "any feature map"
+        raise ExplanationError(
+            f"CAM needs the head's input to be the global average pool of a feature map, but it "
+            f"is not the pool of {where}; pick the pooled layer (e.g. layer='layer3') or use "
+            "gradcam"
+        )
+    weights = head.weight.detach()[classes]  # (B, K)
+    maps = F.relu(torch.einsum("bk,bkhw->bhw", weights, pooled[0]))
+    return finish(upsample(maps, images.shape[-2:]), normalize)
