@@ -24,6 +24,8 @@ _EXPORTS = {
     "guided_backprop": "saliency",
     "guided_gradcam": "saliency",
     "occlusion": "saliency",
+    "prototype_evidence": "prototypes",
+    "prototype_figure": "prototypes",
     "resolve_layer": "layers",
     "vanilla_gradient": "saliency",
     "voice": "voice",
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from introspect.explain.errors import ExplanationError
     from introspect.explain.figure import explanation_figure
     from introspect.explain.layers import resolve_layer
+    from introspect.explain.prototypes import prototype_evidence, prototype_figure
     from introspect.explain.saliency import (
         deconvnet,
         guided_backprop,
@@ -65,6 +68,8 @@ __all__ = [
     "guided_backprop",
     "guided_gradcam",
     "occlusion",
+    "prototype_evidence",
+    "prototype_figure",
     "resolve_layer",
     "vanilla_gradient",
     "voice",

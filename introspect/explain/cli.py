@@ -11,7 +11,8 @@ from introspect.config import ConfigError, load_run_config
 from introspect.explain.errors import ExplanationError
 
 USAGE = """\
-usage: explain run=runs/<name> [n=8] [split=test] [out=PATH] [layer=PATH] [a.b=value ...]
+usage: explain run=runs/<name> [n=8] [split=test] [out=PATH] [layer=PATH] [kind=cams|prototypes]
+               [k=3] [a.b=value ...]
 
 Explains the finished run's stage-1 backbone on the first n images of split (train, val or
 test): one row per image with Grad-CAM "why P?", Contrast-CAM "why P, rather than Q?" for
@@ -19,9 +20,15 @@ the two next most likely classes and Counterfactual-CAM "why not P?". Writes
 <run>/explanations.png (or out=PATH), prints its path and logs it to W&B when
 logger.wandb=true. layer= is the explained layer's dotted path (default: the last executed
 Conv2d); other a.b=value arguments override the run's saved config.
+
+kind=prototypes (protopnet runs): "this looks like that" - for each image the k prototypes
+giving the predicted class the most points, with their source training patches, the
+activation map, similarity x class weight = points and the per-class totals; written to
+<run>/prototypes.png (or out=PATH).
 """
 
-OPTIONS = ("run", "n", "split", "out", "layer")
+OPTIONS = ("run", "n", "split", "out", "layer", "kind", "k")
+KINDS = ("cams", "prototypes")
 # The datamodule's splits (``introspect.data.module.SPLITS``; not imported: it needs torch).
 SPLITS = ("train", "val", "test")
 
@@ -43,13 +50,13 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return options, overrides
 
 
-def _count(text: str) -> int:
+def _count(text: str, name: str = "n") -> int:
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise ExplanationError(f"n must be a positive integer, got {text!r}")
+        raise ExplanationError(f"{name} must be a positive integer, got {text!r}")
     return n
 
 
@@ -58,6 +65,9 @@ def _load(
 ) -> tuple[Path, DictConfig]:
     """The run directory and its saved config with ``overrides`` (checked before torch)."""
     _count(options.get("n", "8"))
+    _count(options.get("k", "3"), "k")
+    if options.get("kind", "cams") not in KINDS:
+        raise ExplanationError(f"kind must be one of {', '.join(KINDS)}, got {options['kind']!r}")
     split = options.get("split", "test")
     if split not in SPLITS:
         raise ExplanationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -70,7 +80,6 @@ def _load(
 def _explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) -> Path:
     """Load the run's backbone, draw the figure, log it; return the figure's path."""
     import torch
-    from lightning.pytorch.loggers import WandbLogger
 
     from introspect.explain.figure import explanation_figure
     from introspect.runs.pipeline import (
@@ -80,7 +89,6 @@ def _explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) -> Path:
         quiet_library_warnings,
         stage1_checkpoint,
     )
-    from introspect.runs.rundir import build_loggers
 
     n = _count(options.get("n", "8"))
     split = options.get("split", "test")
@@ -97,13 +105,33 @@ def _explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) -> Path:
         raise ExplanationError(f"the {split} split has no images")
     images = torch.stack([image for image, _ in samples])
     labels = [int(label) for _, label in samples]
+    if options.get("kind", "cams") == "prototypes":
+        from introspect.explain.prototypes import prototype_figure
+
+        out = (
+            Path(options["out"]).expanduser() if options.get("out") else run_dir / "prototypes.png"
+        )
+        k = _count(options.get("k", "3"), "k")
+        path = prototype_figure(
+            backbone, images, dm.split("train"), dm.class_names, out, k=k, labels=labels
+        )
+        return _log_figure(cfg, run_dir, path, "prototypes")
     out = Path(options["out"]).expanduser() if options.get("out") else run_dir / "explanations.png"
     layer = options.get("layer") or None
     path = explanation_figure(backbone, images, dm.class_names, out, layer=layer, labels=labels)
+    return _log_figure(cfg, run_dir, path, "explanations")
+
+
+def _log_figure(cfg: DictConfig, run_dir: Path, path: Path, key: str) -> Path:
+    """Log the figure at ``path`` to W&B under ``key`` when enabled; return ``path``."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from introspect.runs.rundir import build_loggers
+
     if cfg.logger.wandb:
         for logger in build_loggers(cfg, run_dir):
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="explanations", images=[str(path)])
+                logger.log_image(key=key, images=[str(path)])
                 logger.finalize("success")
     return path
 
