@@ -134,8 +134,8 @@ def train_phase(
             optimizer.step()
             n = len(labels)
             for key in ("ce", "cluster", "separation", "l1"):
-                sums[key] = sums.get(key, 0.0) + float(terms[key]) * n
-            sums["loss"] = sums.get("loss", 0.0) + float(loss) * n
+                sums[key] = sums.get(key, 0.0) + float(terms[key].detach()) * n
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
             correct += int((terms["logits"].argmax(1) == labels).sum())
             seen += n
         row = {k: v / max(seen, 1) for k, v in sums.items()}
