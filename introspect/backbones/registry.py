@@ -15,6 +15,7 @@ from torch import nn
 
 from introspect.backbones.checkpoint import load_into_backbone, load_state_dict_file
 from introspect.backbones.cifar_resnet import CIFAR_RESNET_DEPTHS, CifarResNet
+from introspect.backbones.protopnet import ProtoPNet
 from introspect.backbones.robust_small import (
     CNN_A_MEAN,
     CNN_A_STD,
@@ -126,9 +127,9 @@ def load_backbone(
         spec = _REGISTRY[name]
         net = _call_factory(spec.factory, name, num_classes, kwargs)
         defaults: tuple[Sequence[float], Sequence[float], tuple[int, int, int]] = (
-            spec.mean,
-            spec.std,
-            spec.input_size,
+            getattr(net, "input_mean", spec.mean),  # a network may carry its own (protopnet)
+            getattr(net, "input_std", spec.std),
+            getattr(net, "input_size", spec.input_size),
         )
         head = head if head is not None else spec.head
     elif is_torchvision:
@@ -248,6 +249,9 @@ def _register_builtins() -> None:
     )
     register_backbone("robust_cnn_a", mean=CNN_A_MEAN, std=CNN_A_STD, input_size=size)(cnn_a)
     register_backbone("small_cnn", mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(3, 8, 8))(SmallCNN)
+    register_backbone(  # normalization and input size follow the trunk (see ProtoPNet)
+        "protopnet", mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(3, 32, 32), head="last_layer"
+    )(ProtoPNet)
 
 
 _register_builtins()

@@ -84,6 +84,18 @@ RANGES: dict[str, Range] = {
     "stage1.adversarial.epsilon": _NON_NEGATIVE,
     "stage1.adversarial.step_size": _NON_NEGATIVE,
     "stage1.adversarial.steps": _POSITIVE,
+    "stage1.protopnet.warm_epochs": _NON_NEGATIVE,
+    "stage1.protopnet.joint_epochs": _NON_NEGATIVE,
+    "stage1.protopnet.last_layer_epochs": _NON_NEGATIVE,
+    "stage1.protopnet.warm_lr": Range(0, low_open=True),
+    "stage1.protopnet.trunk_lr": Range(0, low_open=True),
+    "stage1.protopnet.add_on_lr": Range(0, low_open=True),
+    "stage1.protopnet.prototype_lr": Range(0, low_open=True),
+    "stage1.protopnet.last_layer_lr": Range(0, low_open=True),
+    "stage1.protopnet.weight_decay": _NON_NEGATIVE,
+    "stage1.protopnet.clst": _NON_NEGATIVE,
+    "stage1.protopnet.sep": _NON_NEGATIVE,
+    "stage1.protopnet.l1": _NON_NEGATIVE,
     "stage2.head.hidden": _POSITIVE,
     "stage2.head.dropout": _FRACTION,
     "stage2.head.epochs": _POSITIVE,
@@ -194,6 +206,30 @@ class AdversarialConfig:
 
 
 @dataclass
+class ProtoPNetConfig:
+    """Stage-1 phases of a ``protopnet`` backbone (Chen et al. 2019), used instead of
+    ``epochs``/``optim``: ``warm_epochs`` with the trunk frozen (add-on and prototypes at
+    ``warm_lr``), ``joint_epochs`` training all but the last layer, one push, then
+    ``last_layer_epochs`` of the last layer alone with ``l1`` on its wrong-class connections.
+    Loss: cross-entropy + ``clst`` x cluster + ``sep`` x separation (separation is minus the
+    distance to the nearest other-class prototype). Adam; ``weight_decay`` on trunk and add-on.
+    """
+
+    warm_epochs: int = 5
+    joint_epochs: int = 10
+    last_layer_epochs: int = 5
+    warm_lr: float = 3e-3
+    trunk_lr: float = 1e-3
+    add_on_lr: float = 3e-3
+    prototype_lr: float = 3e-3
+    last_layer_lr: float = 1e-3
+    weight_decay: float = 1e-3
+    clst: float = 0.8
+    sep: float = 0.08
+    l1: float = 1e-4
+
+
+@dataclass
 class Stage1Config:
     """Training recipe of the feed-forward (stage-1) classifier."""
 
@@ -207,6 +243,7 @@ class Stage1Config:
     ensemble: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    protopnet: ProtoPNetConfig = field(default_factory=ProtoPNetConfig)
 
 
 @dataclass

@@ -51,6 +51,8 @@ _EXPORTS = {
     "penultimate_features": "network",
     "perturbation_curves": "faithfulness",
     "random_map": "methods",
+    "prototype_evidence": "prototypes",
+    "prototype_figure": "prototypes",
     "resolve_layer": "layers",
     "rise": "perturbation",
     "rise_masks": "perturbation",
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
         tsne_figure,
     )
     from introspect.explain.perturbation import lime, rise, rise_masks, superpixels
+    from introspect.explain.prototypes import prototype_evidence, prototype_figure
     from introspect.explain.saliency import (
         deconvnet,
         guided_backprop,
@@ -163,6 +166,8 @@ __all__ = [
     "penultimate_features",
     "perturbation_curves",
     "random_map",
+    "prototype_evidence",
+    "prototype_figure",
     "resolve_layer",
     "rise",
     "rise_masks",

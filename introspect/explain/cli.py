@@ -30,6 +30,10 @@ figure=methods: every map method on the first n images; <run>/explanations/metho
 figure=introspection: image number index, "why P, rather than Q?" for every Q: the head's
   per-class gradient features next to the Contrast-CAMs; <run>/explanations/
   introspection-<index>.png.
+figure=prototypes (protopnet runs; also kind=prototypes): "this looks like that" - for each
+  of the first n images the k prototypes giving the predicted class the most points, with
+  their source training patches, the activation map, similarity x class weight = points and
+  the per-class totals; <run>/prototypes.png. k= (default 3).
 out=PATH replaces the file; prints its path and logs it to W&B when logger.wandb=true.
 layer= is the explained layer's dotted path (default: the last executed Conv2d; CAM finds
 the pooled layer); other a.b=value arguments override the run's saved config.
@@ -64,7 +68,9 @@ activations.png, patches.png, neighbours.png and tsne.png to <run>/explanations/
 
 # The datamodule's splits (``introspect.data.module.SPLITS``; not imported: it needs torch).
 SPLITS = ("train", "val", "test")
-FIGURES = ("paradigms", "methods", "introspection")
+FIGURES = ("paradigms", "methods", "introspection", "prototypes")
+# ``kind=`` names the figure too (``kind=prototypes``; ``cams`` is the default figure).
+KINDS = {"cams": "paradigms", "prototypes": "prototypes"}
 # ``introspect.explain.methods.MAP_METHODS`` and ``REFERENCES`` (importing them needs torch).
 METHOD_NAMES = (
     "gradcam",
@@ -84,7 +90,7 @@ METHOD_NAMES = (
 )
 REFERENCE_NAMES = ("random",)
 
-OPTIONS = ("run", "n", "split", "out", "layer", "figure", "index")
+OPTIONS = ("run", "n", "split", "out", "layer", "figure", "index", "kind", "k")
 EVAL_OPTIONS = (
     "run",
     "tag",
@@ -226,7 +232,16 @@ def _prepare_explain(
     options, overrides, method_options = _parse(argv, OPTIONS, method_options=True)
     _count("n", options.get("n", "8"))
     _count("index", options.get("index", "0"), minimum=0)
+    _count("k", options.get("k", "3"))
     _split(options)
+    if "kind" in options:
+        if options["kind"] not in KINDS:
+            raise ExplanationError(
+                f"kind must be one of {', '.join(KINDS)}, got {options['kind']!r}"
+            )
+        if "figure" in options and options["figure"] != KINDS[options["kind"]]:
+            raise ExplanationError("kind= and figure= name different figures; give one of them")
+        options["figure"] = KINDS[options["kind"]]
     figure = options.get("figure", "paradigms")
     if figure not in FIGURES:
         raise ExplanationError(f"figure must be one of {', '.join(FIGURES)}, got {figure!r}")
@@ -276,6 +291,7 @@ def _explain(
         "paradigms": run_dir / "explanations.png",
         "methods": run_dir / "explanations" / "methods.png",
         "introspection": run_dir / "explanations" / f"introspection-{index}.png",
+        "prototypes": run_dir / "prototypes.png",
     }[figure]
     out = Path(options["out"]).expanduser() if options.get("out") else default
     if figure == "paradigms":
@@ -290,6 +306,13 @@ def _explain(
             layer=layer,
             options=method_options,
             labels=labels,
+        )
+    elif figure == "prototypes":
+        from introspect.explain.prototypes import prototype_figure
+
+        k = _count("k", options.get("k", "3"))
+        path = prototype_figure(
+            backbone, images, dm.split("train"), dm.class_names, out, k=k, labels=labels
         )
     else:
         path = introspection_figure(

@@ -20,6 +20,7 @@ from introspect.backbones import (
     HeadNotFoundError,
     load_backbone,
 )
+from introspect.backbones.protopnet import is_protopnet
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule, build_augmentation, build_datamodule
 from introspect.models.feedforward import FeedForwardClassifier
@@ -209,6 +210,11 @@ def stage1(
         adversarial=dict(cfg.stage1.adversarial),
     )
     if cfg.backbone.checkpoint is not None:
+        return model
+    if is_protopnet(backbone):
+        from introspect.runs.protopnet import protopnet_stage1
+
+        protopnet_stage1(cfg, dm, backbone, run_dir, loggers)
         return model
     folder = run_dir / "checkpoints"
     best, last = folder / f"{name}-best.ckpt", folder / f"{name}-last.ckpt"

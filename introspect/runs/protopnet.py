@@ -1,0 +1,62 @@
+"""Stage 1 of a run whose backbone is a ProtoPNet: the ProtoPNet phases instead of plain CE."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from introspect.backbones import Backbone
+from introspect.data import ImageDataModule
+from introspect.models.protopnet import train_protopnet
+from introspect.runs.distributed import world_size
+from introspect.runs.stage2 import resolve_device
+from introspect.runs.status import stages_done
+
+
+def protopnet_stage1(
+    cfg: DictConfig, dm: ImageDataModule, backbone: Backbone, run_dir: Path, loggers: list[Logger]
+) -> None:
+    """Train ``backbone`` with the phases of ``cfg.stage1.protopnet`` (or, resuming a run that
+    finished stage 1, load its weights); writes ``<run>/protopnet.json`` with the per-phase
+    history. A resumed run that stopped during the phases starts them again."""
+    from introspect.runs.pipeline import PipelineError
+
+    if world_size() > 1 or cfg.trainer.num_nodes > 1 or cfg.trainer.devices not in (1, "1"):
+        raise PipelineError(
+            "protopnet stage 1 runs in one process; set trainer.devices=1 and trainer.num_nodes=1"
+        )
+    best = run_dir / "checkpoints" / "stage1-best.ckpt"
+    if cfg.run.resume and "stage1" in stages_done(run_dir):
+        if not best.is_file():
+            raise PipelineError(f"{best} is missing; the run cannot be resumed, only overwritten")
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()})
+        return
+    settings = OmegaConf.to_container(cfg.stage1.protopnet, resolve=True)
+    assert isinstance(settings, dict)
+    device = resolve_device(cfg)
+    summary = train_protopnet(
+        backbone, dm, settings, run_dir=run_dir, loggers=loggers, device=device
+    )
+    backbone.cpu()
+    (run_dir / "protopnet.json").write_text(json.dumps(_finite(summary), indent=2))
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats replaced by ``None`` (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+__all__ = ["protopnet_stage1"]
