@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from introspect.backbones.protopnet import ProtoPNet, similarity
 from introspect.explain.core import ExplanationError, check_images
-from introspect.explain.figure import _display_image
+from introspect.explain.figure import display_image
 from introspect.models.protopnet import high_activation_box, upsample_map
 
 
@@ -98,14 +98,14 @@ def prototype_figure(
     axes = fig.subplots(rows, 5, squeeze=False)
     r = 0
     for i, e in enumerate(evidence):
-        image = _display_image(images[i])
+        image = display_image(images[i])
         order = np.argsort(e["totals"])[::-1][:3]
         totals = ", ".join(f"{class_names[c]} {e['totals'][c]:.2f}" for c in order)
         truth = f"true {class_names[labels[i]]}, " if labels is not None else ""
         for n, row in enumerate(e["top"]):
             j = row["prototype"]
             src_index = int(net.push_image[j])
-            src = _display_image(train_set[src_index][0])
+            src = display_image(train_set[src_index][0])
             y0, y1, x0, x1 = net.push_box[j].tolist()
             ax = axes[r]
             ax[0].imshow(image, cmap="gray")
