@@ -238,7 +238,12 @@ def introspection_figure(
     for q in range(classes):
         why = f"why {p_name},\nrather than {class_names[q]}?"
         axes[0, q + 1].imshow(
-            grads[q].numpy(), cmap="coolwarm", vmin=-scale, vmax=scale, aspect="auto"
+            grads[q].numpy(),
+            cmap="coolwarm",
+            vmin=-scale,
+            vmax=scale,
+            aspect="auto",
+            interpolation="nearest",
         )
         axes[0, q + 1].set_title(why, fontsize=7)
         _overlay(axes[1, q + 1], picture, contrasts[q], f"Contrast-CAM Q={class_names[q]}")

@@ -254,18 +254,27 @@ def nearest_neighbours(
 
 
 def tsne_embedding(
-    features: torch.Tensor, *, seed: int = 0, perplexity: float = 30.0
+    features: torch.Tensor, *, seed: int = 0, perplexity: float = 30.0, iterations: int = 1000
 ) -> np.ndarray:
     """A 2-D t-SNE embedding ``(n, 2)`` of ``features`` ``(n, D)`` (scikit-learn, PCA
-    initialization, seeded). The perplexity is lowered to ``(n - 1) / 3`` for small sets."""
+    initialization, ``iterations`` optimization steps (at least 250), seeded). The perplexity
+    is lowered to ``(n - 1) / 3`` for small sets."""
     from sklearn.manifold import TSNE
 
     if features.ndim != 2 or len(features) < 4:
         raise ExplanationError(
             f"t-SNE needs (n, D) features with n >= 4, got {tuple(features.shape)}"
         )
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 250:
+        raise ExplanationError(f"iterations must be an integer >= 250, got {iterations!r}")
     perplexity = min(float(perplexity), (len(features) - 1) / 3)
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        random_state=seed,
+        max_iter=iterations,
+    )
     return tsne.fit_transform(features.double().numpy())
 
 
