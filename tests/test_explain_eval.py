@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,3 +286,32 @@ def test_explain_eval_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert err.count("\n") == 1 and "Traceback" not in err
     assert not (run_dir / "evaluations" / "explain" / "results.json").exists()
     assert _call([], capsys)[0] == 2 and _call(["--help"], capsys)[0] == 0
+
+
+def test_argument_errors_come_before_torch_is_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run_dir = make_run(tmp_path)
+    (run_dir / "evaluations" / "explain").mkdir(parents=True)
+    (run_dir / "evaluations" / "explain" / "results.json").write_text("{}")
+    calls = [
+        ["explain-eval", f"run={run_dir}", "methods=[nope]"],
+        ["explain-eval", f"run={run_dir}"],  # the record exists
+        ["explain-eval", f"run={tmp_path / 'missing'}"],
+        ["explain-network", f"run={run_dir}", "channels=x"],
+        ["explain", f"run={run_dir}", "figure=nope"],
+    ]
+    code = (
+        "import sys, evaluate; "
+        f"codes = [evaluate.main(argv) for argv in {calls!r}]; "
+        "print(codes, sorted({'torch', 'lightning'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.stdout.strip() == "[2, 2, 2, 2, 2] []", proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
+    assert "unknown method(s) nope" in lines[0] and "already holds results" in lines[1]
