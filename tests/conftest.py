@@ -25,6 +25,18 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny models: a second thread only adds
+    synchronization, which grows sharply when other jobs load the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_two_process_script(tmp_path: Path, script: str) -> dict:
     """Run ``script`` (called as ``script.py PORT OUT``; it spawns two gloo processes and rank
     zero writes a JSON dict to OUT) and return that dict."""

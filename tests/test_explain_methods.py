@@ -34,13 +34,7 @@ from tests.explain_nets import FlatNet, HalfMeanModel, PoolNet, cifar_images
 SIZE = (10, 14)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models: a second intra-op thread only adds synchronization."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -17,20 +17,10 @@ from omegaconf import OmegaConf
 from introspect.config import ConfigError, load_config, load_run_config, save_config
 from introspect.config.schema import RANGES, Config
 from introspect.runs.rundir import check_run_dir, evaluation_tag
+from tests.test_pipeline import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "data=synthetic",
-    "data.num_samples=160",
-    "data.image_size=8",
-    "stage1.epochs=2",
-    "stage2.head.epochs=2",
-    "stage2.head.hidden=[32,16]",
-    "eval.corruptions=[gaussian_noise,contrast]",
-    "eval.severities=[1,5]",
-    "trainer.enable_progress_bar=false",
-]
 CELLS = [f"{c}/{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
 
 # Runs train.py's main after making the process die abruptly (os._exit: no cleanup, like
