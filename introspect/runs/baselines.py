@@ -27,7 +27,7 @@ from torch import nn
 from introspect.data import ImageDataModule
 from introspect.data.seeding import derive_seed
 from introspect.metrics.temperature import fit_temperature
-from introspect.models.stage2 import StageTwoClassifier
+from introspect.models.stage2 import StageTwoClassifier, freeze
 from introspect.runs.distributed import broadcast_from_zero, is_global_zero
 from introspect.runs.evaluation import head_logits
 from introspect.uncertainty import MCDropout
@@ -232,7 +232,7 @@ def ensemble_members(
                 net = build_backbone(
                     _member_config(cfg, None, str(ckpt)), dm.num_classes, dm.image_shape
                 )
-            members.append(freeze_module(net))
+            members.append(freeze(net))
             labels.append(f"{b.name} [{stem}, seed {seed}]")
         return members, True, labels
     if not b.ensemble_checkpoints:
@@ -249,20 +249,12 @@ def ensemble_members(
         net = build_backbone(
             _member_config(cfg, entry.name, entry.checkpoint), dm.num_classes, dm.image_shape
         )
-        members.append(freeze_module(net))
+        members.append(freeze(net))
     return members, with_backbone, labels
 
 
 def _resolved(path: str | None) -> str | None:
     return str(Path(str(path)).expanduser().resolve()) if path is not None else None
-
-
-def freeze_module(net: nn.Module) -> nn.Module:
-    """``net`` in eval mode without gradients."""
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
 
 
 def prepare_baselines(
