@@ -16,24 +16,12 @@ from introspect.runs import pipeline
 from introspect.runs.baselines import calibration_skips
 from introspect.runs.evaluation import HEADS, head_logits
 from introspect.runs.pipeline import build_backbone, build_data, run
-
-TINY = [
-    "data=synthetic",
-    "data.num_samples=160",
-    "data.image_size=8",
-    "stage1.epochs=2",
-    "stage2.head.epochs=2",
-    "stage2.head.hidden=[32,16]",
-    "eval.corruptions=[contrast]",
-    "eval.severities=[5]",
-    "trainer.enable_progress_bar=false",
-]
+from tests.test_pipeline import _cfg as _pipeline_cfg
 
 
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config(
-        [*TINY, f"run.dir={tmp_path / 'run'}", f"stage2.cache_dir={tmp_path / 'cache'}", *extra]
-    )
+    """The pipeline tests' tiny run, evaluated on one corruption cell."""
+    return _pipeline_cfg(tmp_path, "eval.corruptions=[contrast]", "eval.severities=[5]", *extra)
 
 
 @pytest.fixture(scope="module")

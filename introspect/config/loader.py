@@ -101,12 +101,12 @@ def _merge(cfg: DictConfig, layer: DictConfig, source: str, schema: DictConfig) 
         raise ConfigError(f"{source}: bad value for {key!r}: {reason}") from None
 
 
-def _leaf_paths(node: Any, prefix: str = "") -> dict[str, Any]:
+def leaf_paths(node: Any, prefix: str = "") -> dict[str, Any]:
     """Every leaf of a nested mapping as ``{dotted.path: value}``."""
     if isinstance(node, Mapping) and node:
         found: dict[str, Any] = {}
         for key, value in node.items():
-            found.update(_leaf_paths(value, f"{prefix}{key}."))
+            found.update(leaf_paths(value, f"{prefix}{key}."))
         return found
     return {prefix[:-1]: node}
 
@@ -215,7 +215,7 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
         cfg = _merge(cfg, layer, source, schema)
         # Merging "???" onto a default keeps the default, so required values are tracked here:
         # a "???" marks a path required until a later layer gives it a value.
-        for path, value in _leaf_paths(OmegaConf.to_container(layer, resolve=False)).items():
+        for path, value in leaf_paths(OmegaConf.to_container(layer, resolve=False)).items():
             if value == "???":
                 required.add(path)
             else:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, save_config
+from introspect.config.loader import leaf_paths
 from introspect.runs.status import (
     STATUS_FILE,
     describe,
@@ -110,18 +111,9 @@ def _check_writable(path: Path) -> None:
         ) from None
 
 
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_leaves(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def _changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, except the ones a resumed run may change."""
-    a, b = _leaves(saved), _leaves(current)
+    a, b = leaf_paths(saved), leaf_paths(current)
     keys = sorted(set(a) | set(b))
     return [
         k
@@ -309,7 +301,7 @@ def config_digest(cfg: DictConfig) -> str:
     whether partial results were made by the same evaluation."""
     import hashlib
 
-    plain = _leaves(_plain(cfg))
+    plain = leaf_paths(_plain(cfg))
     kept = {
         k: v
         for k, v in plain.items()
