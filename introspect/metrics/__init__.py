@@ -1,5 +1,5 @@
-"""Calibration metrics, OOD-detection and trust metrics (torchmetrics, DDP-synchronized) and
-reliability diagrams."""
+"""Calibration metrics, OOD-detection and trust metrics (torchmetrics, DDP-synchronized),
+reliability diagrams and image-quality agreement metrics (OR, RMSE, PLCC, SRCC, KRCC)."""
 
 from introspect.metrics.calibration import (
     AdaptiveCalibrationError,
@@ -25,6 +25,14 @@ from introspect.metrics.ood import (
     percentile_grid,
     roc_curve,
     trust_curve,
+)
+from introspect.metrics.quality import (
+    krcc,
+    logistic_mapping,
+    outlier_ratio,
+    plcc,
+    rmse,
+    srcc,
 )
 from introspect.metrics.reliability import (
     bins_from_sums,
@@ -54,9 +62,15 @@ __all__ = [
     "detection_error",
     "fit_temperature",
     "fpr_at_tpr",
+    "krcc",
+    "logistic_mapping",
     "ood_metrics",
+    "outlier_ratio",
+    "plcc",
     "percentile_grid",
+    "rmse",
     "roc_curve",
+    "srcc",
     "temper",
     "temperature_nll",
     "trust_curve",
