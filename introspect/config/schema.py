@@ -23,7 +23,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.source": ("generated", "official"),
     "eval.calibration_split": ("val", "train", "none"),
     "data.val_from": ("train", "test"),
-}
+    "task": ("classification", "quality"),
+    "quality.database": ("proxy", "tid2013", "kadid10k", "livemd"),
+    "quality.label": (
+        "psnr", "ssim", "ms_ssim", "iw_ssim", "vif", "fsimc", "srsim", "gmsd", "ms_gmsd", "vsi",
+        "haarpsi", "mdsi", "dss",
+    ),
+    "quality.baselines": (
+        "psnr", "ssim", "ms_ssim", "iw_ssim", "vif", "fsimc", "srsim", "gmsd", "ms_gmsd", "vsi",
+        "haarpsi", "mdsi", "dss",
+    ),
+    "quality.mapping": ("logistic5", "logistic4", "none"),
+}  # fmt: skip
 
 
 class Range(NamedTuple):
@@ -128,6 +139,21 @@ RANGES: dict[str, Range] = {
     "eval.mc_dropout.samples": _NON_NEGATIVE,
     "eval.mc_dropout.p": _FRACTION,
     "eval.mc_dropout.seed": _SEED,
+    "quality.image_size": Range(16),
+    "quality.severities": Range(1, 5),
+    "quality.val_fraction": _FRACTION,
+    "quality.test_fraction": Range(0, 1, low_open=True, high_open=True),
+    "quality.outlier_std": Range(0, low_open=True),
+    "quality.outlier_k": Range(0, low_open=True),
+    "quality.contrasts": Range(),
+    "quality.train.epochs": _POSITIVE,
+    "quality.train.batch_size": _POSITIVE,
+    "quality.train.patch_size": Range(4),
+    "quality.train.patches": _POSITIVE,
+    "quality.train.lr": Range(0, low_open=True),
+    "quality.train.weight_decay": _NON_NEGATIVE,
+    "quality.batch_size": _POSITIVE,
+    "quality.explain_contrasts": Range(),
 }
 
 
@@ -390,6 +416,69 @@ class ScoresConfig:
 
 
 @dataclass
+class QualityTrainConfig:
+    """Training of the quality model on random patches (see ``quality.model.QualityTraining``)."""
+
+    epochs: int = 15
+    batch_size: int = 16
+    patch_size: int = 32
+    patches: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class QualityConfig:
+    """The image quality task (``task: quality``; ``introspect.quality``).
+
+    - ``database``: ``proxy`` (scikit-image samples distorted with ``distortions`` at
+      ``severities``, ``image_size`` pixels square, scored by the full-reference ``label``) or a
+      released database read from ``path`` (``tid2013``, ``kadid10k``, ``livemd``).
+    - Splits are by reference content: ``val_fraction``/``test_fraction`` of the references,
+      drawn with ``data.split_seed``.
+    - ``contrasts``: the contrast levels q' of the introspective features ("why q, rather than
+      q'?") as fractions of the training scores' range (0 = lowest, 1 = highest score).
+    - ``baselines``: full-reference metrics reported beside the models (never the ``label``).
+    - ``mapping``: the monotonic map fitted before RMSE, PLCC and the outlier ratio.
+    - ``outlier_std``, ``outlier_k``: the outlier ratio counts errors beyond ``outlier_k``
+      standard deviations of the opinion scores; data without them (the proxy, LIVE MD) use
+      ``outlier_std`` (in score units) for every image.
+    - ``explain_contrasts``: the q' (fractions, as ``contrasts``) of the Contrast-CAM figure.
+    """
+
+    database: str = "proxy"
+    path: str | None = None
+    references: list[str] = field(
+        default_factory=lambda: [
+            "astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page",
+            "hubble_deep_field", "immunohistochemistry", "gravel", "clock",
+        ]
+    )  # fmt: skip
+    distortions: list[str] = field(
+        default_factory=lambda: [
+            "gaussian_noise", "impulse_noise", "defocus_blur", "contrast", "pixelate",
+            "jpeg_compression",
+        ]
+    )  # fmt: skip
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    image_size: int = 128
+    label: str = "ms_ssim"
+    cache_dir: str | None = "~/.cache/introspect/quality"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    contrasts: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    baselines: list[str] = field(
+        default_factory=lambda: ["psnr", "ssim", "iw_ssim", "vif", "fsimc", "srsim", "gmsd"]
+    )
+    mapping: str = "logistic5"
+    outlier_std: float = 0.05
+    outlier_k: float = 2.0
+    batch_size: int = 32
+    train: QualityTrainConfig = field(default_factory=QualityTrainConfig)
+    explain_contrasts: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+
+
+@dataclass
 class TrainerConfig:
     """Arguments forwarded to ``lightning.Trainer``.
 
@@ -453,6 +542,9 @@ class Config:
     scores: ScoresConfig = field(default_factory=ScoresConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # "classification" (the default pipeline) or "quality" (image quality assessment).
+    task: str = "classification"
+    quality: QualityConfig = field(default_factory=QualityConfig)
     experiment: str | None = None
 
 

@@ -34,6 +34,10 @@ figure=prototypes (protopnet runs; also kind=prototypes): "this looks like that"
   of the first n images the k prototypes giving the predicted class the most points, with
   their source training patches, the activation map, similarity x class weight = points and
   the per-class totals; <run>/prototypes.png. k= (default 3).
+figure=quality (quality runs, the default there; also kind=quality): for each of the first n
+  images of split, its score q, Grad-CAM "why q?" and Contrast-CAM "why q, rather than q'?"
+  for every q' of quality.explain_contrasts (fractions of the training scores' range);
+  <run>/explanations/quality.png.
 out=PATH replaces the file; prints its path and logs it to W&B when logger.wandb=true.
 layer= is the explained layer's dotted path (default: the last executed Conv2d; CAM finds
 the pooled layer); other a.b=value arguments override the run's saved config.
@@ -68,9 +72,9 @@ activations.png, patches.png, neighbours.png and tsne.png to <run>/explanations/
 
 # The datamodule's splits (``introspect.data.module.SPLITS``; not imported: it needs torch).
 SPLITS = ("train", "val", "test")
-FIGURES = ("paradigms", "methods", "introspection", "prototypes")
+FIGURES = ("paradigms", "methods", "introspection", "prototypes", "quality")
 # ``kind=`` names the figure too (``kind=prototypes``; ``cams`` is the default figure).
-KINDS = {"cams": "paradigms", "prototypes": "prototypes"}
+KINDS = {"cams": "paradigms", "prototypes": "prototypes", "quality": "quality"}
 # ``introspect.explain.methods.MAP_METHODS`` and ``REFERENCES`` (importing them needs torch).
 METHOD_NAMES = (
     "gradcam",
@@ -251,7 +255,37 @@ def _prepare_explain(
     if unknown:
         raise ExplanationError(f"figure=methods draws no method {', '.join(unknown)}")
     run_dir, cfg = _run_config(options, overrides, trust_run=trust_run)
+    if cfg.task == "quality":
+        if options.setdefault("figure", "quality") != "quality":
+            raise ExplanationError(f"{run_dir} is a quality run; it draws figure=quality only")
+    elif figure == "quality":
+        raise ExplanationError("figure=quality explains quality runs (task=quality) only")
     return options, method_options, run_dir, cfg
+
+
+def _quality_explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) -> Path:
+    """The Contrast-CAM figure of a quality run; returns its path."""
+    import numpy as np
+
+    from introspect.explain.quality_maps import quality_figure
+    from introspect.quality.introspection import contrast_levels
+    from introspect.runs.quality import database_title, load_quality_run
+
+    n = _count("n", options.get("n", "4"))
+    split = _split(options)
+    model, dataset, splits, _ = load_quality_run(cfg, run_dir)
+    chosen = splits[split][:n].tolist()
+    levels = contrast_levels(list(cfg.quality.explain_contrasts), dataset.scores[splits["train"]])
+    out = Path(options["out"]).expanduser() if options.get("out") else None
+    return quality_figure(
+        model,
+        dataset.images(chosen),
+        [float(q) for q in np.asarray(levels)],
+        out or run_dir / "explanations" / "quality.png",
+        layer=options.get("layer") or None,
+        targets=[float(dataset.scores[i]) for i in chosen],
+        label=database_title(dataset, cfg.quality.label),
+    )
 
 
 def _explain(
@@ -272,6 +306,8 @@ def _explain(
     from introspect.runs.stage2 import resolve_device
 
     figure = options.get("figure", "paradigms")
+    if figure == "quality":
+        return _quality_explain(options, run_dir, cfg)
     check_method_options(method_options)
     n = _count("n", options.get("n", "8"))
     index = _count("index", options.get("index", "0"), minimum=0)

@@ -1,13 +1,17 @@
-"""Introspective gradient features: last-layer closed form, general per-sample gradients."""
+"""Introspective gradient features: last-layer closed form (classifiers and quality regressors),
+general per-sample gradients."""
 
 from introspect.gradients.extract import FeatureSpec, extract, extract_with_outputs, feature_dim
 from introspect.gradients.general import per_sample_grads
 from introspect.gradients.normalize import Standardizer
+from introspect.gradients.regression import extract_regression, extract_regression_with_outputs
 
 __all__ = [
     "FeatureSpec",
     "Standardizer",
     "extract",
+    "extract_regression",
+    "extract_regression_with_outputs",
     "extract_with_outputs",
     "feature_dim",
     "per_sample_grads",

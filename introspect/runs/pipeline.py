@@ -268,6 +268,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (``trainer.devices``/``trainer.num_nodes``) every stage runs on all of them and each
     returns the same results; rank zero writes the run directory.
     """
+    if cfg.task == "quality":
+        from introspect.runs.quality import run_quality
+
+        check_run_dir(cfg)
+        return run_quality(cfg)
     from introspect.runs.baselines import prepare_baselines
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import stage2
@@ -344,6 +349,11 @@ def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import load_heads
 
+    if cfg.task == "quality":
+        raise PipelineError(
+            f"{run_dir} is a quality run: its results.json and table.md are its evaluation; "
+            "draw its Contrast-CAMs with evaluate.py explain run=... figure=quality"
+        )
     start = time.perf_counter()
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))

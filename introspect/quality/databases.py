@@ -1,0 +1,198 @@
+"""Readers of the released layouts of TID2013, KADID-10k and LIVE multiply distorted (LIVE MD).
+
+Nothing is downloaded: ``path`` is the folder the user unpacked the release into.
+
+- TID2013: ``mos_with_names.txt`` (``MOS name`` per line), ``mos_std.txt`` (one standard
+  deviation per line, same order), ``distorted_images/iXX_DD_L.bmp`` and
+  ``reference_images/IXX.BMP`` (file names matched case-insensitively). MOS: higher is better.
+- KADID-10k: ``dmos.csv`` (columns ``dist_img,ref_img,dmos,var``) and ``images/``; the score is
+  ``dmos`` (a mean opinion score on 1-5: higher is better), its std ``sqrt(var)``.
+- LIVE MD: ``Part 1`` (``blurjpeg/``) and ``Part 2`` (``blurnoise/``), each with
+  ``Imagelists.mat`` (``distimgs``) and ``Scores.mat`` (``DMOSscores``); the reference of
+  ``name_....bmp`` is ``name.bmp`` in the same folder. DMOS: lower is better; no stds.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from introspect.quality.dataset import QualityDataError, QualitySet
+
+
+def _folder(path: str | Path | None, name: str) -> Path:
+    if path is None:
+        raise QualityDataError(f"quality.path is not set: give the folder of the {name} release")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise QualityDataError(f"{name}: {root} is not a folder; set quality.path to the release")
+    return root
+
+
+def _require(path: Path, name: str) -> Path:
+    if not path.exists():
+        raise QualityDataError(f"{name}: {path} is missing; is quality.path the release folder?")
+    return path
+
+
+def _files_by_lower_name(folder: Path) -> dict[str, Path]:
+    return {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
+
+
+def _groups(ref_names: list[str]) -> tuple[np.ndarray, list[str]]:
+    unique = sorted(set(ref_names))
+    position = {name: i for i, name in enumerate(unique)}
+    return np.asarray([position[n] for n in ref_names], dtype=np.int64), unique
+
+
+_TID_NAME = re.compile(r"^i(\d+)_(\d+)_(\d+)\.bmp$", re.IGNORECASE)
+
+
+def load_tid2013(path: str | Path | None) -> QualitySet:
+    """TID2013: 25 references x 24 distortions x 5 levels (3000 images), MOS and its std."""
+    root = _folder(path, "TID2013")
+    lines = _require(root / "mos_with_names.txt", "TID2013").read_text().split("\n")
+    rows = [line.split() for line in lines if line.strip()]
+    std_file = root / "mos_std.txt"
+    stds = None
+    if std_file.is_file():
+        stds = np.asarray([float(v) for v in std_file.read_text().split()], dtype=np.float64)
+        if len(stds) != len(rows):
+            raise QualityDataError(
+                f"TID2013: {len(rows)} scores in mos_with_names.txt but {len(stds)} in mos_std.txt"
+            )
+    distorted = _files_by_lower_name(_require(root / "distorted_images", "TID2013"))
+    references = _files_by_lower_name(_require(root / "reference_images", "TID2013"))
+    paths, ref_names, kinds, levels, scores = [], [], [], [], []
+    for row in rows:
+        if len(row) != 2:
+            raise QualityDataError(f"TID2013: bad line {' '.join(row)!r} in mos_with_names.txt")
+        score, name = row
+        match = _TID_NAME.match(name)
+        if match is None or name.lower() not in distorted:
+            raise QualityDataError(f"TID2013: no distorted image {name!r}")
+        ref = f"i{match.group(1)}.bmp"
+        if ref not in references:
+            raise QualityDataError(f"TID2013: no reference image {ref.upper()} for {name}")
+        paths.append(distorted[name.lower()])
+        ref_names.append(ref)
+        kinds.append(f"tid{int(match.group(2)):02d}")
+        levels.append(int(match.group(3)))
+        scores.append(float(score))
+    index, unique = _groups(ref_names)
+    return QualitySet(
+        name="tid2013",
+        scores=np.asarray(scores),
+        reference_index=index,
+        distortions=kinds,
+        levels=np.asarray(levels, dtype=np.int64),
+        score_name="MOS",
+        stds=stds,
+        paths=paths,
+        reference_paths=[references[n] for n in unique],
+    )
+
+
+def load_kadid10k(path: str | Path | None) -> QualitySet:
+    """KADID-10k: 81 references x 25 distortions x 5 levels (10,125 images), DMOS and var."""
+    root = _folder(path, "KADID-10k")
+    table = _require(root / "dmos.csv", "KADID-10k")
+    images = _require(root / "images", "KADID-10k")
+    with table.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    needed = {"dist_img", "ref_img", "dmos", "var"}
+    if not rows or not needed <= set(rows[0]):
+        raise QualityDataError(f"KADID-10k: {table} must have the columns {sorted(needed)}")
+    paths, ref_names, kinds, levels, scores, stds = [], [], [], [], [], []
+    for row in rows:
+        image = images / row["dist_img"]
+        if not image.is_file():
+            raise QualityDataError(f"KADID-10k: {image} is missing")
+        parts = Path(row["dist_img"]).stem.split("_")  # I01_01_01
+        paths.append(image)
+        ref_names.append(row["ref_img"])
+        kinds.append(f"kadid{parts[1]}" if len(parts) == 3 else "unknown")
+        levels.append(int(parts[2]) if len(parts) == 3 else 0)
+        scores.append(float(row["dmos"]))
+        stds.append(float(np.sqrt(max(float(row["var"]), 0.0))))
+    index, unique = _groups(ref_names)
+    for name in unique:
+        _require(images / name, "KADID-10k")
+    return QualitySet(
+        name="kadid10k",
+        scores=np.asarray(scores),
+        reference_index=index,
+        distortions=kinds,
+        levels=np.asarray(levels, dtype=np.int64),
+        score_name="DMOS (1-5, higher is better)",
+        stds=np.asarray(stds),
+        paths=paths,
+        reference_paths=[images / n for n in unique],
+    )
+
+
+_LIVEMD_PARTS = (("Part 1", "blurjpeg"), ("Part 2", "blurnoise"))
+
+
+def _mat_strings(value: np.ndarray) -> list[str]:
+    """The strings of a MATLAB cell array as ``scipy.io.loadmat`` returns it."""
+    out = []
+    for item in np.asarray(value, dtype=object).reshape(-1):
+        while isinstance(item, np.ndarray):
+            item = item.reshape(-1)[0] if item.size else ""
+        out.append(str(item))
+    return out
+
+
+def load_livemd(path: str | Path | None) -> QualitySet:
+    """LIVE multiply distorted: blur+JPEG (Part 1) and blur+noise (Part 2), 225 images each,
+    15 references; DMOS (lower is better)."""
+    from scipy.io import loadmat
+
+    root = _folder(path, "LIVE MD")
+    if (root / "To_Release").is_dir():
+        root = root / "To_Release"
+    paths, ref_paths, kinds, scores = [], [], [], []
+    for part, sub in _LIVEMD_PARTS:
+        folder = _require(root / part, "LIVE MD")
+        lists = loadmat(_require(folder / "Imagelists.mat", "LIVE MD"))
+        marks = loadmat(_require(folder / "Scores.mat", "LIVE MD"))
+        if "distimgs" not in lists or "DMOSscores" not in marks:
+            raise QualityDataError(
+                f"LIVE MD: {folder} needs distimgs in Imagelists.mat and DMOSscores in Scores.mat"
+            )
+        names = _mat_strings(lists["distimgs"])
+        dmos = np.asarray(marks["DMOSscores"], dtype=np.float64).reshape(-1)
+        if len(names) != len(dmos):
+            raise QualityDataError(f"LIVE MD: {part} lists {len(names)} images, {len(dmos)} DMOS")
+        for name, score in zip(names, dmos, strict=True):
+            image = _require(folder / sub / name, "LIVE MD")
+            paths.append(image)
+            ref_paths.append(folder / sub / f"{name.split('_')[0]}.bmp")
+            kinds.append(sub)
+            scores.append(float(score))
+    index, unique = _groups([str(p) for p in ref_paths])
+    for ref in unique:
+        _require(Path(ref), "LIVE MD")
+    return QualitySet(
+        name="livemd",
+        scores=np.asarray(scores),
+        reference_index=index,
+        distortions=kinds,
+        levels=np.zeros(len(scores), dtype=np.int64),
+        score_name="DMOS",
+        higher_is_better=False,
+        paths=paths,
+        reference_paths=[Path(r) for r in unique],
+    )
+
+
+DATABASES: dict[str, Callable[[str | Path | None], QualitySet]] = {
+    "tid2013": load_tid2013,
+    "kadid10k": load_kadid10k,
+    "livemd": load_livemd,
+}
