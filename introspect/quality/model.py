@@ -119,7 +119,7 @@ def train_quality_model(
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(chunk)
+            total += loss.item() * len(chunk)
             seen += len(chunk)
         losses.append(total / max(seen, 1))
     model.eval()
