@@ -421,8 +421,8 @@ class QualityTrainConfig:
 
     epochs: int = 15
     batch_size: int = 16
-    patch_size: int = 32
-    patches: int = 8
+    patch_size: int = 64
+    patches: int = 2
     lr: float = 3e-3
     weight_decay: float = 1e-4
 
