@@ -3,7 +3,9 @@
 the Table-13 layout pooled over the seeds (mean ± std; the full-reference baselines are
 deterministic) with the wall and CPU time of every run.
 
-    python benchmarks/iqa_proxy.py [OUT_DIR] [extra overrides ...]   (default /tmp/iqa-proxy)
+    OMP_NUM_THREADS=1 python benchmarks/iqa_proxy.py [OUT_DIR] [extra overrides ...]
+
+(default OUT_DIR /tmp/iqa-proxy; one intra-op thread is faster than two on a loaded machine)
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def main(argv: list[str]) -> int:
     lines += [
         "",
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{load[0]:.1f} at the end; torch threads: default",
+        f"{load[0]:.1f} at the end; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
     ]
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
