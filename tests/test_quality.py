@@ -318,4 +318,6 @@ def test_quality_config_errors_are_one_line(
     assert code == 2 and "scores the proxy set" in capsys.readouterr().err
     code = train.main([*TINY, "quality.database=tid2013", f"run.dir={tmp_path / 'b'}"])
     assert code == 2 and "quality.path" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    code = train.main([*TINY, "quality.distortions=[fogg]", f"run.dir={tmp_path / 'c'}"])
+    assert code == 2 and "quality.distortions" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abc")

@@ -24,6 +24,7 @@ from introspect.backbones.protopnet import is_protopnet
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule, build_augmentation, build_datamodule
 from introspect.models.feedforward import FeedForwardClassifier
+from introspect.quality import QualityDataError
 from introspect.runs.distributed import (
     barrier,
     broadcast_from_zero,
@@ -49,6 +50,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError,
     HeadNotFoundError,
     ConfigError,
+    QualityDataError,
 )
 
 

@@ -57,6 +57,16 @@ def check_quality_config(cfg: DictConfig) -> None:
             f"quality.baselines includes {q.label}, the metric that scores the proxy set; "
             "drop it from quality.baselines or pick another quality.label"
         )
+    if q.database == "proxy":
+        from introspect.data.corruptions import ALL_NAMES
+
+        unknown = [d for d in q.distortions if d not in ALL_NAMES]
+        if unknown or not q.distortions or not q.references:
+            raise ConfigError(
+                f"quality.distortions must be a non-empty list of {', '.join(ALL_NAMES)} and "
+                f"quality.references a non-empty list of scikit-image samples; got "
+                f"distortions {list(q.distortions)}, references {list(q.references)}"
+            )
     if not q.contrasts:
         raise ConfigError("quality.contrasts is empty; give the contrast levels q' (fractions)")
     if cfg.backbone.checkpoint is not None:
@@ -161,13 +171,11 @@ def _cell(value: float | list[float]) -> str:
 def _scatter(
     path: Path, target: np.ndarray, predictions: dict[str, np.ndarray], title: str
 ) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(predictions), figsize=(4 * len(predictions), 4))
-    for ax, (name, pred) in zip(np.atleast_1d(axes), predictions.items(), strict=True):
+    fig = Figure(figsize=(4 * len(predictions), 4))
+    axes = fig.subplots(1, len(predictions), squeeze=False)[0]
+    for ax, (name, pred) in zip(axes, predictions.items(), strict=True):
         ax.scatter(pred, target, s=8, alpha=0.6)
         ax.set_xlabel(f"{name} prediction")
         ax.set_ylabel(title)
@@ -175,7 +183,6 @@ def _scatter(
     fig.suptitle(f"test split: {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def run_quality(cfg: DictConfig) -> dict[str, Any]:
