@@ -164,7 +164,7 @@ def test_livemd_layout(tmp_path: Path) -> None:
         ("Part 1", "blurjpeg", ["babygirl", "bikes"]),
         ("Part 2", "blurnoise", ["babygirl"]),
     ):
-        names = []
+        names = [f"{refs[0]}.bmp"]  # a pristine image listed among the distorted ones
         for ref in refs:
             _write(root / part / sub / f"{ref}.bmp", len(ref))
             for k in (1, 2):
@@ -179,14 +179,18 @@ def test_livemd_layout(tmp_path: Path) -> None:
         savemat(root / part / "Scores.mat", {"DMOSscores": dmos})
         expected += [(name, sub, float(v)) for name, v in zip(names, dmos[0], strict=True)]
     data = load_livemd(root.parent)
-    assert len(data) == 6 and not data.higher_is_better and data.stds is None
+    assert len(data) == 8 and not data.higher_is_better and data.stds is None
     assert [p.name for p in data.paths] == [name for name, _, _ in expected]
     np.testing.assert_allclose(data.scores, [v for _, _, v in expected])
     assert data.distortions == [sub for _, sub, _ in expected]
     # Three reference images: babygirl in each part is its own file.
     assert data.num_references == 3
     refs = [data.reference_paths[i] for i in data.reference_index]
-    assert [r.name for r in refs] == ["babygirl.bmp"] * 2 + ["bikes.bmp"] * 2 + ["babygirl.bmp"] * 2
+    assert [r.name for r in refs] == ["babygirl.bmp"] * 3 + ["bikes.bmp"] * 2 + ["babygirl.bmp"] * 3
+    assert data.paths[0] == refs[0]  # the listed pristine image is its own reference
+    (root / "Part 2" / "blurnoise" / "babygirl_blurnoise_2.bmp").unlink()
+    with pytest.raises(QualityDataError, match="babygirl_blurnoise_2.bmp is missing"):
+        load_livemd(root)
     assert refs[0].parent.name == "blurjpeg" and refs[-1].parent.name == "blurnoise"
 
 

@@ -9,7 +9,8 @@ Nothing is downloaded: ``path`` is the folder the user unpacked the release into
   ``dmos`` (a mean opinion score on 1-5: higher is better), its std ``sqrt(var)``.
 - LIVE MD: ``Part 1`` (``blurjpeg/``) and ``Part 2`` (``blurnoise/``), each with
   ``Imagelists.mat`` (``distimgs``) and ``Scores.mat`` (``DMOSscores``); the reference of
-  ``name_....bmp`` is ``name.bmp`` in the same folder. DMOS: lower is better; no stds.
+  ``name_....bmp`` is ``name.bmp`` in the same folder (a listed ``name.bmp`` is its own
+  reference). DMOS: lower is better; no stds.
 """
 
 from __future__ import annotations
@@ -169,15 +170,17 @@ def load_livemd(path: str | Path | None) -> QualitySet:
         dmos = np.asarray(marks["DMOSscores"], dtype=np.float64).reshape(-1)
         if len(names) != len(dmos):
             raise QualityDataError(f"LIVE MD: {part} lists {len(names)} images, {len(dmos)} DMOS")
+        files = _files_by_lower_name(_require(folder / sub, "LIVE MD"))
         for name, score in zip(names, dmos, strict=True):
-            image = _require(folder / sub / name, "LIVE MD")
-            paths.append(image)
-            ref_paths.append(folder / sub / f"{name.split('_')[0]}.bmp")
+            ref = f"{Path(name).stem.split('_')[0]}{Path(name).suffix}".lower()
+            for wanted in (name.lower(), ref):
+                if wanted not in files:
+                    raise QualityDataError(f"LIVE MD: {folder / sub / wanted} is missing")
+            paths.append(files[name.lower()])
+            ref_paths.append(files[ref])
             kinds.append(sub)
             scores.append(float(score))
     index, unique = _groups([str(p) for p in ref_paths])
-    for ref in unique:
-        _require(Path(ref), "LIVE MD")
     return QualitySet(
         name="livemd",
         scores=np.asarray(scores),
