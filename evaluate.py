@@ -26,10 +26,12 @@ python evaluate.py scores run=runs/<name> [tag=NAME] [a.b=value ...]
     scores.ood.mnist.source=npz scores.ood.mnist.path=mnist.npz scores.ood.mnist.split=all
     scores.max_samples=1000 scores.purview=false
 
-python evaluate.py explain run=runs/<name> [figure=paradigms|methods|introspection] [n=8]
-        [index=0] [split=test] [layer=...] [out=FILE]
+python evaluate.py explain run=runs/<name> [figure=paradigms|methods|introspection|quality]
+        [n=8] [index=0] [split=test] [layer=...] [out=FILE]
     Explanation figures: the paradigms (Grad-CAM, Contrast-CAM, Counterfactual-CAM) of the
-    first n images, every map method, or "why P, rather than Q?" for every Q of one image.
+    first n images, every map method, or "why P, rather than Q?" for every Q of one image;
+    for a quality run (task=quality), "why q, rather than q'?" for every q' of
+    quality.explain_contrasts.
 
 python evaluate.py explain-eval run=runs/<name> [methods=[gradcam,rise,...]] [n=64]
         [cell=fog/3] [layer=...] [steps=32] [voice=true] [method.rise.masks=500] [tag=NAME]

@@ -17,7 +17,7 @@ from introspect.config import ConfigError, load_run_config
 from introspect.explain.errors import ExplanationError
 
 USAGE = """\
-usage: explain run=runs/<name> [figure=paradigms|methods|introspection] [n=8] [index=0]
+usage: explain run=runs/<name> [figure=paradigms|methods|introspection|quality] [n=8] [index=0]
                [split=test] [out=PATH] [layer=PATH] [method.<name>.<arg>=value ...]
                [a.b=value ...]
 
