@@ -269,7 +269,7 @@ def _explain(
     from introspect.explain.tasks import _backbone, check_method_options
     from introspect.runs.pipeline import build_data
     from introspect.runs.rundir import build_loggers
-    from introspect.runs.stage2 import resolve_device
+    from introspect.runs.trainer import resolve_device
 
     figure = options.get("figure", "paradigms")
     check_method_options(method_options)

@@ -143,7 +143,7 @@ def explain_eval(
     ``explain.md``, ``voice.png`` and (last, atomically) ``results.json`` to ``out_dir``."""
     from introspect.runs.pipeline import build_data
     from introspect.runs.provenance import provenance
-    from introspect.runs.stage2 import resolve_device
+    from introspect.runs.trainer import resolve_device
 
     started = time.perf_counter()
     device = resolve_device(cfg)
@@ -268,7 +268,7 @@ def explain_network(
     ``options.queries`` images and a t-SNE of the first ``options.n`` images of the split, into
     ``out_dir``; return the figures' paths."""
     from introspect.runs.pipeline import build_data
-    from introspect.runs.stage2 import resolve_device
+    from introspect.runs.trainer import resolve_device
 
     device = resolve_device(cfg)
     dm = build_data(cfg)

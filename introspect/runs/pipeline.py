@@ -29,12 +29,11 @@ from introspect.runs.distributed import (
     broadcast_from_zero,
     is_global_zero,
     launch,
-    trainer_strategy,
 )
 from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
 from introspect.runs.splits import evaluation_splits
-from introspect.runs.stage2 import resolve_device
 from introspect.runs.status import mark_stage_done, now, stages_done, update_status
+from introspect.runs.trainer import build_trainer, resolve_device
 
 
 class PipelineError(RuntimeError):
@@ -55,41 +54,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 def quiet_library_warnings() -> None:
     """Hide warnings that concern library internals, not the user's run (for entry points)."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
-def build_trainer(
-    cfg: DictConfig,
-    run_dir: Path,
-    *,
-    loggers: list[Logger] | bool = False,
-    callbacks: list[Callback] | None = None,
-    max_epochs: int | None = None,
-    **overrides: Any,
-) -> L.Trainer:
-    """A ``lightning.Trainer`` from ``cfg.trainer`` writing under ``run_dir``."""
-    t = cfg.trainer
-    kwargs: dict[str, Any] = {
-        "accelerator": t.accelerator,
-        "devices": t.devices,
-        "num_nodes": t.num_nodes,
-        "strategy": trainer_strategy(cfg),
-        "precision": t.precision,
-        "deterministic": t.deterministic,
-        "log_every_n_steps": t.log_every_n_steps,
-        "enable_progress_bar": t.enable_progress_bar,
-        "gradient_clip_val": t.gradient_clip_val,
-        "fast_dev_run": t.fast_dev_run,
-        "default_root_dir": str(run_dir),
-        "logger": loggers,
-        "callbacks": callbacks or [],
-        "enable_model_summary": False,
-        "max_epochs": max_epochs,
-    }
-    for key in ("limit_train_batches", "limit_val_batches"):
-        if t[key] is not None:
-            kwargs[key] = t[key]
-    kwargs.update(overrides)
-    return L.Trainer(**kwargs)
 
 
 def build_data(cfg: DictConfig) -> ImageDataModule:

@@ -15,8 +15,8 @@ from introspect.backbones import Backbone
 from introspect.data import ImageDataModule
 from introspect.models.protopnet import train_protopnet
 from introspect.runs.distributed import world_size
-from introspect.runs.stage2 import resolve_device
 from introspect.runs.status import stages_done
+from introspect.runs.trainer import resolve_device
 
 
 def protopnet_stage1(

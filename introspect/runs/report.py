@@ -118,7 +118,7 @@ def evaluate_and_report(
     split and returns the synchronized results; only rank zero writes and logs. ``baselines``
     adds the tempered twins, MC dropout and the ensemble (see ``runs.baselines``).
     """
-    from introspect.runs.pipeline import build_trainer, resolve_device
+    from introspect.runs.trainer import build_trainer, resolve_device
 
     names = list(splits)
     partial = PartialResults(out_dir / PARTIAL_DIR, config_digest(cfg))

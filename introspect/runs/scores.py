@@ -29,7 +29,7 @@ from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers, write_json_atomic
 from introspect.runs.splits import evaluation_splits, read_source
-from introspect.runs.stage2 import resolve_device
+from introspect.runs.trainer import resolve_device
 from introspect.scores import (
     Mahalanobis,
     PurviewDetector,
