@@ -34,7 +34,7 @@ def measure(args: argparse.Namespace) -> None:
     from introspect.config import load_config
     from introspect.gradients.cache import FeatureCache, weights_digest
     from introspect.runs.distributed import barrier, is_global_zero, launch
-    from introspect.runs.pipeline import build_backbone, build_data
+    from introspect.runs.stage1 import build_backbone, build_data
     from introspect.runs.stage2 import resolve_device, split_features
 
     cfg = load_config(

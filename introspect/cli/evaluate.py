@@ -186,9 +186,9 @@ def main(argv: list[str]) -> int:
     if argv[0] == "scores":
         return scores_main(argv[1:], trust_run=trust_run)
     if argv[0] in EXPLAIN_COMMANDS:
-        from introspect.explain import cli
+        from introspect.cli import explain
 
-        command = getattr(cli, EXPLAIN_COMMANDS[argv[0]])
+        command = getattr(explain, EXPLAIN_COMMANDS[argv[0]])
         return command(argv[1:], trust_run=trust_run)
     return reevaluate_main(argv, trust_run=trust_run)
 

@@ -35,6 +35,7 @@ from introspect.runs.evaluation import (
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import config_digest
 from introspect.runs.status import write_json_atomic
+from introspect.runs.trainer import build_trainer, resolve_device
 
 PARTIAL_DIR = ".partial-evaluation"
 
@@ -118,7 +119,6 @@ def evaluate_and_report(
     split and returns the synchronized results; only rank zero writes and logs. ``baselines``
     adds the tempered twins, MC dropout and the ensemble (see ``runs.baselines``).
     """
-    from introspect.runs.trainer import build_trainer, resolve_device
 
     names = list(splits)
     partial = PartialResults(out_dir / PARTIAL_DIR, config_digest(cfg))
