@@ -274,6 +274,9 @@ class _Tiny(L.LightningModule):
         self.log("loss", loss, prog_bar=True)
         return loss
 
+    def validation_step(self, batch, _):
+        return None
+
     def test_step(self, batch, _, dataloader_idx=0):
         return None
 
@@ -297,7 +300,7 @@ def test_line_progress_prints_one_line_per_tenth_of_each_stage(tmp_path: Path) -
         default_root_dir=tmp_path,
     )
     model = _Tiny()
-    trainer.fit(model, _loader(3))
+    trainer.fit(model, _loader(3), _loader(2))  # validation inside fit adds no lines
     fit_lines = stream.getvalue().splitlines()
     assert [ln.split("  ")[0] for ln in fit_lines] == [
         f"fit epochs: {e}/20 ({5 * e} %)" for e in range(2, 21, 2)
@@ -308,6 +311,12 @@ def test_line_progress_prints_one_line_per_tenth_of_each_stage(tmp_path: Path) -
     trainer.test(model, [_loader(7), _loader(8)], verbose=False)  # 15 batches over two loaders
     test_lines = stream.getvalue().splitlines()
     assert len(test_lines) == 10 and test_lines[-1] == "test batches: 15/15 (100 %)"
+    stream.truncate(0)
+    stream.seek(0)
+    trainer.validate(model, _loader(4), verbose=False)
+    assert stream.getvalue().splitlines() == [
+        f"validate batches: {i}/4 ({25 * i} %)" for i in (1, 2, 3, 4)
+    ]
 
 
 def test_lightning_banners_appear_once_per_process(tmp_path: Path) -> None:

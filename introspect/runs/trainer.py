@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig
 
 from introspect.runs.distributed import trainer_strategy
@@ -103,28 +104,25 @@ class LineProgress(ProgressBar):
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0
         self._advance("fit epochs", total, trainer.current_epoch + 1, self._metrics(trainer))
 
-    def _eval_start(self) -> None:
-        self._start()
-
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.training and not trainer.sanity_checking:
-            self._eval_start()
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._start()
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.training or trainer.sanity_checking:
-            return  # inside fit: the epoch line reports
+        if trainer.state.fn != TrainerFn.VALIDATING:
+            return  # validation inside fit: the epoch line reports its metrics
         self._done += 1
         self._advance("validate batches", _total(trainer.num_val_batches), self._done)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start()
+        self._start()
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._done += 1
         self._advance("test batches", _total(trainer.num_test_batches), self._done)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start()
+        self._start()
 
     def on_predict_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._done += 1
