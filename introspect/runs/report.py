@@ -177,7 +177,7 @@ def evaluate_and_report(
         return results
 
     table = format_table(results)
-    plots = _reliability_plots(bins, names, out_dir)
+    plots = _reliability_plots(bins, names, out_dir, run_label(cfg, out_dir))
     notes = "\n".join(baselines.notes()) + "\n" if baselines is not None else ""
     (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n" + notes)
     _log(loggers, results, plots)
@@ -189,14 +189,25 @@ def evaluate_and_report(
     return results
 
 
+def run_label(cfg: DictConfig, out_dir: Path) -> str:
+    """How figures name the run: ``run.name`` or its directory (and the evaluation's tag)."""
+    run_dir = Path(cfg.run.dir) if cfg.run.dir else out_dir
+    name = cfg.run.name or run_dir.name
+    return name if out_dir == run_dir else f"{name} ({out_dir.name})"
+
+
 def _reliability_plots(
-    bins: dict[str, dict[str, Any]], names: list[str], run_dir: Path
+    bins: dict[str, dict[str, Any]], names: list[str], run_dir: Path, label: str
 ) -> list[Path]:
     """Reliability grids of the clean split and of all corruption cells pooled."""
     paths: list[Path] = []
     if "clean" in names:
         path = run_dir / "reliability_clean.png"
-        reliability_grid({h: bins_from_sums(**b) for h, b in bins["clean"].items()}, path=path)
+        reliability_grid(
+            {h: bins_from_sums(**b) for h, b in bins["clean"].items()},
+            title=f"run {label}: clean test split",
+            path=path,
+        )
         paths.append(path)
     shifted = [n for n in names if is_cell(n)]
     if shifted:
@@ -208,7 +219,8 @@ def _reliability_plots(
             for h in heads
         }
         path = run_dir / "reliability_corrupted.png"
-        reliability_grid(pooled, path=path)
+        title = f"run {label}: {len(shifted)} corruption cells pooled"
+        reliability_grid(pooled, title=title, path=path)
         paths.append(path)
     return paths
 
