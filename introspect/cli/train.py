@@ -1,6 +1,6 @@
 """python -m introspect train [experiment=NAME] [group=option ...] [a.b=value ...]
        python -m introspect train --cfg [overrides]      print the composed config, run nothing
-       python -m introspect train -m key=a,b [key2=range(0,3)] [launcher=slurm launcher.k=v]
+       python -m introspect train -m key=a,b ['key2=range(0,3)'] [launcher=slurm launcher.k=v]
                                                           [sweep.dir=PATH]
 
 Train stage 1 (or load the backbone), extract the introspective features, train stage 2 and the

@@ -35,7 +35,7 @@ from introspect.runs.evaluation import (
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import config_digest
 from introspect.runs.status import write_json_atomic
-from introspect.runs.trainer import build_trainer, resolve_device
+from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
 
 PARTIAL_DIR = ".partial-evaluation"
 
@@ -125,11 +125,16 @@ def evaluate_and_report(
     done = broadcast_from_zero(partial.load(names) if is_global_zero() else None)
     assert done is not None
     # Each process evaluates one contiguous block of every split, none padded with repeats.
+    # On a terminal Lightning's bar; otherwise a line per tenth of the splits, not per loader.
+    bar = bool(cfg.trainer.enable_progress_bar) and console_is_terminal()
     trainer = build_trainer(
-        cfg, out_dir, loggers=False, inference_mode=False, use_distributed_sampler=False
-    )
+        cfg, out_dir, loggers=False, inference_mode=False, use_distributed_sampler=False,
+        enable_progress_bar=bar,
+    )  # fmt: skip
     rank, world = global_rank(), world_size()
-    for group in split_groups([n for n in names if n not in done]):
+    todo = [n for n in names if n not in done]
+    lines = TenthLines("evaluated splits", len(todo) if cfg.trainer.enable_progress_bar else 0)
+    for group in split_groups(todo):
         evaluator = Evaluator(
             backbone,
             heads,
@@ -152,6 +157,8 @@ def evaluate_and_report(
         if is_global_zero():
             partial.save(group_results, group_bins)
         done.update({n: (group_results[n], group_bins[n]) for n in group})
+        if is_global_zero():
+            lines.advance(len(group))
     split_results = {n: done[n][0] for n in names}
     bins = {n: done[n][1] for n in names}
 

@@ -54,17 +54,47 @@ def quiet_library_banners() -> None:
             logger.addFilter(_ONCE)
 
 
+class TenthLines:
+    """Prints ``label: done/total (x %)`` each time another tenth of ``total`` is done."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, steps: int = 10):
+        self.label, self.total, self.stream = label, total, stream
+        self.steps = min(steps, total) if total > 0 else 0
+        self.done = 0
+        self._marks = 0
+
+    def advance(self, n: int = 1, extra: str = "") -> None:
+        """Count ``n`` more units done; print when a new tenth is reached."""
+        self.done += n
+        if self.steps == 0:
+            return
+        marks = min(self.done, self.total) * self.steps // self.total
+        if marks > self._marks:
+            self._marks = marks
+            percent = 100 * min(self.done, self.total) // self.total
+            print(
+                f"{self.label}: {self.done}/{self.total} ({percent} %){extra}",
+                file=self.stream or sys.stderr,
+                flush=True,
+            )
+
+
+def console_is_terminal(stream: TextIO | None = None) -> bool:
+    """Whether progress goes to a terminal (where Lightning's and tqdm's bars are kept)."""
+    return (stream or sys.stderr).isatty()
+
+
 class LineProgress(ProgressBar):
     """Progress for consoles that are not terminals (logs, CI, SLURM): one line per ~10 % of each
-    stage (fit: epochs; validation outside fit, test, predict: batches over every loader)."""
+    stage (fit: epochs, with the logged metrics; validate, test, predict: batches over every
+    loader)."""
 
     def __init__(self, stream: TextIO | None = None, steps: int = 10) -> None:
         super().__init__()
         self.stream = stream
         self.steps = steps
         self._enabled = True
-        self._reported = 0
-        self._done = 0
+        self._lines = TenthLines("", 0)
 
     def disable(self) -> None:
         self._enabled = False
@@ -72,61 +102,44 @@ class LineProgress(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
-    def _print(self, text: str) -> None:
-        if self._enabled:
-            print(text, file=self.stream or sys.stderr, flush=True)
-
-    def _start(self) -> None:
-        self._reported = 0
-        self._done = 0
-
-    def _advance(self, stage: str, total: int, done: int, extra: str = "") -> None:
-        if total <= 0:
-            return
-        step = min(self.steps, total)
-        # the number of 1/step marks passed; a line for each new one (and always at the end)
-        marks = done * step // total
-        if marks > self._reported:
-            self._reported = marks
-            self._print(f"{stage}: {done}/{total} ({100 * done // total} %){extra}")
+    def _start(self, label: str, total: int) -> None:
+        self._lines = TenthLines(label, total if self._enabled else 0, self.stream, self.steps)
 
     def _metrics(self, trainer: L.Trainer) -> str:
-        shown = []
-        for key, value in trainer.progress_bar_metrics.items():
-            if isinstance(value, (int, float)):
-                shown.append(f"{key}={value:.4g}")
+        shown = [
+            f"{key}={value:.4g}"
+            for key, value in trainer.progress_bar_metrics.items()
+            if isinstance(value, int | float)
+        ]
         return f"  {' '.join(shown)}" if shown else ""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start()
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0
+        self._start("fit epochs", epochs)
+        self._lines.advance(trainer.current_epoch)  # resumed runs start part-way
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0
-        self._advance("fit epochs", total, trainer.current_epoch + 1, self._metrics(trainer))
+        self._lines.advance(1, self._metrics(trainer))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
-            self._start()
+            self._start("validate batches", _total(trainer.num_val_batches))
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.state.fn != TrainerFn.VALIDATING:
-            return  # validation inside fit: the epoch line reports its metrics
-        self._done += 1
-        self._advance("validate batches", _total(trainer.num_val_batches), self._done)
+        if trainer.state.fn == TrainerFn.VALIDATING:  # inside fit the epoch line reports
+            self._lines.advance()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start()
+        self._start("test batches", _total(trainer.num_test_batches))
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        self._done += 1
-        self._advance("test batches", _total(trainer.num_test_batches), self._done)
+        self._lines.advance()
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start()
+        self._start("predict batches", _total(trainer.num_predict_batches))
 
     def on_predict_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        self._done += 1
-        self._advance("predict batches", _total(trainer.num_predict_batches), self._done)
+        self._lines.advance()
 
 
 def _total(counts: Any) -> int:
@@ -167,7 +180,9 @@ def build_trainer(
     quiet_library_banners()
     t = cfg.trainer
     callbacks = list(callbacks or [])
-    callbacks += progress_callbacks(bool(t.enable_progress_bar))
+    callbacks += progress_callbacks(
+        bool(overrides.get("enable_progress_bar", t.enable_progress_bar))
+    )
     kwargs: dict[str, Any] = {
         "accelerator": t.accelerator,
         "devices": t.devices,
@@ -176,7 +191,7 @@ def build_trainer(
         "precision": t.precision,
         "deterministic": t.deterministic,
         "log_every_n_steps": t.log_every_n_steps,
-        "enable_progress_bar": t.enable_progress_bar,
+        "enable_progress_bar": bool(t.enable_progress_bar),
         "gradient_clip_val": t.gradient_clip_val,
         "fast_dev_run": t.fast_dev_run,
         "default_root_dir": str(run_dir),
