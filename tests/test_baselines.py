@@ -15,7 +15,8 @@ from introspect.metrics import fit_temperature
 from introspect.runs import pipeline
 from introspect.runs.baselines import calibration_skips
 from introspect.runs.evaluation import HEADS, head_logits
-from introspect.runs.pipeline import build_backbone, build_data, run
+from introspect.runs.pipeline import run
+from introspect.runs.stage1 import build_backbone, build_data
 from tests.test_pipeline import _cfg as _pipeline_cfg
 
 

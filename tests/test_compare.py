@@ -116,6 +116,38 @@ def test_files_markdown_csv_and_plots(runs, tmp_path: Path) -> None:
             assert img.size[0] > 300 and img.size[1] > 300
 
 
+def _assert_readable(fig, *, suptitle: tuple[str, ...]) -> None:
+    """Titles name the runs and the split, every panel has axis labels, no legend covers one."""
+    fig.canvas.draw()
+    title = fig.get_suptitle()
+    for part in suptitle:
+        assert part in title
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.has_data()]
+    assert panels
+    for ax in panels:
+        assert ax.get_xlabel() and ax.get_ylabel()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in panels:
+            assert not box.overlaps(ax.get_window_extent(renderer)), "a legend covers a panel"
+
+
+def test_figures_name_runs_and_split_in_percent(runs, tmp_path: Path) -> None:
+    from introspect.runs.compare import group_runs, group_table, load_run, scatter, severity_curves
+
+    groups = group_runs([load_run(p) for p in [*runs["a"], *runs["b"]]])
+    tables = [group_table(g) for g in groups]
+    fig = scatter(tmp_path / "s.png", groups, tables)
+    _assert_readable(fig, suptitle=("runs a0, a1, a2, b0", "test split"))
+    assert all("(%)" in ax.get_xlabel() for ax in fig.axes if ax.has_data())
+    fig = severity_curves(tmp_path / "c.png", groups)
+    _assert_readable(fig, suptitle=("runs a0", "test split", "severity"))
+    assert {ax.get_ylabel() for ax in fig.axes} == {"accuracy (%)", "ECE (%)"}
+
+
 def test_default_output_folder_is_beside_the_runs(runs, tmp_path: Path) -> None:
     report = compare(runs["a"], wandb=False)
     assert report["out_dir"] == tmp_path.resolve() / "comparison"

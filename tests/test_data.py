@@ -419,6 +419,24 @@ def test_cifar_offline_without_files_is_a_clear_error(
     assert "data.download=true" in message
 
 
+def test_cifar_download_failure_does_not_suggest_the_setting_already_on(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from torchvision.datasets import CIFAR10
+
+    def offline(self) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    dm = build_datamodule(DataConfig(source="cifar10", root=str(tmp_path), download=True))
+    with pytest.raises(DataError) as info:
+        dm.setup()
+    message = str(info.value)
+    assert "data.download=true" not in message
+    assert "network is unreachable" in message and "network access" in message
+    assert str(tmp_path / "cifar-10-batches-py") in message
+
+
 def test_cifar10_arrays_are_converted_per_item(tmp_path: Path, monkeypatch) -> None:
     import torchvision.datasets.cifar as tv_cifar
 

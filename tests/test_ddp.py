@@ -24,7 +24,8 @@ from introspect.gradients.cache import FeatureCache
 from introspect.metrics import ExpectedCalibrationError, bins_from_sums, reliability_bins
 from introspect.runs import distributed
 from introspect.runs.distributed import launch, trainer_strategy, world_size
-from introspect.runs.pipeline import build_data, reevaluate
+from introspect.runs.pipeline import reevaluate
+from introspect.runs.stage1 import build_data
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from introspect.backbones import Backbone, load_backbone
+from introspect.cli.explain import explain_main
 from introspect.config import load_config, save_config
 from introspect.explain import (
     MAP_METHODS,
@@ -20,7 +21,6 @@ from introspect.explain import (
     contrast_cam,
     counterfactual_cam,
     deconvnet,
-    explain_main,
     explanation_figure,
     gradcam,
     guided_backprop,
@@ -30,7 +30,7 @@ from introspect.explain import (
     voice,
 )
 from introspect.runs import rundir
-from introspect.runs.pipeline import build_backbone, build_data
+from introspect.runs.stage1 import build_backbone, build_data
 
 METHODS = dict(MAP_METHODS)
 NUM_CLASSES = 4
@@ -532,8 +532,8 @@ def _call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
 
 
 def test_explain_main_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from introspect.cli import explain as cli
     from introspect.data.module import SPLITS
-    from introspect.explain import cli
 
     assert cli.SPLITS == SPLITS
     for argv, message in (

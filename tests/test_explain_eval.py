@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from introspect.cli.explain import explain_eval_main
 from introspect.config import load_config, save_config
 from introspect.explain import (
     ExplanationError,
@@ -17,13 +18,12 @@ from introspect.explain import (
     deletion_insertion,
     evaluate_faithfulness,
     evaluate_voice,
-    explain_eval_main,
     perturbation_curves,
     random_map,
     voice,
 )
 from introspect.explain.core import baseline_images, blur
-from introspect.runs.pipeline import build_backbone, build_data
+from introspect.runs.stage1 import build_backbone, build_data
 from tests.explain_nets import HalfMeanModel, PoolNet
 
 SIZE = (8, 12)

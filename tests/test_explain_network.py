@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from introspect.cli.explain import explain_main, explain_network_main
 from introspect.explain import (
     MAP_METHODS,
     ExplanationError,
@@ -19,8 +20,6 @@ from introspect.explain import (
     activations_figure,
     class_gradients,
     contrast_cam,
-    explain_main,
-    explain_network_main,
     filters_figure,
     first_layer_filters,
     introspection_figure,

@@ -20,7 +20,7 @@ from introspect.gradients.cache import (
     ShardPlan,
     weights_digest,
 )
-from introspect.runs.pipeline import build_backbone, build_data
+from introspect.runs.stage1 import build_backbone, build_data
 
 # 200 images: 40 test, 16 val, 144 train = shards of 2 batches of 16: four of 32 and one of 16.
 TINY = [
@@ -423,7 +423,7 @@ def run(rank, world, port, out):
     import introspect.runs.stage2 as stage2_mod
     from introspect.config import load_config
     from introspect.gradients.cache import FeatureCache, weights_digest
-    from introspect.runs.pipeline import build_backbone, build_data
+    from introspect.runs.stage1 import build_backbone, build_data
 
     cfg = load_config({tiny!r})
     dm = build_data(cfg)

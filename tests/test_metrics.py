@@ -456,7 +456,7 @@ def test_reliability_diagram_writes_png(tmp_path) -> None:
     width, height = _assert_png(path)
     assert width > 0 and height > width  # one column: reliability panel above the histogram
     expected = ref_ece(probs.numpy(), target.numpy(), 10)
-    assert f"ECE = {expected:.4f}" in fig.axes[0].get_title()
+    assert f"ECE = {100 * expected:.2f} %" in fig.axes[0].get_title()  # % as in the tables
     assert "backbone" in fig.axes[0].get_title()
 
 
@@ -468,8 +468,16 @@ def test_reliability_grid_writes_png(tmp_path) -> None:
         )
     }
     path = tmp_path / "grid.png"
-    fig = reliability_grid(panels, n_bins=10, path=path)
+    fig = reliability_grid(panels, n_bins=10, title="run r1: clean test split", path=path)
     assert len(fig.axes) == 6
+    assert fig.get_suptitle() == "run r1: clean test split"
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:  # the legend sits outside every panel
+        assert not box.overlaps(ax.get_window_extent(renderer))
+    assert {ax.get_ylabel() for ax in fig.axes} == {"accuracy", "fraction"}
+    assert all(ax.get_xlabel() == "confidence" for ax in fig.axes[3:])
     width, height = _assert_png(path)
     assert width > height  # three columns side by side
     titles = [ax.get_title() for ax in fig.axes[:3]]

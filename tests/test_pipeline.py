@@ -16,7 +16,8 @@ import introspect.runs.stage2 as stage2_mod
 from introspect.config import load_config, load_run_config
 from introspect.gradients import extract
 from introspect.runs import pipeline
-from introspect.runs.pipeline import build_backbone, build_data, run
+from introspect.runs.pipeline import run
+from introspect.runs.stage1 import build_backbone, build_data
 
 REPO = Path(__file__).resolve().parents[1]
 

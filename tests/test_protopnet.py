@@ -268,7 +268,7 @@ def test_a_protopnet_run_trains_the_phases_and_introspects(protopnet_run) -> Non
 
 
 def test_explain_prototypes_draws_the_figure(protopnet_run, capsys) -> None:
-    from introspect.explain.cli import explain_main
+    from introspect.cli.explain import explain_main
 
     _, run_dir, _ = protopnet_run
     out = run_dir / "p.png"

@@ -17,8 +17,9 @@ import evaluate
 from introspect.config import load_config, load_run_config
 from introspect.config.schema import ScoresConfig
 from introspect.runs import scores as scores_mod
-from introspect.runs.pipeline import build_backbone, build_data, run
+from introspect.runs.pipeline import run
 from introspect.runs.scores import UniformNoise, score_run, seeded_subset
+from introspect.runs.stage1 import build_backbone, build_data
 from introspect.runs.stage2 import load_heads
 from introspect.scores import energy, msp
 

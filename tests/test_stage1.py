@@ -12,7 +12,8 @@ from torch import nn
 
 from introspect.config import load_config
 from introspect.models import FeedForwardClassifier, pgd_linf
-from introspect.runs.pipeline import build_backbone, build_data, run, stage1
+from introspect.runs.pipeline import run
+from introspect.runs.stage1 import build_backbone, build_data, stage1
 
 REPO = Path(__file__).resolve().parents[1]
 

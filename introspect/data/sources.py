@@ -78,12 +78,19 @@ def _cifar(name: str, root: Path, *, train: bool, download: bool) -> Any:
     try:
         return cls(str(root), train=train, download=download)
     except (RuntimeError, OSError) as err:
-        how = "downloading it failed (offline?)" if download else "data.download is false"
-        raise DataError(
-            f"{name} not found: looked for {root / cls.base_folder} and {how} ({err}). Set "
-            f"data.root to a folder containing {cls.base_folder}, or set data.download=true "
-            "with network access"
-        ) from err
+        folder = root / cls.base_folder
+        if download:
+            fix = (
+                f"downloading it failed (offline?): {err}. Run once with network access, or copy "
+                f"the extracted {cls.base_folder} folder to {folder} (data.root={root}); offline, "
+                "an ImageFolder copy works too (data=imagefolder data.path=...)"
+            )
+        else:
+            fix = (
+                f"data.download is false. Set data.root to the folder holding {cls.base_folder}, "
+                "or data.download=true with network access"
+            )
+        raise DataError(f"{name} not found at {folder}: {fix}") from err
 
 
 def fetch_cifar(name: str, root: Path) -> None:

@@ -30,9 +30,6 @@ _EXPORTS = {
     "deletion_insertion": "faithfulness",
     "evaluate_faithfulness": "faithfulness",
     "evaluate_voice": "uncertainty",
-    "explain_eval_main": "cli",
-    "explain_main": "cli",
-    "explain_network_main": "cli",
     "explanation_figure": "figure",
     "filters_figure": "network",
     "first_layer_filters": "network",
@@ -75,7 +72,6 @@ if TYPE_CHECKING:
         gradcam,
         gradcam_plus_plus,
     )
-    from introspect.explain.cli import explain_eval_main, explain_main, explain_network_main
     from introspect.explain.errors import ExplanationError
     from introspect.explain.faithfulness import (
         Faithfulness,
@@ -145,9 +141,6 @@ __all__ = [
     "deletion_insertion",
     "evaluate_faithfulness",
     "evaluate_voice",
-    "explain_eval_main",
-    "explain_main",
-    "explain_network_main",
     "explanation_figure",
     "filters_figure",
     "first_layer_filters",

@@ -8,7 +8,7 @@ figure state is touched (safe in notebooks and headless jobs alike).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,7 @@ def _draw(rel_ax: Axes, hist_ax: Axes, bins: dict, title: str) -> None:
     rel_ax.set_xlim(0, 1)
     rel_ax.set_ylim(0, 1)
     rel_ax.set_ylabel("accuracy")
-    rel_ax.legend(loc="upper left", fontsize="small")
-    heading = f"ECE = {bins['ece']:.4f}  (n = {bins['n']})"
+    heading = f"ECE = {100 * bins['ece']:.2f} %  (n = {bins['n']})"
     rel_ax.set_title(f"{title}\n{heading}" if title else heading)
 
     hist_ax.bar(
@@ -111,7 +110,17 @@ def _draw(rel_ax: Axes, hist_ax: Axes, bins: dict, title: str) -> None:
     hist_ax.set_xlim(0, 1)
     hist_ax.set_xlabel("confidence")
     hist_ax.set_ylabel("fraction")
-    hist_ax.legend(loc="upper left", fontsize="small")
+
+
+def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
+    """One legend for the panels' labelled artists, outside (below) every axes."""
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize="small")
 
 
 def _finish(fig: Figure, path: str | Path | None) -> Figure:
@@ -137,9 +146,10 @@ def reliability_diagram(
     Saves a PNG to ``path`` when given.
     """
     bins = reliability_bins(probs, target, n_bins)
-    fig = Figure(figsize=(4.5, 6.0), layout="constrained")
+    fig = Figure(figsize=(4.5, 6.6), layout="constrained")
     rel_ax, hist_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     _draw(rel_ax, hist_ax, bins, title)
+    _legend_below(fig, [rel_ax, hist_ax])
     return _finish(fig, path)
 
 
@@ -147,10 +157,12 @@ def reliability_grid(
     panels: Mapping[str, tuple[ArrayLike, ArrayLike] | Mapping[str, Any]],
     *,
     n_bins: int = 15,
+    title: str = "",
     path: str | Path | None = None,
 ) -> Figure:
     """Reliability diagrams side by side, one column per panel: ``name -> (probs, target)``,
-    or ``name ->`` statistics from :func:`reliability_bins` / :func:`bins_from_sums`.
+    or ``name ->`` statistics from :func:`reliability_bins` / :func:`bins_from_sums`; ``title``
+    (e.g. the run and the split) above them, ECE in %, the legend below the panels.
 
     Meant for comparing heads on the same data (feed-forward / introspective / control).
     Saves a PNG to ``path`` when given.
@@ -161,10 +173,13 @@ def reliability_grid(
         name: panel if isinstance(panel, Mapping) else reliability_bins(*panel, n_bins)
         for name, panel in panels.items()
     }
-    fig = Figure(figsize=(4.0 * len(all_bins), 6.0), layout="constrained")
+    fig = Figure(figsize=(4.0 * len(all_bins), 6.8), layout="constrained")
     axes = fig.subplots(
         2, len(all_bins), sharex=True, sharey="row", height_ratios=[3, 1], squeeze=False
     )
     for column, (name, bins) in enumerate(all_bins.items()):
         _draw(axes[0, column], axes[1, column], bins, name)
+    if title:
+        fig.suptitle(title)
+    _legend_below(fig, [axes[0, 0], axes[1, 0]])
     return _finish(fig, path)

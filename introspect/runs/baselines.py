@@ -29,7 +29,9 @@ from introspect.data.seeding import derive_seed
 from introspect.metrics.temperature import fit_temperature
 from introspect.models.stage2 import StageTwoClassifier, freeze
 from introspect.runs.distributed import broadcast_from_zero, is_global_zero
+from introspect.runs.errors import PipelineError
 from introspect.runs.evaluation import head_logits
+from introspect.runs.stage1 import build_backbone, stage1
 from introspect.uncertainty import MCDropout
 
 
@@ -199,7 +201,6 @@ def ensemble_members(
     member. ``stage1.ensemble=K`` trains members 2..K with their own seeds (``train``) or loads
     them from ``<run>/checkpoints/stage1-member<k>-best.ckpt``; ``backbone.ensemble_checkpoints``
     loads the listed networks (a member equal to the run's backbone reuses its pass)."""
-    from introspect.runs.pipeline import PipelineError, build_backbone, stage1
 
     members: list[nn.Module] = []
     b = cfg.backbone

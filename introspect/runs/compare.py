@@ -354,9 +354,16 @@ _MARKERS = {
 }
 
 
+def runs_title(groups: Sequence[Group], limit: int = 4) -> str:
+    """The runs a comparison figure shows, by directory name (the first ``limit``)."""
+    names = [r.path.name for g in groups for r in g.runs]
+    shown = ", ".join(names[:limit]) + (f", … ({len(names)} runs)" if len(names) > limit else "")
+    return f"runs {shown}"
+
+
 def scatter(
     path: Path, groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, float]]]
-) -> None:
+) -> Figure:
     """Accuracy (y) against ECE (x), in %, for every group and head; clean and mean-corruption
     panels; error bars are the seed std. Ideal: top-left."""
     fig = Figure(figsize=(11, 4.8))
@@ -391,18 +398,20 @@ def scatter(
         for h, (m, filled) in _MARKERS.items()
         if h in shown
     ]  # fmt: skip
+    fig.suptitle(f"{runs_title(groups)}: test split, accuracy against ECE (mean ± seed std)")
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     rows = math.ceil(len(handles) / 2)
     fig.subplots_adjust(bottom=0.1 + 0.04 * rows, wspace=0.25)
     fig.savefig(path, dpi=120)
+    return fig
 
 
-def severity_curves(path: Path, groups: Sequence[Group]) -> bool:
+def severity_curves(path: Path, groups: Sequence[Group]) -> Figure | None:
     """Accuracy and ECE (mean over corruptions, ± seed std) against severity, one column per
-    group and one line per head; returns False (and writes nothing) without severities."""
+    group and one line per head; returns None (and writes nothing) without severities."""
     with_sev = [g for g in groups if g.runs[0].results.get("by_severity")]
     if not with_sev:
-        return False
+        return None
     fig = Figure(figsize=(max(4.5, 4 * len(with_sev)), 6.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(with_sev), squeeze=False)
@@ -431,10 +440,12 @@ def severity_curves(path: Path, groups: Sequence[Group]) -> bool:
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(group.label, fontsize=8)
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(f"{runs_title(with_sev)}: corruption cells of the test split, by severity")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
-    return True
+    return fig
 
 
 def default_out_dir(runs: Sequence[Run]) -> Path:
@@ -486,7 +497,7 @@ def compare(
     write_csv(out / "comparison.csv", groups, tables)
     images = [out / "accuracy_vs_ece.png"]
     scatter(images[0], groups, tables)
-    if severity_curves(out / "severity_curves.png", groups):
+    if severity_curves(out / "severity_curves.png", groups) is not None:
         images.append(out / "severity_curves.png")
     if wandb is None:
         wandb = all(r.config.get("logger", {}).get("wandb") for r in runs)

@@ -15,8 +15,9 @@ from introspect.backbones import Backbone
 from introspect.data import ImageDataModule
 from introspect.models.protopnet import train_protopnet
 from introspect.runs.distributed import world_size
-from introspect.runs.stage2 import resolve_device
+from introspect.runs.errors import PipelineError
 from introspect.runs.status import stages_done
+from introspect.runs.trainer import resolve_device
 
 
 def protopnet_stage1(
@@ -25,7 +26,6 @@ def protopnet_stage1(
     """Train ``backbone`` with the phases of ``cfg.stage1.protopnet`` (or, resuming a run that
     finished stage 1, load its weights); writes ``<run>/protopnet.json`` with the per-phase
     history. A resumed run that stopped during the phases starts them again."""
-    from introspect.runs.pipeline import PipelineError
 
     if world_size() > 1 or cfg.trainer.num_nodes > 1 or cfg.trainer.devices not in (1, "1"):
         raise PipelineError(

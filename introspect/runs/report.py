@@ -35,6 +35,7 @@ from introspect.runs.evaluation import (
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import config_digest
 from introspect.runs.status import write_json_atomic
+from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
 
 PARTIAL_DIR = ".partial-evaluation"
 
@@ -118,18 +119,22 @@ def evaluate_and_report(
     split and returns the synchronized results; only rank zero writes and logs. ``baselines``
     adds the tempered twins, MC dropout and the ensemble (see ``runs.baselines``).
     """
-    from introspect.runs.pipeline import build_trainer, resolve_device
 
     names = list(splits)
     partial = PartialResults(out_dir / PARTIAL_DIR, config_digest(cfg))
     done = broadcast_from_zero(partial.load(names) if is_global_zero() else None)
     assert done is not None
     # Each process evaluates one contiguous block of every split, none padded with repeats.
+    # On a terminal Lightning's bar; otherwise a line per tenth of the splits, not per loader.
+    bar = bool(cfg.trainer.enable_progress_bar) and console_is_terminal()
     trainer = build_trainer(
-        cfg, out_dir, loggers=False, inference_mode=False, use_distributed_sampler=False
-    )
+        cfg, out_dir, loggers=False, inference_mode=False, use_distributed_sampler=False,
+        enable_progress_bar=bar,
+    )  # fmt: skip
     rank, world = global_rank(), world_size()
-    for group in split_groups([n for n in names if n not in done]):
+    todo = [n for n in names if n not in done]
+    lines = TenthLines("evaluated splits", len(todo) if cfg.trainer.enable_progress_bar else 0)
+    for group in split_groups(todo):
         evaluator = Evaluator(
             backbone,
             heads,
@@ -152,6 +157,8 @@ def evaluate_and_report(
         if is_global_zero():
             partial.save(group_results, group_bins)
         done.update({n: (group_results[n], group_bins[n]) for n in group})
+        if is_global_zero():
+            lines.advance(len(group))
     split_results = {n: done[n][0] for n in names}
     bins = {n: done[n][1] for n in names}
 
@@ -177,7 +184,7 @@ def evaluate_and_report(
         return results
 
     table = format_table(results)
-    plots = _reliability_plots(bins, names, out_dir)
+    plots = _reliability_plots(bins, names, out_dir, run_label(cfg, out_dir))
     notes = "\n".join(baselines.notes()) + "\n" if baselines is not None else ""
     (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n" + notes)
     _log(loggers, results, plots)
@@ -189,14 +196,25 @@ def evaluate_and_report(
     return results
 
 
+def run_label(cfg: DictConfig, out_dir: Path) -> str:
+    """How figures name the run: ``run.name`` or its directory (and the evaluation's tag)."""
+    run_dir = Path(cfg.run.dir) if cfg.run.dir else out_dir
+    name = cfg.run.name or run_dir.name
+    return name if out_dir == run_dir else f"{name} ({out_dir.name})"
+
+
 def _reliability_plots(
-    bins: dict[str, dict[str, Any]], names: list[str], run_dir: Path
+    bins: dict[str, dict[str, Any]], names: list[str], run_dir: Path, label: str
 ) -> list[Path]:
     """Reliability grids of the clean split and of all corruption cells pooled."""
     paths: list[Path] = []
     if "clean" in names:
         path = run_dir / "reliability_clean.png"
-        reliability_grid({h: bins_from_sums(**b) for h, b in bins["clean"].items()}, path=path)
+        reliability_grid(
+            {h: bins_from_sums(**b) for h, b in bins["clean"].items()},
+            title=f"run {label}: clean test split",
+            path=path,
+        )
         paths.append(path)
     shifted = [n for n in names if is_cell(n)]
     if shifted:
@@ -208,7 +226,8 @@ def _reliability_plots(
             for h in heads
         }
         path = run_dir / "reliability_corrupted.png"
-        reliability_grid(pooled, path=path)
+        title = f"run {label}: {len(shifted)} corruption cells pooled"
+        reliability_grid(pooled, title=title, path=path)
         paths.append(path)
     return paths
 

@@ -40,6 +40,7 @@ from introspect.runs.distributed import (
     is_global_zero,
     world_size,
 )
+from introspect.runs.trainer import build_trainer, resolve_device
 
 # Data fields that change which images a split holds (not how they are batched or loaded).
 _DATA_IDENTITY = (
@@ -55,14 +56,6 @@ def _data_identity(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.get("val_from", "train") != "train":
         identity["val_from"] = cfg.data.val_from
     return identity
-
-
-def resolve_device(cfg: DictConfig) -> torch.device:
-    """The device feature extraction runs on, following ``trainer.accelerator``."""
-    acc = cfg.trainer.accelerator
-    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def feature_options(cfg: DictConfig) -> dict[str, Any]:
@@ -227,8 +220,6 @@ def stage2(
     ``val`` split unless ``val`` is part of the training recipe. Every process holds the whole
     training features in memory; Lightning's distributed sampler gives each its share.
     """
-    from introspect.runs.pipeline import build_trainer
-
     # Extraction runs where trainer.accelerator says (Lightning moves modules back after fit).
     backbone.eval().to(resolve_device(cfg))
     cache = FeatureCache(cfg.stage2.cache_dir)

@@ -39,7 +39,7 @@ from introspect.explain.uncertainty import VoiceEvaluation, evaluate_voice, voic
 
 @dataclass
 class EvalOptions:
-    """What ``explain-eval`` measures (see ``introspect.explain.cli``)."""
+    """What ``explain-eval`` measures (see ``introspect.cli.explain``)."""
 
     methods: list[str]
     n: int = 64
@@ -93,7 +93,8 @@ def write_record(path: Path, obj: Any) -> None:
 
 
 def _backbone(cfg: DictConfig, run_dir: Path, dm: Any, device: torch.device) -> torch.nn.Module:
-    from introspect.runs.pipeline import PipelineError, build_backbone, stage1_checkpoint
+    from introspect.runs.errors import PipelineError
+    from introspect.runs.stage1 import build_backbone, stage1_checkpoint
 
     checkpoint = stage1_checkpoint(cfg, run_dir)
     if checkpoint is None:
@@ -141,9 +142,9 @@ def explain_eval(
     """Measure every method's deletion and insertion AUC and seconds per image, and the VOICE
     scores of correct and incorrect predictions, on the first ``options.n`` images; write
     ``explain.md``, ``voice.png`` and (last, atomically) ``results.json`` to ``out_dir``."""
-    from introspect.runs.pipeline import build_data
     from introspect.runs.provenance import provenance
-    from introspect.runs.stage2 import resolve_device
+    from introspect.runs.stage1 import build_data
+    from introspect.runs.trainer import resolve_device
 
     started = time.perf_counter()
     device = resolve_device(cfg)
@@ -249,7 +250,7 @@ def format_voice(summary: Mapping[str, Mapping[str, float | int]], threshold: fl
 
 @dataclass
 class NetworkOptions:
-    """What ``explain-network`` draws (see ``introspect.explain.cli``)."""
+    """What ``explain-network`` draws (see ``introspect.cli.explain``)."""
 
     n: int = 500
     split: str = "test"
@@ -267,8 +268,8 @@ def explain_network(
     image, the top patches of ``options.channels``, nearest neighbours of the first
     ``options.queries`` images and a t-SNE of the first ``options.n`` images of the split, into
     ``out_dir``; return the figures' paths."""
-    from introspect.runs.pipeline import build_data
-    from introspect.runs.stage2 import resolve_device
+    from introspect.runs.stage1 import build_data
+    from introspect.runs.trainer import resolve_device
 
     device = resolve_device(cfg)
     dm = build_data(cfg)

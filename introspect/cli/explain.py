@@ -300,10 +300,10 @@ def _explain(
 
     from introspect.explain.figure import explanation_figure, introspection_figure, methods_figure
     from introspect.explain.methods import MAP_METHODS
-    from introspect.explain.tasks import _backbone, check_method_options
-    from introspect.runs.pipeline import build_data
+    from introspect.runs.explain import _backbone, check_method_options
     from introspect.runs.rundir import build_loggers
-    from introspect.runs.stage2 import resolve_device
+    from introspect.runs.stage1 import build_data
+    from introspect.runs.trainer import resolve_device
 
     figure = options.get("figure", "paradigms")
     if figure == "quality":
@@ -440,7 +440,7 @@ def _prepare_eval(argv: list[str], trust_run: bool) -> tuple[DictConfig, Path, P
 
 
 def _eval(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> Path:
-    from introspect.explain.tasks import EvalOptions, check_method_options, explain_eval
+    from introspect.runs.explain import EvalOptions, check_method_options, explain_eval
 
     options = EvalOptions(**fields)
     check_method_options(options.method_options)
@@ -479,7 +479,7 @@ def _prepare_network(argv: list[str], trust_run: bool) -> tuple[DictConfig, Path
 
 
 def _network(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> list[Path]:
-    from introspect.explain.tasks import NetworkOptions, explain_network
+    from introspect.runs.explain import NetworkOptions, explain_network
 
     return explain_network(cfg, run_dir, out_dir, NetworkOptions(**fields))
 

@@ -1,0 +1,200 @@
+"""Evaluate finished runs.
+
+python evaluate.py run=runs/<name> [tag=NAME] [trainer=...] [logger=...] [a.b=value ...]
+    Reload a run's backbone and stage-2 heads and evaluate them on the configured splits
+    (override e.g. eval.corruptions=[fog,snow] eval.severities=[5]). Results go to
+    runs/<name>/evaluations/<tag>/ (results.json, table.md, plots, logs); the tag defaults to
+    one derived from the overrides. The run's own results.json is never modified, and an
+    existing evaluation is never replaced (pass another tag=).
+
+python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb]
+    One table across runs (runs differing only in run.seed are pooled into mean ± std):
+    clean and mean-corruption accuracy and ECE of the feed-forward, introspective and
+    control heads and their differences, as comparison.md and comparison.csv, plus
+    accuracy_vs_ece.png and severity_curves.png, written to DIR (default: a folder
+    "comparison" beside the runs) and logged to W&B (default: when the runs were).
+    Runs that are not complete (status.json) are skipped with a message.
+
+python evaluate.py scores run=runs/<name> [tag=NAME] [a.b=value ...]
+    OOD detection and trust of every confidence score (MSP, ODIN, energy, Mahalanobis,
+    GradNorm, GradTrust, Purview, ... and the introspective head's int_msp/int_odin).
+    In-distribution = the run's clean test split; OOD sets are scores.ood.<name>.{source,
+    path,test_path,split} (any classes, resized) plus uniform noise (scores.noise); trust
+    (AUAC/AUFC) is measured on the clean split, every eval.extra split and the pooled
+    corruption cells. Writes results.json ("ood", "trust") and scores.md to
+    runs/<name>/evaluations/scores[-<tag>]/. E.g.
+    scores.ood.mnist.source=npz scores.ood.mnist.path=mnist.npz scores.ood.mnist.split=all
+    scores.max_samples=1000 scores.purview=false
+
+python evaluate.py explain run=runs/<name> [figure=paradigms|methods|introspection|quality]
+        [n=8] [index=0] [split=test] [layer=...] [out=FILE]
+    Explanation figures: the paradigms (Grad-CAM, Contrast-CAM, Counterfactual-CAM) of the
+    first n images, every map method, or "why P, rather than Q?" for every Q of one image;
+    for a quality run (task=quality), "why q, rather than q'?" for every q' of
+    quality.explain_contrasts.
+
+python evaluate.py explain-eval run=runs/<name> [methods=[gradcam,rise,...]] [n=64]
+        [cell=fog/3] [layer=...] [steps=32] [voice=true] [method.rise.masks=500] [tag=NAME]
+    Deletion/insertion AUC and seconds per image of every map method, and VOICE IoU/SNR of
+    correct and incorrect predictions, on the first n test images (or a corruption cell);
+    written to runs/<name>/evaluations/explain[-<tag>]/.
+
+python evaluate.py explain-network run=runs/<name> [n=500] [layer=layer2] [channels=0,1]
+    Filters, activations, maximally activating patches, nearest neighbours and t-SNE figures.
+
+A run directory is data: settings of its config.yaml that import code (backbone.name=
+pkg.mod:Obj) or unpickle (backbone.trust_checkpoint=true) are refused unless the command line
+repeats them or --trust-run is given. Group choices trainer=... and logger=... work as in
+train.py (e.g. trainer=ddp_cpu).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from introspect.config import ConfigError, load_run_config
+
+
+def _load_run(
+    argv: list[str], *, trust_run: bool, default_tag: str = ""
+) -> tuple[DictConfig, Path, Path] | None:
+    """The saved config (with overrides), directory and output folder of ``run=DIR``, checked
+    before any heavy import; None after printing the error."""
+    from introspect.runs.rundir import evaluation_dir, evaluation_tag
+
+    runs = [a.partition("=")[2] for a in argv if a.startswith("run=")]
+    tags = [a.partition("=")[2] for a in argv if a.startswith("tag=")]
+    if len(runs) != 1 or len(tags) > 1:
+        print("error: give exactly one run=runs/<name> (and at most one tag=)", file=sys.stderr)
+        return None
+    run_dir = Path(runs[0]).expanduser().resolve()
+    overrides = [a for a in argv if not a.startswith(("run=", "tag="))]
+    try:
+        cfg = load_run_config(run_dir, overrides, trust_run=trust_run)
+        tag = tags[0] if tags else evaluation_tag(overrides)
+        if default_tag:
+            tag = default_tag if tag == "default" else f"{default_tag}-{tag}"
+        out_dir = evaluation_dir(run_dir, tag)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return None
+    return cfg, run_dir, out_dir
+
+
+def _run_job(
+    loaded: tuple[DictConfig, Path, Path], job: Callable[[DictConfig, Path, Path], Any]
+) -> bool:
+    """Run ``job(cfg, run_dir, out_dir)``; user errors are printed, giving False."""
+    from introspect.runs.distributed import report_stopped_process
+    from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
+
+    quiet_library_warnings()
+    try:
+        job(*loaded)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return False
+    except Exception as err:
+        if not report_stopped_process(err):  # another process of a multi-process run stopped
+            raise
+        return False
+    return True
+
+
+def reevaluate_main(argv: list[str], *, trust_run: bool = False) -> int:
+    """Parse ``run=DIR``, ``tag=`` and overrides, re-evaluate, print the table."""
+    loaded = _load_run(argv, trust_run=trust_run)
+    if loaded is None:
+        return 2
+    from introspect.runs.distributed import is_global_zero
+    from introspect.runs.pipeline import reevaluate
+
+    if not _run_job(loaded, reevaluate):
+        return 2
+    if is_global_zero():
+        print(f"wrote {loaded[2] / 'results.json'}")
+    return 0
+
+
+def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
+    """Parse ``run=DIR``, ``tag=`` and overrides, score the run's OOD detection and trust."""
+    loaded = _load_run(argv, trust_run=trust_run, default_tag="scores")
+    if loaded is None:
+        return 2
+    from introspect.runs.scores import score_run
+
+    if not _run_job(loaded, score_run):
+        return 2
+    print(f"wrote {loaded[2] / 'results.json'}; tables in {loaded[2] / 'scores.md'}")
+    return 0
+
+
+def compare_main(argv: list[str]) -> int:
+    """Parse run directories and ``--out``/``--wandb``, build and print the comparison."""
+    paths: list[str] = []
+    out: str | None = None
+    wandb: bool | None = None
+    args = iter(argv)
+    for arg in args:
+        if arg == "--out":
+            out = next(args, None)
+            if out is None:
+                print("error: --out needs a directory", file=sys.stderr)
+                return 2
+        elif arg in ("--wandb", "--no-wandb"):
+            wandb = arg == "--wandb"
+        elif arg.startswith("-"):
+            print(f"error: unknown option {arg!r}; see python evaluate.py --help", file=sys.stderr)
+            return 2
+        else:
+            paths.append(arg)
+    missing = [p for p in paths if not Path(p).expanduser().is_dir()]
+    if missing:  # before the heavy imports below
+        print(f"error: {missing[0]} is not a run directory", file=sys.stderr)
+        return 2
+    from introspect.runs.compare import CompareError, compare
+
+    try:
+        report = compare(paths, out, wandb=wandb)
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report["markdown"])
+    print(f"wrote {report['out_dir']}")
+    return 0
+
+
+EXPLAIN_COMMANDS = {
+    "explain": "explain_main",
+    "explain-eval": "explain_eval_main",
+    "explain-network": "explain_network_main",
+}
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to re-evaluation, ``compare``, ``scores`` or the ``explain`` commands."""
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0 if argv else 2
+    trust_run = "--trust-run" in argv
+    argv = [a for a in argv if a != "--trust-run"]
+    if argv[0] == "compare":
+        return compare_main(argv[1:])
+    if argv[0] == "scores":
+        return scores_main(argv[1:], trust_run=trust_run)
+    if argv[0] in EXPLAIN_COMMANDS:
+        from introspect.cli import explain
+
+        command = getattr(explain, EXPLAIN_COMMANDS[argv[0]])
+        return command(argv[1:], trust_run=trust_run)
+    return reevaluate_main(argv, trust_run=trust_run)
+
+
+def entry() -> None:
+    """Console script ``introspect-evaluate``."""
+    sys.exit(main(sys.argv[1:]))

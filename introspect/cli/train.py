@@ -1,0 +1,96 @@
+"""python -m introspect train [experiment=NAME] [group=option ...] [a.b=value ...]
+       python -m introspect train --cfg [overrides]      print the composed config, run nothing
+       python -m introspect train -m key=a,b ['key2=range(0,3)'] [launcher=slurm launcher.k=v]
+                                                          [sweep.dir=PATH]
+
+Train stage 1 (or load the backbone), extract the introspective features, train stage 2 and the
+control, evaluate every head on the clean, shifted and corrupted splits; prints the run
+directory. ``train.py`` and ``introspect-train`` are the same command.
+
+Multirun (-m / --multirun): every combination of the comma-separated values runs as its own job
+in <sweep.dir>/<n>_<values> (default sweep.dir: runs/sweeps/<date-time>), one after another
+(launcher=local) or as a SLURM job array through submitit (launcher=slurm; options in
+configs/launcher/slurm.yaml). Every job's config is validated before the first starts; the
+finished jobs are compared into the sweep directory (comparison.md/.csv and plots).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from introspect.config import ConfigError, default_config_dir, load_config
+from introspect.runs.rundir import check_run_dir
+
+
+def usage() -> str:
+    """This command's help: usage, then every group, experiment and section."""
+    from introspect.config.discovery import describe_configs, first_line
+
+    config_dir = default_config_dir()
+    launchers = ", ".join(
+        f"{p.stem} ({first_line(p)})" for p in sorted((config_dir / "launcher").glob("*.yaml"))
+    )
+    return f"{__doc__}\n{describe_configs(config_dir)}\n\nSweep launchers (with -m): {launchers}"
+
+
+def _sweep(argv: list[str]) -> int:
+    from introspect.runs.sweep import SweepError, launch, plan_sweep
+
+    try:
+        sweep = plan_sweep(argv, default_config_dir())
+    except (SweepError, ConfigError) as err:
+        print(f"sweep error: {err}", file=sys.stderr)
+        return 2
+    print(f"[sweep] {len(sweep.jobs)} job(s) in {sweep.directory} ({sweep.launcher.name})")
+    manifest = launch(sweep)
+    failed = [j for j in manifest["jobs"] if j["state"].startswith("failed")]
+    if manifest.get("compare"):
+        print(manifest["compare"]["markdown"])
+    for job in failed:
+        print(f"[sweep] job {job['index']} {job['state']}: {job['run_dir']}", file=sys.stderr)
+    print(f"sweep directory: {sweep.directory}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    """Compose the config from ``argv`` and run the job (or the sweep, or print the config)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage())
+        return 0
+    if any(a in ("-m", "--multirun") for a in argv):
+        return _sweep([a for a in argv if a not in ("-m", "--multirun")])
+    show = "--cfg" in argv
+    argv = [a for a in argv if a != "--cfg"]
+    try:
+        cfg = load_config(argv)
+        if show:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg), end="")
+            return 0
+        check_run_dir(cfg)  # before the heavy imports below
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from introspect.runs.distributed import is_global_zero, report_stopped_process
+    from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings, run
+
+    quiet_library_warnings()
+
+    try:
+        results = run(cfg)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not report_stopped_process(err):  # another process of a multi-process run stopped
+            raise
+        return 1
+    if is_global_zero():
+        print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s)")
+    return 0
+
+
+def entry() -> None:
+    """Console script ``introspect-train``."""
+    sys.exit(main(sys.argv[1:]))
