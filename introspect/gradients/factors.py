@@ -166,3 +166,36 @@ def factor_linear(
         out = out + g @ blocks[..., n * d :].reshape(k, m).T
     out = out * factors.scale[:, None].to(out.dtype)
     return out if bias is None else out + bias
+
+
+def feature_moments(
+    factors: GradientFactors, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and unbiased standard deviation of ``factors.materialize()`` (before
+    any standardizer), accumulated in float64 over chunks of rows without materializing them:
+    ``(F,)`` each, in the factors' dtype."""
+    rows = len(factors)
+    if rows < 2:
+        raise ValueError(f"feature moments need at least two rows, got {rows}")
+    _, q, n = factors.g.shape
+    d = factors.h.shape[1]
+    first = torch.zeros(q, n, d, dtype=torch.float64, device=factors.g.device)
+    second = torch.zeros_like(first)
+    first_b = torch.zeros(q, n, dtype=torch.float64, device=factors.g.device)
+    second_b = torch.zeros_like(first_b)
+    for start in range(0, rows, chunk):
+        part = factors[start : start + chunk]
+        sg = part.g.double() * part.scale.double()[:, None, None]
+        h = part.h.double()
+        first += torch.einsum("mqn,md->qnd", sg, h)
+        second += torch.einsum("mqn,md->qnd", sg.square(), h.square())
+        first_b += sg.sum(0)
+        second_b += sg.square().sum(0)
+    mean, mean_b = first / rows, first_b / rows
+    var = (second / rows - mean.square()).clamp_min(0) * (rows / (rows - 1))
+    var_b = (second_b / rows - mean_b.square()).clamp_min(0) * (rows / (rows - 1))
+    if factors.include_bias:
+        mean = torch.cat([mean.reshape(q, -1), mean_b], dim=1)
+        var = torch.cat([var.reshape(q, -1), var_b], dim=1)
+    dtype = factors.g.dtype
+    return mean.reshape(-1).to(dtype), var.reshape(-1).sqrt().to(dtype)

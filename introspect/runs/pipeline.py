@@ -270,7 +270,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     from introspect.runs.baselines import prepare_baselines
     from introspect.runs.report import evaluate_and_report
-    from introspect.runs.stage2 import stage2
+    from introspect.runs.stage2 import check_head_size, stage2
 
     start = time.perf_counter()
     check_run_dir(cfg)
@@ -278,6 +278,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))  # checked before any work
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    check_head_size(cfg, backbone)
     launch(cfg)  # after the checks above: a bad configuration fails before processes start
     run_dir = prepare_run_dir(cfg)
     zero = is_global_zero()
