@@ -193,7 +193,10 @@ def _load_everywhere(
     """Entry ``key`` as this process loads it and what any process found wrong with it (then
     no features): every process of the run gets the same verdict."""
     try:
-        features, mine = cache.load(key, out=out, offset=offset, total=total), []
+        loaded = (
+            cache.load(key) if out is None else cache.load(key, out=out, offset=offset, total=total)
+        )
+        features, mine = loaded, []
     except InconsistentEntry as err:
         features, mine = None, err.problems
     problems = list(dict.fromkeys(p for found in gather_from_all(mine) for p in found))
