@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     backbone = ResNet50().eval()
     n_cls, dim = backbone.head.weight.shape
-    print(f"environment: {environment()}")
+    print(f"environment: {environment()}", flush=True)
     print(
         f"setup: {args.images} synthetic {args.image_size}x{args.image_size} images, ResNet-50 "
         f"(random weights), N={n_cls}, D={dim}, default features (CE, all-ones target, L2)"
@@ -120,14 +120,17 @@ def main(argv: list[str]) -> int:
             cache.write_shards(plan, plan.missing, feats)
         cache.finish(plan)
         extract_s = time.perf_counter() - start
-        rss_extract = peak_rss_gb()
         folder = cache.entry_dir("scale")
         on_disk = sum(p.stat().st_size for p in folder.glob("shard-*.pt"))
+        print(f"extraction + cache write: {extract_s:.1f} s, {args.images / extract_s:,.1f} "
+              f"images/s (peak RSS so far {peak_rss_gb():.2f} GB)", flush=True)  # fmt: skip
 
         start = time.perf_counter()
         tensors = cache.load("scale")
         load_s = time.perf_counter() - start
-        rss_load = peak_rss_gb()
+        print(f"cache load (each shard hashed once, one tensor per field): {load_s:.1f} s, "
+              f"{args.images / load_s:,.0f} images/s (peak RSS so far {peak_rss_gb():.2f} GB)",
+              flush=True)  # fmt: skip
 
     # The materialized feature of the same images, measured on 8 rows as the cache stored
     # them before (torch.save of the float32 rows), for bytes per image.
@@ -158,10 +161,6 @@ def main(argv: list[str]) -> int:
     print(f"bytes per image: factors on disk {on_disk / args.images:,.0f} (bound 4·(N+D)+64 = "
           f"{bound:,}); materialized {materialized:,.0f} (4·N·D = {4 * n_cls * dim:,}); "
           f"ratio {materialized / (on_disk / args.images):,.0f}x")  # fmt: skip
-    print(f"extraction + cache write: {extract_s:.1f} s, {args.images / extract_s:,.0f} images/s "
-          f"(peak RSS {rss_extract:.2f} GB)")  # fmt: skip
-    print(f"cache load (hash + one tensor per field): {load_s:.1f} s, "
-          f"{args.images / load_s:,.0f} images/s (peak RSS {rss_load:.2f} GB)")  # fmt: skip
     print(f"stage-2 epoch (rank-{args.rank} head, first layer {first:,} weights instead of "
           f"{n_cls * dim * args.hidden[0]:,}): {epoch_s:.1f} s, {args.images / epoch_s:,.0f} "
           f"images/s")  # fmt: skip

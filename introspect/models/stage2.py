@@ -56,12 +56,16 @@ class StageTwoClassifier(L.LightningModule):
         activation: str = "relu",
         optim: Mapping[str, Any] | None = None,
         normalize: str = "l2",
+        first_layer: nn.Module | None = None,
     ) -> None:
+        """``first_layer`` replaces the MLP's first ``nn.Linear`` (e.g. a low-rank one)."""
         super().__init__()
         if normalize not in ("none", "l2", "standardize"):
             raise ValueError(f"normalize must be none, l2 or standardize, got {normalize!r}")
         self.backbone = freeze(backbone)
-        self.head = MLP(in_dim, num_classes, hidden, dropout=dropout, activation=activation)
+        self.head = MLP(
+            in_dim, num_classes, hidden, dropout=dropout, activation=activation, first=first_layer
+        )
         self.optim = dict(optim or {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4})
         self.normalize = normalize
         self.register_buffer("feature_mean", torch.zeros(in_dim))
@@ -186,25 +190,14 @@ class IntrospectiveClassifier(StageTwoClassifier):
         """``rank > 0`` makes the first layer a ``LowRankBilinear`` of that rank on factors
         (the full linear layer otherwise)."""
         options = dict(feature_options)
-        super().__init__(backbone, normalize=options.pop("normalize", "l2"), **kwargs)
-        self.feature_options = options
+        normalize = options.pop("normalize", "l2")
+        first = None
         if rank:
-            self.head[0] = self._low_rank_layer(rank, kwargs["in_dim"], self.head[0].out_features)
-
-    def _low_rank_layer(self, rank: int, in_dim: int, width: int) -> LowRankBilinear:
-        if self.normalize == "standardize" or self.feature_options.get("params") is not None:
-            raise ValueError(
-                "stage2.head.rank needs last-layer features normalized with l2 or none (a "
-                "low-rank layer does not fold standardization); set stage2.head.rank=0"
-            )
-        linear = self.backbone.head
-        classes, inputs = linear.weight.shape
-        blocks = classes if self.feature_options.get("per_class") else 1
-        include_bias = bool(self.feature_options.get("include_bias"))
-        expected = blocks * classes * (inputs + (1 if include_bias else 0))
-        if expected != in_dim:
-            raise ValueError(f"the head takes {in_dim} features, the factors stand for {expected}")
-        return LowRankBilinear(blocks, classes, inputs, width, rank, include_bias=include_bias)
+            hidden = kwargs.get("hidden", (256, 128))
+            width = hidden[0] if len(hidden) else kwargs["num_classes"]
+            first = _low_rank_layer(backbone, options, normalize, rank, kwargs["in_dim"], width)
+        super().__init__(backbone, normalize=normalize, first_layer=first, **kwargs)
+        self.feature_options = options
 
     def features(
         self, images: torch.Tensor, *, penultimate: torch.Tensor | None = None
@@ -240,6 +233,29 @@ class IntrospectiveClassifier(StageTwoClassifier):
             **self.feature_options,
         )
         return factors, factors.h, logits
+
+
+def _low_rank_layer(
+    backbone: nn.Module,
+    options: Mapping[str, Any],
+    normalize: str,
+    rank: int,
+    in_dim: int,
+    width: int,
+) -> LowRankBilinear:
+    """The rank-``rank`` first layer of an introspective head on ``backbone.head``'s factors."""
+    if normalize == "standardize" or options.get("params") is not None:
+        raise ValueError(
+            "stage2.head.rank needs last-layer features normalized with l2 or none (a "
+            "low-rank layer does not fold standardization); set stage2.head.rank=0"
+        )
+    classes, inputs = backbone.head.weight.shape
+    blocks = classes if options.get("per_class") else 1
+    include_bias = bool(options.get("include_bias"))
+    expected = blocks * classes * (inputs + (1 if include_bias else 0))
+    if expected != in_dim:
+        raise ValueError(f"the head takes {in_dim} features, the factors stand for {expected}")
+    return LowRankBilinear(blocks, classes, inputs, width, rank, include_bias=include_bias)
 
 
 class ProbeClassifier(StageTwoClassifier):
