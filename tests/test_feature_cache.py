@@ -481,3 +481,54 @@ def test_two_processes_agree_on_recomputing_an_inconsistent_entry(
         assert torch.equal(tensors["labels"], reference["labels"])
         for key, value in reference.items():
             torch.testing.assert_close(tensors[key], value, rtol=0, atol=1e-6)
+
+
+def test_cache_holds_factors_within_the_byte_bound(tmp_path: Path) -> None:
+    """4·(N + D) + 64 bytes per image at most (the materialized feature would take 4·N·D)."""
+    cfg = load_config([*TINY, "stage2.shard_batches=9"])  # one shard of all 144 rows
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    tensors = _features((cfg, dm, backbone), tmp_path)
+    n, d = backbone.head.weight.shape
+    on_disk = sum(p.stat().st_size for p in _entry(tmp_path).glob("shard-*.pt"))
+    assert 4 * (n + d) < on_disk / N_TRAIN <= 4 * (n + d) + 64
+    assert tensors["grad"].shape == (N_TRAIN, n) and tensors["penult"].shape == (N_TRAIN, d)
+    # The factors are those of extract_factors on the same images (unnormalized).
+    from introspect.gradients import extract_factors
+
+    images = torch.stack([dm.split("train")[i][0] for i in range(8)])
+    factors = extract_factors(backbone, images, head=backbone.head, normalize="none")
+    assert torch.allclose(tensors["grad"][:8], factors.g[:, 0], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(tensors["penult"][:8], factors.h, rtol=1e-5, atol=1e-7)
+
+
+def test_load_fills_one_preallocated_tensor_without_concatenating(
+    tiny, tmp_path: Path, monkeypatch
+) -> None:
+    first = _features(tiny, tmp_path)
+    cfg, dm, backbone = tiny
+    second = stage2_mod.split_features(
+        cfg, dm, backbone, "val", cache=FeatureCache(tmp_path), digest=weights_digest(backbone)
+    )
+    keys = {json.loads((p / "manifest.json").read_text())["recipe"]["split"]: p.name
+            for p in tmp_path.iterdir()}  # fmt: skip
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: pytest.fail("load concatenated"))
+    cache, out = FeatureCache(tmp_path), {}
+    total = N_TRAIN + len(second["labels"])
+    a = cache.load(keys["train"], out=out, offset=0, total=total)
+    b = cache.load(keys["val"], out=out, offset=N_TRAIN, total=total)
+    for k in FIELDS:
+        assert len(out[k]) == total
+        assert torch.equal(out[k][:N_TRAIN], first[k]) and torch.equal(out[k][N_TRAIN:], second[k])
+        assert a[k].data_ptr() == out[k].data_ptr()  # views of the one tensor, not copies
+        assert b[k].data_ptr() == out[k][N_TRAIN:].data_ptr()
+    with pytest.raises(InconsistentEntry, match="does not fit"):
+        cache.load(keys["val"], out=out, offset=total - 1)
+
+
+def test_a_manifest_whose_row_count_disagrees_is_detected(tiny, tmp_path: Path) -> None:
+    _features(tiny, tmp_path)
+    entry = _entry(tmp_path)
+    _edit_json(entry / "manifest.json", lambda m: m.update(num_samples=m["num_samples"] + 1))
+    with pytest.raises(InconsistentEntry, match="shard 4"):
+        FeatureCache(tmp_path).load(entry.name)

@@ -111,6 +111,7 @@ RANGES: dict[str, Range] = {
     "stage2.head.dropout": _FRACTION,
     "stage2.head.epochs": _POSITIVE,
     "stage2.head.batch_size": _POSITIVE,
+    "stage2.head.rank": _NON_NEGATIVE,
     "stage2.head.optim.lr": Range(0, low_open=True),
     "stage2.head.optim.momentum": _FRACTION,
     "stage2.head.optim.weight_decay": _NON_NEGATIVE,
@@ -285,9 +286,15 @@ class FeatureConfig:
 
 @dataclass
 class HeadConfig:
-    """The stage-2 MLP ``H`` and its training (shared by the introspective and control heads)."""
+    """The stage-2 MLP ``H`` and its training (shared by the introspective and control heads).
+
+    ``rank``: 0 gives the introspective head a full first layer (features x ``hidden[0]``
+    weights, at most ``models.stage2.MAX_FULL_WEIGHTS`` = 50 M); r > 0 a low-rank bilinear one
+    on the gradient factors, ``hidden[0]·r·(N + D)`` weights.
+    """
 
     hidden: list[int] = field(default_factory=lambda: [256, 128])
+    rank: int = 0
     dropout: float = 0.1
     activation: str = "relu"
     epochs: int = 40

@@ -5,7 +5,10 @@ An entry ``<root>/<key>/`` holds:
 
 * ``shard-NNNNN.pt``: the features of samples ``start .. stop - 1`` of the split (shard ``i``
   covers ``i·shard_size`` up to the next multiple or the end), a ``torch.save``'d dict of
-  ``FIELDS``;
+  ``FIELDS``: the rank-one factors of the unnormalized last-layer gradient feature (``grad``:
+  the loss gradients at the head output, ``Q·N`` values; ``penult``: the head input ``h``,
+  ``D`` values) and the label, i.e. ``4·(N + D) + 8`` bytes per sample by default instead of
+  the ``4·N·D`` of the materialized feature (``features_of`` rebuilds the factors);
 * ``shard-NNNNN.json``: that shard's record (index, start, stop, file, file size, SHA-256 and
   the dtype and per-sample shape of every field), written right after the shard by the process
   that extracted it, so any number of processes fill an entry without sharing a file;
@@ -43,11 +46,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from introspect.gradients.extract import extract_with_outputs
+from introspect.gradients.extract import extract_factors_with_outputs
+from introspect.gradients.factors import GradientFactors
 
-FIELDS = ("grad", "penult", "logits", "labels")
+FIELDS = ("grad", "penult", "labels")
 # Layout and meaning of an entry; bumped when either changes, so older entries are rebuilt.
-FORMAT = 2
+FORMAT = 3
 
 
 class CacheError(RuntimeError):
@@ -134,15 +138,32 @@ def iter_features(
     total: int | None = None,
     progress: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Gradient features, penultimate activations, logits and labels (on CPU) of each batch as
-    it is read, from one forward pass per batch. ``backbone`` must expose its ``head`` module."""
+    """The cached ``FIELDS`` (on CPU) of each batch as it is read, from one forward pass per
+    batch: the unnormalized gradient factors (``feature_options`` without ``normalize``, which
+    ``features_of`` applies) and the labels. ``backbone`` must expose its ``head`` module."""
+    options = {k: v for k, v in feature_options.items() if k != "normalize"}
     for images, labels in tqdm(batches, desc=desc, total=total, leave=False, disable=not progress):
         images = images.to(device, non_blocking=True)
-        grad, penult, logits = extract_with_outputs(
-            backbone, images, head=backbone.head, **feature_options
+        factors, _ = extract_factors_with_outputs(
+            backbone, images, head=backbone.head, normalize="none", **options
         )
-        values = (grad, penult, logits, labels)
+        values = (factors.g.reshape(len(factors), -1), factors.h, labels)
         yield {k: v.detach().cpu() for k, v in zip(FIELDS, values, strict=True)}
+
+
+def features_of(
+    tensors: Mapping[str, torch.Tensor], *, num_classes: int, normalize: str, include_bias: bool
+) -> GradientFactors:
+    """The gradient factors of loaded cache ``tensors`` (views, no copy), normalized as
+    ``normalize`` (``"standardize"`` is left to the head: the factors come unnormalized)."""
+    grad = tensors["grad"]
+    g = grad.view(len(grad), -1, num_classes)
+    return GradientFactors.from_parts(
+        g,
+        tensors["penult"],
+        include_bias=include_bias,
+        normalize="none" if normalize == "standardize" else normalize,
+    )
 
 
 @dataclass(frozen=True)
@@ -521,8 +542,20 @@ class FeatureCache:
                 raise _Mismatch(f"{name} is {found}, the manifest says {fields[name]}")
         return tensors
 
-    def load(self, key: str) -> dict[str, torch.Tensor]:
-        """Every field of complete entry ``key``, in sample order.
+    def load(
+        self,
+        key: str,
+        *,
+        out: dict[str, torch.Tensor] | None = None,
+        offset: int = 0,
+        total: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Every field of complete entry ``key``, in sample order, read shard by shard into one
+        tensor per field (each shard's bytes hashed once, then released).
+
+        With ``out``, the rows go to ``out[name][offset : offset + num_samples]`` (fields
+        missing from ``out`` are first allocated with ``total`` rows, as the manifest describes
+        them) and those views are returned, so several entries fill one tensor.
 
         Raises ``InconsistentEntry`` unless the manifest lists the entry's shards in order, each
         under its own file with the bytes it holds, and every field of each shard has one row
@@ -530,9 +563,9 @@ class FeatureCache:
         """
         try:
             plan, fields, shards = self._layout(key)
+            out = self._buffers(plan, fields, {} if out is None else out, offset, total)
         except _Mismatch as err:
             raise InconsistentEntry(self.entry_dir(key), [(None, str(err))]) from None
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in FIELDS}
         problems: Problems = []
         for index in range(plan.num_shards):
             try:
@@ -542,11 +575,43 @@ class FeatureCache:
             except _Mismatch as err:
                 problems.append((index, str(err)))
                 continue
+            start, stop = plan.bounds(index)
             for k in FIELDS:
-                parts[k].append(tensors[k])
+                out[k][offset + start : offset + stop] = tensors[k]
+            del tensors
         if problems:
             raise InconsistentEntry(self.entry_dir(key), problems)
-        return {k: torch.cat(v) for k, v in parts.items()}
+        return {k: out[k][offset : offset + plan.num_samples] for k in FIELDS}
+
+    @staticmethod
+    def _buffers(
+        plan: ShardPlan,
+        fields: Mapping[str, Any],
+        out: dict[str, torch.Tensor],
+        offset: int,
+        total: int | None,
+    ) -> dict[str, torch.Tensor]:
+        """``out`` with every field allocated (``total`` rows, default: the entry's); raises
+        ``_Mismatch`` when a field there cannot hold the entry's rows at ``offset``."""
+        for name in FIELDS:
+            spec = fields[name]
+            if name not in out:
+                dtype = getattr(torch, str(spec["dtype"]), None)
+                if not isinstance(dtype, torch.dtype):
+                    raise _Mismatch(f"the manifest names no dtype for {name}: {spec['dtype']!r}")
+                rows = plan.num_samples if total is None else total
+                out[name] = torch.empty((rows, *spec["shape"]), dtype=dtype)
+            buffer = out[name]
+            found = {
+                "dtype": str(buffer.dtype).removeprefix("torch."),
+                "shape": list(buffer.shape[1:]),
+            }
+            if found != spec or not 0 <= offset <= len(buffer) - plan.num_samples:
+                raise _Mismatch(
+                    f"{name} ({spec}, {plan.num_samples} rows) does not fit rows {offset}.. of "
+                    f"a buffer {found} of {len(buffer)} rows"
+                )
+        return out
 
     def discard(self, key: str, problems: Problems) -> None:
         """Forget what ``problems`` (from ``InconsistentEntry``) name of entry ``key``, so that

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from introspect.backbones.head import resolve_head
+from introspect.gradients.factors import GradientFactors
 from introspect.gradients.general import (
     check_class_indices,
     check_loss_target,
@@ -216,6 +217,31 @@ def _head_features(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unnormalized last-layer gradient features (closed form from one forward pass), with the
     head input and the logits of that pass (all detached)."""
+    delta, h, logits = _head_gradients(
+        model,
+        images,
+        loss=loss,
+        target=target,
+        per_class=per_class,
+        include_bias=include_bias,
+        head=head,
+    )
+    return _outer(delta, h, include_bias), h, logits
+
+
+def _head_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    loss: str,
+    target: str | torch.Tensor,
+    per_class: bool,
+    include_bias: bool,
+    head: str | nn.Module | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g, h, logits)`` of one forward pass, detached: the loss gradients at the head output
+    ``(B, Q, *T, N)``, the head input ``(B, *T, D)`` and the model's logits."""
+    check_options(loss, target, per_class, include_bias, None)
     linear = resolve_head(model, head, images[:1])
     if include_bias and linear.bias is None:
         raise ValueError("include_bias=True but the head has no bias; set include_bias=False")
@@ -225,8 +251,73 @@ def _head_features(
         g_logits = logit_gradients(logits.detach(), loss=loss, target=target, per_class=per_class)
         with torch.enable_grad():
             delta = _pull_back(logits, z_head, g_logits)  # (B, Q, *T, N)
-        features = _outer(delta, h, include_bias)
-    return features.detach(), h, logits.detach()
+    return delta.detach().to(h.dtype), h, logits.detach()
+
+
+def extract_factors(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    loss: str = "ce",
+    target: str | torch.Tensor = "ones",
+    per_class: bool = False,
+    include_bias: bool = False,
+    normalize: str = "l2",
+    head: str | nn.Module | None = None,
+    standardizer: Standardizer | None = None,
+) -> GradientFactors:
+    """The rank-one factors of ``extract(model, images, ...)`` (same last-layer options):
+    ``extract_factors(...).materialize()`` equals ``extract(...)``, from ``N + D`` values per
+    image (``Q·N + D`` with ``per_class``) instead of ``F``.
+
+    The head input must be one vector per image (``(B, D)``): a head applied per token gives a
+    sum of outer products, which only ``extract`` computes.
+    """
+    return extract_factors_with_outputs(
+        model,
+        images,
+        loss=loss,
+        target=target,
+        per_class=per_class,
+        include_bias=include_bias,
+        normalize=normalize,
+        head=head,
+        standardizer=standardizer,
+    )[0]
+
+
+def extract_factors_with_outputs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    loss: str = "ce",
+    target: str | torch.Tensor = "ones",
+    per_class: bool = False,
+    include_bias: bool = False,
+    normalize: str = "l2",
+    head: str | nn.Module | None = None,
+    standardizer: Standardizer | None = None,
+) -> tuple[GradientFactors, torch.Tensor]:
+    """``(factors, logits)`` of ``images`` from one forward pass (see ``extract_factors``)."""
+    check_normalize(normalize, standardizer)
+    g, h, logits = _head_gradients(
+        model,
+        images,
+        loss=loss,
+        target=target,
+        per_class=per_class,
+        include_bias=include_bias,
+        head=head,
+    )
+    if h.ndim != 2 or g.ndim != 3:
+        raise ValueError(
+            f"the head input has shape {tuple(h.shape)}: a head applied per token is not rank "
+            "one; use extract() for its materialized features"
+        )
+    factors = GradientFactors.from_parts(
+        g, h, include_bias=include_bias, normalize=normalize, standardizer=standardizer
+    )
+    return factors, logits
 
 
 def logit_gradients(

@@ -28,17 +28,21 @@ class MLP(nn.Sequential):
         *,
         dropout: float = 0.0,
         activation: str = "relu",
+        first: nn.Module | None = None,
     ) -> None:
+        """``first``: the first layer (``in_dim -> hidden[0]``) when not ``nn.Linear``."""
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = []
         width = in_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+        for i, h in enumerate(hidden):
+            layer = first if i == 0 and first is not None else nn.Linear(width, h)
+            layers += [layer, ACTIVATIONS[activation]()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
-        layers.append(nn.Linear(width, num_classes))
+        last = first if not hidden and first is not None else nn.Linear(width, num_classes)
+        layers.append(last)
         super().__init__(*layers)

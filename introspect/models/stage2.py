@@ -12,10 +12,16 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from introspect.gradients import extract_with_outputs
+from introspect.gradients import extract_factors_with_outputs, extract_with_outputs
+from introspect.gradients.factors import GradientFactors, factor_linear, feature_moments
 from introspect.gradients.normalize import normalize_features
+from introspect.models.bilinear import LowRankBilinear
 from introspect.models.mlp import MLP
 from introspect.models.optim import build_optimizer
+
+# Largest full first layer (features x first hidden width) of an introspective head; a larger
+# one needs stage2.head.rank (ImageNet with ResNet-50: 2,048,000 x 256 = 524 M weights).
+MAX_FULL_WEIGHTS = 50_000_000
 
 
 def freeze(backbone: nn.Module) -> nn.Module:
@@ -29,8 +35,10 @@ def freeze(backbone: nn.Module) -> nn.Module:
 class StageTwoClassifier(L.LightningModule):
     """Frozen backbone -> features -> MLP ``H``, trained with cross-entropy on the true labels.
 
-    Training and validation batches are ``(features, labels)`` (features come from the cache);
-    ``forward(images)`` runs the whole chain on images. ``normalize="standardize"`` uses a
+    Training and validation batches are ``(features, labels)`` (features come from the cache:
+    a ``(B, F)`` tensor or, for the introspective head, ``GradientFactors`` that the first layer
+    consumes without building the ``B x F`` matrix); ``forward(images)`` runs the whole chain on
+    images. ``normalize="standardize"`` uses a
     per-feature mean/std fitted on the training features with ``fit_standardizer``; ``"l2"`` and
     ``"none"`` are applied when features are computed.
     """
@@ -48,12 +56,16 @@ class StageTwoClassifier(L.LightningModule):
         activation: str = "relu",
         optim: Mapping[str, Any] | None = None,
         normalize: str = "l2",
+        first_layer: nn.Module | None = None,
     ) -> None:
+        """``first_layer`` replaces the MLP's first ``nn.Linear`` (e.g. a low-rank one)."""
         super().__init__()
         if normalize not in ("none", "l2", "standardize"):
             raise ValueError(f"normalize must be none, l2 or standardize, got {normalize!r}")
         self.backbone = freeze(backbone)
-        self.head = MLP(in_dim, num_classes, hidden, dropout=dropout, activation=activation)
+        self.head = MLP(
+            in_dim, num_classes, hidden, dropout=dropout, activation=activation, first=first_layer
+        )
         self.optim = dict(optim or {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4})
         self.normalize = normalize
         self.register_buffer("feature_mean", torch.zeros(in_dim))
@@ -81,18 +93,41 @@ class StageTwoClassifier(L.LightningModule):
         """Raw features of ``images`` (before standardization); subclasses define them."""
         raise NotImplementedError
 
-    def fit_standardizer(self, train_features: torch.Tensor) -> None:
-        """Fit the per-feature mean/std used when ``normalize == "standardize"``."""
+    def fit_standardizer(self, train_features: torch.Tensor | GradientFactors) -> None:
+        """Fit the per-feature mean/std used when ``normalize == "standardize"`` (from factors
+        without materializing them)."""
         if self.normalize != "standardize":
             return
-        self.feature_mean.copy_(train_features.mean(0))
-        self.feature_std.copy_(train_features.std(0).clamp_min(1e-8))
+        if isinstance(train_features, GradientFactors):
+            mean, std = feature_moments(train_features)
+        else:
+            mean, std = train_features.mean(0), train_features.std(0)
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-8))
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits of ``H`` for raw features (standardized first when configured)."""
+    def classify(self, features: torch.Tensor | GradientFactors) -> torch.Tensor:
+        """Logits of ``H`` for raw features or their factors (standardized first when
+        configured; on factors the standardization is folded into the first layer)."""
+        if isinstance(features, GradientFactors):
+            out = self._first_layer(features)
+            for layer in list(self.head)[1:]:
+                out = layer(out)
+            return out
         if self.normalize == "standardize":
             features = (features - self.feature_mean) / self.feature_std
         return self.head(features)
+
+    def _first_layer(self, factors: GradientFactors) -> torch.Tensor:
+        """The first layer of ``H`` on factors."""
+        first = self.head[0]
+        if isinstance(first, LowRankBilinear):
+            return first(factors)
+        assert isinstance(first, nn.Linear)
+        if self.normalize == "standardize":
+            return factor_linear(
+                factors, first.weight, first.bias, mean=self.feature_mean, std=self.feature_std
+            )
+        return factor_linear(factors, first.weight, first.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the whole chain: backbone -> features -> ``H``."""
@@ -144,9 +179,24 @@ class IntrospectiveClassifier(StageTwoClassifier):
 
     kind = "introspective"
 
-    def __init__(self, backbone: nn.Module, *, feature_options: Mapping[str, Any], **kwargs: Any):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        feature_options: Mapping[str, Any],
+        rank: int = 0,
+        **kwargs: Any,
+    ):
+        """``rank > 0`` makes the first layer a ``LowRankBilinear`` of that rank on factors
+        (the full linear layer otherwise)."""
         options = dict(feature_options)
-        super().__init__(backbone, normalize=options.pop("normalize", "l2"), **kwargs)
+        normalize = options.pop("normalize", "l2")
+        first = None
+        if rank:
+            hidden = kwargs.get("hidden", (256, 128))
+            width = hidden[0] if len(hidden) else kwargs["num_classes"]
+            first = _low_rank_layer(backbone, options, normalize, rank, kwargs["in_dim"], width)
+        super().__init__(backbone, normalize=normalize, first_layer=first, **kwargs)
         self.feature_options = options
 
     def features(
@@ -166,6 +216,46 @@ class IntrospectiveClassifier(StageTwoClassifier):
             normalize=self.extraction_normalize(),
             **self.feature_options,
         )
+
+    def inputs_with_outputs(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor | GradientFactors, torch.Tensor, torch.Tensor]:
+        """``(head inputs, penultimate activations, backbone logits)`` from one forward pass:
+        the head inputs are ``GradientFactors`` for last-layer recipes (what ``classify`` takes
+        without materializing), else the raw features."""
+        if self.feature_options.get("params") is not None:
+            return self.features_with_outputs(images)
+        factors, logits = extract_factors_with_outputs(
+            self.backbone,
+            images,
+            head=getattr(self.backbone, "head", None),
+            normalize=self.extraction_normalize(),
+            **self.feature_options,
+        )
+        return factors, factors.h, logits
+
+
+def _low_rank_layer(
+    backbone: nn.Module,
+    options: Mapping[str, Any],
+    normalize: str,
+    rank: int,
+    in_dim: int,
+    width: int,
+) -> LowRankBilinear:
+    """The rank-``rank`` first layer of an introspective head on ``backbone.head``'s factors."""
+    if normalize == "standardize" or options.get("params") is not None:
+        raise ValueError(
+            "stage2.head.rank needs last-layer features normalized with l2 or none (a "
+            "low-rank layer does not fold standardization); set stage2.head.rank=0"
+        )
+    classes, inputs = backbone.head.weight.shape
+    blocks = classes if options.get("per_class") else 1
+    include_bias = bool(options.get("include_bias"))
+    expected = blocks * classes * (inputs + (1 if include_bias else 0))
+    if expected != in_dim:
+        raise ValueError(f"the head takes {in_dim} features, the factors stand for {expected}")
+    return LowRankBilinear(blocks, classes, inputs, width, rank, include_bias=include_bias)
 
 
 class ProbeClassifier(StageTwoClassifier):

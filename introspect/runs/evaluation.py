@@ -51,7 +51,7 @@ def head_logits(
     backbone's logits, which the control and the feed-forward head reuse."""
     intro = next((h for h in heads.values() if isinstance(h, IntrospectiveClassifier)), None)
     if intro is not None:
-        intro_feats, penult, logits = intro.features_with_outputs(images)
+        intro_feats, penult, logits = intro.inputs_with_outputs(images)
     else:
         with torch.no_grad():
             logits, penult = backbone.forward_features(images)

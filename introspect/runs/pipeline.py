@@ -30,7 +30,7 @@ from introspect.runs.report import evaluate_and_report
 from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
 from introspect.runs.splits import evaluation_splits
 from introspect.runs.stage1 import build_backbone, build_data, stage1, stage1_checkpoint
-from introspect.runs.stage2 import load_heads, stage2
+from introspect.runs.stage2 import check_head_size, load_heads, stage2
 from introspect.runs.status import mark_stage_done, now, update_status
 from introspect.runs.trainer import resolve_device
 
@@ -71,6 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))  # checked before any work
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    check_head_size(cfg, backbone)
     launch(cfg)  # after the checks above: a bad configuration fails before processes start
     run_dir = prepare_run_dir(cfg)
     zero = is_global_zero()

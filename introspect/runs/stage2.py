@@ -10,9 +10,11 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import Subset
 
+from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule, build_augmentation
+from introspect.data.batches import IndexedBatches
 from introspect.data.images import SeededTransformDataset
 from introspect.data.samplers import block_bounds
 from introspect.data.seeding import derive_seed
@@ -22,12 +24,16 @@ from introspect.gradients.cache import (
     InconsistentEntry,
     Problems,
     cache_key,
+    features_of,
     iter_features,
     summarize,
     weights_digest,
 )
+from introspect.gradients.extract import FeatureSpec, feature_dim
+from introspect.gradients.factors import GradientFactors
 from introspect.gradients.normalize import normalize_features
 from introspect.models.stage2 import (
+    MAX_FULL_WEIGHTS,
     IntrospectiveClassifier,
     ProbeClassifier,
     StageTwoClassifier,
@@ -91,9 +97,13 @@ def split_features(
     *,
     cache: FeatureCache,
     digest: str,
+    out: dict[str, torch.Tensor] | None = None,
+    offset: int = 0,
+    total: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Features of one split under one augmentation pass, from the cache after its missing
     shards are extracted: each process of the run extracts a contiguous block of them.
+    ``out``/``offset``/``total``: load into rows of one tensor per field (``FeatureCache.load``).
 
     Every process loads the entry; when any finds it inconsistent, rank zero discards what was
     wrong and all extract it again, once (``CacheError`` if the entry is still inconsistent).
@@ -157,7 +167,7 @@ def split_features(
             if is_global_zero():
                 cache.finish(plan)
             barrier()
-        features, problems = _load_everywhere(cache, key)
+        features, problems = _load_everywhere(cache, key, out, offset, total)
         if features is not None:
             return features
     raise CacheError(
@@ -167,24 +177,72 @@ def split_features(
 
 
 def _load_everywhere(
-    cache: FeatureCache, key: str
+    cache: FeatureCache,
+    key: str,
+    out: dict[str, torch.Tensor] | None = None,
+    offset: int = 0,
+    total: int | None = None,
 ) -> tuple[dict[str, torch.Tensor] | None, Problems]:
     """Entry ``key`` as this process loads it and what any process found wrong with it (then
     no features): every process of the run gets the same verdict."""
     try:
-        features, mine = cache.load(key), []
+        loaded = (
+            cache.load(key) if out is None else cache.load(key, out=out, offset=offset, total=total)
+        )
+        features, mine = loaded, []
     except InconsistentEntry as err:
         features, mine = None, err.problems
     problems = list(dict.fromkeys(p for found in gather_from_all(mine) for p in found))
     return (None if problems else features), problems
 
 
-def _head_inputs(kind: str, tensors: dict[str, torch.Tensor], normalize: str) -> torch.Tensor:
+def _head_inputs(
+    cfg: DictConfig, kind: str, tensors: dict[str, torch.Tensor], num_classes: int
+) -> torch.Tensor | GradientFactors:
+    """What head ``kind`` trains on: the gradient factors of the cached fields (introspective)
+    or the normalized penultimate activations (control)."""
+    features = cfg.stage2.features
     if kind == "introspective":
-        return tensors["grad"]
+        return features_of(
+            tensors,
+            num_classes=num_classes,
+            normalize=features.normalize,
+            include_bias=features.include_bias,
+        )
+    normalize = features.normalize
     return normalize_features(
         tensors["penult"], "none" if normalize == "standardize" else normalize
     )
+
+
+def introspective_dim(cfg: DictConfig, backbone: torch.nn.Module) -> int:
+    """Length F of the introspective features of ``backbone``'s head under ``cfg.stage2``."""
+    head = backbone.head
+    opts = OmegaConf.to_container(cfg.stage2.features, resolve=True)
+    assert isinstance(opts, dict)
+    classes, inputs = head.weight.shape
+    return feature_dim(FeatureSpec(**opts), classes, inputs, head.bias is not None)
+
+
+def check_head_size(cfg: DictConfig, backbone: torch.nn.Module) -> None:
+    """Raise ``ConfigError`` (before any work) when the introspective head's full first layer
+    would exceed ``MAX_FULL_WEIGHTS``, or a low-rank one is asked with standardization."""
+    s2 = cfg.stage2
+    if not s2.enabled:
+        return
+    if s2.head.rank and s2.features.normalize == "standardize":
+        raise ConfigError(
+            "stage2.head.rank>0 needs stage2.features.normalize=l2 or none (a low-rank first "
+            "layer does not fold standardization); set stage2.head.rank=0 or change normalize"
+        )
+    width = s2.head.hidden[0] if len(s2.head.hidden) else backbone.head.weight.shape[0]
+    weights = introspective_dim(cfg, backbone) * width
+    if not s2.head.rank and weights > MAX_FULL_WEIGHTS:
+        raise ConfigError(
+            f"the introspective head's first layer would hold {weights:,} weights (more than "
+            f"{MAX_FULL_WEIGHTS:,}); set stage2.head.rank=r for a low-rank bilinear layer "
+            "(e.g. stage2.head.rank=8)"
+        )
 
 
 def build_head(
@@ -203,7 +261,9 @@ def build_head(
     if kind == "introspective":
         opts = OmegaConf.to_container(cfg.stage2.features, resolve=True)
         assert isinstance(opts, dict)
-        return IntrospectiveClassifier(backbone, feature_options=opts, **common)
+        return IntrospectiveClassifier(
+            backbone, feature_options=opts, rank=h.get("rank", 0), **common
+        )
     return ProbeClassifier(backbone, normalize=cfg.stage2.features.normalize, **common)
 
 
@@ -218,7 +278,9 @@ def stage2(
 
     Heads are saved to ``<run>/stage2/<kind>.pt`` (by rank zero); validation uses the clean
     ``val`` split unless ``val`` is part of the training recipe. Every process holds the whole
-    training features in memory; Lightning's distributed sampler gives each its share.
+    training features in memory (the introspective head's as gradient factors, one tensor per
+    field for all recipes); each process trains on its share of the batches, drawn by index
+    slicing in the order of Lightning's distributed sampler.
     """
     # Extraction runs where trainer.accelerator says (Lightning moves modules back after fit).
     backbone.eval().to(resolve_device(cfg))
@@ -229,10 +291,14 @@ def stage2(
             f"the backbone's weights on process {global_rank()} differ from rank zero's; every "
             "process must build the same backbone (same run.seed or backbone.checkpoint)"
         )
-    parts = [
-        split_features(cfg, dm, backbone, *r, cache=cache, digest=digest) for r in _recipes(cfg)
-    ]
-    train = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    recipes = _recipes(cfg)
+    counts = [len(dm.split(split)) for split, _, _ in recipes]
+    train: dict[str, torch.Tensor] = {}  # every recipe's rows loaded into one tensor per field
+    for recipe, offset in zip(recipes, [sum(counts[:i]) for i in range(len(counts))], strict=True):
+        split_features(
+            cfg, dm, backbone, *recipe, cache=cache, digest=digest,
+            out=train, offset=offset, total=sum(counts),
+        )  # fmt: skip
     val = None
     if "val" not in cfg.stage2.splits and len(dm.split("val")) > 0:
         val = split_features(cfg, dm, backbone, "val", cache=cache, digest=digest)
@@ -242,26 +308,24 @@ def stage2(
     out_dir = run_dir / "stage2"
     if is_global_zero():
         out_dir.mkdir(exist_ok=True)
-    normalize = cfg.stage2.features.normalize
     for kind in kinds:
         path = out_dir / f"{kind}.pt"
         if cfg.run.resume and broadcast_from_zero(path.is_file()):
             # Trained before the run was interrupted (heads are written whole, atomically).
             heads[kind] = _load_head(cfg, kind, backbone, path, dm.num_classes)
             continue
-        x = _head_inputs(kind, train, normalize)
+        x = _head_inputs(cfg, kind, train, dm.num_classes)
         L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-        head = build_head(cfg, kind, backbone, x.shape[1], dm.num_classes)
+        in_dim = introspective_dim(cfg, backbone) if kind == "introspective" else x.shape[1]
+        head = build_head(cfg, kind, backbone, in_dim, dm.num_classes)
         head.fit_standardizer(x)
-        train_loader = DataLoader(
-            TensorDataset(x, train["labels"]), batch_size=cfg.stage2.head.batch_size, shuffle=True
-        )
+        batches = {"batch_size": cfg.stage2.head.batch_size, "rank": global_rank(),
+                   "world": world_size(), "seed": cfg.run.seed}  # fmt: skip
+        train_loader = IndexedBatches(x, train["labels"], shuffle=True, **batches)
         val_loader = None
         if val is not None:
-            val_x = _head_inputs(kind, val, normalize)
-            val_loader = DataLoader(
-                TensorDataset(val_x, val["labels"]), batch_size=cfg.stage2.head.batch_size
-            )
+            val_x = _head_inputs(cfg, kind, val, dm.num_classes)
+            val_loader = IndexedBatches(val_x, val["labels"], **batches)
         trainer = build_trainer(
             cfg,
             run_dir,
