@@ -24,6 +24,7 @@ from introspect.backbones.protopnet import is_protopnet
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule, build_augmentation, build_datamodule
 from introspect.models.feedforward import FeedForwardClassifier
+from introspect.runs.active import ActiveError
 from introspect.runs.distributed import (
     barrier,
     broadcast_from_zero,
@@ -44,6 +45,7 @@ class PipelineError(RuntimeError):
 # Errors caused by what the user asked for: entry points print their message, not a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
     PipelineError,
+    ActiveError,
     DataError,
     BackboneError,
     CheckpointError,
@@ -272,6 +274,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from introspect.runs.report import evaluate_and_report
     from introspect.runs.stage2 import stage2
 
+    if cfg.active.enabled:
+        from introspect.runs.active import run_active
+
+        return run_active(cfg)
     start = time.perf_counter()
     check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
