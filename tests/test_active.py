@@ -215,3 +215,258 @@ def test_pool_reads_labels_only_of_acquired_images() -> None:
 def test_curve_keys_run_random_once() -> None:
     keys = curve_keys(["random", "bald"], ["feedforward", "introspective"])
     assert keys == [("random", "any"), ("bald", "feedforward"), ("bald", "introspective")]
+
+
+# The loop end to end: digits, 10 labelled at round 0, 8 more in each of 2 rounds.
+TINY = [
+    "experiment=active_digits",
+    "active.initial=10",
+    "active.per_round=8",
+    "active.rounds=2",
+    "active.strategies=[random,bald,badge]",
+    "active.mc_samples=4",
+    "active.batch_size=200",
+    "stage1.epochs=1",
+    "stage2.head.epochs=1",
+    "stage2.head.hidden=[16]",
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, single_thread):
+    from introspect.runs.active import run_active
+
+    tmp = tmp_path_factory.mktemp("active")
+    cfg = load_config([*TINY, f"run.dir={tmp / 'run'}"])
+    return cfg, Path(cfg.run.dir), run_active(cfg)
+
+
+def test_active_json_holds_every_curve_round_and_area(finished) -> None:
+    cfg, run_dir, results = finished
+    saved = json.loads((run_dir / "active.json").read_text())
+    assert saved["table"] == json.loads(json.dumps(results["table"]))
+    keys = [(c["strategy"], c["source"]) for c in saved["curves"]]
+    assert keys == curve_keys(["random", "bald", "badge"], ["feedforward", "introspective"])
+    initial = set(saved["run"]["initial"])
+    assert len(initial) == 10
+    for curve in saved["curves"]:
+        rounds = curve["rounds"]
+        assert [r["labelled"] for r in rounds] == [10, 18, 26]
+        acquired = [i for r in rounds for i in r["acquired"]]
+        assert len(set(acquired)) == 16 and not set(acquired) & initial
+        for head in ("feedforward", "introspective"):
+            for split in ("clean", "noisy"):
+                accs = [r["metrics"][head][split]["acc"] for r in rounds]
+                assert all(0 <= a <= 1 for a in accs)
+                area = np.trapezoid(accs, [10, 18, 26]) / 16
+                assert curve["area"][head][split]["acc"] == pytest.approx(area)
+    # Round 0 is shared; the rows of Table 2 are the acquiring network's own final accuracy.
+    assert len({json.dumps(c["rounds"][0]["metrics"]) for c in saved["curves"]}) == 1
+    bald_int = next(
+        c for c in saved["curves"] if c["strategy"] == "bald" and c["source"] == "introspective"
+    )
+    final = bald_int["rounds"][-1]["metrics"]["introspective"]["noisy"]["acc"]
+    assert saved["table"]["bald"]["INT"]["noisy"]["acc"] == final
+    assert (run_dir / "active.png").stat().st_size > 0 and "| bald | INT |" in (
+        run_dir / "active.md"
+    ).read_text()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+    assert (run_dir / "logs" / "metrics.csv").is_file()
+
+
+class _Poisoned(torch.utils.data.Dataset):
+    """``base`` with the labels of every image outside ``keep`` replaced by a wrong class."""
+
+    def __init__(self, base, keep: set[int]) -> None:
+        self.base, self.keep = base, keep
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return image, label if i in self.keep else (label + 1) % 10
+
+
+def _curves(cfg, dm, dataset, monkeypatch, passes: list[tuple[int, int]]):
+    import introspect.runs.active as active_run
+    from introspect.active.loop import Schedule, run_curves
+
+    original = active_run.batch_outputs
+
+    def counting(backbone, head, images, **kwargs):
+        seen = []
+        hook = backbone.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+        try:
+            return original(backbone, head, images, **kwargs)
+        finally:
+            hook.remove()
+            assert seen == [len(images)]  # one backbone pass for features, logits, embeddings
+
+    monkeypatch.setattr(active_run, "batch_outputs", counting)
+    learner = active_run.RunLearner(cfg, dm, Path(cfg.run.dir), torch.device("cpu"))
+    outputs = learner.outputs
+
+    def scored(models, pool, **kwargs):
+        before = learner.backbone_passes
+        out = outputs(models, pool, **kwargs)
+        passes.append((learner.backbone_passes - before, len(pool.unlabelled)))
+        assert len(out["ff_logits"]) == len(pool.unlabelled)
+        return out
+
+    learner.outputs = scored  # type: ignore[method-assign]
+    pool = LabelPool(dataset, initial_indices(len(dataset), 10, seed=7))
+    schedule = Schedule(10, 8, 2)
+    return run_curves(learner, pool, schedule, ["margin", "badge"], ["introspective"], seed=0)
+
+
+def test_unacquired_labels_never_change_the_run(tmp_path: Path, monkeypatch, single_thread) -> None:
+    from introspect.runs.pipeline import build_data
+
+    cfg = load_config([*TINY, f"run.dir={tmp_path / 'run'}"])
+    dm = build_data(cfg)
+    train = dm.split("train")
+    passes: list[tuple[int, int]] = []
+    clean = _curves(cfg, dm, train, monkeypatch, passes)
+    # Each scoring sends every unlabelled pool image through the backbone exactly once.
+    assert passes and all(done == pool for done, pool in passes)
+    keep = set(initial_indices(len(train), 10, seed=7))
+    keep |= {i for c in clean for r in c["rounds"] for i in r["acquired"]}
+    poisoned_data = _Poisoned(train, keep)
+    changed = sum(poisoned_data[i][1] != train[i][1] for i in range(len(train)))
+    assert changed == len(train) - len(keep) > 1000
+    poisoned = _curves(cfg, dm, poisoned_data, monkeypatch, [])
+    assert json.dumps(poisoned) == json.dumps(clean)
+
+
+def test_a_schedule_larger_than_the_pool_fails_before_any_work(tmp_path: Path) -> None:
+    from introspect.runs.active import ActiveError, run_active
+
+    cfg = load_config([*TINY, "active.initial=5000", f"run.dir={tmp_path / 'run'}"])
+    with pytest.raises(ActiveError, match="lower one of them"):
+        run_active(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def _fake_run(root: Path, seed: int, accs: dict[str, float]) -> Path:
+    """An active.json with hand-written final accuracies (FF, INT) of one strategy."""
+    run = root / f"seed{seed}"
+    run.mkdir(parents=True)
+    metrics = {
+        head: {s: {"acc": accs[short], "ece": 0.1} for s in ("clean", "noisy")}
+        for short, head in (("FF", "feedforward"), ("INT", "introspective"))
+    }
+    curves = [
+        {
+            "strategy": "margin",
+            "source": source,
+            "rounds": [{"round": 0, "labelled": 10, "acquired": [], "metrics": metrics}],
+            "area": {h: {s: {"acc": m[s]["acc"]} for s in m} for h, m in metrics.items()},
+        }
+        for source in ("feedforward", "introspective")
+    ]
+    from introspect.runs.active_report import table_two
+
+    config = {"run": {"seed": seed, "name": f"s{seed}"}, "backbone": {"name": "small_cnn"}}
+    results = {"run": {"seed": seed, "config": config, "seconds": 1.0}, "curves": curves}
+    results["table"] = table_two(curves)
+    (run / "active.json").write_text(json.dumps(results))
+    (run / "status.json").write_text(json.dumps({"state": "complete"}))
+    return run
+
+
+def test_compare_pools_seeds_of_active_runs(tmp_path: Path) -> None:
+    from introspect.runs.compare import CompareError, compare
+
+    values = [(0.80, 0.84), (0.70, 0.71), (0.90, 0.95)]
+    runs = [_fake_run(tmp_path, s, {"FF": ff, "INT": it}) for s, (ff, it) in enumerate(values)]
+    report = compare(runs, tmp_path / "cmp", wandb=False)
+    table = report["groups"][0]["table"]["margin"]
+    ff = np.array([v[0] for v in values])
+    it = np.array([v[1] for v in values])
+    assert table["FF"]["clean"]["acc"] == pytest.approx((ff.mean(), ff.std(ddof=1)))
+    assert table["INT"]["noisy"]["acc"] == pytest.approx((it.mean(), it.std(ddof=1)))
+    assert table["INT-FF"]["clean"]["acc"] == pytest.approx(
+        ((it - ff).mean(), (it - ff).std(ddof=1))
+    )
+    assert (
+        "80.0 ± 10.0" in report["markdown"] and (tmp_path / "cmp" / "active_curves_0.png").is_file()
+    )
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "results.json").write_text("{}")
+    with pytest.raises(CompareError, match="separately"):
+        compare([runs[0], plain], tmp_path / "cmp2", wandb=False)
+
+
+DDP_SCORING = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+def run(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from pathlib import Path
+    from introspect.active.pool import LabelPool, initial_indices
+    from introspect.config import load_config
+    from introspect.runs.active import Models, RunLearner
+    from introspect.runs.pipeline import build_backbone, build_data
+    from introspect.runs.stage2 import build_head
+
+    cfg = load_config({tiny!r})
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    backbone.load_state_dict(torch.load({backbone_path!r}, weights_only=True))
+    state = torch.load({head_path!r}, weights_only=True)
+    head = build_head(cfg, "introspective", backbone, state["feature_mean"].shape[0], 10)
+    head.load_head_state(state)
+    learner = RunLearner(cfg, dm, Path({tmp!r}), torch.device("cpu"))
+    train = dm.split("train")
+    pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
+    outs = learner.outputs(Models(backbone, head.eval()), pool, mc=False, key="k")
+    counts = [None] * world
+    dist.all_gather_object(counts, learner.backbone_passes)
+    if rank == 0:
+        torch.save(outs, out + ".pt")
+        with open(out, "w") as f:
+            json.dump({{"passes": counts, "unlabelled": len(pool.unlabelled)}}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+"""
+
+
+def test_two_processes_score_every_pool_image_once(tmp_path: Path, single_thread) -> None:
+    from introspect.runs.active import Models, RunLearner
+    from introspect.runs.pipeline import build_backbone, build_data
+    from introspect.runs.stage2 import build_head
+    from tests.conftest import run_two_process_script
+
+    tiny = [*TINY, "active.batch_size=128", f"run.dir={tmp_path / 'run'}"]
+    cfg = load_config(tiny)
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    head = build_head(cfg, "introspective", backbone, 10 * backbone.feature_dim, 10).eval()
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
+    torch.save(head.head_state(), tmp_path / "head.pt")
+    script = DDP_SCORING.format(
+        tiny=tiny,
+        backbone_path=str(tmp_path / "backbone.pt"),
+        head_path=str(tmp_path / "head.pt"),
+        tmp=str(tmp_path),
+    )
+    values = run_two_process_script(tmp_path, script)
+    n = values["unlabelled"]
+    assert values["passes"] == [n // 2, n - n // 2]  # each image through one backbone once
+    learner = RunLearner(cfg, dm, tmp_path, torch.device("cpu"))
+    train = dm.split("train")
+    pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
+    single = learner.outputs(Models(backbone, head), pool, mc=False, key="k")
+    both = torch.load(tmp_path / "values.json.pt", weights_only=True)
+    assert learner.backbone_passes == n == len(single["ff_logits"])
+    for key in ("ff_logits", "ff_hidden", "int_logits", "int_hidden"):
+        assert torch.allclose(both[key], single[key], atol=1e-5), key

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from introspect.active.loop import Schedule, run_curves
 from introspect.active.pool import LabelPool, batch_outputs, initial_indices, shard_indices
@@ -122,7 +122,11 @@ class RunLearner:
         for images, y in self.dm.loader(labelled, batch_size=cfg.active.batch_size):
             with torch.no_grad():
                 raw, _, _ = extract_with_outputs(
-                    backbone, images.to(self.device), head=backbone.head, normalize=normalize, **opts
+                    backbone,
+                    images.to(self.device),
+                    head=backbone.head,
+                    normalize=normalize,
+                    **opts,
                 )
             feats.append(raw.cpu())
             labels.append(y)
