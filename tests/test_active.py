@@ -375,12 +375,28 @@ def _fake_run(root: Path, seed: int, accs: dict[str, float]) -> Path:
     return run
 
 
-def test_compare_pools_seeds_of_active_runs(tmp_path: Path) -> None:
+def test_compare_pools_seeds_of_active_runs(tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
     from introspect.runs.compare import CompareError, compare
+
+    logged: list[dict] = []
+
+    class _Run:  # records what would reach W&B (a real offline run takes a minute here)
+        def log(self, data: dict) -> None:
+            logged.append(data)
+
+        def finish(self) -> None:
+            logged.append({"finished": True})
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: _Run())
 
     values = [(0.80, 0.84), (0.70, 0.71), (0.90, 0.95)]
     runs = [_fake_run(tmp_path, s, {"FF": ff, "INT": it}) for s, (ff, it) in enumerate(values)]
-    report = compare(runs, tmp_path / "cmp", wandb=False)
+    report = compare(runs, tmp_path / "cmp", wandb=True)
+    table = logged[0]["compare/active_table"]
+    assert len(table.data) == 3 and logged[-1] == {"finished": True}  # FF, INT, INT-FF rows
+    assert "compare/active_curves_0" in logged[0]
     table = report["groups"][0]["table"]["margin"]
     ff = np.array([v[0] for v in values])
     it = np.array([v[1] for v in values])

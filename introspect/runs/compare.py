@@ -484,7 +484,7 @@ def compare(
                 "active-learning runs (active.json) and two-stage runs (results.json) cannot be "
                 "compared together; compare each kind separately"
             )
-        return compare_active(complete, out_dir) | {"skipped": skipped}
+        return compare_active(complete, out_dir, wandb=wandb) | {"skipped": skipped}
     runs = [load_run(p) for p in complete]
     if len({r.path for r in runs}) != len(runs):
         raise CompareError("a run directory is listed twice; list each run once")

@@ -56,10 +56,14 @@ def pooled_table(tables: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
 
 
 def compare_active(
-    paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    wandb: bool | None = None,
 ) -> dict[str, Any]:
     """Pool the seeds of active runs: ``active_comparison.md``/``.json`` and one
-    ``active_curves_<k>.png`` per experiment in ``out_dir`` (default: next to the runs)."""
+    ``active_curves_<k>.png`` per experiment in ``out_dir`` (default: next to the runs), logged
+    to W&B when ``wandb`` (default: when every run logged to W&B)."""
     runs = [(Path(p).expanduser().resolve(), load_active(p)) for p in paths]
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path, res in runs:
@@ -90,4 +94,46 @@ def compare_active(
     text = "\n\n".join(sections) + "\n"
     (out / "active_comparison.md").write_text(text)
     write_json_atomic(out / "active_comparison.json", summary)
+    if wandb is None:
+        wandb = all(r["run"]["config"].get("logger", {}).get("wandb") for _, r in runs)
+    if wandb:
+        _log_wandb(out, runs[0][1]["run"]["config"].get("logger", {}), summary, text)
     return {"out_dir": out, "markdown": text, "groups": summary, "skipped": []}
+
+
+def _log_wandb(out: Path, logger_cfg: dict[str, Any], summary: list[dict], text: str) -> None:
+    """One W&B run of job type ``compare``: the pooled cells as a table, the curve plots."""
+    import wandb
+
+    mode = logger_cfg.get("wandb_mode", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode != "online":
+        os.environ.setdefault("WANDB_MODE", mode)
+    run = wandb.init(
+        project=logger_cfg.get("project", "introspect"),
+        entity=logger_cfg.get("entity"),
+        job_type="compare",
+        dir=str(out),
+        mode=mode,
+        config={"runs": [p for g in summary for p in g["runs"]]},
+    )
+    try:
+        columns = ["experiment", "strategy", "acquired by"] + [
+            f"{s}_{m}_{stat}" for s in SPLITS for m in CELL for stat in ("mean", "std")
+        ]
+        data = [
+            [g["label"], strategy, row]
+            + [cells[s][m][i] for s in SPLITS for m in CELL for i in (0, 1)]
+            for g in summary
+            for strategy, rows in g["table"].items()
+            for row, cells in rows.items()
+        ]
+        images = sorted(out.glob("active_curves_*.png"))
+        run.log(
+            {
+                "compare/active_table": wandb.Table(columns=columns, data=data),
+                **{f"compare/{p.stem}": wandb.Image(str(p)) for p in images},
+            }
+        )
+    finally:
+        run.finish()
