@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from introspect.active.loop import Schedule, run_curves
 from introspect.active.pool import LabelPool, batch_outputs, initial_indices, shard_indices
@@ -162,9 +162,9 @@ class RunLearner:
         block = shard_indices(n, global_rank(), world_size())
         parts: list[dict[str, torch.Tensor]] = []
         size = self.cfg.active.batch_size
-        for start in range(block.start, block.stop, size):
-            stop = min(start + size, block.stop)
-            batch = torch.stack([images[i] for i in range(start, stop)]).to(self.device)
+        loader = self.dm.loader(Subset(images, block), batch_size=size)
+        for start, batch in zip(range(block.start, block.stop, size), loader, strict=True):
+            batch = batch.to(self.device)
             self.backbone_passes += len(batch)
             parts.append(
                 batch_outputs(
