@@ -413,3 +413,34 @@ def test_compare_pools_seeds_of_active_runs(tmp_path: Path, monkeypatch) -> None
     (plain / "results.json").write_text("{}")
     with pytest.raises(CompareError, match="separately"):
         compare([runs[0], plain], tmp_path / "cmp2", wandb=False)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_stage1_starts_from_the_previous_round_only_when_warm(
+    tmp_path: Path, monkeypatch, single_thread, warm: bool
+) -> None:
+    import introspect.runs.active as active_run
+    from introspect.runs.pipeline import build_data
+
+    cfg = load_config([*TINY, f"active.warm_start={warm}", f"run.dir={tmp_path / 'run'}"])
+    dm = build_data(cfg)
+    starts: list[dict[str, torch.Tensor]] = []
+    original = active_run.FeedForwardClassifier
+
+    def recording(backbone, **kwargs):
+        starts.append({k: v.clone() for k, v in backbone.state_dict().items()})
+        return original(backbone, **kwargs)
+
+    monkeypatch.setattr(active_run, "FeedForwardClassifier", recording)
+    learner = active_run.RunLearner(cfg, dm, tmp_path, torch.device("cpu"))
+    train = dm.split("train")
+    pool = LabelPool(train, initial_indices(len(train), 10, seed=0))
+    first = learner.fit(pool, None, "round0")
+    pool.label(pool.unlabelled[:5])
+    learner.fit(pool, first, "round1")
+    trained = first.backbone.state_dict()
+    fresh = learner.new_backbone().state_dict()
+    assert all(torch.equal(starts[0][k], fresh[k]) for k in fresh)
+    expected = trained if warm else fresh
+    assert all(torch.equal(starts[1][k], expected[k].cpu()) for k in expected)
+    assert not all(torch.equal(trained[k].cpu(), fresh[k]) for k in fresh)  # round 0 trained
