@@ -1,6 +1,6 @@
 """Multi-process (DDP) runs on the CPU: exact evaluation shards, the whole pipeline on two
-processes started as ``python train.py trainer=ddp_cpu``, resumable sharded extraction, and
-what the other process does when one stops."""
+processes started as ``python train.py trainer=ddp_cpu``, resumable sharded extraction, what
+the other process does when one stops, and active learning's pool scored once across two."""
 
 from __future__ import annotations
 
@@ -451,3 +451,79 @@ def test_when_one_process_stops_the_other_exits_with_one_line(
     assert len(errors) == 1, output[-3000:]
     assert errors[0].startswith(f"error: {message}") and "the run is incomplete" in errors[0]
     assert "Traceback" not in output  # one line, not the survivor's traceback
+
+
+DDP_SCORING = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+def run(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from pathlib import Path
+    from introspect.active.pool import LabelPool, initial_indices
+    from introspect.config import load_config
+    from introspect.runs.active import Models, RunLearner
+    from introspect.runs.stage1 import build_backbone, build_data
+    from introspect.runs.stage2 import build_head
+
+    cfg = load_config({tiny!r})
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    backbone.load_state_dict(torch.load({backbone_path!r}, weights_only=True))
+    state = torch.load({head_path!r}, weights_only=True)
+    head = build_head(cfg, "introspective", backbone, state["feature_mean"].shape[0], 10)
+    head.load_head_state(state)
+    learner = RunLearner(cfg, dm, Path({tmp!r}), torch.device("cpu"))
+    train = dm.split("train")
+    pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
+    outs = learner.outputs(Models(backbone, head.eval()), pool, mc=False, key="k")
+    counts = [None] * world
+    dist.all_gather_object(counts, learner.backbone_passes)
+    if rank == 0:
+        torch.save(outs, out + ".pt")
+        with open(out, "w") as f:
+            json.dump({{"passes": counts, "unlabelled": len(pool.unlabelled)}}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+"""
+
+
+def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single_thread) -> None:
+    """Active learning's pool scoring: each process scores its block, all get every output."""
+    from introspect.active.pool import LabelPool, initial_indices
+    from introspect.runs.active import Models, RunLearner
+    from introspect.runs.stage1 import build_backbone
+    from introspect.runs.stage2 import build_head
+    from tests.conftest import run_two_process_script
+    from tests.test_active import TINY
+
+    tiny = [*TINY, "active.batch_size=128", f"run.dir={tmp_path / 'run'}"]
+    cfg = load_config(tiny)
+    dm = build_data(cfg)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    head = build_head(cfg, "introspective", backbone, 10 * backbone.feature_dim, 10).eval()
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
+    torch.save(head.head_state(), tmp_path / "head.pt")
+    script = DDP_SCORING.format(
+        tiny=tiny,
+        backbone_path=str(tmp_path / "backbone.pt"),
+        head_path=str(tmp_path / "head.pt"),
+        tmp=str(tmp_path),
+    )
+    values = run_two_process_script(tmp_path, script)
+    n = values["unlabelled"]
+    assert values["passes"] == [n // 2, n - n // 2]  # each image through one backbone once
+    learner = RunLearner(cfg, dm, tmp_path, torch.device("cpu"))
+    train = dm.split("train")
+    pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
+    single = learner.outputs(Models(backbone, head), pool, mc=False, key="k")
+    both = torch.load(tmp_path / "values.json.pt", weights_only=True)
+    assert learner.backbone_passes == n == len(single["ff_logits"])
+    for key in ("ff_logits", "ff_hidden", "int_logits", "int_hidden"):
+        assert torch.allclose(both[key], single[key], atol=1e-5), key

@@ -34,6 +34,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "haarpsi", "mdsi", "dss",
     ),
     "quality.mapping": ("logistic5", "logistic4", "none"),
+    "active.strategies": ("random", "entropy", "least_confidence", "margin", "bald", "badge"),
+    "active.sources": ("feedforward", "introspective"),
 }  # fmt: skip
 
 
@@ -155,6 +157,14 @@ RANGES: dict[str, Range] = {
     "quality.train.weight_decay": _NON_NEGATIVE,
     "quality.batch_size": _POSITIVE,
     "quality.explain_contrasts": Range(),
+    "active.initial": _POSITIVE,
+    "active.per_round": _POSITIVE,
+    "active.rounds": _NON_NEGATIVE,
+    "active.mc_samples": Range(2),
+    "active.mc_p": Range(0, 1, low_open=True, high_open=True),
+    "active.noise_std": _NON_NEGATIVE,
+    "active.noise_seed": _SEED,
+    "active.batch_size": _POSITIVE,
 }
 
 
@@ -523,6 +533,41 @@ class LoggerConfig:
 
 
 @dataclass
+class ActiveConfig:
+    """Pool-based active learning (``runs.active``), used instead of the two-stage job when
+    ``enabled``: the pool is the train split, ``initial`` of its images (drawn with the run
+    seed) are labelled at round 0, then each of ``rounds`` rounds trains stage 1 (``stage1.*``)
+    and the introspective head (``stage2.head`` and ``stage2.features``) on the labelled
+    images, scores the unlabelled ones and labels ``per_round`` more.
+
+    - ``strategies`` × ``sources``: one learning curve per acquisition function computed from
+      the feed-forward network's or the introspective head's outputs (``random`` once).
+    - ``warm_start``: stage 1 continues from the previous round's weights instead of starting
+      from its initial weights.
+    - ``mc_samples``/``mc_p``: MC-dropout samples for BALD, dropout at the input of the
+      acquiring classifier's last linear layer.
+    - ``noise_std``/``noise_seed``: the Gaussian-noise test split (i.i.d. N(0, σ²) per pixel,
+      clipped to [0, 1]) evaluated beside the clean one.
+    - ``batch_size``: images per batch when scoring the pool and evaluating.
+    """
+
+    enabled: bool = False
+    strategies: list[str] = field(
+        default_factory=lambda: ["random", "entropy", "least_confidence", "margin", "bald", "badge"]
+    )
+    sources: list[str] = field(default_factory=lambda: ["feedforward", "introspective"])
+    initial: int = 20
+    per_round: int = 20
+    rounds: int = 5
+    warm_start: bool = False
+    mc_samples: int = 20
+    mc_p: float = 0.25
+    noise_std: float = 0.1
+    noise_seed: int = 0
+    batch_size: int = 256
+
+
+@dataclass
 class RunConfig:
     """Identity and location of one run."""
 
@@ -552,6 +597,7 @@ class Config:
     # "classification" (the default pipeline) or "quality" (image quality assessment).
     task: str = "classification"
     quality: QualityConfig = field(default_factory=QualityConfig)
+    active: ActiveConfig = field(default_factory=ActiveConfig)
     experiment: str | None = None
 
 

@@ -129,6 +129,16 @@ class StageTwoClassifier(L.LightningModule):
             )
         return factor_linear(factors, first.weight, first.bias)
 
+    def classify_with_hidden(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, hidden)`` of ``H`` for raw features; ``hidden`` is the input of its last
+        linear layer (eval-mode dropout is the identity)."""
+        if self.normalize == "standardize":
+            features = (features - self.feature_mean) / self.feature_std
+        *body, last = self.head
+        for layer in body:
+            features = layer(features)
+        return last(features), features
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the whole chain: backbone -> features -> ``H``."""
         return self.classify(self.features(images))

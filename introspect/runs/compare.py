@@ -54,6 +54,7 @@ _IGNORED = (
     "eval.batch_size",
     "stage2.extract_batch_size",
     "stage2.shard_batches",
+    "active.batch_size",
 )
 
 
@@ -485,6 +486,16 @@ def compare(
             complete.append(path)
     if not complete:
         raise CompareError(f"none of the runs is complete (skipped: {', '.join(skipped)})")
+    from introspect.runs.compare_active import compare_active, is_active_run
+
+    active = [is_active_run(p) for p in complete]
+    if any(active):
+        if not all(active):
+            raise CompareError(
+                "active-learning runs (active.json) and two-stage runs (results.json) cannot be "
+                "compared together; compare each kind separately"
+            )
+        return compare_active(complete, out_dir, wandb=wandb) | {"skipped": skipped}
     runs = [load_run(p) for p in complete]
     if len({r.path for r in runs}) != len(runs):
         raise CompareError("a run directory is listed twice; list each run once")

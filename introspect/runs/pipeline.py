@@ -18,6 +18,7 @@ from introspect.backbones import (
 from introspect.config import ConfigError
 from introspect.data import DataError
 from introspect.quality import QualityDataError
+from introspect.runs.active import ActiveError, run_active
 from introspect.runs.baselines import prepare_baselines
 from introspect.runs.distributed import (
     barrier,
@@ -37,6 +38,7 @@ from introspect.runs.trainer import resolve_device
 # Errors caused by what the user asked for: entry points print their message, not a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
     PipelineError,
+    ActiveError,
     DataError,
     BackboneError,
     CheckpointError,
@@ -65,6 +67,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_run_dir(cfg)
         return run_quality(cfg)
 
+    if cfg.active.enabled:
+        return run_active(cfg)
     start = time.perf_counter()
     check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)

@@ -1,0 +1,359 @@
+"""The active-learning job (``active.enabled``): config -> data + backbone -> the rounds of
+``active.loop`` -> ``active.json``, ``active.md`` and ``active.png`` in the run directory."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from introspect.active.loop import Schedule, run_curves
+from introspect.active.pool import LabelPool, batch_outputs, initial_indices, shard_indices
+from introspect.backbones import Backbone
+from introspect.data import ImageDataModule
+from introspect.data.images import TransformDataset
+from introspect.data.seeding import derive_seed
+from introspect.gradients import extract_with_outputs
+from introspect.metrics import ExpectedCalibrationError
+from introspect.models.feedforward import FeedForwardClassifier
+from introspect.models.stage2 import IntrospectiveClassifier
+from introspect.runs.active_report import curve_plot, table_markdown, table_two
+from introspect.runs.distributed import (
+    gather_from_all,
+    global_rank,
+    is_global_zero,
+    launch,
+    world_size,
+)
+from introspect.runs.provenance import provenance
+from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
+from introspect.runs.stage1 import build_backbone, build_data
+from introspect.runs.stage2 import build_head
+from introspect.runs.status import now, update_status, write_json_atomic
+from introspect.runs.trainer import build_trainer, resolve_device
+from introspect.uncertainty.mc_dropout import MCDropout
+
+
+class ActiveError(RuntimeError):
+    """An active-learning run that cannot proceed as configured; the message names the fix."""
+
+
+@dataclass
+class Models:
+    """One round's classifiers: stage 1 and the introspective head on it."""
+
+    backbone: Backbone
+    head: IntrospectiveClassifier
+
+
+def _feature_options(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """``stage2.features`` without ``normalize``, and the normalization applied at extraction."""
+    opts = OmegaConf.to_container(cfg.stage2.features, resolve=True)
+    assert isinstance(opts, dict)
+    normalize = opts.pop("normalize")
+    return opts, "none" if normalize == "standardize" else normalize
+
+
+class RunLearner:
+    """Training, pool scoring and evaluation of an active run, as ``active.loop`` asks for them.
+
+    Every process scores and evaluates its contiguous block of the images and gets everyone's
+    outputs (``gather_from_all``), so each image passes through the backbone once per call.
+    """
+
+    def __init__(
+        self, cfg: DictConfig, dm: ImageDataModule, run_dir: Path, device: torch.device
+    ) -> None:
+        self.cfg, self.dm, self.run_dir, self.device = cfg, dm, run_dir, device
+        a = cfg.active
+        self.mc = MCDropout(a.mc_samples, a.mc_p, seed=derive_seed(cfg.run.seed, "mc"))
+        test = dm.split("test")
+        images, labels = _stack(test)
+        gen = torch.Generator().manual_seed(a.noise_seed)
+        noisy = (images + a.noise_std * torch.randn(images.shape, generator=gen)).clamp(0, 1)
+        self.test = {"clean": images, "noisy": noisy}
+        self.test_labels = labels
+        self.backbone_passes = 0  # images sent through the backbone (for the cost check)
+
+    def new_backbone(self) -> Backbone:
+        """Stage 1's initial weights (the same in every round and curve for a seed)."""
+
+        L.seed_everything(self.cfg.run.seed, workers=True, verbose=False)
+        return build_backbone(self.cfg, self.dm.num_classes, self.dm.image_shape)
+
+    def fit(self, pool: LabelPool, previous: Models | None, tag: str) -> Models:
+        """Stage 1, then the introspective head, trained on the pool's labelled images."""
+
+        cfg = self.cfg
+        if previous is not None and cfg.active.warm_start:
+            backbone = copy.deepcopy(previous.backbone)
+        else:
+            backbone = self.new_backbone()
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+        L.seed_everything(derive_seed(cfg.run.seed, tag, "stage1"), workers=True, verbose=False)
+        model = FeedForwardClassifier(
+            backbone,
+            num_classes=self.dm.num_classes,
+            optim=dict(cfg.stage1.optim),
+            label_smoothing=cfg.stage1.label_smoothing,
+            adversarial=dict(cfg.stage1.adversarial),
+        )
+        labelled = pool.labelled_dataset()
+        train: Dataset = labelled
+        if self.dm.train_transform is not None:
+            train = TransformDataset(labelled, self.dm.train_transform)
+        loader = self.dm.loader(train, shuffle=True, batch_size=cfg.data.batch_size)
+        quiet = {"enable_checkpointing": False, "num_sanity_val_steps": 0}
+        trainer = build_trainer(
+            cfg, self.run_dir, max_epochs=cfg.stage1.epochs, enable_progress_bar=False, **quiet
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(num_workers|train_dataloader|log_every)")
+            warnings.filterwarnings("ignore", message=r".*`validation_step` but have no")
+            trainer.fit(model, train_dataloaders=loader)
+        backbone.eval().to(self.device)
+
+        opts, normalize = _feature_options(cfg)
+        feats, labels = [], []
+        for images, y in self.dm.loader(labelled, batch_size=cfg.active.batch_size):
+            with torch.no_grad():
+                raw, _, _ = extract_with_outputs(
+                    backbone,
+                    images.to(self.device),
+                    head=backbone.head,
+                    normalize=normalize,
+                    **opts,
+                )
+            feats.append(raw.cpu())
+            labels.append(y)
+        x, y = torch.cat(feats), torch.cat(labels)
+        L.seed_everything(derive_seed(cfg.run.seed, tag, "head"), workers=True, verbose=False)
+        head = build_head(cfg, "introspective", backbone, x.shape[1], self.dm.num_classes)
+        assert isinstance(head, IntrospectiveClassifier)
+        head.fit_standardizer(x)
+        head_loader = DataLoader(
+            TensorDataset(x, y), batch_size=cfg.stage2.head.batch_size, shuffle=True
+        )
+        trainer = build_trainer(
+            cfg,
+            self.run_dir,
+            max_epochs=cfg.stage2.head.epochs,
+            enable_progress_bar=False,
+            **quiet,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|num_workers)")
+            warnings.filterwarnings("ignore", message=r".*(train_dataloader|log_every)")
+            warnings.filterwarnings("ignore", message=r".*`validation_step` but have no")
+            trainer.fit(head, train_dataloaders=head_loader)
+        head.eval().to(self.device)
+        backbone.eval().to(self.device)
+        return Models(backbone, head)
+
+    def _sharded(
+        self, models: Models, images: Dataset, *, mc: bool, key: str
+    ) -> dict[str, torch.Tensor]:
+        """``batch_outputs`` of every image of ``images``: this process's block, gathered."""
+        n = len(images)  # type: ignore[arg-type]
+        block = shard_indices(n, global_rank(), world_size())
+        parts: list[dict[str, torch.Tensor]] = []
+        size = self.cfg.active.batch_size
+        loader = self.dm.loader(Subset(images, block), batch_size=size)
+        for start, batch in zip(range(block.start, block.stop, size), loader, strict=True):
+            batch = batch.to(self.device)
+            self.backbone_passes += len(batch)
+            parts.append(
+                batch_outputs(
+                    models.backbone,
+                    models.head,
+                    batch,
+                    mc=self.mc if mc else None,
+                    key=derive_seed(key, start),
+                )
+            )
+        mine = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        gathered = [g for g in gather_from_all(mine) if g]
+        return {k: torch.cat([g[k] for g in gathered]) for k in gathered[0]}
+
+    def outputs(self, models: Models, pool: LabelPool, *, mc: bool, key: str) -> dict[str, Any]:
+        """Outputs of both classifiers for every unlabelled pool image (one backbone pass)."""
+        return self._sharded(models, pool.unlabelled_images(), mc=mc, key=key)
+
+    def evaluate(self, models: Models) -> dict[str, dict[str, dict[str, float]]]:
+        """Accuracy and ECE of both heads on the clean and the noisy test split."""
+        out: dict[str, dict[str, dict[str, float]]] = {"feedforward": {}, "introspective": {}}
+        for split, images in self.test.items():
+            outs = self._sharded(models, _TensorImages(images), mc=False, key=split)
+            for head, prefix in (("feedforward", "ff"), ("introspective", "int")):
+                probs = outs[f"{prefix}_logits"].double().softmax(-1)
+                ece = ExpectedCalibrationError(self.cfg.eval.n_bins)
+                ece.update(probs, self.test_labels)
+                acc = (probs.argmax(-1) == self.test_labels).double().mean()
+                out[head][split] = {"acc": float(acc), "ece": float(ece.compute())}
+        return out
+
+
+class _TensorImages(Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+def _stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    loader = DataLoader(dataset, batch_size=512)
+    images, labels = zip(*loader, strict=True)
+    return torch.cat(images), torch.cat(labels)
+
+
+def check_active(cfg: DictConfig, pool_size: int) -> Schedule:
+    """The schedule of ``cfg.active``; ``ActiveError`` naming the fix when it cannot run."""
+    a = cfg.active
+    if not a.strategies:
+        raise ActiveError("active.strategies is empty; name at least one acquisition function")
+    if not a.sources and any(s != "random" for s in a.strategies):
+        raise ActiveError("active.sources is empty; use feedforward and/or introspective")
+    schedule = Schedule(a.initial, a.per_round, a.rounds)
+    need = a.initial + a.per_round * a.rounds
+    if need > pool_size:
+        raise ActiveError(
+            f"the schedule labels {need} images (active.initial + active.per_round x "
+            f"active.rounds) but the pool (the train split) holds {pool_size}; lower one of them"
+        )
+    if cfg.stage2.features.per_class or cfg.stage2.augment != "none":
+        raise ActiveError(
+            "active runs train the introspective head on the labelled images' plain features; "
+            "set stage2.augment=none and stage2.features.per_class=false"
+        )
+    return schedule
+
+
+def _flat(strategy: str, source: str, entry: dict[str, Any]) -> dict[str, float]:
+    flat = {"active/labelled": float(entry["labelled"])}
+    for head, splits in entry["metrics"].items():
+        for split, metrics in splits.items():
+            for m, v in metrics.items():
+                flat[f"active/{strategy}/{source}/{head}/{split}/{m}"] = v
+    return flat
+
+
+def run_active(cfg: DictConfig) -> dict[str, Any]:
+    """Run the active-learning job of ``cfg`` and return what ``active.json`` holds.
+
+    Data, schedule and backbone are checked before any training; ``status.json`` follows the run
+    like the two-stage job's. Only rank zero writes.
+    """
+
+    started = time.perf_counter()
+    if cfg.run.resume:
+        raise ActiveError("active runs cannot be resumed; start it again with run.overwrite=true")
+    check_run_dir(cfg)
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    dm = build_data(cfg)
+    train = dm.split("train")
+    schedule = check_active(cfg, len(train))  # type: ignore[arg-type]
+    build_backbone(cfg, dm.num_classes, dm.image_shape)  # class counts checked before any work
+    launch(cfg)
+    run_dir = prepare_run_dir(cfg)
+    zero = is_global_zero()
+    device = resolve_device(cfg)
+    # Dozens of short fits: Lightning's per-fit notices would bury the per-round lines.
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)
+    try:
+        loggers = build_loggers(cfg, run_dir)
+        if zero:
+            update_status(run_dir, stage="active")
+        learner = RunLearner(cfg, dm, run_dir, device)
+        initial = initial_indices(
+            len(train),  # type: ignore[arg-type]
+            cfg.active.initial,
+            seed=derive_seed(cfg.run.seed, "initial"),
+        )
+        pool = LabelPool(train, initial)
+        step = [0]
+
+        def log_round(strategy: str, source: str, entry: dict[str, Any]) -> None:
+            for logger in loggers:
+                logger.log_metrics(_flat(strategy, source, entry), step=step[0])
+            step[0] += 1
+            if zero:
+                m = entry["metrics"]
+                print(
+                    f"active {strategy}/{source} round {entry['round']} "
+                    f"({entry['labelled']} labelled): FF {m['feedforward']['clean']['acc']:.3f}"
+                    f" INT {m['introspective']['clean']['acc']:.3f} (clean)",
+                    flush=True,
+                )
+
+        curves = run_curves(
+            learner,
+            pool,
+            schedule,
+            list(cfg.active.strategies),
+            list(cfg.active.sources),
+            seed=cfg.run.seed,
+            on_round=log_round,
+        )
+        results = {
+            "run": {
+                "name": cfg.run.name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seed": cfg.run.seed,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "provenance": provenance(device, world_size=world_size()),
+                "seconds": round(time.perf_counter() - started, 2),
+                "pool_size": len(train),  # type: ignore[arg-type]
+                "initial": initial,
+                "backbone_images_per_process": learner.backbone_passes,
+            },
+            "curves": curves,
+            "table": table_two(curves),
+        }
+        if zero:
+            _report(results, run_dir, loggers)
+        for logger in loggers:
+            logger.finalize("success")
+    except BaseException as err:
+        if zero:
+            update_status(run_dir, state="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        lightning_log.setLevel(level)
+    if zero:
+        update_status(
+            run_dir, state="complete", stage=None, finished=now(), seconds=results["run"]["seconds"]
+        )
+    return results
+
+
+def _report(results: dict[str, Any], run_dir: Path, loggers: list[Logger]) -> None:
+    """``active.md`` and ``active.png``, logged; ``active.json`` last and atomically."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    text = table_markdown(results["table"])
+    (run_dir / "active.md").write_text(text + "\n")
+    plot = run_dir / "active.png"
+    curve_plot(results["curves"], plot)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key="active/curves", images=[str(plot)])
+        logger.save()
+    write_json_atomic(run_dir / "active.json", results)
+    print(text)

@@ -1,0 +1,139 @@
+"""``evaluate.py compare`` for active-learning runs: seeds of one experiment pooled into
+mean ± std of the Table-2 cells, paired introspective-minus-feed-forward differences, and the
+learning curves with ± std bands."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from introspect.runs.active_report import CELL, SPLITS, curve_plot, table_markdown
+from introspect.runs.compare import CompareError, _stats, describe, experiment_key
+from introspect.runs.status import write_json_atomic
+
+
+def is_active_run(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a finished active-learning run (its ``active.json``)."""
+    return (Path(path).expanduser() / "active.json").is_file()
+
+
+def load_active(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``active.json`` of the run in ``path``; ``CompareError`` when it is not one."""
+    file = Path(path).expanduser().resolve() / "active.json"
+    try:
+        results = json.loads(file.read_text())
+        results["run"]["config"], results["curves"], results["table"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CompareError(f"{file} is not an active-learning results file ({err})") from None
+    return results
+
+
+def pooled_table(tables: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict]]]:
+    """Table-2 cells as ``(mean, std)`` over runs, with an ``INT-FF`` row per strategy holding
+    the paired per-run differences (only cells every run has)."""
+    out: dict[str, dict[str, dict[str, dict]]] = {}
+    for strategy, rows in tables[0].items():
+        out[strategy] = {}
+        names = list(rows) + (["INT-FF"] if {"FF", "INT"} <= set(rows) else [])
+        for row in names:
+            cells: dict[str, dict] = {}
+            for split in SPLITS:
+                cells[split] = {}
+                for m in CELL:
+                    if row == "INT-FF":
+                        values = [
+                            t[strategy]["INT"][split][m] - t[strategy]["FF"][split][m]
+                            for t in tables
+                        ]
+                    else:
+                        values = [t[strategy][row][split][m] for t in tables]
+                    cells[split][m] = _stats(values)
+            out[strategy][row] = cells
+    return out
+
+
+def compare_active(
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    wandb: bool | None = None,
+) -> dict[str, Any]:
+    """Pool the seeds of active runs: ``active_comparison.md``/``.json`` and one
+    ``active_curves_<k>.png`` per experiment in ``out_dir`` (default: next to the runs), logged
+    to W&B when ``wandb`` (default: when every run logged to W&B)."""
+    runs = [(Path(p).expanduser().resolve(), load_active(p)) for p in paths]
+    groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for path, res in runs:
+        groups.setdefault(experiment_key(res["run"]["config"]), []).append((path, res))
+    out = (
+        Path(out_dir).expanduser().resolve()
+        if out_dir
+        else Path(os.path.commonpath([str(p.parent) for p, _ in runs])) / "comparison"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    sections, summary = [], []
+    for k, members in enumerate(groups.values()):
+        seeds = [int(r["run"]["seed"]) for _, r in members]
+        if len(set(seeds)) != len(seeds):
+            raise CompareError(
+                f"runs {[str(p) for p, _ in members]} repeat seeds {seeds}; give each seed once"
+            )
+        table = pooled_table([r["table"] for _, r in members])
+        label = f"active · {describe(members[0][1]['run']['config'])}"
+        seconds = [float(r["run"].get("seconds", float("nan"))) for _, r in members]
+        note = (
+            f"{len(members)} seeds ({', '.join(map(str, seeds))}); mean ± std (sample std) in %; "
+            f"wall time per run {_stats(seconds)[0]:.0f} ± {_stats(seconds)[1]:.0f} s."
+        )
+        sections.append(f"## {label}\n\n" + table_markdown(table, note=note))
+        curve_plot([r["curves"] for _, r in members], out / f"active_curves_{k}.png")
+        summary.append({"label": label, "runs": [str(p) for p, _ in members], "table": table})
+    text = "\n\n".join(sections) + "\n"
+    (out / "active_comparison.md").write_text(text)
+    write_json_atomic(out / "active_comparison.json", summary)
+    if wandb is None:
+        wandb = all(r["run"]["config"].get("logger", {}).get("wandb") for _, r in runs)
+    if wandb:
+        _log_wandb(out, runs[0][1]["run"]["config"].get("logger", {}), summary, text)
+    return {"out_dir": out, "markdown": text, "groups": summary, "skipped": []}
+
+
+def _log_wandb(out: Path, logger_cfg: dict[str, Any], summary: list[dict], text: str) -> None:
+    """One W&B run of job type ``compare``: the pooled cells as a table, the curve plots."""
+    import wandb
+
+    mode = logger_cfg.get("wandb_mode", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode != "online":
+        os.environ.setdefault("WANDB_MODE", mode)
+    run = wandb.init(
+        project=logger_cfg.get("project", "introspect"),
+        entity=logger_cfg.get("entity"),
+        job_type="compare",
+        dir=str(out),
+        mode=mode,
+        config={"runs": [p for g in summary for p in g["runs"]]},
+    )
+    try:
+        columns = ["experiment", "strategy", "acquired by"] + [
+            f"{s}_{m}_{stat}" for s in SPLITS for m in CELL for stat in ("mean", "std")
+        ]
+        data = [
+            [g["label"], strategy, row]
+            + [cells[s][m][i] for s in SPLITS for m in CELL for i in (0, 1)]
+            for g in summary
+            for strategy, rows in g["table"].items()
+            for row, cells in rows.items()
+        ]
+        images = sorted(out.glob("active_curves_*.png"))
+        run.log(
+            {
+                "compare/active_table": wandb.Table(columns=columns, data=data),
+                **{f"compare/{p.stem}": wandb.Image(str(p)) for p in images},
+            }
+        )
+    finally:
+        run.finish()
