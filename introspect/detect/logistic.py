@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegressionCV
@@ -16,7 +18,8 @@ class LogisticDetector:
 
     def __init__(self, seed: int = 0) -> None:
         self.model = make_pipeline(
-            StandardScaler(), LogisticRegressionCV(cv=3, max_iter=2000, random_state=seed)
+            StandardScaler(),
+            LogisticRegressionCV(cv=3, max_iter=2000, scoring="neg_log_loss", random_state=seed),
         )
 
     def fit(self, in_features: torch.Tensor, out_features: torch.Tensor) -> LogisticDetector:
@@ -24,7 +27,9 @@ class LogisticDetector:
         x = torch.cat([in_features, out_features]).double().numpy()
         y = np.r_[np.ones(len(in_features)), np.zeros(len(out_features))]
         weight = np.where(y == 1, 0.5 / len(in_features), 0.5 / len(out_features)) * len(y)
-        self.model.fit(np.nan_to_num(x), y, logisticregressioncv__sample_weight=weight)
+        with warnings.catch_warnings():  # scikit-learn's notices of changing defaults
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model.fit(np.nan_to_num(x), y, logisticregressioncv__sample_weight=weight)
         return self
 
     def score(self, features: torch.Tensor) -> torch.Tensor:

@@ -420,7 +420,8 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg)
     dm = build_data(cfg)
     # Every data source is opened before any work, so bad settings fail early.
-    in_dist = seeded_subset(dm.split("test"), s.max_samples, s.seed, "in_distribution")
+    test = dm.split("test")
+    in_dist = seeded_subset(test, s.max_samples, s.seed, "in_distribution")
     ood_sets = {str(n): ood_set(cfg, dm, str(n)) for n in s.ood}
     ood_sets = {n: seeded_subset(d, s.max_samples, s.seed, n) for n, d in ood_sets.items()}
     if s.noise:
@@ -428,7 +429,7 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
     trust_sets: dict[str, Dataset] = {}
     splits = evaluation_splits(cfg, dm, device) if s.trust or s.corruption_detection else {}
     # Corruption cells of the very clean images scored as in-distribution (same indices).
-    keep = in_dist.indices if isinstance(in_dist, Subset) else None
+    keep = in_dist.indices if in_dist is not test and isinstance(in_dist, Subset) else None
     cell_sets = {
         n: d if keep is None else Subset(d, list(keep))
         for n, d in splits.items()
