@@ -82,7 +82,7 @@ def test_detection_sets_detectors_and_tables(detected) -> None:
 
 
 def test_fgsm_success_rate_matches_a_direct_attack(detected) -> None:
-    cfg = load_run_config(Path(detected["args"][0].split("=", 1)[1]), detected["args"][1:])
+    cfg = load_run_config(Path(detected["args"][0].split("=", 1)[1]), detected["args"][2:])
     dm = build_data(cfg)
     cfg.backbone.checkpoint = stage1_checkpoint(cfg, Path(cfg.run.dir))
     net = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
