@@ -10,8 +10,6 @@ import torch
 from introspect.data.seeding import derive_seed
 from introspect.metrics.ood import ood_metrics
 
-DETECTION_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy")
-
 
 @dataclass(frozen=True)
 class Halves:

@@ -6,7 +6,7 @@ on held-out halves; and the tables of the seeds' layout."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +20,11 @@ from introspect.attacks import attack_by_name
 from introspect.data import ImageDataModule
 from introspect.detect import Halves, LayerMahalanobis, LogisticDetector, halves, held_out_metrics
 from introspect.detect.lid import lid_features
-from introspect.detect.protocol import DETECTION_METRICS
 from introspect.scores import PurviewDetector
 
 ADV_PREFIX = "adv_"
-SUPERVISED = ("lid", "mahalanobis_fe", "mahalanobis_p_fe", "purview_detector")
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+Fit = Callable[[torch.Tensor, torch.Tensor], Scorer]
 DETECTOR_LABELS = {
     "lid": "LID",
     "mahalanobis_v": "M(V)",
@@ -142,8 +142,8 @@ class DetectorFeatures:
         }
 
 
-def _purview_fit(seed: int):  # noqa: ANN202 - a fit callback of held_out_metrics
-    def fit(f_in: torch.Tensor, f_out: torch.Tensor):  # noqa: ANN202
+def _purview_fit(seed: int) -> Fit:
+    def fit(f_in: torch.Tensor, f_out: torch.Tensor) -> Scorer:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             detector = PurviewDetector(f_in.shape[1]).fit(f_in, f_out)
@@ -157,34 +157,38 @@ def _purview_fit(seed: int):  # noqa: ANN202 - a fit callback of held_out_metric
     return fit
 
 
-def _logistic_fit(seed: int):  # noqa: ANN202
-    def fit(f_in: torch.Tensor, f_out: torch.Tensor):  # noqa: ANN202
+def _logistic_fit(seed: int) -> Fit:
+    def fit(f_in: torch.Tensor, f_out: torch.Tensor) -> Scorer:
         return LogisticDetector(seed).fit(f_in, f_out).score
 
     return fit
 
 
-def _unsupervised(f_in: torch.Tensor, f_out: torch.Tensor):  # noqa: ANN202
+def _unsupervised(f_in: torch.Tensor, f_out: torch.Tensor) -> Scorer:
     return lambda f: f
 
 
 def detection_rows(
     clean: Mapping[str, torch.Tensor],
     clean_origins: torch.Tensor,
-    sets: Mapping[str, tuple[Mapping[str, torch.Tensor], torch.Tensor]],
+    sets: Mapping[str, tuple[Mapping[str, torch.Tensor], torch.Tensor | None]],
     seed: int,
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, int]]]:
     """``table[detector][set] = metrics`` on held-out halves, and the sizes of the halves.
 
     ``clean`` and every ``sets[name][0]`` map feature names to per-sample tensors: unsupervised
     scores ``(N,)`` by score name, and the matrices ``lid``, ``maha_v``, ``maha_p`` (``(N, L)``)
-    and ``norms`` (Purview). ``sets[name][1]`` are the origins of its samples (clean index for
-    derived sets, own index for OOD sets)."""
+    and ``norms`` (Purview). ``sets[name][1]`` are the clean indices its samples were made from
+    (adversarial images, corruption cells: their halves follow the clean images'), or ``None``
+    for a set of its own (OOD: seeded halves of its samples)."""
     split_in = halves(clean_origins, seed, "in_distribution")
     table: dict[str, dict[str, dict[str, float]]] = {}
     sizes: dict[str, dict[str, int]] = {}
     for name, (features, origins) in sets.items():
-        split_out = _paired_halves(origins, clean_origins, split_in, seed, name)
+        if origins is None:
+            split_out = halves(torch.arange(len(next(iter(features.values())))), seed, name)
+        else:
+            split_out = _paired_halves(origins, clean_origins, split_in)
         sizes[name] = {"fit": len(split_out.fit), "held_out": len(split_out.held_out)}
         for detector, (key, fit) in _detectors(clean, seed).items():
             if key not in features:
@@ -196,22 +200,17 @@ def detection_rows(
     return table, sizes
 
 
-def _paired_halves(
-    origins: torch.Tensor, clean_origins: torch.Tensor, split_in: Halves, seed: int, name: str
-) -> Halves:
-    """A derived set's halves follow the clean images' (its origins are clean indices); an OOD
-    set (``origins`` = its own indices, not derived) gets its own seeded halves."""
-    if name.startswith(ADV_PREFIX) or "/" in name:
-        fit_origins = clean_origins[split_in.fit]
-        in_fit = torch.isin(origins, fit_origins)
-        rows = torch.arange(len(origins))
-        return Halves(rows[in_fit], rows[~in_fit])
-    return halves(origins, seed, name)
+def _paired_halves(origins: torch.Tensor, clean_origins: torch.Tensor, split_in: Halves) -> Halves:
+    """The halves of a set made from clean images: a row is in the fit half when its clean
+    image is."""
+    in_fit = torch.isin(origins, clean_origins[split_in.fit])
+    rows = torch.arange(len(origins))
+    return Halves(rows[in_fit], rows[~in_fit])
 
 
-def _detectors(clean: Mapping[str, torch.Tensor], seed: int) -> dict[str, tuple[str, Any]]:
+def _detectors(clean: Mapping[str, torch.Tensor], seed: int) -> dict[str, tuple[str, Fit]]:
     """detector name -> (feature key, fit callback)."""
-    found: dict[str, tuple[str, Any]] = {}
+    found: dict[str, tuple[str, Fit]] = {}
     if "lid" in clean:
         found["lid"] = ("lid", _logistic_fit(seed))
     if "maha_v" in clean:
@@ -329,23 +328,9 @@ def detection_markdown(detection: Mapping[str, Any], ood_scores: Mapping[str, An
             ood_ff_int_table(ood_scores),
         ]
     every = [n for n in detection["sizes"] if n != "in_distribution"]
-    header = ["detector"] + every
-    rows = [
-        [DETECTOR_LABELS.get(d, d)] + [_pct(table[d].get(n, {}).get("auroc")) for n in every]
-        for d in table
+    rows = [[n] + [_pct(table[d].get(n, {}).get("auroc")) for d in present] for n in every]
+    parts += [
+        "### Every set (AUROC %, held-out halves; all scores in results.json)",
+        _md(["set"] + [DETECTOR_LABELS[d] for d in present], rows),
     ]
-    parts += ["### Every detector and set (AUROC %, held-out halves)", _md(header, rows)]
     return "\n\n".join(parts)
-
-
-__all__ = [
-    "ADV_PREFIX",
-    "DETECTION_METRICS",
-    "SUPERVISED",
-    "AdversarialSet",
-    "DetectorFeatures",
-    "adversarial_set",
-    "attack_kwargs",
-    "detection_markdown",
-    "detection_rows",
-]

@@ -477,15 +477,16 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         scorer = SetScorer(cfg, dm, backbone, intro, mahalanobis, device, features)
         scored_in = scorer("in_distribution", in_dist, with_preds="clean" in trust_sets)
         scored_ood = {n: scorer(n, d, with_preds=False) for n, d in ood_sets.items()}
-        challenging = {
+        challenging: dict[str, tuple[ScoredSet, torch.Tensor | None]] = {
             n: (scorer(n, a.dataset, with_preds=False), a.origins)
             for n, a in attacks.items()
             if len(a.origins) >= 2  # too few successes leave nothing to detect
         }
         challenging |= {
-            n: (scorer(n, d, with_preds=False), torch.arange(len(d))) for n, d in cell_sets.items()
+            n: (scorer(n, d, with_preds=False), torch.arange(len(d)))  # cell row i = clean image i
+            for n, d in cell_sets.items()
         }
-        challenging |= {n: (o, torch.arange(o.size)) for n, o in scored_ood.items()}
+        challenging |= {n: (o, None) for n, o in scored_ood.items()}
         scored_trust = {
             n: scored_in if n == "clean" else scorer(n, d, with_preds=True)
             for n, d in trust_sets.items()
