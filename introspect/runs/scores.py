@@ -6,6 +6,9 @@ In-distribution samples are the run's clean test split. OOD sets are the ``score
 and, with ``scores.noise``, uniform-noise images. The trust task ranks predictions on the
 clean split, every ``eval.extra`` split and the corruption cells pooled into ``corrupted``:
 feed-forward scores rank the backbone's predictions, ``int_*`` scores the introspective head's.
+The detection task (``scores.attacks``, ``scores.corruption_detection``, ``scores.detectors``;
+``introspect.runs.detection``) scores adversarial images and corruption cells of the clean
+images and the OOD sets against them on held-out halves.
 """
 
 from __future__ import annotations
