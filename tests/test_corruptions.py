@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+import math
 import sys
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from introspect.data.corruptions import ALL_NAMES, EXTRA_NAMES, NAMES, corrupt
+from introspect.data.corruptions import ALL_NAMES, CURE_NAMES, EXTRA_NAMES, NAMES, corrupt
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -46,6 +47,8 @@ STOCHASTIC = {
     "fog",
     "elastic_transform",
     "spatter",
+    "dirty_lens",
+    "codec_error",
 }
 # Per-step growth does not hold for the original parameters of these: saturate desaturates at
 # severities 1-2 and saturates at 3-5; glass_blur's larger sigma at severity 3 (and 5) smooths
@@ -82,7 +85,8 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
 def test_name_lists() -> None:
     assert len(NAMES) == 15 and len(set(NAMES)) == 15
     assert set(EXTRA_NAMES) == {"speckle_noise", "gaussian_blur", "spatter", "saturate"}
-    assert ALL_NAMES == NAMES + EXTRA_NAMES
+    assert ALL_NAMES == NAMES + EXTRA_NAMES + CURE_NAMES
+    assert len(set(ALL_NAMES)) == len(ALL_NAMES) == 26
 
 
 def test_bad_arguments() -> None:
@@ -438,3 +442,62 @@ def test_frost_without_photographs_names_both_sources(monkeypatch, tmp_path) -> 
         corrupt(_random_images(1, 8), "frost", 1, frost_dir=tmp_path)
     with pytest.raises(ValueError, match="frost_dir"):
         corrupt(_random_images(1, 8), "fog", 1, frost_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- CURE-TSR challenges
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_cure_photometric_challenges_match_their_formulas(severity: int) -> None:
+    x = _smooth_images(3).double()
+    luma = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]
+    w = (0.2, 0.4, 0.6, 0.8, 1.0)[severity - 1]
+    torch.testing.assert_close(corrupt(x, "decolorization", severity), (1 - w) * x + w * luma)
+    stops = (0.25, 0.5, 0.75, 1.0, 1.5)[severity - 1]
+    expected = np.clip(x.numpy() * 2**stops, 0, 1)
+    np.testing.assert_allclose(corrupt(x, "overexposure", severity).numpy(), expected)
+    stops = (0.5, 1.0, 1.5, 2.0, 2.5)[severity - 1]
+    np.testing.assert_allclose(corrupt(x, "underexposure", severity).numpy(), x * 2**-stops)
+    beta = (0.3, 0.6, 0.9, 1.2, 1.6)[severity - 1]
+    t = np.exp(-beta * np.linspace(1.0, 0.5, 32))[None, None, :, None]
+    np.testing.assert_allclose(corrupt(x, "haze", severity).numpy(), x * t + 0.8 * (1 - t))
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_lens_blur_is_a_disk_convolution(severity: int) -> None:
+    x = _random_images(2, 32).double()
+    radius = (1.0, 1.5, 2.0, 2.5, 3.0)[severity - 1]
+    out = corrupt(x, "lens_blur", severity)
+    # The blur is linear and shift-invariant: an impulse in the middle returns the kernel, a disk
+    # of about pi r^2 pixels that sums to 1.
+    impulse = torch.zeros(1, 3, 33, 33, dtype=torch.float64)
+    impulse[..., 16, 16] = 1.0
+    kernel = corrupt(impulse, "lens_blur", severity)[0, 0]
+    assert abs(kernel.sum().item() - 1) < 1e-9
+    assert (kernel > 0.5 * kernel.max()).sum() == pytest.approx(math.pi * radius**2, rel=0.6)
+    inner = ndimage.correlate(
+        x[0, 0].numpy(), kernel[16 - 8 : 17 + 8, 16 - 8 : 17 + 8].numpy(), mode="mirror"
+    )
+    np.testing.assert_allclose(out[0, 0, 8:-8, 8:-8].numpy(), inner[8:-8, 8:-8], atol=1e-9)
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_codec_error_replaces_a_fraction_of_blocks_by_shifted_means(severity: int) -> None:
+    x = _random_images(16, 32)
+    out = corrupt(x, "codec_error", severity, seed=3)
+    blocks_in = x.unfold(2, 4, 4).unfold(3, 4, 4)  # (B, C, 8, 8, 4, 4)
+    blocks_out = out.unfold(2, 4, 4).unfold(3, 4, 4)
+    changed = (blocks_out != blocks_in).flatten(-2).any(-1).any(1)  # (B, 8, 8)
+    flat = blocks_out.flatten(-2)
+    assert (flat[changed.unsqueeze(1).expand_as(flat[..., 0])].std(-1) < 1e-6).all()
+    fraction = (0.05, 0.1, 0.2, 0.3, 0.4)[severity - 1]
+    assert changed.float().mean().item() == pytest.approx(fraction, abs=0.05)
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_dirty_lens_blends_towards_dirt_only_under_spots(severity: int) -> None:
+    x = torch.ones(4, 3, 32, 32)
+    out = corrupt(x, "dirty_lens", severity, seed=0)
+    assert (out <= 1).all() and (out[:, 0] >= out[:, 2]).all()  # brown-grey: red >= blue
+    darkened = (out < 0.99).flatten(1).float().mean(1)
+    assert ((darkened > 0) & (darkened < 0.9)).all()

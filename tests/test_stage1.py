@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from introspect.attacks import pgd
 from introspect.config import load_config
-from introspect.models import FeedForwardClassifier, pgd_linf
+from introspect.models import FeedForwardClassifier
 from introspect.runs.pipeline import run
 from introspect.runs.stage1 import build_backbone, build_data, stage1
 
@@ -28,7 +29,7 @@ def test_pgd_one_step_is_fgsm_and_stays_in_the_ball() -> None:
     x = torch.rand(5, 3, 4, 4, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0, 1])
     eps = 0.05
-    adv = pgd_linf(net, x, y, epsilon=eps, step_size=eps, steps=1, random_start=False)
+    adv = pgd(net, x, y, eps=eps, alpha=eps, steps=1, random_start=False)
     assert all(p.grad is None and p.requires_grad for p in net.parameters())
     # reference: one signed-gradient step of the summed-mean CE loss, clipped to the image range
     xr = x.clone().requires_grad_(True)
@@ -43,7 +44,7 @@ def test_pgd_increases_loss_and_respects_epsilon() -> None:
     y = torch.randint(0, 3, (64,))
     eps = 8 / 255
     g = torch.Generator().manual_seed(0)
-    adv = pgd_linf(net, x, y, epsilon=eps, step_size=2 / 255, steps=10, generator=g)
+    adv = pgd(net, x, y, eps=eps, alpha=2 / 255, steps=10, generator=g)
     assert (adv - x).abs().max() <= eps + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():

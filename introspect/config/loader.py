@@ -101,6 +101,26 @@ def _merge(cfg: DictConfig, layer: DictConfig, source: str, schema: DictConfig) 
         raise ConfigError(f"{source}: bad value for {key!r}: {reason}") from None
 
 
+def named_ood_sets(cli: DictConfig, config_dir: Path) -> DictConfig:
+    """``scores.ood=[svhn,textures,...]`` on the command line: the sets of
+    ``configs/ood/<name>.yaml``, by name (``ConfigError`` for an unknown one)."""
+    names = OmegaConf.select(cli, "scores.ood")
+    if not isinstance(names, ListConfig):
+        return cli
+    sets = {}
+    for name in names:
+        path = config_dir / "ood" / f"{name}.yaml"
+        if not path.is_file():
+            hint = _suggest(str(name), _options(config_dir, "ood"))
+            raise ConfigError(
+                f"scores.ood: unknown OOD set {name!r}. {hint} (or give "
+                "scores.ood.<name>.source/path/split)"
+            )
+        sets[str(name)] = _read_yaml(path)
+    cli.scores.ood = sets
+    return cli
+
+
 def leaf_paths(node: Any, prefix: str = "") -> dict[str, Any]:
     """Every leaf of a nested mapping as ``{dotted.path: value}``."""
     if isinstance(node, Mapping) and node:
@@ -206,7 +226,7 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
         cli = OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot parse command-line overrides {dotlist}: {err}") from None
-    layers.append(("command line", cli))
+    layers.append(("command line", named_ood_sets(cli, config_dir)))
 
     schema = OmegaConf.structured(Config)
     cfg = schema
@@ -318,6 +338,7 @@ def load_run_config(
         cli = OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot parse overrides {dotlist}: {err}") from None
+    cli = named_ood_sets(cli, config_dir)
     if not trust_run:
         _refuse_code(cfg, cli, path)
     cfg = _merge(cfg, cli, "command line", schema)

@@ -134,6 +134,17 @@ RANGES: dict[str, Range] = {
     "scores.gradtrust_k": _POSITIVE,
     "scores.seed": _SEED,
     "scores.batch_size": _POSITIVE,
+    "scores.attack.eps": _NON_NEGATIVE,
+    "scores.attack.alpha": Range(0, low_open=True),
+    "scores.attack.steps": _POSITIVE,
+    "scores.attack.cw_c": Range(0, low_open=True),
+    "scores.attack.cw_kappa": _NON_NEGATIVE,
+    "scores.attack.cw_steps": _POSITIVE,
+    "scores.attack.cw_lr": Range(0, low_open=True),
+    "scores.attack.seed": _SEED,
+    "scores.detect.lid_k": _POSITIVE,
+    "scores.detect.lid_reference": _POSITIVE,
+    "scores.detect.mahalanobis_eps": _NON_NEGATIVE,
     "trainer.num_nodes": _POSITIVE,
     "trainer.log_every_n_steps": _POSITIVE,
     "trainer.gradient_clip_val": _NON_NEGATIVE,
@@ -396,6 +407,43 @@ class EvalConfig:
 
 
 @dataclass
+class AttackConfig:
+    """Settings of the ``scores.attacks`` (``introspect.attacks``), images in ``[0, 1]``.
+
+    ``eps``: L-inf budget of fgsm, bim, pgd and iterll; ``alpha``, ``steps``: their step size
+    and number of steps (fgsm takes one step of ``eps``); pgd starts at a random point seeded by
+    ``seed``. ``cw_c``, ``cw_kappa``, ``cw_steps``, ``cw_lr``: C&W L2's constant, confidence,
+    Adam steps and learning rate (no binary search).
+    """
+
+    eps: float = 0.03137254901960784  # 8/255
+    alpha: float = 0.00784313725490196  # 2/255
+    steps: int = 10
+    cw_c: float = 1.0
+    cw_kappa: float = 0.0
+    cw_steps: int = 20
+    cw_lr: float = 0.01
+    seed: int = 0
+
+
+@dataclass
+class DetectConfig:
+    """The detectors of ``scores.detectors`` (``introspect.detect``).
+
+    ``layers``: the layers of LID and the Mahalanobis feature ensemble (``null``: every
+    ``layer<k>`` stage and the penultimate features). ``lid_k``: neighbours of the LID estimate;
+    ``lid_reference``: clean training images the neighbours are taken from.
+    ``mahalanobis_eps``: input preprocessing of M(P) and M(P+FE) (pixel units; Lee et al. tune it
+    on adversarial validation data, here it is fixed).
+    """
+
+    layers: list[str] | None = None
+    lid_k: int = 20
+    lid_reference: int = 500
+    mahalanobis_eps: float = 0.0014
+
+
+@dataclass
 class ScoresConfig:
     """The OOD-detection and trust evaluation of a finished run (``python evaluate.py scores``).
 
@@ -416,6 +464,15 @@ class ScoresConfig:
       the pooled corruption cells (``corrupted``).
     - ``seed``: seeds the subsets, the noise images and the detector.
     - ``batch_size``: images per scored batch.
+    - ``attacks``: attacks (``fgsm``, ``bim``, ``pgd``, ``cw``, ``iterll``) run on the clean
+      in-distribution images with ``attack`` settings; each adds the challenging set
+      ``adv_<attack>`` (its successful adversarial images of correctly classified ones) and
+      reports the attack's success rate.
+    - ``corruption_detection``: every ``eval.corruptions x eval.severities`` cell (of the same
+      clean images) becomes a challenging set.
+    - ``detectors``: the detection task: every challenging set (OOD, adversarial, corrupted)
+      against the clean images, on held-out halves, with LID, Mahalanobis M(V)/M(P)/M(FE)/
+      M(P+FE), the Purview detector (needs ``purview``) and the unsupervised scores (``detect``).
     """
 
     ood: dict[str, SourceSplitConfig] = field(default_factory=dict)
@@ -430,6 +487,11 @@ class ScoresConfig:
     trust: bool = True
     seed: int = 0
     batch_size: int = 128
+    attacks: list[str] = field(default_factory=list)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    corruption_detection: bool = False
+    detectors: bool = False
+    detect: DetectConfig = field(default_factory=DetectConfig)
 
 
 @dataclass

@@ -48,6 +48,26 @@ Deviations from the original (unseeded numpy / scikit-image / OpenCV / PIL / Ima
   water branch (1-3) approximates OpenCV's Canny edges by a Sobel L1-magnitude threshold (150,
   no non-maximum suppression or hysteresis) and its distance transform by a (1, sqrt 2) chamfer
   distance, then equalizes, embosses and blurs as the original does.
+
+CURE-TSR challenge types (Temel et al., NeurIPS-W 2017; ``CURE_NAMES``): the released images were
+rendered with Adobe After Effects at five levels whose settings are not published, so these are
+documented approximations, not reproductions; five levels each, all batched torch:
+
+* decolorization: blend towards ITU-R 601 luma with weight 0.2, 0.4, 0.6, 0.8, 1 (grey).
+* overexposure (CURE-TSR "Exposure"): gain of 0.25, 0.5, 0.75, 1, 1.5 stops (x 2^s), clipped.
+* underexposure (CURE-TSR "Darkening"): 0.5, 1, 1.5, 2, 2.5 stops down (x 2^-s).
+* haze: the atmospheric scattering model ``x t + A (1 - t)`` with airlight ``A = 0.8`` and
+  ``t = exp(-beta d)``, ``beta`` 0.3, 0.6, 0.9, 1.2, 1.6, depth ``d`` falling linearly from 1 at
+  the top row to 0.5 at the bottom (a ground plane; no depth map is available).
+* lens_blur: defocus with a disk of radius 1, 1.5, 2, 2.5, 3 px at 32 px (scaled with the image
+  size), anti-aliased like defocus_blur's.
+* dirty_lens: 2-6 seeded Gaussian dirt spots (sigma 6-14 % of the image size) of opacity 0.35,
+  0.45, 0.55, 0.65, 0.75; under a spot the image is defocused and mixed with a brown-grey dirt
+  colour. CURE-TSR overlays photographed dirt; the spots stand in for it.
+* codec_error: the image is cut into blocks of ``min(H, W) // 8`` px (4 px at 32 px); a seeded
+  fraction 5, 10, 20, 30, 40 % of blocks loses its detail (only its mean, the DC coefficient,
+  survives) and its colour is shifted by U(-0.15, 0.15) per channel, like a lost or wrongly
+  decoded macroblock.
 """
 
 from __future__ import annotations
@@ -63,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ALL_NAMES", "EXTRA_NAMES", "NAMES", "corrupt"]
+__all__ = ["ALL_NAMES", "CURE_NAMES", "EXTRA_NAMES", "NAMES", "corrupt"]
 
 NAMES: tuple[str, ...] = (
     "gaussian_noise",
@@ -87,7 +107,19 @@ NAMES: tuple[str, ...] = (
 EXTRA_NAMES: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 """The four held-out corruptions of the original release (not part of the benchmark mean)."""
 
-ALL_NAMES: tuple[str, ...] = NAMES + EXTRA_NAMES
+CURE_NAMES: tuple[str, ...] = (
+    "decolorization",
+    "overexposure",
+    "underexposure",
+    "haze",
+    "lens_blur",
+    "dirty_lens",
+    "codec_error",
+)
+"""The CURE-TSR challenge types missing from CIFAR-10-C (its Exposure is ``overexposure``, its
+Darkening ``underexposure``); approximations, see the module docstring."""
+
+ALL_NAMES: tuple[str, ...] = NAMES + EXTRA_NAMES + CURE_NAMES
 
 _Corruption = Callable[[Tensor, int, torch.Generator], Tensor]
 _REGISTRY: dict[str, _Corruption] = {}
@@ -743,3 +775,78 @@ def _spatter(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
     m = torch.where(peak > 0, m / peak.clamp_min(1e-12), 0.0) * intensity
     turquoise = torch.tensor([175, 238, 238], dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
     return x + m * turquoise / 255
+
+
+# --------------------------------------------------------------------------- CURE-TSR challenges
+# The CURE-TSR challenge types (Temel et al. 2017) that CIFAR-10-C lacks. The released sets were
+# rendered with Adobe After Effects, whose settings are not published; these are documented
+# approximations with five levels each (see the module docstring of CURE_NAMES).
+
+
+@_register("decolorization")
+def _decolorization(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    weight = (0.2, 0.4, 0.6, 0.8, 1.0)[severity - 1]
+    return torch.lerp(x, _grey(x).expand_as(x), weight)
+
+
+@_register("overexposure")
+def _overexposure(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    stops = (0.25, 0.5, 0.75, 1.0, 1.5)[severity - 1]
+    return x * 2.0**stops
+
+
+@_register("underexposure")
+def _underexposure(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    stops = (0.5, 1.0, 1.5, 2.0, 2.5)[severity - 1]
+    return x * 2.0**-stops
+
+
+@_register("haze")
+def _haze(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    beta = (0.3, 0.6, 0.9, 1.2, 1.6)[severity - 1]
+    h = x.shape[2]
+    # Depth falls linearly from 1 at the top row to 0.5 at the bottom row (a ground plane).
+    depth = torch.linspace(1.0, 0.5, h, device=x.device, dtype=x.dtype).reshape(1, 1, h, 1)
+    transmission = torch.exp(-beta * depth)
+    return x * transmission + 0.8 * (1 - transmission)
+
+
+@_register("lens_blur")
+def _lens_blur(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    radius = (1.0, 1.5, 2.0, 2.5, 3.0)[severity - 1] * min(x.shape[2:]) / 32
+    return _filter2d(x, _disk_kernel(radius, 0.1).to(x.device), "mirror")
+
+
+@_register("dirty_lens")
+def _dirty_lens(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    spots, opacity = ((2, 0.35), (3, 0.45), (4, 0.55), (5, 0.65), (6, 0.75))[severity - 1]
+    b, _, h, w = x.shape
+    size = min(h, w)
+    centres = _uniform((b, spots, 2), 0.0, 1.0, x, gen) * torch.tensor(
+        [h - 1, w - 1], dtype=x.dtype, device=x.device
+    )
+    sigmas = _uniform((b, spots), 0.06, 0.14, x, gen) * size
+    rows = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, h, 1)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, w)
+    d2 = (rows - centres[..., 0, None, None]) ** 2 + (cols - centres[..., 1, None, None]) ** 2
+    blobs = torch.exp(-0.5 * d2 / sigmas[..., None, None] ** 2)
+    mask = (opacity * blobs.amax(1, keepdim=True)).clamp(0, 1)
+    dirt = torch.tensor([0.30, 0.25, 0.20], dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+    behind = _gaussian_blur(x, 1.5 * size / 32, mode="mirror")  # dirt also defocuses
+    return torch.lerp(torch.lerp(x, behind, mask), dirt.expand_as(x), mask)
+
+
+@_register("codec_error")
+def _codec_error(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    fraction = (0.05, 0.1, 0.2, 0.3, 0.4)[severity - 1]
+    b, c, h, w = x.shape
+    block = max(2, min(h, w) // 8)  # 4 px at 32 px: a JPEG/MPEG 8x8 block of a 64 px frame
+    bh, bw = -(-h // block), -(-w // block)
+    padded = _pad(x, (0, bh * block - h), (0, bw * block - w), "nearest")
+    means = F.avg_pool2d(padded, block)  # DC coefficient of every block
+    lost = torch.rand((b, 1, bh, bw), generator=gen, device=x.device) < fraction
+    shift = _uniform((b, c, bh, bw), -0.15, 0.15, x, gen)  # wrongly decoded DC
+    dc = torch.where(lost, means + shift, means)
+    up = F.interpolate(dc, scale_factor=block, mode="nearest")
+    keep = F.interpolate(lost.to(x.dtype), scale_factor=block, mode="nearest")
+    return torch.lerp(padded, up, keep)[:, :, :h, :w]

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from introspect.models.adversarial import pgd_linf
+from introspect.attacks import pgd
 from introspect.models.optim import build_optimizer
 
 
@@ -53,14 +53,15 @@ class FeedForwardClassifier(L.LightningModule):
         assert self.adversarial is not None
         self.backbone.eval()
         try:
-            return pgd_linf(
+            return pgd(
                 self.backbone,
                 images,
                 labels,
-                epsilon=self.adversarial["epsilon"],
-                step_size=self.adversarial["step_size"],
+                eps=self.adversarial["epsilon"],
+                alpha=self.adversarial["step_size"],
                 steps=self.adversarial["steps"],
                 random_start=self.adversarial.get("random_start", True),
+                generator=torch.default_generator,  # the run's seeded global RNG
             )
         finally:
             self.backbone.train()

@@ -6,6 +6,9 @@ In-distribution samples are the run's clean test split. OOD sets are the ``score
 and, with ``scores.noise``, uniform-noise images. The trust task ranks predictions on the
 clean split, every ``eval.extra`` split and the corruption cells pooled into ``corrupted``:
 feed-forward scores rank the backbone's predictions, ``int_*`` scores the introspective head's.
+The detection task (``scores.attacks``, ``scores.corruption_detection``, ``scores.detectors``;
+``introspect.runs.detection``) scores adversarial images and corruption cells of the clean
+images and the OOD sets against them on held-out halves.
 """
 
 from __future__ import annotations
@@ -20,12 +23,24 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from tqdm.auto import tqdm
 
+from introspect.attacks import ATTACKS
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule
+from introspect.data.module import SPLITS
+from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
+from introspect.detect import LayerMahalanobis, default_layers, layer_features
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
+from introspect.runs.detection import (
+    ADV_PREFIX,
+    DETECTION_NOTE,
+    DetectorFeatures,
+    adversarial_set,
+    detection_markdown,
+    detection_rows,
+)
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers, write_json_atomic
 from introspect.runs.splits import evaluation_splits, read_source
@@ -84,9 +99,19 @@ def check_scores_config(cfg: DictConfig) -> None:
                 f"{where}: 'noise' is the synthetic noise set; rename the set or set "
                 "scores.noise=false"
             )
-    if not s.ood and not s.noise and not s.trust:
+    unknown = [a for a in s.attacks if a not in ATTACKS]
+    if unknown:
         raise ConfigError(
-            "nothing to score: add scores.ood.<name>.*, set scores.noise=true or scores.trust=true"
+            f"scores.attacks: unknown attack(s) {unknown}; choose from {list(ATTACKS)}"
+        )
+    if s.corruption_detection and not cfg.eval.corruptions:
+        raise ConfigError(
+            "scores.corruption_detection=true needs corruption cells: set eval.corruptions"
+        )
+    if not (s.ood or s.noise or s.trust or s.attacks or s.corruption_detection):
+        raise ConfigError(
+            "nothing to score: add scores.ood.<name>.*, scores.attacks=[...], set scores.noise, "
+            "scores.trust or scores.corruption_detection to true"
         )
 
 
@@ -110,8 +135,10 @@ class UniformNoise(Dataset):
 
 
 def ood_set(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
-    """The ``scores.ood.<name>`` set, read with the run's data settings and resized to the run's
-    (square) image size; its classes may differ from the run's. ``DataError`` names the fix."""
+    """The ``scores.ood.<name>`` set, resized to the run's (square) image size: an unlabeled
+    source (``introspect.data.ood``: an npz without ``y`` or with one class, any image tree,
+    SVHN) or else a labelled one read with the run's data settings (its classes may differ
+    from the run's). ``DataError`` names the fix."""
     entry = cfg.scores.ood[name]
     where = f"scores.ood.{name}"
     _, height, width = dm.image_shape
@@ -120,6 +147,17 @@ def ood_set(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
             f"{where}: the run's images are {height}x{width}; OOD sets are resized to a square "
             "image size, so this run needs data.image_size"
         )
+    if entry.split not in (*SPLITS, "all"):
+        raise DataError(
+            f"{where}.split={entry.split!r} is not a split; valid: {', '.join(SPLITS)}, all"
+        )
+    try:
+        root = Path(str(cfg.data.root)).expanduser()
+        unlabeled = ood_source(entry.source, entry.path, entry.test_path, entry.split, height, root)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+    if unlabeled is not None:
+        return unlabeled
     return read_source(cfg, entry, where, image_size=height)[1]
 
 
@@ -144,6 +182,7 @@ class ScoredSet:
     preds: torch.Tensor | None = None
     int_preds: torch.Tensor | None = None
     norms: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -163,6 +202,7 @@ class SetScorer:
         intro: IntrospectiveClassifier | None,
         mahalanobis: Mahalanobis,
         device: torch.device,
+        detector_features: DetectorFeatures | None = None,
     ) -> None:
         self.cfg = cfg
         self.dm = dm
@@ -170,6 +210,9 @@ class SetScorer:
         self.intro = intro
         self.mahalanobis = mahalanobis
         self.device = device
+        self.detector_features = detector_features
+        s = cfg.scores
+        self.keep_norms = s.purview and (s.purview_detector or s.detectors)
         mc = cfg.eval.mc_dropout
         self.mc_dropout = MCDropout(mc.samples, mc.p, seed=mc.seed) if mc.samples > 0 else None
 
@@ -201,8 +244,10 @@ class SetScorer:
                 norms = purview_features(self.backbone, x)
                 batch["purview"] = purview_score(norms, "final")
                 batch["purview_initial"] = purview_score(norms, "initial")
-                if s.purview_detector:
+                if self.keep_norms:
                     batch["norms"] = norms
+            if self.detector_features is not None:
+                batch |= {f"feature_{k}": v for k, v in self.detector_features(x).items()}
             batch["labels"] = labels
             for key, value in batch.items():
                 parts.setdefault(key, []).append(value.detach().cpu())
@@ -210,9 +255,12 @@ class SetScorer:
         labels = out.pop("labels")
         norms = out.pop("norms", None)
         preds, int_preds = out.pop("preds", None), out.pop("int_preds", None)
+        features = {
+            k.removeprefix("feature_"): out.pop(k) for k in list(out) if k.startswith("feature_")
+        }
         # Feed-forward scores first, then the introspective ones.
         ordered = dict(sorted(out.items(), key=lambda item: item[0].startswith("int_")))
-        return ScoredSet(ordered, labels, preds, int_preds, norms)
+        return ScoredSet(ordered, labels, preds, int_preds, norms, features or None)
 
 
 def _trust_of(scored: ScoredSet, num_classes: int) -> dict[str, dict[str, float]]:
@@ -299,15 +347,57 @@ def _markdown(
     return "\n\n".join(parts) + "\n"
 
 
-def _flat(ood: dict[str, Any] | None, trust: dict[str, Any] | None) -> dict[str, float]:
+def _flat(
+    ood: dict[str, Any] | None, trust: dict[str, Any] | None, detection: dict[str, Any] | None
+) -> dict[str, float]:
     flat: dict[str, float] = {}
-    for task, section in (("ood", ood), ("trust", trust)):
+    for task, section in (("ood", ood), ("trust", trust), ("detection", detection)):
         if section is None:
             continue
-        for score, by_set in section["scores"].items():
+        key = "detectors" if task == "detection" else "scores"
+        for score, by_set in section[key].items():
             for name, metrics in by_set.items():
                 flat |= {f"scores/{task}/{score}/{name}/{m}": v for m, v in metrics.items()}
     return flat
+
+
+def _detector_features(
+    cfg: DictConfig,
+    dm: ImageDataModule,
+    backbone: torch.nn.Module,
+    train: Dataset,
+    device: torch.device,
+) -> DetectorFeatures:
+    """Fit the per-layer Mahalanobis Gaussians on the training split and keep the activations
+    of ``scores.detect.lid_reference`` seeded training images as the LID reference."""
+    d, s = cfg.scores.detect, cfg.scores
+    layers = list(d.layers) if d.layers else default_layers(backbone)
+    hide = not cfg.trainer.enable_progress_bar
+    loader = dm.loader(train, batch_size=s.batch_size)
+    gaussians = LayerMahalanobis(dm.num_classes, layers).fit(
+        backbone, tqdm(loader, desc="scores layer mahalanobis fit", disable=hide)
+    )
+    reference_set = seeded_subset(train, d.lid_reference, s.seed, "lid_reference")
+    parts: list[list[torch.Tensor]] = [[] for _ in layers]
+    with torch.no_grad():
+        for images, _ in dm.loader(reference_set, batch_size=s.batch_size):
+            _, acts = layer_features(backbone, images.to(device), layers)
+            for part, act in zip(parts, acts, strict=True):
+                part.append(act.flatten(1))
+    reference = [torch.cat(p) for p in parts]
+    if d.lid_k >= len(reference[0]):
+        raise ConfigError(
+            f"scores.detect.lid_k={d.lid_k} needs more than {len(reference[0])} reference images"
+        )
+    return DetectorFeatures(backbone, gaussians, reference, d)
+
+
+def _detector_inputs(scored: ScoredSet) -> dict[str, torch.Tensor]:
+    """Scores, detector features and Purview norms of a set, by feature name."""
+    inputs = dict(scored.scores) | (scored.features or {})
+    if scored.norms is not None:
+        inputs["norms"] = scored.norms
+    return inputs
 
 
 def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -329,14 +419,22 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg)
     dm = build_data(cfg)
     # Every data source is opened before any work, so bad settings fail early.
-    in_dist = seeded_subset(dm.split("test"), s.max_samples, s.seed, "in_distribution")
+    test = dm.split("test")
+    in_dist = seeded_subset(test, s.max_samples, s.seed, "in_distribution")
     ood_sets = {str(n): ood_set(cfg, dm, str(n)) for n in s.ood}
     ood_sets = {n: seeded_subset(d, s.max_samples, s.seed, n) for n, d in ood_sets.items()}
     if s.noise:
         ood_sets[NOISE] = UniformNoise(len(in_dist), dm.image_shape, s.seed)
     trust_sets: dict[str, Dataset] = {}
+    splits = evaluation_splits(cfg, dm, device) if s.trust or s.corruption_detection else {}
+    # Corruption cells of the very clean images scored as in-distribution (same indices).
+    keep = in_dist.indices if in_dist is not test and isinstance(in_dist, Subset) else None
+    cell_sets = {
+        n: d if keep is None else Subset(d, list(keep))
+        for n, d in splits.items()
+        if is_cell(n) and s.corruption_detection
+    }
     if s.trust:
-        splits = evaluation_splits(cfg, dm, device)
         cells = [d for n, d in splits.items() if is_cell(n)]
         trust_sets = {n: d for n, d in splits.items() if not is_cell(n)}
         if cells:
@@ -368,9 +466,26 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         mahalanobis = Mahalanobis(dm.num_classes).fit(
             backbone, tqdm(fit_loader, desc="scores mahalanobis fit", disable=hide)
         )
-        scorer = SetScorer(cfg, dm, backbone, intro, mahalanobis, device)
+        features = _detector_features(cfg, dm, backbone, train, device) if s.detectors else None
+        attacks = {
+            f"{ADV_PREFIX}{a}": adversarial_set(
+                str(a), backbone, in_dist, dm, s.attack, s.batch_size, device, not hide
+            )
+            for a in s.attacks
+        }
+        scorer = SetScorer(cfg, dm, backbone, intro, mahalanobis, device, features)
         scored_in = scorer("in_distribution", in_dist, with_preds="clean" in trust_sets)
         scored_ood = {n: scorer(n, d, with_preds=False) for n, d in ood_sets.items()}
+        challenging: dict[str, tuple[ScoredSet, torch.Tensor | None]] = {
+            n: (scorer(n, a.dataset, with_preds=False), a.origins)
+            for n, a in attacks.items()
+            if len(a.origins) >= 2  # too few successes leave nothing to detect
+        }
+        challenging |= {
+            n: (scorer(n, d, with_preds=False), torch.arange(len(d)))  # cell row i = clean image i
+            for n, d in cell_sets.items()
+        }
+        challenging |= {n: (o, None) for n, o in scored_ood.items()}
         scored_trust = {
             n: scored_in if n == "clean" else scorer(n, d, with_preds=True)
             for n, d in trust_sets.items()
@@ -403,6 +518,20 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
             rows, held_out = _detector_rows(scored_in, scored_ood, s.seed)
             table[DETECTOR] = rows
             ood["purview_detector"] = {"note": DETECTOR_NOTE, "held_out_samples": held_out}
+    detection: dict[str, Any] | None = None
+    if s.attacks or s.corruption_detection or s.detectors:
+        table, sizes = detection_rows(
+            _detector_inputs(scored_in),
+            torch.arange(scored_in.size),
+            {n: (_detector_inputs(o), origins) for n, (o, origins) in challenging.items()},
+            s.seed,
+        )
+        detection = {
+            "note": DETECTION_NOTE,
+            "attacks": {n: a.stats for n, a in attacks.items()},
+            "sizes": sizes,
+            "detectors": table,
+        }
     trust: dict[str, Any] | None = None
     if scored_trust:
         per_split = {n: _trust_of(t, dm.num_classes) for n, t in scored_trust.items()}
@@ -415,11 +544,13 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         }
 
     markdown = _markdown(cfg, settings, ood, trust)
+    if detection is not None:
+        markdown += "\n" + detection_markdown(detection, ood["scores"] if ood else None) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scores.md").write_text(markdown)
     print(markdown)
     for logger in build_loggers(cfg, out_dir):
-        logger.log_metrics(_flat(ood, trust))
+        logger.log_metrics(_flat(ood, trust, detection))
         logger.save()
         logger.finalize("success")
     results: dict[str, Any] = {
@@ -433,8 +564,9 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         },
         "ood": ood,
         "trust": trust,
+        "detection": detection,
     }
     # results.json last and atomically: a failed scoring run leaves none.
     write_json_atomic(out_dir / "results.json", results)
     print(f"scored in {time.perf_counter() - started:.1f} s")
-    return {"ood": ood, "trust": trust}
+    return {"ood": ood, "trust": trust, "detection": detection}
