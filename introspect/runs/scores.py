@@ -41,9 +41,12 @@ from introspect.runs.detection import (
     detection_markdown,
     detection_rows,
 )
+from introspect.runs.errors import PipelineError
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers, write_json_atomic
 from introspect.runs.splits import evaluation_splits, read_source
+from introspect.runs.stage1 import build_backbone, build_data, stage1_checkpoint
+from introspect.runs.stage2 import load_heads
 from introspect.runs.trainer import resolve_device
 from introspect.scores import (
     Mahalanobis,
@@ -409,9 +412,6 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
 
     ``results.json`` is written last and atomically, once everything succeeded.
     """
-    from introspect.runs.errors import PipelineError
-    from introspect.runs.stage1 import build_backbone, build_data, stage1_checkpoint
-    from introspect.runs.stage2 import load_heads
 
     started = time.perf_counter()
     check_scores_config(cfg)
