@@ -178,6 +178,20 @@ class TransformDataset(Dataset[Sample]):
         return self.transform(image), label
 
 
+class IndexedDataset(Dataset[tuple[Tensor, Tensor, int]]):
+    """``base`` with each item's index appended: ``(image, label, index)``."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        image, label = self.base[index]
+        return image, label, index
+
+
 class SeededTransformDataset(TransformDataset):
     """``TransformDataset`` of a random ``transform`` whose draws for item ``i`` come from the
     CPU random stream seeded with ``seed`` and ``i``: an item is the same whatever the batching,
