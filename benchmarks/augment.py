@@ -11,8 +11,9 @@ both alike:
 - ``batched``: ``BatchAugMix`` on each loaded batch, image ``i`` drawing from its own generator
   (``augment_batches``), as stage 2 does now.
 
-Each path is timed for the whole pass (loading, augmentation, backbone, features) and for the
-augmentation alone. Needs ``../shared/data`` (or ``$INTROSPECT_SHARED_DATA``). Usage::
+Each path is timed for the whole pass (loading, augmentation, backbone, features: wall-clock
+and this process's CPU time, the fairer measure on a loaded machine) and for the augmentation
+alone (wall-clock). Needs ``../shared/data`` (or ``$INTROSPECT_SHARED_DATA``). Usage::
 
     python benchmarks/augment.py --threads 2 [--images 5170] [--passes 2]
 """
@@ -76,7 +77,7 @@ def main() -> None:
     train = Subset(dm.split("train"), range(min(args.images, len(dm.split("train")))))
     severity = cfg.stage2.augmix_severity
     options = feature_options(cfg)
-    totals = {"per-image": [0.0, 0.0], "batched": [0.0, 0.0]}
+    totals = {"per-image": [0.0, 0.0, 0.0], "batched": [0.0, 0.0, 0.0]}
     for pass_index in range(args.passes):
         seed = derive_seed(cfg.run.seed, "augmix", pass_index)
         for path in totals:
@@ -91,24 +92,29 @@ def main() -> None:
                 aug = Timed(batch_aug)
                 loader = dm.loader(IndexedDataset(train), batch_size=args.batch_size)
                 batches = augment_batches(loader, aug, seed)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             n = sum(len(b["labels"]) for b in iter_features(
                 backbone, batches, feature_options=options, progress=False))  # fmt: skip
             seconds = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
             totals[path][0] += seconds
             totals[path][1] += aug.seconds
+            totals[path][2] += cpu
             print(
                 f"pass {pass_index} {path:9s}: {n} images, {seconds:7.1f} s "
-                f"({n / seconds:6.1f} images/s), augmentation {aug.seconds:7.1f} s",
+                f"({n / seconds:6.1f} images/s), augmentation {aug.seconds:7.1f} s, "
+                f"process CPU time {cpu:7.1f} s",
                 flush=True,
             )
-    (old, old_aug), (new, new_aug) = totals["per-image"], totals["batched"]
+    (old, old_aug, old_cpu), (new, new_aug, new_cpu) = totals["per-image"], totals["batched"]
     print(
         f"\n{args.passes} passes of {len(train)} images, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}:\n"
         f"  extraction  per-image {old:.1f} s, batched {new:.1f} s: {old / new:.2f}x faster\n"
         f"  augmentation per-image {old_aug:.1f} s, batched {new_aug:.1f} s: "
-        f"{old_aug / new_aug:.2f}x faster"
+        f"{old_aug / new_aug:.2f}x faster\n"
+        f"  process CPU time per-image {old_cpu:.1f} s, batched {new_cpu:.1f} s: "
+        f"{old_cpu / new_cpu:.2f}x less"
     )
 
 
