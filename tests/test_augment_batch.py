@@ -100,7 +100,7 @@ def _single_op_params(n: int, op: int, magnitude: float) -> AugMixParams:
 
 @pytest.mark.parametrize("op", AUGMIX_OPS)
 def test_each_operation_alone_equals_torchvision_per_image(op: str) -> None:
-    images = _images(12)
+    images = _images(6)
     k = AUGMIX_OPS.index(op)
     table = augmix_magnitude_table(10, (32, 32))[k]
     magnitudes = {float(m) for m in table} | {-float(m) for m in table} | {0.37}
