@@ -111,3 +111,32 @@ def test_choices_table_matches_schema_defaults() -> None:
         value = OmegaConf.select(cfg, path)
         values = list(value) if OmegaConf.is_list(value) else [value]
         assert values and all(v in valid for v in values), path
+
+
+@pytest.mark.parametrize("net", ["resnet20", "resnet56"])
+def test_full_training_set_experiments_point_at_the_shared_data(
+    net: str, shared_data: Path, monkeypatch
+) -> None:
+    import numpy as np
+
+    from introspect.data.imagefolder import _split_archive_path
+    from introspect.data.module import DataSettings, split_indices
+
+    monkeypatch.setenv("INTROSPECT_SHARED_DATA", str(shared_data))
+    for recipe in ([], ["stage2.augment=none"]):
+        cfg = load_config([f"experiment=cifar10_full_{net}", *recipe])
+        assert cfg.stage2.augment == ("none" if recipe else "augmix")
+    assert (cfg.stage2.passes, cfg.stage2.include_clean, cfg.stage2.splits) == (2, True, ["train"])
+    settings = DataSettings.from_config(cfg.data)
+    assert settings.source == "imagefolder" and settings.decode and settings.val_from == "test"
+    archive, inner = _split_archive_path(Path(settings.path))
+    assert archive == shared_data / "cifar10-jpeg-q75.tar.gz" and inner == Path("train")
+    assert cfg.eval.extra.jpeg_q75.path == str(archive) and cfg.eval.extra.jpeg_q75.split == "test"
+    with np.load(settings.test_path, allow_pickle=False) as npz:
+        labels = npz["y"]
+    test, calibration = split_indices(labels, settings.val_fraction, settings.split_seed, "t")
+    assert (len(labels), len(calibration), len(test)) == (1017, 509, 508)
+    assert len(cfg.eval.corruptions) == 15 and list(cfg.eval.severities) == [1, 2, 3, 4, 5]
+    checkpoint = Path(cfg.backbone.checkpoint)
+    assert checkpoint.is_file() and checkpoint.name.startswith(net)
+    assert cfg.backbone.name == f"cifar_{net}"

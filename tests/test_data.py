@@ -375,6 +375,47 @@ def test_imagefolder_tree_errors(tmp_path: Path) -> None:
     assert sum(len(dm.split(s)) for s in ("train", "test")) == 4
 
 
+def test_folder_inside_archive_with_npz_test_set_and_decoded_once(tmp_path: Path) -> None:
+    arrays = _write_tree(
+        tmp_path / "src", {"train": {"x": 4, "y": 3}, "test": {"x": 1, "y": 1}}, size=(5, 5)
+    )
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src", arcname=".")
+    gen = np.random.default_rng(3)
+    test_x = gen.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
+    npz = tmp_path / "test.npz"
+    np.savez(npz, x=test_x, y=np.array([0, 1, 0, 1, 1, 0]))
+    cache = tmp_path / "cache"
+    fields = {"source": "imagefolder", "path": f"{archive}/train", "test_path": str(npz)}
+    plain = _dm(**fields, root=str(cache), val_fraction=0.0)
+    decoded = _dm(**fields, root=str(cache), val_fraction=0.0, decode=True)
+    assert decoded.class_names == ["x", "y"] and len(decoded.split("train")) == 7
+    (cached,) = (cache / "decoded").glob("*.npy")
+    for dm in (plain, decoded):  # the tree's own test/ folder is not used
+        test_images, test_labels = _stack(dm.split("test"))
+        torch.testing.assert_close(test_images, torch.from_numpy(test_x).permute(0, 3, 1, 2) / 255)
+        assert test_labels.tolist() == [0, 1, 0, 1, 1, 0]
+    files = plain.split("train")
+    x_files, y_files = _stack(files)
+    x_decoded, y_decoded = _stack(decoded.split("train"))
+    assert torch.equal(x_decoded, x_files) and torch.equal(y_decoded, y_files)
+    paths = [files.dataset.paths[i] for i in files.indices]  # type: ignore[attr-defined]
+    for i, extracted in enumerate(paths):  # PIL decodes of the original files
+        path = tmp_path / "src" / Path(*extracted.parts[-3:])
+        torch.testing.assert_close(x_files[i], _pil_reference(path))
+        if path.suffix == ".png":
+            torch.testing.assert_close(
+                x_files[i], torch.from_numpy(arrays[path]).permute(2, 0, 1) / 255
+            )
+    stamp = cached.stat().st_mtime_ns
+    again = _dm(**fields, root=str(cache), val_fraction=0.0, decode=True)
+    assert cached.stat().st_mtime_ns == stamp  # read back, not decoded again
+    assert torch.equal(_stack(again.split("train"))[0], x_files)
+    with pytest.raises(DataError, match=r"has no folder 'val'.*top-level folders: test, train"):
+        _dm(source="imagefolder", path=f"{archive}/val", root=str(cache))
+
+
 def test_imagefolder_archive_extracted_once_and_redone_if_interrupted(tmp_path: Path) -> None:
     _write_tree(tmp_path / "src" / "tree", {"train": {"x": 3, "y": 3}, "test": {"x": 1, "y": 1}})
     archive = tmp_path / "tree.tar.gz"

@@ -201,6 +201,8 @@ class DataConfig:
     image_size: int | None = None
     num_classes: int = 10
     num_samples: int = 512
+    # imagefolder: decode every image file once into memory (cached under root/decoded).
+    decode: bool = False
 
 
 @dataclass

@@ -56,14 +56,36 @@ def extract_archive(archive: Path, cache_root: Path) -> Path:
     return target
 
 
+def _split_archive_path(path: Path) -> tuple[Path, Path] | None:
+    """``(archive, inner)`` when ``path`` does not exist but names ``inner`` inside an existing
+    archive file ``archive`` (e.g. ``images.tar.gz/train``); else None."""
+    for parent in path.parents:
+        if parent.is_file():
+            return (parent, path.relative_to(parent)) if tarfile.is_tarfile(parent) else None
+        if parent.exists():
+            return None
+    return None
+
+
 def resolve_tree(path: str | Path, cache_root: Path, what: str) -> Path:
-    """The directory of the tree at ``path``: the directory itself or its extracted archive.
+    """The directory of the tree at ``path``: the directory itself, its extracted archive, or a
+    folder inside an archive (``archive.tar.gz/train``: that folder of the extracted tree).
 
     An archive holding a single top-level folder that has subfolders resolves to that folder.
     """
     path = Path(path).expanduser()
     if path.is_dir():
         return path
+    inside = None if path.exists() else _split_archive_path(path)
+    if inside is not None:
+        archive, inner = inside
+        root = resolve_tree(archive, cache_root, what)
+        if not (root / inner).is_dir():
+            raise DataError(
+                f"{what}={str(path)!r}: the archive {archive} has no folder {str(inner)!r}; "
+                f"its top-level folders: {', '.join(subfolders(root))}"
+            )
+        return root / inner
     if not path.is_file():
         raise DataError(f"{what}={str(path)!r} does not exist; give a directory or a .tar.gz")
     if not tarfile.is_tarfile(path):

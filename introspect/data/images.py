@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -114,6 +117,52 @@ class FileImages(Dataset[Sample]):
         return image, self.labels[index]
 
 
+def decode_files(files: FileImages, cache_dir: Path) -> ArrayImages:
+    """The images of ``files`` decoded once into memory (uint8), as :class:`ArrayImages`.
+
+    The decoded array is cached under ``cache_dir`` as a ``.npy`` keyed by every file's path,
+    size and modification time, written atomically, and read back (``allow_pickle=False``) by
+    later calls. Every file must have the size of the first.
+    """
+    ident = hashlib.sha256()
+    for path in files.paths:
+        stat = path.stat()
+        ident.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    target = cache_dir.expanduser() / f"decoded-{len(files)}-{ident.hexdigest()[:20]}.npy"
+    array = None
+    if target.is_file():
+        try:
+            array = np.load(target, allow_pickle=False)
+        except (ValueError, OSError):
+            array = None
+        if array is not None and (array.dtype != np.uint8 or array.shape[0] != len(files)):
+            array = None
+    if array is None:
+        first = np.asarray(Image.open(files.paths[0]).convert("RGB"))
+        array = np.empty((len(files), *first.shape), dtype=np.uint8)
+        for k, path in enumerate(files.paths):
+            with Image.open(path) as img:
+                decoded = np.asarray(img.convert("RGB"))
+            if decoded.shape != first.shape:
+                raise DataError(
+                    f"{path} is {decoded.shape[1]}x{decoded.shape[0]} pixels but "
+                    f"{files.paths[0]} is {first.shape[1]}x{first.shape[0]}; data.decode needs "
+                    "images of one size (set data.decode=false and data.image_size)"
+                )
+            array[k] = decoded
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    images = torch.from_numpy(array).permute(0, 3, 1, 2)
+    return ArrayImages(images, files.labels, files.image_size)
+
+
 class TransformDataset(Dataset[Sample]):
     """``base`` with ``transform`` applied to the image of every item (the label is unchanged)."""
 
@@ -127,6 +176,20 @@ class TransformDataset(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         image, label = self.base[index]
         return self.transform(image), label
+
+
+class IndexedDataset(Dataset[tuple[Tensor, Tensor, int]]):
+    """``base`` with each item's index appended: ``(image, label, index)``."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        image, label = self.base[index]
+        return image, label, index
 
 
 class SeededTransformDataset(TransformDataset):

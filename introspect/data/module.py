@@ -59,11 +59,13 @@ class DataSettings:
     image_size: int | None
     num_classes: int
     num_samples: int
+    decode: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> DataSettings:
         """Read and check every field of ``cfg`` (attribute access); raise DataError if bad."""
-        values = {name: _field(cfg, name) for name in cls.__dataclass_fields__}
+        values = {name: _field(cfg, name) for name in cls.__dataclass_fields__ if name != "decode"}
+        values["decode"] = bool(getattr(cfg, "decode", False))
         source = values["source"]
         if source not in SOURCES:
             raise DataError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
@@ -131,7 +133,7 @@ def load_pools(settings: DataSettings) -> Pools:
         return load_cifar(s.source, s.root, s.download, s.image_size)
     if s.source == "imagefolder":
         assert s.path is not None
-        return load_imagefolder(s.path, s.test_path, s.root, s.image_size)
+        return load_imagefolder(s.path, s.test_path, s.root, s.image_size, decode=s.decode)
     if s.source == "npz":
         assert s.path is not None
         test = Path(s.test_path).expanduser() if s.test_path is not None else None

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from introspect.data.errors import DataError
 from introspect.data.imagefolder import resolve_tree, scan_classes, subfolders
-from introspect.data.images import ArrayImages, FileImages
+from introspect.data.images import ArrayImages, FileImages, decode_files
 
 SOURCES = ("digits", "cifar10", "cifar100", "imagefolder", "npz", "synthetic")
 
@@ -198,20 +198,33 @@ def load_npz(path: Path, test_path: Path | None, image_size: int | None) -> Pool
 
 
 def _tree_images(
-    classes: dict[str, list[Path]], class_names: list[str], image_size: int | None
-) -> FileImages:
+    classes: dict[str, list[Path]],
+    class_names: list[str],
+    image_size: int | None,
+    decode_dir: Path | None,
+) -> Images:
     index = {name: k for k, name in enumerate(class_names)}
     paths = [p for name in classes for p in classes[name]]
     labels = torch.tensor(
         [index[name] for name in classes for _ in classes[name]], dtype=torch.int64
     )
-    return FileImages(paths, labels, image_size)
+    files = FileImages(paths, labels, image_size)
+    return files if decode_dir is None else decode_files(files, decode_dir)
 
 
 def load_imagefolder(
-    path: str, test_path: str | None, cache_root: Path, image_size: int | None
+    path: str,
+    test_path: str | None,
+    cache_root: Path,
+    image_size: int | None,
+    *,
+    decode: bool = False,
 ) -> Pools:
-    """An ImageFolder tree (directory or archive), with ``train/`` and ``test/`` if present."""
+    """An ImageFolder tree (directory, archive or folder inside an archive), with ``train/`` and
+    ``test/`` if present; ``test_path`` is another tree or an ``.npz`` file (as for
+    :func:`load_npz`). ``decode``: decode every image once and serve it from memory (the decoded
+    arrays are cached under ``cache_root/decoded``)."""
+    decode_dir = cache_root / "decoded" if decode else None
     tree = resolve_tree(path, cache_root, "data.path")
     folders = subfolders(tree)
     test_root: Path | None = None
@@ -226,18 +239,32 @@ def load_imagefolder(
         test_root = tree / "test" if "test" in folders else None
     else:
         train_root = tree
+    npz_test = test_path is not None and Path(test_path).suffix.lower() == ".npz"
     if test_path is not None:
         if test_root is not None:
             raise DataError(
                 f"{tree} already has a test/ folder and data.test_path={test_path!r} names "
                 "another test tree; set only one of them"
             )
-        test_root = resolve_tree(test_path, cache_root, "data.test_path")
+        if not npz_test:
+            test_root = resolve_tree(test_path, cache_root, "data.test_path")
     train_classes = scan_classes(train_root)
     class_names = list(train_classes)
     if len(class_names) < 2:
         raise DataError(f"{train_root} has a single class folder; classification needs >= 2")
-    train = _tree_images(train_classes, class_names, image_size)
+    train = _tree_images(train_classes, class_names, image_size, decode_dir)
+    if npz_test:
+        assert test_path is not None
+        t_images, t_labels, t_names = _read_npz(Path(test_path).expanduser(), "data.test_path")
+        if t_names is not None and t_names != class_names:
+            raise DataError(
+                f"{test_path} has class_names {t_names} but the tree {train_root} has "
+                f"{class_names}; both must use the same classes in the same order"
+            )
+        check_labels(t_labels, len(class_names), str(test_path))
+        npz_images = ArrayImages(t_images, t_labels, image_size)
+        check_same_size(npz_images, train, f"{test_path} images", "training images")
+        return Pools(train, npz_images, class_names)
     if test_root is None:
         return Pools(train, None, class_names)
     test_classes = scan_classes(test_root)
@@ -247,7 +274,7 @@ def load_imagefolder(
             f"test tree {test_root} has class folders {unknown} that the training tree "
             f"{train_root} lacks; both must use the same class folder names"
         )
-    test = _tree_images(test_classes, class_names, image_size)
+    test = _tree_images(test_classes, class_names, image_size, decode_dir)
     check_same_size(test, train, "test images", "training images")
     return Pools(train, test, class_names)
 

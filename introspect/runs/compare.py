@@ -49,6 +49,7 @@ _IGNORED = (
     "data.num_workers",
     "data.pin_memory",
     "data.root",
+    "data.decode",
     "stage2.cache_dir",
     "eval.cache_dir",
     "eval.batch_size",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 
 from introspect.config import ConfigError
-from introspect.data import DataError, ImageDataModule, build_augmentation
+from introspect.data import DataError, ImageDataModule
+from introspect.data.augment import augment_batches, build_batch_augmentation
 from introspect.data.batches import IndexedBatches
-from introspect.data.images import SeededTransformDataset
+from introspect.data.images import IndexedDataset
 from introspect.data.samplers import block_bounds
 from introspect.data.seeding import derive_seed
 from introspect.gradients.cache import (
@@ -117,20 +119,19 @@ def split_features(
         "augment": augment,
     }
     dataset = dm.split(split)
+    augmentation = None
     if augment != "none":
         # "seeding" names how per-image draws are seeded: a change must not hit old entries.
         recipe |= {"pass": pass_index, "seed": cfg.run.seed, "seeding": "derive_seed-v1"}
         recipe |= {"noise_std": s2.noise_std} if augment == "gaussian_noise" else {}
-        recipe |= {"augmix_severity": s2.augmix_severity} if augment == "augmix" else {}
-        transform = build_augmentation(
+        if augment == "augmix":
+            # The batched AugMix draws its choices differently from torchvision's per image.
+            recipe |= {"augmix_severity": s2.augmix_severity, "augmix": "batched-v1"}
+        augmentation = build_batch_augmentation(
             augment,
             image_size=dm.image_shape[-1],
             noise_std=s2.noise_std,
             augmix_severity=s2.augmix_severity,
-        )
-        assert transform is not None
-        dataset = SeededTransformDataset(
-            dataset, transform, seed=derive_seed(cfg.run.seed, augment, pass_index)
         )
     num_samples = len(dataset)  # type: ignore[arg-type]
     if num_samples == 0:
@@ -152,10 +153,17 @@ def split_features(
             mine = plan.missing[start:stop]
             if mine:
                 indices = [i for shard in mine for i in range(*plan.bounds(shard))]
-                loader = dm.loader(Subset(dataset, indices), batch_size=s2.extract_batch_size)
+                size = s2.extract_batch_size
+                if augmentation is None:
+                    loader = dm.loader(Subset(dataset, indices), batch_size=size)
+                    images: Iterable[tuple[torch.Tensor, torch.Tensor]] = loader
+                else:  # augmented per batch, each image under its own (seed, pass, index) draws
+                    loader = dm.loader(Subset(IndexedDataset(dataset), indices), batch_size=size)
+                    seed = derive_seed(cfg.run.seed, augment, pass_index)
+                    images = augment_batches(loader, augmentation, seed)
                 batches = iter_features(
                     backbone,
-                    loader,
+                    images,
                     feature_options=feature_options(cfg),
                     device=resolve_device(cfg),
                     desc=f"features {split}/{augment}/{pass_index}",
