@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,7 +50,7 @@ from introspect.runs.distributed import (
     is_global_zero,
     world_size,
 )
-from introspect.runs.trainer import build_trainer, resolve_device
+from introspect.runs.trainer import build_trainer, console_is_terminal, resolve_device
 
 # Data fields that change which images a split holds (not how they are batched or loaded).
 _DATA_IDENTITY = (
@@ -161,16 +163,22 @@ def split_features(
                     loader = dm.loader(Subset(IndexedDataset(dataset), indices), batch_size=size)
                     seed = derive_seed(cfg.run.seed, augment, pass_index)
                     images = augment_batches(loader, augmentation, seed)
+                desc = f"features {split}/{augment}/{pass_index}"
+                show = is_global_zero() and bool(cfg.trainer.enable_progress_bar)
                 batches = iter_features(
                     backbone,
                     images,
                     feature_options=feature_options(cfg),
                     device=resolve_device(cfg),
-                    desc=f"features {split}/{augment}/{pass_index}",
+                    desc=desc,
                     total=len(loader),
-                    progress=is_global_zero(),
+                    progress=show and console_is_terminal(),  # tqdm's bar on a terminal only
                 )
+                started = time.perf_counter()
                 cache.write_shards(plan, mine, batches)
+                if show and not console_is_terminal():
+                    seconds = time.perf_counter() - started
+                    print(f"{desc}: {len(indices)} images in {seconds:.1f} s", file=sys.stderr)
             barrier()
             if is_global_zero():
                 cache.finish(plan)
