@@ -256,7 +256,8 @@ def test_explain_eval_writes_a_record_once(
 
 def test_explain_eval_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = make_run(tmp_path)
-    from introspect.explain import MAP_METHODS, cli
+    from introspect.cli import explain as cli
+    from introspect.explain import MAP_METHODS
     from introspect.explain.methods import REFERENCES
 
     assert cli.METHOD_NAMES == tuple(MAP_METHODS) and cli.REFERENCE_NAMES == tuple(REFERENCES)

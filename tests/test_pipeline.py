@@ -136,7 +136,7 @@ def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) ->
         snapshots["training"] = backbone.training
         return heads
 
-    monkeypatch.setattr(stage2_mod, "stage2", spy)
+    monkeypatch.setattr(pipeline, "stage2", spy)
     results = run(cfg)
     assert set(results["splits"]["clean"]) == {
         "num_samples", "feedforward", "feedforward_ts", "introspective", "introspective_ts"
