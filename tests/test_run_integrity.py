@@ -403,6 +403,28 @@ def test_resume_refuses_a_changed_config_a_complete_run_and_an_empty_directory(
         check_run_dir(load_config([*TINY, f"run.dir={tmp_path / 'x'}", "run.resume=true"]))
 
 
+def test_a_run_made_before_a_schema_addition_resumes_while_it_stays_at_its_default(
+    reference: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import yaml
+
+    from introspect.runs.status import update_status
+
+    older = tmp_path / "older"
+    shutil.copytree(reference, older)
+    update_status(older, state="running")
+    saved = yaml.safe_load((older / "config.yaml").read_text())
+    del saved["active"]  # a section the run's version of the schema did not have
+    (older / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_run_dir(load_config([*TINY, f"run.dir={older}", "run.resume=true"]))
+    with pytest.raises(ConfigError, match=r"config differs.*active\.initial \(None -> 7\)"):
+        check_run_dir(
+            load_config([*TINY, "active.initial=7", f"run.dir={older}", "run.resume=true"])
+        )
+
+
 def test_status_records_a_failure_and_compare_skips_unfinished_runs(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, save_config
 from introspect.config.loader import leaf_paths
+from introspect.config.schema import Config
 from introspect.runs.status import (
     STATUS_FILE,
     describe,
@@ -112,14 +113,17 @@ def _check_writable(path: Path) -> None:
 
 
 def _changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, except the ones a resumed run may change."""
+    """Dotted keys whose values differ, except the ones a resumed run may change and settings
+    added to the schema after the run was made that are still at their defaults."""
     a, b = leaf_paths(saved), leaf_paths(current)
+    defaults = leaf_paths(OmegaConf.to_container(OmegaConf.structured(Config)))
     keys = sorted(set(a) | set(b))
     return [
         k
         for k in keys
         if a.get(k) != b.get(k)
         and not any(k == p or k.startswith(p + ".") for p in _RESUMABLE_CHANGES)
+        and not (k not in a and k in defaults and b.get(k) == defaults[k])
     ]
 
 
