@@ -4,7 +4,6 @@ scatter plot and per-severity curves, saved as Markdown, CSV and PNG and logged 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -18,8 +17,19 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from introspect.config.loader import leaf_paths
 from introspect.data.shifted import is_cell
+from introspect.runs.compare_active import compare_active, is_active_run
 from introspect.runs.evaluation import HEADS, SHORT
+from introspect.runs.experiments import (
+    CompareError,
+    describe,
+    differing_keys,
+    experiment_key,
+    identity,
+    mean_std,
+    recipe,
+)
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
 
@@ -37,30 +47,6 @@ METRICS = ("acc", "ece")
 # Paired per-seed differences (head, baseline): introspection against the feed-forward network
 # and the control, untempered and tempered.
 DIFFS = (("INT", "FF"), ("INT", "CTL"), ("INT+TS", "FF+TS"), ("INT+TS", "CTL+TS"))
-
-# Config keys that do not change what a run measures: runs differing only in these (and in
-# run.seed) are seeds of one experiment.
-_IGNORED = (
-    "run",
-    "logger",
-    "scores",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    "data.num_workers",
-    "data.pin_memory",
-    "data.root",
-    "data.decode",
-    "stage2.cache_dir",
-    "eval.cache_dir",
-    "eval.batch_size",
-    "stage2.extract_batch_size",
-    "stage2.shard_batches",
-    "active.batch_size",
-)
-
-
-class CompareError(ValueError):
-    """Runs that cannot be compared as asked; the message names the fix."""
 
 
 @dataclass
@@ -108,75 +94,6 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     return Run(run_dir, config, results)
 
 
-def _drop(config: dict[str, Any], dotted: str) -> None:
-    *parents, leaf = dotted.split(".")
-    node: Any = config
-    for p in parents:
-        node = node.get(p) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(leaf, None)
-
-
-def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without the keys that runs of one experiment may differ in."""
-    plain = json.loads(json.dumps(config))
-    for key in _IGNORED:
-        _drop(plain, key)
-    return plain
-
-
-def experiment_key(config: dict[str, Any]) -> str:
-    """A digest of ``config`` without the keys that runs of one experiment may differ in."""
-    return hashlib.sha256(json.dumps(_identity(config), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out |= _leaves(value, f"{prefix}{key}.")
-        return out
-    return {prefix[:-1]: node}
-
-
-def _differences(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """The dotted keys whose values differ between ``configs`` (ignored keys left out)."""
-    leaves = [_leaves(_identity(c)) for c in configs]
-    keys = sorted(set().union(*leaves))
-    return [k for k in keys if len({json.dumps(f.get(k)) for f in leaves}) > 1]
-
-
-def recipe(config: dict[str, Any]) -> str:
-    """Stage 2's data recipe in words, e.g. ``train, augmix x2 + clean``."""
-    s2 = config.get("stage2", {})
-    if not s2.get("enabled", True):
-        return "no stage 2"
-    where = "+".join(s2.get("splits", ["train"]))
-    augment = s2.get("augment", "none")
-    if augment == "none":
-        return f"{where}, plain"
-    extra = " + clean" if s2.get("include_clean") else ""
-    return f"{where}, {augment} x{s2.get('passes', 1)}{extra}"
-
-
-def describe(config: dict[str, Any]) -> str:
-    """Row label: backbone (with its checkpoint's file name), stage-2 recipe and, with an
-    ensemble, its members."""
-    b = config.get("backbone", {})
-    name = str(b.get("name", "?"))
-    ckpt = b.get("checkpoint")
-    weights = f" [{Path(str(ckpt)).name}]" if ckpt else ""
-    label = f"{name}{weights} · {recipe(config)}"
-    k = int(config.get("stage1", {}).get("ensemble", 1) or 1)
-    members = b.get("ensemble_checkpoints") or []
-    if k > 1:
-        label += f" · ensemble of {k} trained"
-    elif members:
-        files = ", ".join(Path(str(m.get("checkpoint"))).name for m in members)
-        label += f" · ensemble [{files}]"
-    return label
-
-
 def group_runs(runs: Sequence[Run]) -> list[Group]:
     """Runs grouped by experiment (config up to seed and bookkeeping), in first-seen order.
 
@@ -192,9 +109,9 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         by_label.setdefault(group.label, []).append(group)
     for same in by_label.values():  # same backbone and recipe, other options: name them
         if len(same) > 1:
-            keys = _differences([g.config for g in same])
+            keys = differing_keys([g.config for g in same])
             for g in same:
-                leaves = _leaves(_identity(g.config))
+                leaves = leaf_paths(identity(g.config))
                 g.label += " (" + ", ".join(f"{k}={leaves.get(k)}" for k in keys) + ")"
     for group in groups.values():
         seeds = [r.seed for r in group.runs]
@@ -211,13 +128,6 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                 "on the same ones (python evaluate.py run=...) before comparing"
             )
     return list(groups.values())
-
-
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    arr = np.asarray(values, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-    return float(arr.mean()), std
 
 
 def _scopes(run: Run) -> dict[str, dict[str, Any]]:
@@ -253,7 +163,7 @@ def group_table(group: Group) -> dict[str, tuple[float, float]]:
                         flat[f"{scope}/{head}-{other}/{m}"] = value - base
         per_run.append(flat)
     keys = [k for k in per_run[0] if all(k in r for r in per_run)]
-    return {k: _stats([r[k] for r in per_run]) for k in keys}
+    return {k: mean_std([r[k] for r in per_run]) for k in keys}
 
 
 def _pct(stat: tuple[float, float] | None, n: int, signed: bool = False) -> str:
@@ -487,7 +397,6 @@ def compare(
             complete.append(path)
     if not complete:
         raise CompareError(f"none of the runs is complete (skipped: {', '.join(skipped)})")
-    from introspect.runs.compare_active import compare_active, is_active_run
 
     active = [is_active_run(p) for p in complete]
     if any(active):

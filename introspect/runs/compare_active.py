@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from introspect.runs.active_report import CELL, SPLITS, curve_plot, table_markdown
-from introspect.runs.compare import CompareError, _stats, describe, experiment_key
+from introspect.runs.experiments import CompareError, describe, experiment_key, mean_std
 from introspect.runs.status import write_json_atomic
 
 
@@ -50,7 +50,7 @@ def pooled_table(tables: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
                         ]
                     else:
                         values = [t[strategy][row][split][m] for t in tables]
-                    cells[split][m] = _stats(values)
+                    cells[split][m] = mean_std(values)
             out[strategy][row] = cells
     return out
 
@@ -86,7 +86,7 @@ def compare_active(
         seconds = [float(r["run"].get("seconds", float("nan"))) for _, r in members]
         note = (
             f"{len(members)} seeds ({', '.join(map(str, seeds))}); mean ± std (sample std) in %; "
-            f"wall time per run {_stats(seconds)[0]:.0f} ± {_stats(seconds)[1]:.0f} s."
+            f"wall time per run {mean_std(seconds)[0]:.0f} ± {mean_std(seconds)[1]:.0f} s."
         )
         sections.append(f"## {label}\n\n" + table_markdown(table, note=note))
         curve_plot([r["curves"] for _, r in members], out / f"active_curves_{k}.png")
