@@ -425,6 +425,18 @@ def test_a_run_made_before_a_schema_addition_resumes_while_it_stays_at_its_defau
         )
 
 
+def test_partial_evaluation_survives_a_schema_addition_at_its_default() -> None:
+    from introspect.runs.rundir import config_digest
+
+    cfg = load_config(TINY)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    del plain["active"]  # as written by a version of the schema without that section
+    assert config_digest(OmegaConf.create(plain)) == config_digest(cfg)
+    assert config_digest(load_config([*TINY, "active.initial=7"])) != config_digest(cfg)
+    assert config_digest(load_config([*TINY, "eval.severities=[2]"])) != config_digest(cfg)
+
+
 def test_status_records_a_failure_and_compare_skips_unfinished_runs(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

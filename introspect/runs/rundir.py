@@ -116,7 +116,7 @@ def _changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, except the ones a resumed run may change and settings
     added to the schema after the run was made that are still at their defaults."""
     a, b = leaf_paths(saved), leaf_paths(current)
-    defaults = leaf_paths(OmegaConf.to_container(OmegaConf.structured(Config)))
+    defaults = _schema_defaults()
     keys = sorted(set(a) | set(b))
     return [
         k
@@ -300,15 +300,26 @@ def evaluation_dir(run_dir: Path, tag: str) -> Path:
     return out
 
 
+def _schema_defaults() -> dict[str, Any]:
+    """The schema's default value of every dotted config key."""
+    return leaf_paths(OmegaConf.to_container(OmegaConf.structured(Config)))
+
+
 def config_digest(cfg: DictConfig) -> str:
     """A digest of everything ``cfg`` computes (bookkeeping keys excluded), e.g. to tell
-    whether partial results were made by the same evaluation."""
+    whether partial results were made by the same evaluation.
+
+    Settings at their schema default are left out, so a setting added to the schema later
+    (at its default) keeps the digest of an interrupted run, as it keeps ``run.resume``
+    possible; a changed default is caught by the resume check against ``config.yaml``."""
     import hashlib
 
+    defaults = _schema_defaults()
     plain = leaf_paths(_plain(cfg))
     kept = {
         k: v
         for k, v in plain.items()
         if not any(k == p or k.startswith(p + ".") for p in _RESUMABLE_CHANGES)
+        and not (k in defaults and defaults[k] == v)
     }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
