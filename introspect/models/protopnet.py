@@ -261,17 +261,37 @@ def train_protopnet(
     run_dir: Path,
     loggers: Iterable[Logger] = (),
     device: torch.device | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """All phases on ``dm``'s train split (stage-1 augmentation applied in the training
     phases, none in the push); a checkpoint after each phase under ``<run>/checkpoints``
-    (``protopnet-<phase>.ckpt``), the final model also as ``stage1-best.ckpt`` and
-    ``stage1-last.ckpt``. Returns per-phase history, validation accuracy and seconds."""
+    (``protopnet-<phase>.ckpt``: weights, the phase's record, the random state and the logging
+    step), the final model also as ``stage1-best.ckpt`` and ``stage1-last.ckpt``. Returns the
+    per-phase record: history, validation accuracy and seconds.
+
+    With ``resume`` the phases whose checkpoints are there (in order, from the first) are not
+    run again: the model, random state and records continue from the last of them (records of
+    those phases get ``"restored": true``), and the next phase starts from its beginning.
+    """
     device = device or torch.device("cpu")
     backbone.to(device)
+    folder = Path(run_dir) / "checkpoints"
+    summary: dict[str, Any] = {}
+    step = [0]
+    if resume:
+        finished = finished_phases(folder)
+        for phase, ckpt in finished:
+            summary[phase] = {**ckpt["record"], "restored": True}
+        if finished:
+            last = finished[-1][1]
+            backbone.load_state_dict(
+                {k.removeprefix("backbone."): v for k, v in last["state_dict"].items()}
+            )
+            _set_rng(last["rng"])
+            step[0] = int(last["step"])
     loader = dm.train_dataloader()
     val = dm.split("val")
     loggers = list(loggers)
-    step = [0]
 
     def log(phase: str, epoch: int, row: Mapping[str, float]) -> None:
         metrics = {f"protopnet/{phase}/{k}": v for k, v in row.items()}
@@ -280,14 +300,14 @@ def train_protopnet(
             logger.log_metrics(metrics, step=step[0])
         step[0] += 1
 
-    summary: dict[str, Any] = {}
-    folder = Path(run_dir) / "checkpoints"
     epochs = {
         "warm": settings["warm_epochs"],
         "joint": settings["joint_epochs"],
         "last_layer": settings["last_layer_epochs"],
     }
     for phase in PHASES:
+        if phase in summary:
+            continue
         start = time.perf_counter()
         if phase == "push":
             push_prototypes(backbone, dm.split("train"), device=device)
@@ -300,7 +320,44 @@ def train_protopnet(
         for logger in loggers:
             logger.log_metrics({f"protopnet/{phase}/val_acc": val_acc}, step=step[0])
         step[0] += 1
-        save_checkpoint(backbone, folder / f"protopnet-{phase}.ckpt", phase=phase)
+        save_checkpoint(
+            backbone,
+            folder / f"protopnet-{phase}.ckpt",
+            phase=phase,
+            record=summary[phase],
+            rng=_get_rng(),
+            step=step[0],
+        )
     for name in ("stage1-best.ckpt", "stage1-last.ckpt"):
         save_checkpoint(backbone, folder / name, phase="last_layer")
     return summary
+
+
+def finished_phases(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(phase, checkpoint)`` of the phases, in order from the first, whose checkpoints in
+    ``folder`` are complete (weights, record, random state); stops at the first that is not."""
+    done = []
+    for phase in PHASES:
+        path = Path(folder) / f"protopnet-{phase}.ckpt"
+        if not path.is_file():
+            break
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("phase") != phase or not {"record", "rng", "step"} <= set(ckpt):
+            break
+        done.append((phase, ckpt))
+    return done
+
+
+def _get_rng() -> dict[str, Any]:
+    """The torch random states (CPU, and CUDA when in use) a phase leaves behind."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: Mapping[str, Any]) -> None:
+    """Restore what ``_get_rng`` returned."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
