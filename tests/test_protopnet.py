@@ -234,7 +234,7 @@ RUN_OVERRIDES = [
     "backbone.kwargs.prototype_dim=8",
     "backbone.kwargs.trunk_kwargs={width: 4}",
     "stage1.protopnet.warm_epochs=1",
-    "stage1.protopnet.joint_epochs=1",
+    "stage1.protopnet.joint_epochs=2",
     "stage1.protopnet.last_layer_epochs=1",
     "stage2.head.epochs=1",
     "stage2.head.hidden=[8]",
@@ -366,3 +366,50 @@ def test_resume_stops_at_the_first_missing_or_incomplete_phase_checkpoint(
     save_checkpoint(backbone, tmp_path / "protopnet-joint.ckpt", phase="joint")  # older format
     assert [p for p, _ in finished_phases(tmp_path)] == ["warm"]
     assert finished_phases(tmp_path / "nothing") == []
+
+
+def test_a_run_killed_after_a_joint_epoch_resumes_after_that_epoch(
+    protopnet_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from introspect.models import protopnet as phases
+    from introspect.runs.pipeline import run
+
+    _, ref_dir, _ = protopnet_run
+    overrides = [*RUN_OVERRIDES, f"run.dir={tmp_path / 'run'}", f"stage2.cache_dir={tmp_path}"]
+    folder = tmp_path / "run" / "checkpoints"
+    real_save = phases.save_checkpoint
+
+    def killed_after_the_first_joint_epoch(backbone, path, **info):
+        real_save(backbone, path, **info)
+        if path.name == "protopnet-joint-epoch.ckpt":
+            raise KeyboardInterrupt("killed after joint epoch 1")
+
+    monkeypatch.setattr(phases, "save_checkpoint", killed_after_the_first_joint_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(overrides))
+    assert [p for p, _ in phases.finished_phases(folder)] == ["warm"]
+    monkeypatch.setattr(phases, "save_checkpoint", real_save)
+
+    epochs_run: list[tuple[str, int]] = []
+    real_loss = phases.protopnet_loss
+
+    def counting_loss(net, x, labels, **kwargs):
+        epochs_run.append((net.training, kwargs["l1"]))
+        return real_loss(net, x, labels, **kwargs)
+
+    monkeypatch.setattr(phases, "protopnet_loss", counting_loss)
+    run(load_config([*overrides, "run.resume=true"]))
+    # One joint epoch and one last-layer epoch of 4 batches each (60 images, batch 16): the
+    # warm-up and the first joint epoch were not run again.
+    assert [l1 > 0 for _, l1 in epochs_run] == [False] * 4 + [True] * 4
+    assert not (folder / "protopnet-joint-epoch.ckpt").exists()
+    got = torch.load(folder / "stage1-best.ckpt", weights_only=True)["state_dict"]
+    ref = torch.load(ref_dir / "checkpoints" / "stage1-best.ckpt", weights_only=True)
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(got[key], value), key
+    records = json.loads((tmp_path / "run" / "protopnet.json").read_text())
+    ref_records = json.loads((ref_dir / "protopnet.json").read_text())
+    assert records["warm"]["restored"] and records["joint"]["resumed_at_epoch"] == 1
+    assert records["joint"]["history"] == ref_records["joint"]["history"]
