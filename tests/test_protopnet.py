@@ -223,6 +223,27 @@ def test_bad_trunk_or_size_is_a_one_line_error() -> None:
         assert net.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 4)
 
 
+RUN_OVERRIDES = [
+    "experiment=protopnet_digits",
+    "data=synthetic",
+    "data.num_samples=90",
+    "data.image_size=8",
+    "data.batch_size=16",
+    "data.num_classes=3",
+    "backbone.kwargs.prototypes_per_class=2",
+    "backbone.kwargs.prototype_dim=8",
+    "backbone.kwargs.trunk_kwargs={width: 4}",
+    "stage1.protopnet.warm_epochs=1",
+    "stage1.protopnet.joint_epochs=2",
+    "stage1.protopnet.last_layer_epochs=1",
+    "stage2.head.epochs=1",
+    "stage2.head.hidden=[8]",
+    "eval.corruptions=[contrast]",
+    "eval.severities=[5]",
+    "trainer.enable_progress_bar=false",
+]
+
+
 @pytest.fixture(scope="module")
 def protopnet_run(tmp_path_factory: pytest.TempPathFactory):
     from introspect.runs.pipeline import run
@@ -230,22 +251,7 @@ def protopnet_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("protopnet")
     cfg = load_config(
         [
-            "experiment=protopnet_digits",
-            "data=synthetic",
-            "data.num_samples=90",
-            "data.image_size=8",
-            "data.num_classes=3",
-            "backbone.kwargs.prototypes_per_class=2",
-            "backbone.kwargs.prototype_dim=8",
-            "backbone.kwargs.trunk_kwargs={width: 4}",
-            "stage1.protopnet.warm_epochs=1",
-            "stage1.protopnet.joint_epochs=1",
-            "stage1.protopnet.last_layer_epochs=1",
-            "stage2.head.epochs=1",
-            "stage2.head.hidden=[8]",
-            "eval.corruptions=[contrast]",
-            "eval.severities=[5]",
-            "trainer.enable_progress_bar=false",
+            *RUN_OVERRIDES,
             f"run.dir={tmp / 'run'}",
             f"stage2.cache_dir={tmp / 'cache'}",
         ]
@@ -291,3 +297,119 @@ def test_prototype_evidence_points_add_up_to_the_logits() -> None:
         for r in e["top"]:
             assert r["points"] == pytest.approx(r["similarity"] * r["weight"], rel=1e-6)
             assert not math.isnan(r["points"])
+
+
+def test_a_run_killed_after_the_push_resumes_with_the_last_layer_phase(
+    protopnet_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from introspect.models import protopnet as phases
+    from introspect.runs.pipeline import run
+
+    _, ref_dir, _ = protopnet_run
+    overrides = [*RUN_OVERRIDES, f"run.dir={tmp_path / 'run'}", f"stage2.cache_dir={tmp_path}"]
+    ran: list[str] = []
+    real_train, real_push = phases.train_phase, phases.push_prototypes
+
+    def killed_in_last_layer(backbone, loader, phase, *args, **kwargs):
+        ran.append(phase)
+        if phase == "last_layer":
+            raise KeyboardInterrupt("killed during the last-layer phase")
+        return real_train(backbone, loader, phase, *args, **kwargs)
+
+    def push(*args, **kwargs):
+        ran.append("push")
+        return real_push(*args, **kwargs)
+
+    monkeypatch.setattr(phases, "train_phase", killed_in_last_layer)
+    monkeypatch.setattr(phases, "push_prototypes", push)
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(overrides))
+    assert ran == ["warm", "joint", "push", "last_layer"]
+    folder = tmp_path / "run" / "checkpoints"
+    assert [p for p, _ in phases.finished_phases(folder)] == ["warm", "joint", "push"]
+    assert not (folder / "stage1-best.ckpt").exists()
+
+    ran.clear()
+    monkeypatch.setattr(phases, "train_phase", lambda b, loader, phase, *a, **k: (
+        ran.append(phase), real_train(b, loader, phase, *a, **k))[1])  # fmt: skip
+    results = run(load_config([*overrides, "run.resume=true"]))
+    assert ran == ["last_layer"]  # warm-up, joint and push were not run again
+    # The final model is bit-identical to the uninterrupted run's with the same seed.
+    got = torch.load(folder / "stage1-best.ckpt", weights_only=True)["state_dict"]
+    ref = torch.load(ref_dir / "checkpoints" / "stage1-best.ckpt", weights_only=True)
+    assert got.keys() == ref["state_dict"].keys()
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(got[key], value), key
+    records = json.loads((tmp_path / "run" / "protopnet.json").read_text())
+    ref_records = json.loads((ref_dir / "protopnet.json").read_text())
+    for phase in ("warm", "joint", "push", "last_layer"):
+        assert records[phase].get("restored", False) == (phase != "last_layer")
+        assert records[phase]["history"] == ref_records[phase]["history"]
+        assert records[phase]["val_acc"] == ref_records[phase]["val_acc"]
+    assert "clean" in results["splits"]
+
+
+def test_resume_stops_at_the_first_missing_or_incomplete_phase_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from introspect.models.protopnet import finished_phases
+
+    backbone = _tiny()
+    rng = {"cpu": torch.get_rng_state()}
+    for phase in ("warm", "joint", "last_layer"):  # no push checkpoint
+        save_checkpoint(
+            backbone, tmp_path / f"protopnet-{phase}.ckpt", phase=phase, record={}, rng=rng, step=1
+        )
+    assert [p for p, _ in finished_phases(tmp_path)] == ["warm", "joint"]
+    save_checkpoint(backbone, tmp_path / "protopnet-joint.ckpt", phase="joint")  # older format
+    assert [p for p, _ in finished_phases(tmp_path)] == ["warm"]
+    assert finished_phases(tmp_path / "nothing") == []
+
+
+def test_a_run_killed_after_a_joint_epoch_resumes_after_that_epoch(
+    protopnet_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from introspect.models import protopnet as phases
+    from introspect.runs.pipeline import run
+
+    _, ref_dir, _ = protopnet_run
+    overrides = [*RUN_OVERRIDES, f"run.dir={tmp_path / 'run'}", f"stage2.cache_dir={tmp_path}"]
+    folder = tmp_path / "run" / "checkpoints"
+    real_save = phases.save_checkpoint
+
+    def killed_after_the_first_joint_epoch(backbone, path, **info):
+        real_save(backbone, path, **info)
+        if path.name == "protopnet-joint-epoch.ckpt":
+            raise KeyboardInterrupt("killed after joint epoch 1")
+
+    monkeypatch.setattr(phases, "save_checkpoint", killed_after_the_first_joint_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(overrides))
+    assert [p for p, _ in phases.finished_phases(folder)] == ["warm"]
+    monkeypatch.setattr(phases, "save_checkpoint", real_save)
+
+    epochs_run: list[tuple[str, int]] = []
+    real_loss = phases.protopnet_loss
+
+    def counting_loss(net, x, labels, **kwargs):
+        epochs_run.append((net.training, kwargs["l1"]))
+        return real_loss(net, x, labels, **kwargs)
+
+    monkeypatch.setattr(phases, "protopnet_loss", counting_loss)
+    run(load_config([*overrides, "run.resume=true"]))
+    # One joint epoch and one last-layer epoch of 4 batches each (60 images, batch 16): the
+    # warm-up and the first joint epoch were not run again.
+    assert [l1 > 0 for _, l1 in epochs_run] == [False] * 4 + [True] * 4
+    assert not (folder / "protopnet-joint-epoch.ckpt").exists()
+    got = torch.load(folder / "stage1-best.ckpt", weights_only=True)["state_dict"]
+    ref = torch.load(ref_dir / "checkpoints" / "stage1-best.ckpt", weights_only=True)
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(got[key], value), key
+    records = json.loads((tmp_path / "run" / "protopnet.json").read_text())
+    ref_records = json.loads((ref_dir / "protopnet.json").read_text())
+    assert records["warm"]["restored"] and records["joint"]["resumed_at_epoch"] == 1
+    assert records["joint"]["history"] == ref_records["joint"]["history"]

@@ -9,7 +9,7 @@ class; the last-layer phase adds ``l1`` x the L1 norm of the wrong-class connect
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,15 @@ def train_phase(
     settings: Mapping[str, Any],
     device: torch.device,
     log: Any = None,
+    *,
+    start: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``epochs`` epochs of ``phase`` (``warm``, ``joint`` or ``last_layer``) with Adam;
-    returns the per-epoch mean loss terms and training accuracy."""
+    returns the per-epoch mean loss terms and training accuracy.
+
+    ``on_epoch`` gets ``{"optimizer": state, "history": rows so far}`` after every epoch;
+    passing such a dict as ``start`` continues the phase after its last epoch."""
     net = _net(backbone)
     groups = _set_trainable(net, phase)
     lr_key = "warm_lr" if phase == "warm" else None
@@ -114,8 +120,11 @@ def train_phase(
         ]
     )
     l1 = settings["l1"] if phase == "last_layer" else 0.0
-    history = []
-    for epoch in range(epochs):
+    history: list[dict[str, float]] = []
+    if start is not None:
+        optimizer.load_state_dict(start["optimizer"])
+        history = [dict(row) for row in start["history"]]
+    for epoch in range(len(history), epochs):
         backbone.train()
         sums: dict[str, float] = {}
         correct = seen = 0
@@ -143,6 +152,8 @@ def train_phase(
         history.append(row)
         if log is not None:
             log(phase, epoch, row)
+        if on_epoch is not None:
+            on_epoch({"optimizer": optimizer.state_dict(), "history": history})
     for p in net.parameters():
         p.requires_grad_(True)
     return history
@@ -261,17 +272,40 @@ def train_protopnet(
     run_dir: Path,
     loggers: Iterable[Logger] = (),
     device: torch.device | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """All phases on ``dm``'s train split (stage-1 augmentation applied in the training
     phases, none in the push); a checkpoint after each phase under ``<run>/checkpoints``
-    (``protopnet-<phase>.ckpt``), the final model also as ``stage1-best.ckpt`` and
-    ``stage1-last.ckpt``. Returns per-phase history, validation accuracy and seconds."""
+    (``protopnet-<phase>.ckpt``: weights, the phase's record, the random state and the logging
+    step) and, during a training phase, after each epoch (``protopnet-<phase>-epoch.ckpt``, with
+    the optimizer; removed when the phase ends); the final model also as ``stage1-best.ckpt``
+    and ``stage1-last.ckpt``. Returns the per-phase record: history, validation accuracy and
+    seconds.
+
+    With ``resume`` the phases whose checkpoints are there (in order, from the first) are not
+    run again: the model, random state and records continue from the last of them (records of
+    those phases get ``"restored": true``), and the next phase continues after its last
+    checkpointed epoch (``"resumed_at_epoch"`` in its record), else from its start.
+    """
     device = device or torch.device("cpu")
     backbone.to(device)
+    folder = Path(run_dir) / "checkpoints"
+    summary: dict[str, Any] = {}
+    step = [0]
+    if resume:
+        finished = finished_phases(folder)
+        for phase, ckpt in finished:
+            summary[phase] = {**ckpt["record"], "restored": True}
+        if finished:
+            last = finished[-1][1]
+            backbone.load_state_dict(
+                {k.removeprefix("backbone."): v for k, v in last["state_dict"].items()}
+            )
+            _set_rng(last["rng"])
+            step[0] = int(last["step"])
     loader = dm.train_dataloader()
     val = dm.split("val")
     loggers = list(loggers)
-    step = [0]
 
     def log(phase: str, epoch: int, row: Mapping[str, float]) -> None:
         metrics = {f"protopnet/{phase}/{k}": v for k, v in row.items()}
@@ -280,27 +314,103 @@ def train_protopnet(
             logger.log_metrics(metrics, step=step[0])
         step[0] += 1
 
-    summary: dict[str, Any] = {}
-    folder = Path(run_dir) / "checkpoints"
     epochs = {
         "warm": settings["warm_epochs"],
         "joint": settings["joint_epochs"],
         "last_layer": settings["last_layer_epochs"],
     }
     for phase in PHASES:
+        partial = folder / f"protopnet-{phase}-epoch.ckpt"
+        if phase in summary:
+            partial.unlink(missing_ok=True)
+            continue
         start = time.perf_counter()
+        record: dict[str, Any] = {}
         if phase == "push":
             push_prototypes(backbone, dm.split("train"), device=device)
             history: list[dict[str, float]] = []
         else:
-            history = train_phase(backbone, loader, phase, epochs[phase], settings, device, log=log)
+            begun = _epoch_checkpoint(partial, phase) if resume else None
+            if begun is not None:
+                backbone.load_state_dict(
+                    {k.removeprefix("backbone."): v for k, v in begun["state_dict"].items()}
+                )
+                _set_rng(begun["rng"])
+                step[0] = int(begun["step"])
+                record["resumed_at_epoch"] = len(begun["history"])
+
+            def on_epoch(
+                state: dict[str, Any], phase: str = phase, partial: Path = partial
+            ) -> None:
+                save_checkpoint(
+                    backbone, partial, phase=phase, rng=_get_rng(), step=step[0], **state
+                )
+
+            history = train_phase(
+                backbone,
+                loader,
+                phase,
+                epochs[phase],
+                settings,
+                device,
+                log=log,
+                start=begun,
+                on_epoch=on_epoch,
+            )
         val_acc = accuracy(backbone, val, device) if len(val) else float("nan")
         seconds = time.perf_counter() - start
-        summary[phase] = {"history": history, "val_acc": val_acc, "seconds": seconds}
+        summary[phase] = {"history": history, "val_acc": val_acc, "seconds": seconds, **record}
         for logger in loggers:
             logger.log_metrics({f"protopnet/{phase}/val_acc": val_acc}, step=step[0])
         step[0] += 1
-        save_checkpoint(backbone, folder / f"protopnet-{phase}.ckpt", phase=phase)
+        save_checkpoint(
+            backbone,
+            folder / f"protopnet-{phase}.ckpt",
+            phase=phase,
+            record=summary[phase],
+            rng=_get_rng(),
+            step=step[0],
+        )
+        partial.unlink(missing_ok=True)
     for name in ("stage1-best.ckpt", "stage1-last.ckpt"):
         save_checkpoint(backbone, folder / name, phase="last_layer")
     return summary
+
+
+def finished_phases(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(phase, checkpoint)`` of the phases, in order from the first, whose checkpoints in
+    ``folder`` are complete (weights, record, random state); stops at the first that is not."""
+    done = []
+    for phase in PHASES:
+        path = Path(folder) / f"protopnet-{phase}.ckpt"
+        if not path.is_file():
+            break
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("phase") != phase or not {"record", "rng", "step"} <= set(ckpt):
+            break
+        done.append((phase, ckpt))
+    return done
+
+
+def _epoch_checkpoint(path: Path, phase: str) -> dict[str, Any] | None:
+    """The end-of-epoch checkpoint of ``phase`` at ``path``, if there is a complete one."""
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    keys = {"state_dict", "optimizer", "history", "rng", "step"}
+    return ckpt if ckpt.get("phase") == phase and keys <= set(ckpt) else None
+
+
+def _get_rng() -> dict[str, Any]:
+    """The torch random states (CPU, and CUDA when in use) a phase leaves behind."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: Mapping[str, Any]) -> None:
+    """Restore what ``_get_rng`` returned."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from introspect.data import ImageDataModule
 from introspect.models.protopnet import train_protopnet
 from introspect.runs.distributed import world_size
 from introspect.runs.errors import PipelineError
-from introspect.runs.status import stages_done
+from introspect.runs.status import stages_done, write_json_atomic
 from introspect.runs.trainer import resolve_device
 
 
@@ -25,7 +24,8 @@ def protopnet_stage1(
 ) -> None:
     """Train ``backbone`` with the phases of ``cfg.stage1.protopnet`` (or, resuming a run that
     finished stage 1, load its weights); writes ``<run>/protopnet.json`` with the per-phase
-    history. A resumed run that stopped during the phases starts them again."""
+    history. A resumed run that stopped during the phases continues after the last phase it
+    finished (see ``train_protopnet``)."""
 
     if world_size() > 1 or cfg.trainer.num_nodes > 1 or cfg.trainer.devices not in (1, "1"):
         raise PipelineError(
@@ -42,10 +42,16 @@ def protopnet_stage1(
     assert isinstance(settings, dict)
     device = resolve_device(cfg)
     summary = train_protopnet(
-        backbone, dm, settings, run_dir=run_dir, loggers=loggers, device=device
+        backbone,
+        dm,
+        settings,
+        run_dir=run_dir,
+        loggers=loggers,
+        device=device,
+        resume=bool(cfg.run.resume),
     )
     backbone.cpu()
-    (run_dir / "protopnet.json").write_text(json.dumps(_finite(summary), indent=2))
+    write_json_atomic(run_dir / "protopnet.json", _finite(summary))
 
 
 def _finite(obj: Any) -> Any:
