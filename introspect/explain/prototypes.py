@@ -100,8 +100,8 @@ def prototype_figure(
     for i, e in enumerate(evidence):
         image = display_image(images[i])
         order = np.argsort(e["totals"])[::-1][:3]
-        totals = ", ".join(f"{class_names[c]} {e['totals'][c]:.2f}" for c in order)
-        truth = f"true {class_names[labels[i]]}, " if labels is not None else ""
+        totals = "\n".join(f"{class_names[c]} {e['totals'][c]:.2f}" for c in order)
+        truth = f"true {class_names[labels[i]]}" if labels is not None else ""
         for n, row in enumerate(e["top"]):
             j = row["prototype"]
             src_index = int(net.push_image[j])
@@ -118,7 +118,7 @@ def prototype_figure(
             ax[4].axis("off")
             ax[4].text(
                 0.0,
-                0.5,
+                0.4,
                 f"{row['similarity']:.3f} x {row['weight']:.3f}\n= {row['points']:.3f} points\n"
                 f"(prototype {j}, class {class_names[row['prototype_class']]})",
                 fontsize=9,
@@ -129,10 +129,11 @@ def prototype_figure(
                 a.set_yticks([])
             if n == 0:
                 ax[0].set_title(
-                    f"image {i}: {truth}predicted {class_names[e['predicted']]}\ntotals: {totals}",
+                    f"image {i}: {truth}\npredicted {class_names[e['predicted']]}",
                     fontsize=8,
                     loc="left",
                 )
+                ax[4].text(0.0, 1.0, f"class totals:\n{totals}", fontsize=8, va="top")
                 ax[1].set_title("prototype", fontsize=8)
                 ax[2].set_title(f"source: train #{src_index}", fontsize=8)
                 ax[3].set_title("activation map", fontsize=8)
