@@ -22,7 +22,9 @@ class FeedForwardClassifier(L.LightningModule):
     ``optim`` holds ``name`` (sgd | adamw), ``lr``, ``momentum``, ``nesterov``, ``weight_decay``
     and ``schedule`` (cosine | none); ``adversarial`` (optional) holds ``enabled``, ``epsilon``,
     ``step_size``, ``steps`` and ``random_start`` for PGD training: each training batch is replaced
-    by its adversarial version, crafted with the network in eval mode.
+    by its adversarial version, crafted with the network in eval mode. ``freeze_trunk`` trains
+    only the backbone's head (linear evaluation: the trunk's weights and batch-norm statistics
+    stay as they are); ``channels_last`` trains in channels-last memory format.
     """
 
     def __init__(
@@ -33,6 +35,8 @@ class FeedForwardClassifier(L.LightningModule):
         optim: Mapping[str, Any],
         label_smoothing: float = 0.0,
         adversarial: Mapping[str, Any] | None = None,
+        freeze_trunk: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
@@ -40,6 +44,12 @@ class FeedForwardClassifier(L.LightningModule):
         self.optim = dict(optim)
         self.label_smoothing = label_smoothing
         self.adversarial = dict(adversarial) if adversarial and adversarial.get("enabled") else None
+        self.freeze_trunk = freeze_trunk
+        self.channels_last = channels_last
+        if freeze_trunk:
+            head = set(map(id, backbone.head.parameters()))  # type: ignore[union-attr, operator]
+            for p in backbone.parameters():
+                p.requires_grad_(id(p) in head)
         metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
         self.train_metrics = metrics.clone(prefix="feedforward/train/")
         self.val_metrics = metrics.clone(prefix="feedforward/val/")
@@ -47,7 +57,22 @@ class FeedForwardClassifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of ``images`` (RGB in ``[0, 1]``)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def _train_mode(self) -> None:
+        """The backbone in training mode, but for a frozen trunk (eval mode, head trained)."""
+        self.backbone.train()
+        if self.freeze_trunk:
+            self.backbone.eval()
+
+    def on_train_epoch_start(self) -> None:
+        self._train_mode()
 
     def _adversarial(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         assert self.adversarial is not None
@@ -64,7 +89,7 @@ class FeedForwardClassifier(L.LightningModule):
                 generator=torch.default_generator,  # the run's seeded global RNG
             )
         finally:
-            self.backbone.train()
+            self._train_mode()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> torch.Tensor:
         images, labels = batch

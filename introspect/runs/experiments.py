@@ -30,6 +30,8 @@ _IGNORED = (
     "data.pin_memory",
     "data.root",
     "data.decode",
+    "data.on_device",
+    "trainer.channels_last",
     "stage2.cache_dir",
     "eval.cache_dir",
     "eval.batch_size",
