@@ -140,6 +140,11 @@ def test_denoising_blocks_keep_the_resnet_and_its_parameter_names() -> None:
         "layer3",
     }
     assert [net.layer1.denoise.conv.in_channels, net.layer3.denoise.conv.in_channels] == [16, 64]
+    other = CifarResNet(20)
+    assert add_denoising_blocks(other, torch.zeros(1, 3, 8, 8), stages=["layer3"]) == ["layer3"]
+    assert hasattr(other.layer3, "denoise") and not hasattr(other.layer1, "denoise")
+    with pytest.raises(ValueError, match="valid: layer1, layer2, layer3"):
+        add_denoising_blocks(CifarResNet(20), torch.zeros(1, 3, 8, 8), stages=["layer4"])
     with pytest.raises(ValueError, match="layer<k>"):
         add_denoising_blocks(torch.nn.Sequential(torch.nn.Flatten()), torch.zeros(1, 3, 4, 4))
 

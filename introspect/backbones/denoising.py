@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -67,22 +68,35 @@ _STAGE = re.compile(r"layer\d+")
 
 
 def add_denoising_blocks(
-    net: nn.Module, example: torch.Tensor, *, operation: str = "gaussian", embed: bool = True
+    net: nn.Module,
+    example: torch.Tensor,
+    *,
+    operation: str = "gaussian",
+    embed: bool = True,
+    stages: Sequence[str] | None = None,
 ) -> list[str]:
-    """Append a ``DenoisingBlock`` (as child ``denoise``) to every residual stage of ``net``:
-    its top-level ``nn.Sequential`` children named ``layer<k>``, whose channel counts are
-    read from one forward pass of ``example``. The stages' own parameter names are kept.
-    Returns the stages changed; raises ``ValueError`` when ``net`` has none."""
-    stages = {
+    """Append a ``DenoisingBlock`` (as child ``denoise``) to the residual stages of ``net``
+    named in ``stages`` (default: all): its top-level ``nn.Sequential`` children named
+    ``layer<k>``, whose channel counts are read from one forward pass of ``example``. The
+    stages' own parameter names are kept. Returns the stages changed; raises ``ValueError``
+    when ``net`` has none or ``stages`` names another."""
+    found = {
         name: m
         for name, m in net.named_children()
         if _STAGE.fullmatch(name) and isinstance(m, nn.Sequential)
     }
-    if not stages:
+    if not found:
         raise ValueError(
             f"{type(net).__name__} has no residual stages named layer<k> (nn.Sequential) to add "
             "denoising blocks after; use a ResNet backbone"
         )
+    unknown = sorted(set(stages or ()) - set(found))
+    if unknown:
+        raise ValueError(
+            f"no residual stage {', '.join(unknown)} in {type(net).__name__}; "
+            f"valid: {', '.join(found)}"
+        )
+    stages = {n: m for n, m in found.items() if stages is None or n in stages}
     channels: dict[str, int] = {}
     hooks = [
         m.register_forward_hook(lambda _m, _i, out, n=name: channels.__setitem__(n, out.shape[1]))

@@ -332,10 +332,12 @@ class DenoiseConfig:
     stage of the backbone: non-local means with ``operation`` ``gaussian`` (softmax of scaled
     dot products) or ``dot`` (dot products over the number of positions), a 1x1 convolution
     and a residual connection; ``embed`` adds the 1x1 embeddings theta/phi (half the channels)
-    of the paper before the affinities."""
+    of the paper before the affinities; ``stages``: the ``layer<k>`` stages followed by a block
+    (null: all; the affinities cost (H W)^2 per image, 1 M at 32 x 32)."""
 
     operation: str = "gaussian"
     embed: bool = True
+    stages: list[str] | None = None
 
 
 @dataclass

@@ -111,6 +111,7 @@ def build_backbone(
                 torch.zeros(1, *backbone.input_size),
                 operation=cfg.stage1.denoise.operation,
                 embed=cfg.stage1.denoise.embed,
+                stages=cfg.stage1.denoise.stages,
             )
         except ValueError as err:
             raise PipelineError(f"stage1.recipe=denoising: {err}") from None
