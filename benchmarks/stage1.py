@@ -1,7 +1,8 @@
 """Stage-1 training speed: images/s of a training epoch of ResNet-18 (torchvision, CIFAR stem)
 and CIFAR ResNet-20, per Table-1 recipe, and the time to a target accuracy on real data.
 
-Throughput (``--steps`` timed SGD steps after ``--warmup``, batches of ``--batch-size`` 32-px
+Throughput (``--rounds`` rounds of ``--steps`` timed SGD steps after ``--warmup``, the cases
+of a network taking turns within each round, median over rounds; batches of ``--batch-size`` 32-px
 images held on the device, crop + flip applied there by ``data.device.DeviceBatches``; on
 CUDA with bf16 autocast and channels-last unless ``--fp32``/``--no-channels-last``), per
 network and case:
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 from collections.abc import Callable
 
@@ -76,8 +78,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def throughput(net: str, case: str, args: argparse.Namespace, device: torch.device) -> float:
-    """Training images/s of ``net`` under ``case``."""
+def prepare(
+    net: str, case: str, args: argparse.Namespace, device: torch.device
+) -> Callable[[], None]:
+    """One training step of ``net`` under ``case`` on the next device-held batch."""
     torch.manual_seed(0)
     cl = args.channels_last and device.type == "cuda"
     stages = [s for s in args.denoise_stages.split(",") if s]
@@ -89,12 +93,19 @@ def throughput(net: str, case: str, args: argparse.Namespace, device: torch.devi
         params += list(projection.parameters())
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     b = args.batch_size
-    images = torch.rand(max(b, 1024), 3, 32, 32, device=device)
+    images = torch.rand(2 * b, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (len(images),), device=device)
     augment = ["standard", "gaussian_noise"] if case == "noise" else ["standard"]
     batches = DeviceBatches(images, labels, batch_size=b, augment=augment)
+    it = iter(batches)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+    def step() -> None:
+        nonlocal it
+        batch = next(it, None)
+        if batch is None:
+            it = iter(batches)
+            batch = next(it)
+        x, y = batch
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         if case in ("adversarial", "denoising"):
@@ -116,25 +127,29 @@ def throughput(net: str, case: str, args: argparse.Namespace, device: torch.devi
         loss.backward()
         opt.step()
 
-    it = iter(batches)
+    return step
 
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal it
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(batches)
-            x, y = next(it)
-        return (x, y) if len(y) == b else next_batch()
 
-    for _ in range(args.warmup):
-        step(*next_batch())
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step(*next_batch())
-    sync(device)
-    return args.steps * b / (time.perf_counter() - start)
+def throughput(
+    nets: list[str], cases: list[str], args: argparse.Namespace, device: torch.device
+) -> dict[tuple[str, str], float]:
+    """Training images/s of every (net, case): ``args.rounds`` rounds of ``args.steps`` timed
+    steps, the cases taking turns within a round (so that load on a shared machine hits all
+    alike); the median over rounds."""
+    steps = {(n, c): prepare(n, c, args, device) for n in nets for c in cases}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    rates: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for key, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(device)
+            rates[key].append(args.steps * args.batch_size / (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 def augmentation_rate(make: Callable[[], Callable[[torch.Tensor], torch.Tensor]], n: int) -> float:
@@ -206,6 +221,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--pgd-steps", type=int, default=2)
     parser.add_argument("--denoise-stages", default="", help="e.g. layer2,layer3 (default all)")
@@ -229,19 +245,20 @@ def main() -> None:
         f"bf16 {args.bf16 and cuda}, channels-last {args.channels_last and cuda}, "
         f"PGD-{args.pgd_steps}"
     )
-    if args.steps > 0:
-        print("| network | case | images/s | s per 50,000-image epoch |")
-        print("|---|---|---:|---:|")
-        for net in args.nets.split(","):
-            for case in args.cases.split(","):
-                ips = throughput(net, case, args, device)
-                print(f"| {net} | {case} | {ips:.0f} | {EPOCH / ips:.0f} |", flush=True)
+    print("| network | case | images/s | s per 50,000-image epoch | time per image vs standard |")
+    print("|---|---|---:|---:|---:|")
+    for net in args.nets.split(",") if args.steps > 0 else []:
+        rates = throughput([net], args.cases.split(","), args, device)
+        base = rates.get((net, "standard"))
+        for (_, case), ips in rates.items():
+            rel = f"{base / ips:.2f}x" if base else "–"
+            print(f"| {net} | {case} | {ips:.0f} | {EPOCH / ips:.0f} | {rel} |", flush=True)
     if args.augment_images > 0:
         n = args.augment_images
         for label, make in (("augmix (per image, CPU)", lambda: AugMixFloat(3)),
                             ("simclr views (per view, CPU)", SimCLRAugment)):  # fmt: skip
             ips = augmentation_rate(make, n)
-            print(f"| – | {label} | {ips:.0f} | {EPOCH / ips:.0f} |", flush=True)
+            print(f"| – | {label} | {ips:.0f} | {EPOCH / ips:.0f} | |", flush=True)
     if args.experiment:
         time_to_accuracy(args, device)
 

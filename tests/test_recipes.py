@@ -296,3 +296,15 @@ def test_on_device_training_path(tmp_path: Path) -> None:
         build_data(load_config([*_STEPS, "stage1.recipe=augmix", "data.on_device=true"]))
     with pytest.raises(PipelineError, match="SimCLR views"):
         build_data(load_config([*_STEPS, "stage1.recipe=simclr", "data.on_device=true"]))
+
+
+def test_train_limit_takes_a_seeded_subset_of_the_training_split() -> None:
+    full = build_data(load_config([]))
+    limited = [build_data(load_config(["data.train_limit=100"])) for _ in range(2)]
+    indices = [set(d.split("train").indices) for d in limited]
+    assert len(indices[0]) == 100 and indices[0] == indices[1]
+    assert indices[0] < set(full.split("train").indices)
+    assert limited[0].split("val").indices == full.split("val").indices
+    assert len(build_data(load_config(["data.train_limit=100000"])).split("train")) == len(
+        full.split("train")
+    )
