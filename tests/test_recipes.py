@@ -308,3 +308,12 @@ def test_train_limit_takes_a_seeded_subset_of_the_training_split() -> None:
     assert len(build_data(load_config(["data.train_limit=100000"])).split("train")) == len(
         full.split("train")
     )
+
+
+def test_active_learning_refuses_simclr_before_any_work(tmp_path: Path) -> None:
+    from introspect.runs.active import ActiveError, run_active
+
+    cfg = load_config(["experiment=active_digits", "stage1.recipe=simclr", f"run.dir={tmp_path}/r"])
+    with pytest.raises(ActiveError, match="stage1.recipe=simclr"):
+        run_active(cfg)
+    assert not (tmp_path / "r").exists()
