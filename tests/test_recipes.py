@@ -7,6 +7,7 @@ import copy
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from introspect.data.augment import crop_flip, standard_padding
 from introspect.data.device import DeviceBatches
 from introspect.data.views import SimCLRAugment, TwoViews
 from introspect.models.contrastive import SimCLRPretraining, nt_xent
+from introspect.models.feedforward import jsd_consistency
 from introspect.runs.contrastive import pretrain_contrastive
 from introspect.runs.errors import PipelineError
 from introspect.runs.recipes import RECIPES, resolve_recipe
@@ -207,14 +209,20 @@ def test_simclr_module_lowers_nt_xent_on_fixed_views() -> None:
     assert model.backbone.head.weight.grad is None or not model.backbone.head.weight.grad.any()
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("recipe", [*RECIPES, "augmix+jsd"])
 def test_recipe_trains_on_digits_and_checkpoint_reloads(recipe: str, tmp_path: Path) -> None:
-    cfg = load_config([*_STEPS, f"stage1.recipe={recipe}", f"run.dir={tmp_path}"])
+    extra = ["stage1.augmix_jsd=12"] if recipe == "augmix+jsd" else []
+    recipe = recipe.removesuffix("+jsd")
+    cfg = load_config([*_STEPS, f"stage1.recipe={recipe}", f"run.dir={tmp_path}", *extra])
     torch.manual_seed(0)
     dm = build_data(cfg)
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
     assert hasattr(backbone.net.layer1, "denoise") == (recipe == "denoising")
     images, labels = next(iter(dm.loader(dm.split("train"), batch_size=256)))[:2]
+    if extra:  # AugMix triplets: the clean (cropped) image and two AugMix draws of it
+        triplet = dm.train_transform(images[0])
+        assert triplet.shape == (3, *images[0].shape)
+        assert not torch.equal(triplet[1], triplet[2])
     if recipe == "simclr":
         # stage 1 (resuming) reuses the pre-trained trunk and trains only the head on top
         before_pre = [p.detach().clone() for p in backbone.parameters()]
@@ -317,3 +325,23 @@ def test_active_learning_refuses_simclr_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ActiveError, match="stage1.recipe=simclr"):
         run_active(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_jsd_consistency_is_the_generalized_jensen_shannon_divergence() -> None:
+    from scipy.stats import entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    p = logits.softmax(-1).numpy()
+    m = p.mean(0)
+    want = np.mean(
+        [entropy(m[i]) - np.mean([entropy(p[k, i]) for k in range(3)]) for i in range(5)]
+    )
+    assert float(jsd_consistency(logits)) == pytest.approx(want, rel=1e-6)
+    same = torch.randn(1, 5, 4, generator=g).expand(3, -1, -1)
+    assert float(jsd_consistency(same)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_augmix_jsd_needs_augmix(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="stage1.augmix_jsd=12.0 needs AugMix"):
+        build_data(load_config([*_STEPS, "stage1.recipe=noise", "stage1.augmix_jsd=12"]))

@@ -97,6 +97,7 @@ RANGES: dict[str, Range] = {
     "stage1.epochs": _POSITIVE,
     "stage1.noise_std": _NON_NEGATIVE,
     "stage1.augmix_severity": Range(1, 10),
+    "stage1.augmix_jsd": _NON_NEGATIVE,
     "stage1.label_smoothing": _FRACTION,
     "stage1.optim.lr": Range(0, low_open=True),
     "stage1.optim.momentum": _FRACTION,
@@ -357,6 +358,9 @@ class Stage1Config:
     augment: str = "none"
     noise_std: float = 0.1
     augmix_severity: int = 3
+    # With AugMix: weight of its Jensen-Shannon consistency loss over the clean image and two
+    # AugMix draws (3 passes per image; the AugMix paper: 12); 0 = cross-entropy on one draw.
+    augmix_jsd: float = 0.0
     label_smoothing: float = 0.0
     # Stage-1 networks trained with different seeds; K >= 2 adds head "ensemble" (stage 2 and
     # the feed-forward head stay on the first member).

@@ -268,6 +268,23 @@ class AugMixFloat:
         return f"AugMixFloat(severity={self.augmix.severity})"
 
 
+class AugMixTriplet:
+    """The three images of AugMix's Jensen-Shannon consistency loss from one (3, H, W) image:
+    ``(x, augmix(x), augmix(x))`` stacked into (3, 3, H, W), ``x`` being the image after
+    ``pre`` (e.g. crop + flip; None: unchanged) and the two AugMix draws independent."""
+
+    def __init__(self, augmix: Callable[[Tensor], Tensor], pre: Callable[[Tensor], Tensor] | None):
+        self.augmix = augmix
+        self.pre = pre
+
+    def __call__(self, image: Tensor) -> Tensor:
+        x = self.pre(image) if self.pre is not None else image
+        return torch.stack([x, self.augmix(x), self.augmix(x)])
+
+    def __repr__(self) -> str:
+        return f"AugMixTriplet(pre={self.pre!r}, augmix={self.augmix!r})"
+
+
 class BatchGaussianNoise:
     """:class:`GaussianNoise` of a batch, image ``i`` drawing from ``generators[i]`` (the same
     noise as the per-sample transform under that image's seed)."""

@@ -108,6 +108,7 @@ class RunLearner:
             optim=dict(cfg.stage1.optim),
             label_smoothing=cfg.stage1.label_smoothing,
             adversarial=dict(cfg.stage1.adversarial) | {"enabled": stage1_recipe(cfg).adversarial},
+            jsd_weight=cfg.stage1.augmix_jsd,
         )
         labelled = pool.labelled_dataset()
         train: Dataset = labelled

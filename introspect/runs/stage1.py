@@ -3,6 +3,7 @@ feed-forward classifier, trained here (resumable) or loaded from ``backbone.chec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
+from torch import Tensor
 from torchvision import transforms as T
 
 from introspect.backbones import Backbone, load_backbone
@@ -18,6 +20,7 @@ from introspect.backbones.checkpoint import load_into_backbone, load_state_dict_
 from introspect.backbones.denoising import add_denoising_blocks
 from introspect.backbones.protopnet import is_protopnet
 from introspect.data import ImageDataModule, build_augmentation, build_datamodule
+from introspect.data.augment import AugMixTriplet
 from introspect.data.device import DEVICE_AUGMENTATIONS, DeviceBatches, load_split
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.runs.contrastive import pretrain_contrastive
@@ -53,10 +56,23 @@ def build_data(cfg: DictConfig) -> ImageDataModule:
         for name in recipe.augment
     ]
     transforms = [t for t in steps if t is not None]
-    dm.train_transform = (
-        None if not transforms else transforms[0] if len(transforms) == 1 else T.Compose(transforms)
-    )
+    if cfg.stage1.augmix_jsd > 0:
+        if "augmix" not in recipe.augment or recipe.adversarial:
+            raise PipelineError(
+                f"stage1.augmix_jsd={cfg.stage1.augmix_jsd} needs AugMix without PGD training "
+                f"(stage1.recipe={cfg.stage1.recipe}); set stage1.augmix_jsd=0 or "
+                "stage1.recipe=augmix"
+            )
+        k = recipe.augment.index("augmix")
+        transforms = [AugMixTriplet(transforms[k], _compose(transforms[:k]))]
+    dm.train_transform = _compose(transforms)
     return dm
+
+
+def _compose(transforms: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor] | None:
+    if not transforms:
+        return None
+    return transforms[0] if len(transforms) == 1 else T.Compose(transforms)
 
 
 def _check_on_device(cfg: DictConfig, recipe: Recipe) -> None:
@@ -201,6 +217,7 @@ def stage1(
         adversarial=dict(cfg.stage1.adversarial) | {"enabled": recipe.adversarial},
         freeze_trunk=recipe.contrastive and not cfg.stage1.simclr.finetune,
         channels_last=cfg.trainer.channels_last,
+        jsd_weight=cfg.stage1.augmix_jsd,
     )
     if cfg.backbone.checkpoint is not None:
         return model
