@@ -18,11 +18,13 @@ from introspect.models.optim import build_optimizer
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """The NT-Xent loss of B positive pairs ``(z1[i], z2[i])`` (each (B, d)): for each of the
     2B embeddings, the cross-entropy of picking its pair among the other 2B - 1 by cosine
-    similarity over ``temperature``; mean over the 2B anchors."""
+    similarity over ``temperature``; mean over the 2B anchors. Computed in at least float32
+    (also under bf16 autocast)."""
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)}, {tuple(z2.shape)}")
     b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    z = torch.cat([z1, z2])
+    z = F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1)
     logits = z @ z.t() / temperature
     logits = logits.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), -torch.inf)
     positives = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
