@@ -3,6 +3,7 @@ feed-forward classifier, trained here (resumable) or loaded from ``backbone.chec
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -245,24 +246,27 @@ def stage1(
             max_epochs=cfg.stage1.epochs,
         )
         resume_from = str(last) if cfg.run.resume and broadcast_from_zero(last.is_file()) else None
-        if cfg.data.on_device:
-            images, labels = load_split(dm.split("train"), resolve_device(cfg))
-            batches = DeviceBatches(
-                images,
-                labels,
-                batch_size=cfg.data.batch_size,
-                augment=recipe.augment,
-                noise_std=cfg.stage1.noise_std,
-            )
-            trainer.fit(
-                model,
-                train_dataloaders=batches,
-                val_dataloaders=dm.val_dataloader(),
-                ckpt_path=resume_from,
-            )
-            del images, labels, batches
-        else:
-            trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
+        with warnings.catch_warnings():
+            # The SimCLR pre-training and ensemble members share the folder, by design.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+            if cfg.data.on_device:
+                images, labels = load_split(dm.split("train"), resolve_device(cfg))
+                batches = DeviceBatches(
+                    images,
+                    labels,
+                    batch_size=cfg.data.batch_size,
+                    augment=recipe.augment,
+                    noise_std=cfg.stage1.noise_std,
+                )
+                trainer.fit(
+                    model,
+                    train_dataloaders=batches,
+                    val_dataloaders=dm.val_dataloader(),
+                    ckpt_path=resume_from,
+                )
+                del images, labels, batches
+            else:
+                trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
         best = Path(ckpt.best_model_path) if ckpt.best_model_path else best
     if best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)
