@@ -243,3 +243,61 @@ def test_baseline_heads_get_columns_paired_differences_and_markers(tmp_path: Pat
     assert "+2.00 ± 0.00" in md  # a signed difference
     with Image.open(tmp_path / "out" / "accuracy_vs_ece.png") as img:
         assert img.size[0] > 300
+
+
+def test_table1_layout_for_stage1_recipes(tmp_path: Path) -> None:
+    recipes = ["augmix", "standard", "simclr", "noise", "denoising", "adversarial"]
+    runs = []
+    for k, r in enumerate(recipes):
+        for seed in (0, 1):
+            config = _config(seed, augment="none") | {"stage1": {"recipe": r}}
+            runs.append(_write_run(tmp_path, f"{r}{seed}", config, 0.01 * k + 0.003 * seed))
+    runs.append(_write_run(tmp_path, "old", _config(0), 0.05))  # no recipe: not in Table 1
+    out = tmp_path / "out"
+    report = compare(runs, out, wandb=False)
+    table1 = (out / "table1.md").read_text()
+    assert report["markdown"].startswith(table1)
+    rows = [line for line in table1.splitlines() if line.startswith("| ") and "run" not in line]
+    names = ["ResNet-18", "Denoising", "Adversarial train", "SimCLR", "Augment noise", "AugMix"]
+    assert [r.split(" | ")[0][2:] for r in rows] == names  # the seed's order, "old" left out
+    seed_values = {
+        "ResNet-18": ("67.89", "71.40", "+3.51"),
+        "Denoising": ("65.02", "68.86", "+3.84"),
+        "Adversarial train": ("68.02", "70.86", "+2.84"),
+        "SimCLR": ("70.28", "73.32", "+3.04"),
+        "Augment noise": ("76.86", "77.98", "+1.12"),
+        "AugMix": ("89.85", "89.89", "+0.04"),
+    }
+    for row in rows:
+        cells = row.strip("|").split(" | ")
+        name = cells[0].strip()
+        assert tuple(c.strip() for c in cells[3:6]) == seed_values[name]
+    # our numbers: the seed-pooled corruption means of each recipe's runs
+    paths = [tmp_path / f"simclr{s}" for s in (0, 1)]
+    row = next(r for r in rows if r.startswith("| SimCLR"))
+    cells = [c.strip() for c in row.strip("|").split(" | ")]
+    assert "stage 1 simclr" in cells[1] and cells[2] == "2"
+    for col, (head, metric) in zip(
+        range(6, 14),
+        [
+            (h, m)
+            for m in ("acc", "ece")
+            for h in ("feedforward", "introspective", "control", "diff")
+        ],
+        strict=True,
+    ):
+        if head == "diff":
+            key = lambda e, m=metric: e["introspective"][m] - e["feedforward"][m]  # noqa: E731
+        else:
+            key = lambda e, h=head, m=metric: e[h][m]  # noqa: E731
+        mean, std = _expected(paths, "corrupted", key)
+        text = f"{100 * mean:+.2f}" if head == "diff" else f"{100 * mean:.2f}"
+        assert cells[col] == f"{text} ± {100 * std:.2f}", (col, cells[col])
+    clean = _expected(paths, "clean", lambda e: e["feedforward"]["acc"])
+    assert cells[14] == f"{100 * clean[0]:.2f} ± {100 * clean[1]:.2f}"
+
+
+def test_no_table1_without_stage1_recipes(runs, tmp_path: Path) -> None:
+    report = compare([*runs["a"], *runs["b"]], tmp_path / "out", wandb=False)
+    assert not (tmp_path / "out" / "table1.md").exists()
+    assert "Table 1" not in report["markdown"]

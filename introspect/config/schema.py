@@ -9,6 +9,12 @@ from typing import Any, NamedTuple
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("digits", "cifar10", "cifar100", "imagefolder", "npz", "synthetic"),
     "stage1.augment": ("none", "standard", "gaussian_noise", "augmix"),
+    "stage1.recipe": (
+        "custom", "standard", "noise", "augmix", "adversarial", "simclr", "denoising",
+    ),
+    "stage1.simclr.optim.name": ("sgd", "adamw"),
+    "stage1.simclr.optim.schedule": ("cosine", "none"),
+    "stage1.denoise.operation": ("gaussian", "dot"),
     "stage1.optim.name": ("sgd", "adamw"),
     "stage1.optim.schedule": ("cosine", "none"),
     "logger.wandb_mode": ("offline", "online", "disabled"),
@@ -84,12 +90,14 @@ RANGES: dict[str, Range] = {
     "data.image_size": _POSITIVE,
     "data.num_classes": Range(2),
     "data.num_samples": _POSITIVE,
+    "data.train_limit": _POSITIVE,
     "backbone.num_classes": Range(2),
     "backbone.mean": Range(),
     "backbone.std": Range(0, low_open=True),
     "stage1.epochs": _POSITIVE,
     "stage1.noise_std": _NON_NEGATIVE,
     "stage1.augmix_severity": Range(1, 10),
+    "stage1.augmix_jsd": _NON_NEGATIVE,
     "stage1.label_smoothing": _FRACTION,
     "stage1.optim.lr": Range(0, low_open=True),
     "stage1.optim.momentum": _FRACTION,
@@ -97,6 +105,14 @@ RANGES: dict[str, Range] = {
     "stage1.adversarial.epsilon": _NON_NEGATIVE,
     "stage1.adversarial.step_size": _NON_NEGATIVE,
     "stage1.adversarial.steps": _POSITIVE,
+    "stage1.simclr.epochs": _POSITIVE,
+    "stage1.simclr.temperature": Range(0, low_open=True),
+    "stage1.simclr.projection_dim": _POSITIVE,
+    "stage1.simclr.min_scale": Range(0, 1, low_open=True),
+    "stage1.simclr.jitter": _NON_NEGATIVE,
+    "stage1.simclr.optim.lr": Range(0, low_open=True),
+    "stage1.simclr.optim.momentum": _FRACTION,
+    "stage1.simclr.optim.weight_decay": _NON_NEGATIVE,
     "stage1.protopnet.warm_epochs": _NON_NEGATIVE,
     "stage1.protopnet.joint_epochs": _NON_NEGATIVE,
     "stage1.protopnet.last_layer_epochs": _NON_NEGATIVE,
@@ -203,6 +219,13 @@ class DataConfig:
     num_samples: int = 512
     # imagefolder: decode every image file once into memory (cached under root/decoded).
     decode: bool = False
+    # At most this many training images (a subset seeded by split_seed, taken after the
+    # validation split); null = all. For smoke runs of big experiments.
+    train_limit: int | None = None
+    # Stage-1 training reads the train split once into a tensor on the training device and
+    # shuffles, slices and augments it there (recipes whose augmentations are crop/flip and
+    # Gaussian noise; one process): the fast GPU path of the Table-1 suite.
+    on_device: bool = False
 
 
 @dataclass
@@ -280,19 +303,72 @@ class ProtoPNetConfig:
 
 
 @dataclass
+class SimCLRConfig:
+    """Contrastive pre-training of the stage-1 trunk (recipe ``simclr``; Chen et al. 2020),
+    before the classifier head is trained for ``stage1.epochs``.
+
+    ``epochs``: pre-training epochs over the training split, two SimCLR views per image
+    (random resized crop of scale ``[min_scale, 1]``, horizontal flip, colour jitter of
+    strength ``jitter`` with p = 0.8, grayscale with p = 0.2; no blur at 32 px);
+    ``temperature``: of the NT-Xent loss; ``projection_dim``: output of the 2-layer projection
+    MLP; ``finetune``: false (default) trains only the head on the frozen trunk (linear
+    evaluation, SimCLR's protocol, so the row measures the contrastive representation), true
+    trains the whole network with ``stage1.optim``.
+    """
+
+    epochs: int = 100
+    temperature: float = 0.5
+    projection_dim: int = 128
+    min_scale: float = 0.08
+    jitter: float = 0.5
+    finetune: bool = False
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=0.06, nesterov=False, weight_decay=5e-4)
+    )
+
+
+@dataclass
+class DenoiseConfig:
+    """Feature-denoising blocks (recipe ``denoising``; Xie et al. 2019) after every residual
+    stage of the backbone: non-local means with ``operation`` ``gaussian`` (softmax of scaled
+    dot products) or ``dot`` (dot products over the number of positions), a 1x1 convolution
+    and a residual connection; ``embed`` adds the 1x1 embeddings theta/phi (half the channels)
+    of the paper before the affinities; ``stages``: the ``layer<k>`` stages followed by a block
+    (null: all; the affinities cost (H W)^2 per image, 1 M at 32 x 32)."""
+
+    operation: str = "gaussian"
+    embed: bool = True
+    stages: list[str] | None = None
+
+
+@dataclass
 class Stage1Config:
-    """Training recipe of the feed-forward (stage-1) classifier."""
+    """Training recipe of the feed-forward (stage-1) classifier.
+
+    ``recipe``: ``custom`` trains with ``augment`` and ``adversarial`` as set; the Table-1
+    recipes fix them (see ``introspect.runs.recipes``): ``standard`` (crop + flip), ``noise``
+    (crop + flip + Gaussian noise of ``noise_std``), ``augmix`` (crop + flip + AugMix),
+    ``adversarial`` (crop + flip, PGD training with ``adversarial``), ``simclr`` (``simclr``
+    pre-training, then the head with crop + flip) and ``denoising`` (``denoise`` blocks in the
+    backbone, PGD training with ``adversarial``).
+    """
 
     epochs: int = 15
+    recipe: str = "custom"
     augment: str = "none"
     noise_std: float = 0.1
     augmix_severity: int = 3
+    # With AugMix: weight of its Jensen-Shannon consistency loss over the clean image and two
+    # AugMix draws (3 passes per image; the AugMix paper: 12); 0 = cross-entropy on one draw.
+    augmix_jsd: float = 0.0
     label_smoothing: float = 0.0
     # Stage-1 networks trained with different seeds; K >= 2 adds head "ensemble" (stage 2 and
     # the feed-forward head stay on the first member).
     ensemble: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
     protopnet: ProtoPNetConfig = field(default_factory=ProtoPNetConfig)
 
 
@@ -582,6 +658,8 @@ class TrainerConfig:
     limit_val_batches: Any = None
     fast_dev_run: bool = False
     timeout_s: int = 300
+    # Stage-1 training in channels-last memory format (faster convolutions on CUDA with bf16).
+    channels_last: bool = False
 
 
 @dataclass

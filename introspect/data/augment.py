@@ -268,6 +268,23 @@ class AugMixFloat:
         return f"AugMixFloat(severity={self.augmix.severity})"
 
 
+class AugMixTriplet:
+    """The three images of AugMix's Jensen-Shannon consistency loss from one (3, H, W) image:
+    ``(x, augmix(x), augmix(x))`` stacked into (3, 3, H, W), ``x`` being the image after
+    ``pre`` (e.g. crop + flip; None: unchanged) and the two AugMix draws independent."""
+
+    def __init__(self, augmix: Callable[[Tensor], Tensor], pre: Callable[[Tensor], Tensor] | None):
+        self.augmix = augmix
+        self.pre = pre
+
+    def __call__(self, image: Tensor) -> Tensor:
+        x = self.pre(image) if self.pre is not None else image
+        return torch.stack([x, self.augmix(x), self.augmix(x)])
+
+    def __repr__(self) -> str:
+        return f"AugMixTriplet(pre={self.pre!r}, augmix={self.augmix!r})"
+
+
 class BatchGaussianNoise:
     """:class:`GaussianNoise` of a batch, image ``i`` drawing from ``generators[i]`` (the same
     noise as the per-sample transform under that image's seed)."""
@@ -294,7 +311,7 @@ class BatchCropFlip:
         self.pad = pad
 
     def __call__(self, images: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
-        b, _, h, w = images.shape
+        _, _, h, w = images.shape
         p, s = self.pad, self.size
         draws = []
         for g in generators:
@@ -303,23 +320,33 @@ class BatchCropFlip:
             flip = torch.rand(1, generator=g) < 0.5
             draws.append(torch.cat([row, col, flip.long()]))
         row, col, flip = torch.stack(draws).unbind(1)
-        padded = F.pad(images, (p, p, p, p))
-        offsets = torch.arange(s)
-        rows = (row[:, None] + offsets)[:, :, None]
-        cols = torch.where(
-            flip.bool()[:, None], col[:, None] + s - 1 - offsets, col[:, None] + offsets
-        )
-        batch = torch.arange(b)[:, None, None]
-        return padded[batch, :, rows, cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+        return crop_flip(images, row, col, flip.bool(), size=s, pad=p)
 
     def __repr__(self) -> str:
         return f"BatchCropFlip(size={self.size}, pad={self.pad})"
 
 
+def crop_flip(
+    images: Tensor, row: Tensor, col: Tensor, flip: Tensor, *, size: int, pad: int
+) -> Tensor:
+    """Crops ``size`` x ``size`` of the zero-padded (by ``pad``) ``images`` (B, C, H, W) at
+    per-image offsets ``row``/``col`` (B,), mirrored where ``flip`` (B,) is true; on the
+    images' device."""
+    b = images.shape[0]
+    padded = F.pad(images, (pad, pad, pad, pad))
+    offsets = torch.arange(size, device=images.device)
+    rows = (row[:, None] + offsets)[:, :, None]
+    cols = torch.where(flip[:, None], col[:, None] + size - 1 - offsets, col[:, None] + offsets)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, :, rows, cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
 BatchAugmentation = Callable[[Tensor, Sequence[torch.Generator]], Tensor]
 
 
-def _standard_padding(image_size: int, padding: int) -> int:
+def standard_padding(image_size: int, padding: int = 4) -> int:
+    """The zero padding of the ``standard`` crop: ``padding``, or ``max(1, image_size // 8)``
+    below 16 px."""
     if padding < 0:
         raise DataError(f"padding={padding} must be >= 0")
     return max(1, image_size // 8) if image_size < 16 else padding
@@ -354,7 +381,7 @@ def build_augmentation(
     if name == "none":
         return None
     if name == "standard":
-        pad = _standard_padding(image_size, padding)
+        pad = standard_padding(image_size, padding)
         return T.Compose([T.RandomCrop(image_size, padding=pad, fill=0), T.RandomHorizontalFlip()])
     if name == "gaussian_noise":
         return GaussianNoise(noise_std)
@@ -376,7 +403,7 @@ def build_batch_augmentation(
     if name == "none":
         return None
     if name == "standard":
-        return BatchCropFlip(image_size, _standard_padding(image_size, padding))
+        return BatchCropFlip(image_size, standard_padding(image_size, padding))
     if name == "gaussian_noise":
         return BatchGaussianNoise(noise_std)
     return BatchAugMix(augmix_severity)

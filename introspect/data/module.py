@@ -60,12 +60,17 @@ class DataSettings:
     num_classes: int
     num_samples: int
     decode: bool = False
+    train_limit: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> DataSettings:
         """Read and check every field of ``cfg`` (attribute access); raise DataError if bad."""
-        values = {name: _field(cfg, name) for name in cls.__dataclass_fields__ if name != "decode"}
+        optional = ("decode", "train_limit")
+        values = {
+            name: _field(cfg, name) for name in cls.__dataclass_fields__ if name not in optional
+        }
         values["decode"] = bool(getattr(cfg, "decode", False))
+        values["train_limit"] = getattr(cfg, "train_limit", None)
         source = values["source"]
         if source not in SOURCES:
             raise DataError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
@@ -86,7 +91,7 @@ class DataSettings:
             raise DataError(f"data.val_from={values['val_from']!r} must be 'train' or 'test'")
         if not 0.0 < values["test_fraction"] < 1.0:
             raise DataError(f"data.test_fraction={values['test_fraction']} must be in (0, 1)")
-        positive = ["batch_size", "eval_batch_size", "image_size", "num_samples"]
+        positive = ["batch_size", "eval_batch_size", "image_size", "num_samples", "train_limit"]
         for key in positive:
             if values[key] is not None and int(values[key]) < 1:
                 raise DataError(f"data.{key}={values[key]} must be a positive integer")
@@ -161,17 +166,27 @@ def make_splits(pools: Pools, settings: DataSettings) -> dict[str, Dataset]:
             test_labels, settings.val_fraction, settings.split_seed, f"the test split of {what}"
         )
         return {
-            "train": Subset(pools.train, rest.tolist()),
+            "train": Subset(pools.train, _limit(rest, settings).tolist()),
             "val": Subset(test_pool, test_index[held].tolist()),
             "test": Subset(test_pool, test_index[kept].tolist()),
         }
     test: Dataset = Subset(pools.train, test_idx.tolist()) if pools.test is None else pools.test
     kept, held = split_indices(labels[rest], settings.val_fraction, settings.split_seed, what)
     return {
-        "train": Subset(pools.train, rest[kept].tolist()),
+        "train": Subset(pools.train, _limit(rest[kept], settings).tolist()),
         "val": Subset(pools.train, rest[held].tolist()),
         "test": test,
     }
+
+
+def _limit(train: np.ndarray, settings: DataSettings) -> np.ndarray:
+    """The training indices ``train``, or a sorted subset of ``settings.train_limit`` of them
+    drawn with ``split_seed``."""
+    limit = settings.train_limit
+    if limit is None or limit >= len(train):
+        return train
+    rng = np.random.default_rng(settings.split_seed)
+    return np.sort(rng.choice(train, size=int(limit), replace=False))
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -37,7 +37,7 @@ from introspect.runs.distributed import (
 )
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
-from introspect.runs.stage1 import build_backbone, build_data
+from introspect.runs.stage1 import build_backbone, build_data, stage1_recipe
 from introspect.runs.stage2 import build_head
 from introspect.runs.status import now, update_status, write_json_atomic
 from introspect.runs.trainer import build_trainer, resolve_device
@@ -107,7 +107,8 @@ class RunLearner:
             num_classes=self.dm.num_classes,
             optim=dict(cfg.stage1.optim),
             label_smoothing=cfg.stage1.label_smoothing,
-            adversarial=dict(cfg.stage1.adversarial),
+            adversarial=dict(cfg.stage1.adversarial) | {"enabled": stage1_recipe(cfg).adversarial},
+            jsd_weight=cfg.stage1.augmix_jsd,
         )
         labelled = pool.labelled_dataset()
         train: Dataset = labelled
@@ -264,6 +265,11 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
         raise ActiveError("active runs cannot be resumed; start it again with run.overwrite=true")
     check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    if stage1_recipe(cfg).contrastive:
+        raise ActiveError(
+            f"stage1.recipe={cfg.stage1.recipe} (SimCLR pre-training) is not available in active "
+            "learning; pick another stage1.recipe"
+        )
     dm = build_data(cfg)
     train = dm.split("train")
     schedule = check_active(cfg, len(train))  # type: ignore[arg-type]

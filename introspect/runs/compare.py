@@ -32,6 +32,7 @@ from introspect.runs.experiments import (
 )
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
+from introspect.runs.table1 import stage1_recipe_of, table1_markdown
 
 SHORT_NAMES = {
     "FF": "feed-forward",
@@ -374,7 +375,9 @@ def compare(
 ) -> dict[str, Any]:
     """Build the comparison of the runs in ``paths``; write ``comparison.md``, ``comparison.csv``,
     ``accuracy_vs_ece.png`` and ``severity_curves.png`` to ``out_dir`` (default: next to the
-    runs) and log them to W&B when ``wandb`` (default: when every run logged to W&B).
+    runs) and log them to W&B when ``wandb`` (default: when every run logged to W&B). Runs
+    trained with a Table-1 ``stage1.recipe`` also get the Table-1 layout (``runs.table1``),
+    first in ``comparison.md`` and alone in ``table1.md``.
 
     Runs whose ``status.json`` says they are not complete (running, killed or failed) are
     skipped with a message on stderr and listed under ``"skipped"``.
@@ -414,6 +417,15 @@ def compare(
     out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(runs)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(groups, tables)
+    table1 = table1_markdown(
+        [g.label for g in groups],
+        [stage1_recipe_of(g.config) for g in groups],
+        [len(g.runs) for g in groups],
+        tables,
+    )
+    if table1 is not None:  # runs of the Table-1 suite: that layout first
+        (out / "table1.md").write_text(table1)
+        text = table1 + "\n" + text
     (out / "comparison.md").write_text(text)
     write_csv(out / "comparison.csv", groups, tables)
     images = [out / "accuracy_vs_ece.png"]

@@ -30,6 +30,8 @@ _IGNORED = (
     "data.pin_memory",
     "data.root",
     "data.decode",
+    "data.on_device",
+    "trainer.channels_last",
     "stage2.cache_dir",
     "eval.cache_dir",
     "eval.batch_size",
@@ -82,13 +84,15 @@ def recipe(config: dict[str, Any]) -> str:
 
 
 def describe(config: dict[str, Any]) -> str:
-    """Row label: backbone (with its checkpoint's file name), stage-2 recipe and, with an
-    ensemble, its members."""
+    """Row label: backbone (with its checkpoint's file name), stage-1 recipe (unless
+    ``custom``), stage-2 recipe and, with an ensemble, its members."""
     b = config.get("backbone", {})
     name = str(b.get("name", "?"))
     ckpt = b.get("checkpoint")
     weights = f" [{Path(str(ckpt)).name}]" if ckpt else ""
-    label = f"{name}{weights} · {recipe(config)}"
+    stage1 = config.get("stage1", {}).get("recipe", "custom")
+    trained = f" · stage 1 {stage1}" if stage1 != "custom" else ""
+    label = f"{name}{weights}{trained} · {recipe(config)}"
     k = int(config.get("stage1", {}).get("ensemble", 1) or 1)
     members = b.get("ensemble_checkpoints") or []
     if k > 1:

@@ -33,6 +33,7 @@ def read_source(
     settings |= {"source": entry.source, "path": entry.path, "test_path": entry.test_path}
     # Its test split is all of its test images: the run's val_from=test does not carve it up.
     settings["val_from"] = "train"
+    settings["train_limit"] = None  # the run's smoke-run limit is for its own training split
     if image_size is not None:
         settings["image_size"] = image_size
     try:

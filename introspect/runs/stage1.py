@@ -3,6 +3,8 @@ feed-forward classifier, trained here (resumable) or loaded from ``backbone.chec
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +13,83 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
+from torch import Tensor
+from torchvision import transforms as T
 
 from introspect.backbones import Backbone, load_backbone
+from introspect.backbones.checkpoint import load_into_backbone, load_state_dict_file
+from introspect.backbones.denoising import add_denoising_blocks
 from introspect.backbones.protopnet import is_protopnet
 from introspect.data import ImageDataModule, build_augmentation, build_datamodule
+from introspect.data.augment import AugMixTriplet
+from introspect.data.device import DEVICE_AUGMENTATIONS, DeviceBatches, load_split
 from introspect.models.feedforward import FeedForwardClassifier
+from introspect.runs.contrastive import pretrain_contrastive
 from introspect.runs.distributed import broadcast_from_zero
 from introspect.runs.errors import PipelineError
 from introspect.runs.protopnet import protopnet_stage1
+from introspect.runs.recipes import Recipe, resolve_recipe
 from introspect.runs.status import stages_done
-from introspect.runs.trainer import build_trainer
+from introspect.runs.trainer import build_trainer, resolve_device
+
+
+def stage1_recipe(cfg: DictConfig) -> Recipe:
+    """What ``cfg.stage1.recipe`` trains with (checked against ``augment``/``adversarial``)."""
+    s = cfg.stage1
+    return resolve_recipe(s.recipe, s.augment, bool(s.adversarial.enabled))
 
 
 def build_data(cfg: DictConfig) -> ImageDataModule:
-    """The datamodule of ``cfg.data``, set up, with stage 1's training augmentation."""
+    """The datamodule of ``cfg.data``, set up, with stage 1's training augmentation (the
+    recipe's augmentations, applied in order)."""
+    recipe = stage1_recipe(cfg)  # a bad recipe fails before the data is read
+    if cfg.data.on_device:
+        _check_on_device(cfg, recipe)
     dm = build_datamodule(cfg.data)
     dm.setup()
-    dm.train_transform = build_augmentation(
-        cfg.stage1.augment,
-        image_size=dm.image_shape[-1],
-        noise_std=cfg.stage1.noise_std,
-        augmix_severity=cfg.stage1.augmix_severity,
-    )
+    steps = [
+        build_augmentation(
+            name,
+            image_size=dm.image_shape[-1],
+            noise_std=cfg.stage1.noise_std,
+            augmix_severity=cfg.stage1.augmix_severity,
+        )
+        for name in recipe.augment
+    ]
+    transforms = [t for t in steps if t is not None]
+    if cfg.stage1.augmix_jsd > 0:
+        if "augmix" not in recipe.augment or recipe.adversarial:
+            raise PipelineError(
+                f"stage1.augmix_jsd={cfg.stage1.augmix_jsd} needs AugMix without PGD training "
+                f"(stage1.recipe={cfg.stage1.recipe}); set stage1.augmix_jsd=0 or "
+                "stage1.recipe=augmix"
+            )
+        k = recipe.augment.index("augmix")
+        transforms = [AugMixTriplet(transforms[k], _compose(transforms[:k]))]
+    dm.train_transform = _compose(transforms)
     return dm
+
+
+def _compose(transforms: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor] | None:
+    if not transforms:
+        return None
+    return transforms[0] if len(transforms) == 1 else T.Compose(transforms)
+
+
+def _check_on_device(cfg: DictConfig, recipe: Recipe) -> None:
+    off = [a for a in recipe.augment if a not in DEVICE_AUGMENTATIONS]
+    if recipe.contrastive:
+        off.append("SimCLR views")
+    if off:
+        raise PipelineError(
+            f"data.on_device=true applies only {', '.join(DEVICE_AUGMENTATIONS)} on the device, "
+            f"not {', '.join(off)} (stage1.recipe={cfg.stage1.recipe}); set data.on_device=false"
+        )
+    if cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1:
+        raise PipelineError(
+            "data.on_device=true trains in one process; set trainer.devices=1 and "
+            "trainer.num_nodes=1, or data.on_device=false"
+        )
 
 
 def build_backbone(
@@ -41,6 +97,7 @@ def build_backbone(
 ) -> Backbone:
     """The stage-1 network of ``cfg.backbone``; its output count must match the data's classes."""
     b = cfg.backbone
+    denoise = stage1_recipe(cfg).denoise
     if b.num_classes is not None and b.num_classes != num_classes:
         raise PipelineError(
             f"backbone.num_classes={b.num_classes} but the data ({cfg.data.source}) has "
@@ -48,7 +105,7 @@ def build_backbone(
         )
     backbone = load_backbone(
         b.name,
-        b.checkpoint,
+        None if denoise else b.checkpoint,  # denoising blocks first, then the weights
         num_classes=num_classes,
         mean=list(b.mean) if b.mean is not None else None,
         std=list(b.std) if b.std is not None else None,
@@ -64,6 +121,20 @@ def build_backbone(
             f"backbone {b.name!r} outputs {backbone.num_classes} classes but the data has "
             f"{num_classes}; use a checkpoint trained on this data or set backbone.num_classes"
         )
+    if denoise:
+        try:
+            add_denoising_blocks(
+                backbone.net,
+                torch.zeros(1, *backbone.input_size),
+                operation=cfg.stage1.denoise.operation,
+                embed=cfg.stage1.denoise.embed,
+                stages=cfg.stage1.denoise.stages,
+            )
+        except ValueError as err:
+            raise PipelineError(f"stage1.recipe=denoising: {err}") from None
+        if b.checkpoint is not None:
+            state = load_state_dict_file(b.checkpoint, trust=b.trust_checkpoint)
+            load_into_backbone(backbone, state, source=f"checkpoint {b.checkpoint!r}")
     return backbone
 
 
@@ -133,12 +204,21 @@ def stage1(
     best weights. With ``run.resume`` training continues from the last checkpoint (weights,
     optimizer, schedule, epoch, random states), or is skipped when the run finished ``name``.
     """
+    recipe = stage1_recipe(cfg)
+    trains = cfg.backbone.checkpoint is None and not is_protopnet(backbone)
+    if trains and recipe.contrastive:  # the trunk first, then the head on top
+        pretrain_contrastive(
+            cfg, dm, backbone, run_dir, loggers, name=f"{name}-simclr", callbacks=[RandomStates()]
+        )
     model = FeedForwardClassifier(
         backbone,
         num_classes=dm.num_classes,
         optim=dict(cfg.stage1.optim),
         label_smoothing=cfg.stage1.label_smoothing,
-        adversarial=dict(cfg.stage1.adversarial),
+        adversarial=dict(cfg.stage1.adversarial) | {"enabled": recipe.adversarial},
+        freeze_trunk=recipe.contrastive and not cfg.stage1.simclr.finetune,
+        channels_last=cfg.trainer.channels_last,
+        jsd_weight=cfg.stage1.augmix_jsd,
     )
     if cfg.backbone.checkpoint is not None:
         return model
@@ -166,13 +246,34 @@ def stage1(
             max_epochs=cfg.stage1.epochs,
         )
         resume_from = str(last) if cfg.run.resume and broadcast_from_zero(last.is_file()) else None
-        trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
+        with warnings.catch_warnings():
+            # The SimCLR pre-training and ensemble members share the folder, by design.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+            if cfg.data.on_device:
+                images, labels = load_split(dm.split("train"), resolve_device(cfg))
+                batches = DeviceBatches(
+                    images,
+                    labels,
+                    batch_size=cfg.data.batch_size,
+                    augment=recipe.augment,
+                    noise_std=cfg.stage1.noise_std,
+                )
+                trainer.fit(
+                    model,
+                    train_dataloaders=batches,
+                    val_dataloaders=dm.val_dataloader(),
+                    ckpt_path=resume_from,
+                )
+                del images, labels, batches
+            else:
+                trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
         best = Path(ckpt.best_model_path) if ckpt.best_model_path else best
     if best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
     elif finished:
         raise PipelineError(f"{best} is missing; the run cannot be resumed, only overwritten")
+    backbone.requires_grad_(True)  # a frozen trunk is frozen for stage-1 training only
     return model
 
 
