@@ -304,7 +304,9 @@ def _curves(cfg, dm, dataset, monkeypatch, passes: list[tuple[int, int]]):
             assert seen == [len(images)]  # one backbone pass for features, logits, embeddings
 
     monkeypatch.setattr(active_run, "batch_outputs", counting)
-    learner = active_run.RunLearner(cfg, dm, Path(cfg.run.dir), torch.device("cpu"))
+    learner = active_run.RunLearner(
+        cfg, dm, Path(cfg.run.dir), torch.device("cpu"), dm.split("test")
+    )
     outputs = learner.outputs
 
     def scored(models, pool, **kwargs):
@@ -432,7 +434,7 @@ def test_stage1_starts_from_the_previous_round_only_when_warm(
         return original(backbone, **kwargs)
 
     monkeypatch.setattr(active_run, "FeedForwardClassifier", recording)
-    learner = active_run.RunLearner(cfg, dm, tmp_path, torch.device("cpu"))
+    learner = active_run.RunLearner(cfg, dm, tmp_path, torch.device("cpu"), dm.split("test"))
     train = dm.split("train")
     pool = LabelPool(train, initial_indices(len(train), 10, seed=0))
     first = learner.fit(pool, None, "round0")

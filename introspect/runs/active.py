@@ -72,12 +72,16 @@ class RunLearner:
     """
 
     def __init__(
-        self, cfg: DictConfig, dm: ImageDataModule, run_dir: Path, device: torch.device
+        self,
+        cfg: DictConfig,
+        dm: ImageDataModule,
+        run_dir: Path,
+        device: torch.device,
+        test: Dataset,
     ) -> None:
         self.cfg, self.dm, self.run_dir, self.device = cfg, dm, run_dir, device
         a = cfg.active
         self.mc = MCDropout(a.mc_samples, a.mc_p, seed=derive_seed(cfg.run.seed, "mc"))
-        test = dm.split("test")
         images, labels = _stack(test)
         gen = torch.Generator().manual_seed(a.noise_seed)
         noisy = (images + a.noise_std * torch.randn(images.shape, generator=gen)).clamp(0, 1)
@@ -215,6 +219,21 @@ class _TensorImages(Dataset):
         return self.images[i]
 
 
+def _subset(dataset: Dataset, size: int, *, seed: int, name: str) -> Dataset:
+    """``size`` images of ``dataset`` drawn with ``seed`` (in dataset order); all of it for 0."""
+    n = len(dataset)  # type: ignore[arg-type]
+    split = "train" if name == "pool" else name
+    if size == 0 or size == n:
+        return dataset
+    if size > n:
+        raise ActiveError(
+            f"active.{name}_size={size} but the {split} split holds {n} images; lower it "
+            "(0 = all of it)"
+        )
+    gen = torch.Generator().manual_seed(derive_seed(seed, "active", name))
+    return Subset(dataset, sorted(torch.randperm(n, generator=gen)[:size].tolist()))
+
+
 def _stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     loader = DataLoader(dataset, batch_size=512)
     images, labels = zip(*loader, strict=True)
@@ -265,7 +284,9 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm = build_data(cfg)
-    train = dm.split("train")
+    a = cfg.active
+    train = _subset(dm.split("train"), a.pool_size, seed=cfg.data.split_seed, name="pool")
+    test = _subset(dm.split("test"), a.test_size, seed=cfg.data.split_seed, name="test")
     schedule = check_active(cfg, len(train))  # type: ignore[arg-type]
     build_backbone(cfg, dm.num_classes, dm.image_shape)  # class counts checked before any work
     launch(cfg)
@@ -280,7 +301,7 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
         loggers = build_loggers(cfg, run_dir)
         if zero:
             update_status(run_dir, stage="active")
-        learner = RunLearner(cfg, dm, run_dir, device)
+        learner = RunLearner(cfg, dm, run_dir, device, test)
         initial = initial_indices(
             len(train),  # type: ignore[arg-type]
             cfg.active.initial,
