@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from introspect.runs.distributed import (
     world_size,
 )
 from introspect.runs.provenance import provenance
-from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
+from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
 from introspect.runs.stage1 import build_backbone, build_data
 from introspect.runs.stage2 import build_head
 from introspect.runs.status import now, update_status, write_json_atomic
@@ -165,6 +166,19 @@ class RunLearner:
         backbone.eval().to(self.device)
         return Models(backbone, head)
 
+    def restore(self, state: dict[str, Any]) -> Models:
+        """The models that ``state`` (from ``models_state``) holds, ready to score."""
+        backbone = self.new_backbone()
+        backbone.load_state_dict(state["backbone"])
+        head = build_head(
+            self.cfg, "introspective", backbone, int(state["in_dim"]), self.dm.num_classes
+        )
+        assert isinstance(head, IntrospectiveClassifier)
+        head.load_head_state(state["head"])
+        head.eval().to(self.device)
+        backbone.eval().to(self.device)
+        return Models(backbone, head)
+
     def _sharded(
         self, models: Models, images: Dataset, *, mc: bool, key: str
     ) -> dict[str, torch.Tensor]:
@@ -206,6 +220,48 @@ class RunLearner:
                 acc = (probs.argmax(-1) == self.test_labels).double().mean()
                 out[head][split] = {"acc": float(acc), "ece": float(ece.compute())}
         return out
+
+
+def models_state(models: Models) -> dict[str, Any]:
+    """Weights of both classifiers on the CPU (what ``RunLearner.restore`` reads)."""
+    return {
+        "backbone": {k: v.detach().cpu() for k, v in models.backbone.state_dict().items()},
+        "head": {k: v.detach().cpu() for k, v in models.head.head_state().items()},
+        "in_dim": int(models.head.feature_mean.numel()),
+    }
+
+
+class RoundStore:
+    """The ``active.loop.Progress`` of a run: one file per learning curve (and one for round 0)
+    under ``<run>/active_rounds/``, holding its finished rounds' records and the weights of the
+    last one, replaced atomically after every round and read back only on ``run.resume``
+    (``weights_only``: tensors and plain values, nothing imported). Only rank zero writes."""
+
+    def __init__(self, folder: Path, learner: RunLearner, *, resume: bool, write: bool) -> None:
+        self.folder, self.learner, self.resume, self.write = folder, learner, resume, write
+        self.restored: list[str] = []
+
+    def _path(self, key: str) -> Path:
+        return self.folder / (key.replace("/", "-") + ".pt")
+
+    def load(self, key: str) -> tuple[list[dict[str, Any]], Models] | None:
+        """The recorded rounds of ``key`` and their last models (``None`` unless resuming)."""
+        path = self._path(key)
+        if not (self.resume and path.is_file()):
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.restored.append(key)
+        return state["rounds"], self.learner.restore(state["models"])
+
+    def save(self, key: str, rounds: list[dict[str, Any]], models: Models) -> None:
+        """Record ``rounds`` of ``key`` and the models of the last one."""
+        if not self.write:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"rounds": rounds, "models": models_state(models)}, tmp)
+        os.replace(tmp, path)
 
 
 class _TensorImages(Dataset):
@@ -279,8 +335,6 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     """
 
     started = time.perf_counter()
-    if cfg.run.resume:
-        raise ActiveError("active runs cannot be resumed; start it again with run.overwrite=true")
     check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm = build_data(cfg)
@@ -298,10 +352,13 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)
     try:
-        loggers = build_loggers(cfg, run_dir)
+        loggers = build_loggers(cfg, run_dir, csv_version=log_version(cfg, run_dir))
         if zero:
             update_status(run_dir, stage="active")
         learner = RunLearner(cfg, dm, run_dir, device, test)
+        store = RoundStore(
+            run_dir / "active_rounds", learner, resume=bool(cfg.run.resume), write=zero
+        )
         initial = initial_indices(
             len(train),  # type: ignore[arg-type]
             cfg.active.initial,
@@ -331,6 +388,7 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
             list(cfg.active.sources),
             seed=cfg.run.seed,
             on_round=log_round,
+            progress=store,
         )
         results = {
             "run": {
@@ -343,6 +401,7 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
                 "pool_size": len(train),  # type: ignore[arg-type]
                 "initial": initial,
                 "backbone_images_per_process": learner.backbone_passes,
+                "restored": store.restored,
             },
             "curves": curves,
             "table": table_two(curves),
