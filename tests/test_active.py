@@ -350,6 +350,32 @@ def test_a_schedule_larger_than_the_pool_fails_before_any_work(tmp_path: Path) -
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("key", ["pool_size", "test_size"])
+def test_a_subset_larger_than_its_split_fails_before_any_work(tmp_path: Path, key: str) -> None:
+    from introspect.runs.active import ActiveError, run_active
+
+    cfg = load_config([*TINY, f"active.{key}=100000", f"run.dir={tmp_path / 'run'}"])
+    with pytest.raises(ActiveError, match=rf"active\.{key}=100000 but the (train|test) split"):
+        run_active(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pool_and_test_subsets_are_one_fixed_draw_per_split() -> None:
+    from torch.utils.data import Subset, TensorDataset
+
+    from introspect.runs.active import _subset
+
+    data = TensorDataset(torch.arange(50), torch.arange(50) % 10)
+    assert _subset(data, 0, seed=0, name="pool") is data
+    pool = _subset(data, 20, seed=0, name="pool")
+    assert isinstance(pool, Subset) and len(pool) == 20
+    assert pool.indices == sorted(set(pool.indices)) and pool.indices[-1] < 50
+    assert [int(pool[i][0]) for i in range(20)] == pool.indices
+    assert _subset(data, 20, seed=0, name="pool").indices == pool.indices  # not the run seed
+    assert _subset(data, 20, seed=1, name="pool").indices != pool.indices
+    assert _subset(data, 20, seed=0, name="test").indices != pool.indices
+
+
 def _fake_run(root: Path, seed: int, accs: dict[str, float]) -> Path:
     """An active.json with hand-written final accuracies (FF, INT) of one strategy."""
     run = root / f"seed{seed}"
