@@ -3,7 +3,8 @@
 # thread per run; each run prints its wall time), then the seeds pooled into mean ± std with
 # `evaluate.py compare` (active_comparison.md in OUT_DIR/comparison). Sequential.
 #   bash benchmarks/active_learning.sh [OUT_DIR] [EXPERIMENT] [OVERRIDE ...]
-#   (default /tmp/active-runs active_digits; e.g. OUT active_cifar10 trainer=gpu)
+#   (default /tmp/active-runs active_digits; e.g. OUT active_cifar10_cpu on 2 CPU cores, or
+#   OUT active_cifar10 trainer=gpu)
 set -euo pipefail
 out=${1:-/tmp/active-runs}
 experiment=${2:-active_digits}

@@ -304,7 +304,9 @@ def _curves(cfg, dm, dataset, monkeypatch, passes: list[tuple[int, int]]):
             assert seen == [len(images)]  # one backbone pass for features, logits, embeddings
 
     monkeypatch.setattr(active_run, "batch_outputs", counting)
-    learner = active_run.RunLearner(cfg, dm, Path(cfg.run.dir), torch.device("cpu"))
+    learner = active_run.RunLearner(
+        cfg, dm, Path(cfg.run.dir), torch.device("cpu"), dm.split("test")
+    )
     outputs = learner.outputs
 
     def scored(models, pool, **kwargs):
@@ -346,6 +348,32 @@ def test_a_schedule_larger_than_the_pool_fails_before_any_work(tmp_path: Path) -
     with pytest.raises(ActiveError, match="lower one of them"):
         run_active(cfg)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key", ["pool_size", "test_size"])
+def test_a_subset_larger_than_its_split_fails_before_any_work(tmp_path: Path, key: str) -> None:
+    from introspect.runs.active import ActiveError, run_active
+
+    cfg = load_config([*TINY, f"active.{key}=100000", f"run.dir={tmp_path / 'run'}"])
+    with pytest.raises(ActiveError, match=rf"active\.{key}=100000 but the (train|test) split"):
+        run_active(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pool_and_test_subsets_are_one_fixed_draw_per_split() -> None:
+    from torch.utils.data import Subset, TensorDataset
+
+    from introspect.runs.active import _subset
+
+    data = TensorDataset(torch.arange(50), torch.arange(50) % 10)
+    assert _subset(data, 0, seed=0, name="pool") is data
+    pool = _subset(data, 20, seed=0, name="pool")
+    assert isinstance(pool, Subset) and len(pool) == 20
+    assert pool.indices == sorted(set(pool.indices)) and pool.indices[-1] < 50
+    assert [int(pool[i][0]) for i in range(20)] == pool.indices
+    assert _subset(data, 20, seed=0, name="pool").indices == pool.indices  # not the run seed
+    assert _subset(data, 20, seed=1, name="pool").indices != pool.indices
+    assert _subset(data, 20, seed=0, name="test").indices != pool.indices
 
 
 def _fake_run(root: Path, seed: int, accs: dict[str, float]) -> Path:
@@ -408,11 +436,62 @@ def test_compare_pools_seeds_of_active_runs(tmp_path: Path, monkeypatch) -> None
     assert (
         "80.0 ± 10.0" in report["markdown"] and (tmp_path / "cmp" / "active_curves_0.png").is_file()
     )
+    # Both sources' fake curves end equal: no acquisition difference, no run with a gain.
+    same = report["groups"][0]["acquisition"]["margin"]["FF"]["clean"]
+    assert same["d_aulc"] == (0.0, 0.0) and (same["wins"], same["runs"]) == (0, 3)
+    assert "Same evaluated network" in report["markdown"]
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "results.json").write_text("{}")
     with pytest.raises(CompareError, match="separately"):
         compare([runs[0], plain], tmp_path / "cmp2", wandb=False)
+
+
+def _curve(strategy: str, source: str, final: dict[str, float], area: dict[str, float]) -> dict:
+    """A curve whose evaluated heads (by short name) end at ``final`` with areas ``area``."""
+    heads = {"FF": "feedforward", "INT": "introspective"}
+    metrics = {
+        heads[k]: {s: {"acc": v, "ece": 0.0} for s in ("clean", "noisy")} for k, v in final.items()
+    }
+    return {
+        "strategy": strategy,
+        "source": source,
+        "rounds": [{"round": 1, "labelled": 20, "acquired": [], "metrics": metrics}],
+        "area": {heads[k]: {s: {"acc": v} for s in ("clean", "noisy")} for k, v in area.items()},
+    }
+
+
+def test_acquisition_table_holds_the_evaluated_network_fixed() -> None:
+    from introspect.runs.compare_active import acquisition_table
+
+    # Per run: (FF-acquired, INT-acquired) areas of the FF head; INT head areas = FF + 0.1.
+    areas = [(0.50, 0.55), (0.60, 0.58), (0.40, 0.47)]
+    finals = [(0.70, 0.72), (0.65, 0.69), (0.80, 0.79)]
+    runs = [
+        [
+            _curve("random", "any", {"FF": 0.3, "INT": 0.3}, {"FF": 0.3, "INT": 0.3}),
+            _curve(
+                "margin", "feedforward", {"FF": ff_f, "INT": ff_f}, {"FF": ff_a, "INT": ff_a + 0.1}
+            ),
+            _curve(
+                "margin",
+                "introspective",
+                {"FF": it_f, "INT": it_f},
+                {"FF": it_a, "INT": it_a + 0.1},
+            ),
+        ]
+        for (ff_a, it_a), (ff_f, it_f) in zip(areas, finals, strict=True)
+    ]
+    table = acquisition_table(runs)
+    assert list(table) == ["margin"]  # random has one curve for both sources
+    cell = table["margin"]["FF"]["noisy"]
+    ff_a, it_a = np.array(areas).T
+    ff_f, it_f = np.array(finals).T
+    assert cell["ff_aulc"] == pytest.approx((ff_a.mean(), ff_a.std(ddof=1)))
+    assert cell["d_aulc"] == pytest.approx(((it_a - ff_a).mean(), (it_a - ff_a).std(ddof=1)))
+    assert cell["d_final"] == pytest.approx(((it_f - ff_f).mean(), (it_f - ff_f).std(ddof=1)))
+    assert (cell["wins"], cell["runs"]) == (2, 3)
+    assert table["margin"]["INT"]["clean"]["int_aulc"][0] == pytest.approx(it_a.mean() + 0.1)
 
 
 @pytest.mark.parametrize("warm", [True, False])
@@ -432,7 +511,7 @@ def test_stage1_starts_from_the_previous_round_only_when_warm(
         return original(backbone, **kwargs)
 
     monkeypatch.setattr(active_run, "FeedForwardClassifier", recording)
-    learner = active_run.RunLearner(cfg, dm, tmp_path, torch.device("cpu"))
+    learner = active_run.RunLearner(cfg, dm, tmp_path, torch.device("cpu"), dm.split("test"))
     train = dm.split("train")
     pool = LabelPool(train, initial_indices(len(train), 10, seed=0))
     first = learner.fit(pool, None, "round0")

@@ -46,6 +46,14 @@ def cifar_resnet_params(depth: int, num_classes: int = 10) -> int:
     return total + 64 * num_classes + num_classes
 
 
+def test_small_cifar_resnets_are_registered_with_their_depth() -> None:
+    for depth in (8, 14):
+        b = load_backbone(f"cifar_resnet{depth}", num_classes=10)
+        assert n_params(b) == cifar_resnet_params(depth)
+        weighted = [m for m in b.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert len(weighted) == depth and b.feature_dim == 64
+
+
 def test_cifar_resnet_parameter_counts_and_depth() -> None:
     published = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
     for depth, rounded in published.items():

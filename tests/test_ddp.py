@@ -481,7 +481,7 @@ def run(rank, world, port, out):
     state = torch.load({head_path!r}, weights_only=True)
     head = build_head(cfg, "introspective", backbone, state["feature_mean"].shape[0], 10)
     head.load_head_state(state)
-    learner = RunLearner(cfg, dm, Path({tmp!r}), torch.device("cpu"))
+    learner = RunLearner(cfg, dm, Path({tmp!r}), torch.device("cpu"), dm.split("test"))
     train = dm.split("train")
     pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
     outs = learner.outputs(Models(backbone, head.eval()), pool, mc=False, key="k")
@@ -524,7 +524,7 @@ def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single
     values = run_two_process_script(tmp_path, script)
     n = values["unlabelled"]
     assert values["passes"] == [n // 2, n - n // 2]  # each image through one backbone once
-    learner = RunLearner(cfg, dm, tmp_path, torch.device("cpu"))
+    learner = RunLearner(cfg, dm, tmp_path, torch.device("cpu"), dm.split("test"))
     train = dm.split("train")
     pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
     single = learner.outputs(Models(backbone, head), pool, mc=False, key="k")

@@ -41,6 +41,21 @@ class Learner(Protocol):
         """Accuracy and ECE of both heads on the clean and the noisy test split."""
 
 
+class Progress(Protocol):
+    """Where finished rounds are kept, so that a killed run continues from them."""
+
+    def load(self, key: str) -> tuple[list[dict[str, Any]], Any] | None:
+        """The rounds recorded under ``key`` and the models trained in the last of them, or
+        ``None`` when nothing is recorded."""
+
+    def save(self, key: str, rounds: list[dict[str, Any]], models: Any) -> None:
+        """Record ``rounds`` under ``key`` with the models trained in the last of them."""
+
+
+# The key of round 0 (shared by every curve) in a ``Progress``.
+BASE = "round0"
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How many images are labelled when: ``initial`` at round 0, then ``per_round`` in each of
@@ -119,11 +134,15 @@ def run_curves(
     *,
     seed: int,
     on_round: Callable[[str, str, dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Learning curves of every strategy × source from the labelled set of ``pool``.
 
     Returns ``[{strategy, source, rounds: [{round, labelled, acquired, metrics}], area}]``;
-    ``on_round(strategy, source, entry)`` is called after each evaluated round.
+    ``on_round(strategy, source, entry)`` is called for each round (also for rounds restored
+    from ``progress``). With ``progress``, every finished round is saved there and the rounds
+    already recorded are restored instead of run again: training, acquisition and MC-dropout
+    masks are seeded per round, so a continued run equals an uninterrupted one.
     """
     need = schedule.initial + schedule.per_round * schedule.rounds
     if need > pool.size:
@@ -131,17 +150,37 @@ def run_curves(
             f"the schedule labels {need} images but the pool holds {pool.size}; lower "
             "active.initial, active.per_round or active.rounds"
         )
-    base = learner.fit(pool, None, "round0")
-    base_metrics = learner.evaluate(base)
-    start = {"round": 0, "labelled": len(pool.labelled), "acquired": [], "metrics": base_metrics}
+    saved = progress.load(BASE) if progress is not None else None
+    if saved is not None:
+        (start,), base = saved
+    else:
+        base = learner.fit(pool, None, BASE)
+        base_metrics = learner.evaluate(base)
+        start = {
+            "round": 0,
+            "labelled": len(pool.labelled),
+            "acquired": [],
+            "metrics": base_metrics,
+        }
+        if progress is not None:
+            progress.save(BASE, [start], base)
     curves: list[dict[str, Any]] = []
     for strategy, source in curve_keys(strategies, sources):
+        key = f"{strategy}/{source}"
         mine, models = pool.copy(), base
         rounds = [start]
+        saved = progress.load(key) if progress is not None else None
+        if saved is not None:
+            rounds, models = saved
+            if len(rounds) > schedule.rounds + 1 or rounds[0] != start:
+                raise ValueError(f"the recorded rounds of {key} do not fit this schedule")
+            for entry in rounds[1:]:
+                mine.label(entry["acquired"])
         if on_round is not None:
-            on_round(strategy, source, start)
-        for r in range(1, schedule.rounds + 1):
-            tag = f"{strategy}/{source}/round{r}"
+            for entry in rounds:
+                on_round(strategy, source, entry)
+        for r in range(len(rounds), schedule.rounds + 1):
+            tag = f"{key}/round{r}"
             outs = learner.outputs(models, mine, mc=strategy == "bald", key=tag)
             positions = select(
                 strategy, source, outs, schedule.per_round, seed=derive_seed(seed, tag)
@@ -156,6 +195,8 @@ def run_curves(
                 "metrics": learner.evaluate(models),
             }
             rounds.append(entry)
+            if progress is not None:
+                progress.save(key, rounds, models)
             if on_round is not None:
                 on_round(strategy, source, entry)
         curves.append(

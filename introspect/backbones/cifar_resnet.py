@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
+CIFAR_RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
 
 class SubsampleShortcut(nn.Module):

@@ -192,6 +192,8 @@ RANGES: dict[str, Range] = {
     "active.noise_std": _NON_NEGATIVE,
     "active.noise_seed": _SEED,
     "active.batch_size": _POSITIVE,
+    "active.pool_size": _NON_NEGATIVE,
+    "active.test_size": _NON_NEGATIVE,
 }
 
 
@@ -691,6 +693,9 @@ class ActiveConfig:
     - ``noise_std``/``noise_seed``: the Gaussian-noise test split (i.i.d. N(0, σ²) per pixel,
       clipped to [0, 1]) evaluated beside the clean one.
     - ``batch_size``: images per batch when scoring the pool and evaluating.
+    - ``pool_size``/``test_size``: when above 0, the pool is that many images of the train split
+      and the test splits that many of the test split, drawn once with ``data.split_seed``
+      (the same subsets for every run seed); 0 keeps the whole split.
     """
 
     enabled: bool = False
@@ -707,6 +712,8 @@ class ActiveConfig:
     noise_std: float = 0.1
     noise_seed: int = 0
     batch_size: int = 256
+    pool_size: int = 0
+    test_size: int = 0
 
 
 @dataclass

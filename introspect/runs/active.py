@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from introspect.runs.distributed import (
     world_size,
 )
 from introspect.runs.provenance import provenance
-from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
+from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
 from introspect.runs.stage1 import build_backbone, build_data, stage1_recipe
 from introspect.runs.stage2 import build_head
 from introspect.runs.status import now, update_status, write_json_atomic
@@ -72,12 +73,16 @@ class RunLearner:
     """
 
     def __init__(
-        self, cfg: DictConfig, dm: ImageDataModule, run_dir: Path, device: torch.device
+        self,
+        cfg: DictConfig,
+        dm: ImageDataModule,
+        run_dir: Path,
+        device: torch.device,
+        test: Dataset,
     ) -> None:
         self.cfg, self.dm, self.run_dir, self.device = cfg, dm, run_dir, device
         a = cfg.active
         self.mc = MCDropout(a.mc_samples, a.mc_p, seed=derive_seed(cfg.run.seed, "mc"))
-        test = dm.split("test")
         images, labels = _stack(test)
         gen = torch.Generator().manual_seed(a.noise_seed)
         noisy = (images + a.noise_std * torch.randn(images.shape, generator=gen)).clamp(0, 1)
@@ -162,6 +167,19 @@ class RunLearner:
         backbone.eval().to(self.device)
         return Models(backbone, head)
 
+    def restore(self, state: dict[str, Any]) -> Models:
+        """The models that ``state`` (from ``models_state``) holds, ready to score."""
+        backbone = self.new_backbone()
+        backbone.load_state_dict(state["backbone"])
+        head = build_head(
+            self.cfg, "introspective", backbone, int(state["in_dim"]), self.dm.num_classes
+        )
+        assert isinstance(head, IntrospectiveClassifier)
+        head.load_head_state(state["head"])
+        head.eval().to(self.device)
+        backbone.eval().to(self.device)
+        return Models(backbone, head)
+
     def _sharded(
         self, models: Models, images: Dataset, *, mc: bool, key: str
     ) -> dict[str, torch.Tensor]:
@@ -205,6 +223,48 @@ class RunLearner:
         return out
 
 
+def models_state(models: Models) -> dict[str, Any]:
+    """Weights of both classifiers on the CPU (what ``RunLearner.restore`` reads)."""
+    return {
+        "backbone": {k: v.detach().cpu() for k, v in models.backbone.state_dict().items()},
+        "head": {k: v.detach().cpu() for k, v in models.head.head_state().items()},
+        "in_dim": int(models.head.feature_mean.numel()),
+    }
+
+
+class RoundStore:
+    """The ``active.loop.Progress`` of a run: one file per learning curve (and one for round 0)
+    under ``<run>/active_rounds/``, holding its finished rounds' records and the weights of the
+    last one, replaced atomically after every round and read back only on ``run.resume``
+    (``weights_only``: tensors and plain values, nothing imported). Only rank zero writes."""
+
+    def __init__(self, folder: Path, learner: RunLearner, *, resume: bool, write: bool) -> None:
+        self.folder, self.learner, self.resume, self.write = folder, learner, resume, write
+        self.restored: list[str] = []
+
+    def _path(self, key: str) -> Path:
+        return self.folder / (key.replace("/", "-") + ".pt")
+
+    def load(self, key: str) -> tuple[list[dict[str, Any]], Models] | None:
+        """The recorded rounds of ``key`` and their last models (``None`` unless resuming)."""
+        path = self._path(key)
+        if not (self.resume and path.is_file()):
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.restored.append(key)
+        return state["rounds"], self.learner.restore(state["models"])
+
+    def save(self, key: str, rounds: list[dict[str, Any]], models: Models) -> None:
+        """Record ``rounds`` of ``key`` and the models of the last one."""
+        if not self.write:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"rounds": rounds, "models": models_state(models)}, tmp)
+        os.replace(tmp, path)
+
+
 class _TensorImages(Dataset):
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images
@@ -214,6 +274,21 @@ class _TensorImages(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.images[i]
+
+
+def _subset(dataset: Dataset, size: int, *, seed: int, name: str) -> Dataset:
+    """``size`` images of ``dataset`` drawn with ``seed`` (in dataset order); all of it for 0."""
+    n = len(dataset)  # type: ignore[arg-type]
+    split = "train" if name == "pool" else name
+    if size == 0 or size == n:
+        return dataset
+    if size > n:
+        raise ActiveError(
+            f"active.{name}_size={size} but the {split} split holds {n} images; lower it "
+            "(0 = all of it)"
+        )
+    gen = torch.Generator().manual_seed(derive_seed(seed, "active", name))
+    return Subset(dataset, sorted(torch.randperm(n, generator=gen)[:size].tolist()))
 
 
 def _stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,8 +336,6 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     """
 
     started = time.perf_counter()
-    if cfg.run.resume:
-        raise ActiveError("active runs cannot be resumed; start it again with run.overwrite=true")
     check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     if stage1_recipe(cfg).contrastive:
@@ -271,7 +344,9 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
             "learning; pick another stage1.recipe"
         )
     dm = build_data(cfg)
-    train = dm.split("train")
+    a = cfg.active
+    train = _subset(dm.split("train"), a.pool_size, seed=cfg.data.split_seed, name="pool")
+    test = _subset(dm.split("test"), a.test_size, seed=cfg.data.split_seed, name="test")
     schedule = check_active(cfg, len(train))  # type: ignore[arg-type]
     build_backbone(cfg, dm.num_classes, dm.image_shape)  # class counts checked before any work
     launch(cfg)
@@ -283,10 +358,13 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)
     try:
-        loggers = build_loggers(cfg, run_dir)
+        loggers = build_loggers(cfg, run_dir, csv_version=log_version(cfg, run_dir))
         if zero:
             update_status(run_dir, stage="active")
-        learner = RunLearner(cfg, dm, run_dir, device)
+        learner = RunLearner(cfg, dm, run_dir, device, test)
+        store = RoundStore(
+            run_dir / "active_rounds", learner, resume=bool(cfg.run.resume), write=zero
+        )
         initial = initial_indices(
             len(train),  # type: ignore[arg-type]
             cfg.active.initial,
@@ -316,6 +394,7 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
             list(cfg.active.sources),
             seed=cfg.run.seed,
             on_round=log_round,
+            progress=store,
         )
         results = {
             "run": {
@@ -328,6 +407,7 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
                 "pool_size": len(train),  # type: ignore[arg-type]
                 "initial": initial,
                 "backbone_images_per_process": learner.backbone_passes,
+                "restored": store.restored,
             },
             "curves": curves,
             "table": table_two(curves),

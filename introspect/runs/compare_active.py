@@ -1,5 +1,6 @@
 """``evaluate.py compare`` for active-learning runs: seeds of one experiment pooled into
-mean ± std of the Table-2 cells, paired introspective-minus-feed-forward differences, and the
+mean ± std of the Table-2 cells, paired introspective-minus-feed-forward differences, the same
+differences with the evaluated network held fixed (which isolates the acquisition), and the
 learning curves with ± std bands."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from introspect.runs.active_report import CELL, SPLITS, curve_plot, table_markdown
+from introspect.runs.active_report import CELL, ROWS, SPLITS, curve_plot, table_markdown
 from introspect.runs.experiments import CompareError, describe, experiment_key, mean_std
 from introspect.runs.status import write_json_atomic
 
@@ -55,6 +56,83 @@ def pooled_table(tables: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
     return out
 
 
+def _acquired_by(curves: Sequence[dict[str, Any]], strategy: str, source: str) -> dict | None:
+    for c in curves:
+        if c["strategy"] == strategy and c["source"] == source:
+            return c
+    return None
+
+
+def acquisition_table(
+    curves_per_run: Sequence[Sequence[dict[str, Any]]],
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """``{strategy: {FF|INT (evaluated): {split: cells}}}`` for every strategy with both an
+    FF- and an INT-acquired curve in every run: the evaluated network's final accuracy and AULC
+    on the images each source acquired, as ``(mean, std)`` over runs, the paired per-run
+    differences (INT-acquired − FF-acquired) and ``wins``, the runs whose AULC difference is
+    above 0."""
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    strategies = dict.fromkeys(c["strategy"] for c in curves_per_run[0])
+    for strategy in strategies:
+        pairs = [
+            (
+                _acquired_by(curves, strategy, "feedforward"),
+                _acquired_by(curves, strategy, "introspective"),
+            )
+            for curves in curves_per_run
+        ]
+        if any(ff is None or it is None for ff, it in pairs):
+            continue
+        out[strategy] = {}
+        for short, head in ROWS:
+            out[strategy][short] = {}
+            for split in SPLITS:
+                final = [
+                    [c["rounds"][-1]["metrics"][head][split]["acc"] for c in pair]  # type: ignore[index]
+                    for pair in pairs
+                ]
+                area = [[c["area"][head][split]["acc"] for c in pair] for pair in pairs]  # type: ignore[index]
+                d_area = [it - ff for ff, it in area]
+                out[strategy][short][split] = {
+                    "ff_final": mean_std([ff for ff, _ in final]),
+                    "int_final": mean_std([it for _, it in final]),
+                    "d_final": mean_std([it - ff for ff, it in final]),
+                    "ff_aulc": mean_std([ff for ff, _ in area]),
+                    "int_aulc": mean_std([it for _, it in area]),
+                    "d_aulc": mean_std(d_area),
+                    "wins": sum(d > 0 for d in d_area),
+                    "runs": len(d_area),
+                }
+    return out
+
+
+def acquisition_markdown(table: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> str:
+    """``acquisition_table`` as Markdown (percentages)."""
+    cols = ["ff_final", "int_final", "d_final", "ff_aulc", "int_aulc", "d_aulc"]
+    head = [
+        "strategy",
+        "evaluated",
+        "split",
+        "FF-acquired final",
+        "INT-acquired final",
+        "Δ final",
+        "FF-acquired AULC",
+        "INT-acquired AULC",
+        "Δ AULC",
+        "runs Δ AULC > 0",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for strategy, heads in table.items():
+        for short, splits in heads.items():
+            for split, c in splits.items():
+                cells = [f"{100 * c[k][0]:.1f} ± {100 * c[k][1]:.1f}" for k in cols]
+                wins = f"{c['wins']}/{c['runs']}"
+                lines.append(
+                    f"| {strategy} | {short} | {split} | " + " | ".join(cells) + f" | {wins} |"
+                )
+    return "\n".join(lines)
+
+
 def compare_active(
     paths: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
@@ -82,15 +160,27 @@ def compare_active(
                 f"runs {[str(p) for p, _ in members]} repeat seeds {seeds}; give each seed once"
             )
         table = pooled_table([r["table"] for _, r in members])
+        acquisition = acquisition_table([r["curves"] for _, r in members])
         label = f"active · {describe(members[0][1]['run']['config'])}"
         seconds = [float(r["run"].get("seconds", float("nan"))) for _, r in members]
         note = (
             f"{len(members)} seeds ({', '.join(map(str, seeds))}); mean ± std (sample std) in %; "
             f"wall time per run {mean_std(seconds)[0]:.0f} ± {mean_std(seconds)[1]:.0f} s."
         )
-        sections.append(f"## {label}\n\n" + table_markdown(table, note=note))
+        same_head = (
+            "Same evaluated network, FF- against INT-acquired images (Δ = INT − FF, paired per "
+            "seed):\n\n" + acquisition_markdown(acquisition)
+        )
+        sections.append(f"## {label}\n\n" + table_markdown(table, note=note) + "\n\n" + same_head)
         curve_plot([r["curves"] for _, r in members], out / f"active_curves_{k}.png")
-        summary.append({"label": label, "runs": [str(p) for p, _ in members], "table": table})
+        summary.append(
+            {
+                "label": label,
+                "runs": [str(p) for p, _ in members],
+                "table": table,
+                "acquisition": acquisition,
+            }
+        )
     text = "\n\n".join(sections) + "\n"
     (out / "active_comparison.md").write_text(text)
     write_json_atomic(out / "active_comparison.json", summary)

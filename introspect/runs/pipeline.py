@@ -28,7 +28,7 @@ from introspect.runs.distributed import (
 from introspect.runs.errors import PipelineError
 from introspect.runs.quality import run_quality
 from introspect.runs.report import evaluate_and_report
-from introspect.runs.rundir import build_loggers, check_run_dir, prepare_run_dir
+from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
 from introspect.runs.splits import evaluation_splits
 from introspect.runs.stage1 import build_backbone, build_data, stage1, stage1_checkpoint
 from introspect.runs.stage2 import check_head_size, load_heads, stage2
@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = prepare_run_dir(cfg)
     zero = is_global_zero()
     try:
-        loggers = build_loggers(cfg, run_dir, csv_version=_log_version(cfg, run_dir))
+        loggers = build_loggers(cfg, run_dir, csv_version=log_version(cfg, run_dir))
         if zero:
             update_status(run_dir, stage="stage1")
         stage1(cfg, dm, backbone, run_dir, loggers)
@@ -113,17 +113,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             seconds=results["run"].get("seconds"),
         )
     return results
-
-
-def _log_version(cfg: DictConfig, run_dir: Path) -> str:
-    """The CSV log folder of this process's part of the run: ``""`` for a fresh run,
-    ``resume-K`` for its K-th resumption (earlier logs are kept)."""
-    if not cfg.run.resume:
-        return ""
-    k = 1
-    while (run_dir / "logs" / f"resume-{k}").exists():
-        k += 1
-    return f"resume-{k}"
 
 
 def _describe_error(err: BaseException) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "evaluation_dir",
     "evaluation_tag",
     "holds_run",
+    "log_version",
     "prepare_run_dir",
     "write_json_atomic",
 ]
@@ -217,6 +218,17 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
         )
     barrier()
     return run_dir
+
+
+def log_version(cfg: DictConfig, run_dir: Path) -> str:
+    """The CSV log folder of this process's part of the run: ``""`` for a fresh run,
+    ``resume-K`` for its K-th resumption (earlier logs are kept)."""
+    if not cfg.run.resume:
+        return ""
+    k = 1
+    while (run_dir / "logs" / f"resume-{k}").exists():
+        k += 1
+    return f"resume-{k}"
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, *, csv_version: str = "") -> list[Logger]:
