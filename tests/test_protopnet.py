@@ -219,7 +219,9 @@ def test_bad_trunk_or_size_is_a_one_line_error() -> None:
     with pytest.raises(BackboneError, match="prototypes_per_class must be a positive"):
         load_backbone("protopnet", kwargs={"prototypes_per_class": 0})
     for trunk in ("cifar_resnet20", "resnet18"):
-        net = ProtoPNet(num_classes=4, trunk=trunk, prototypes_per_class=1, prototype_dim=8)
+        kwargs = {"trunk": trunk, "prototypes_per_class": 1, "prototype_dim": 8}
+        net = load_backbone("protopnet", num_classes=4, kwargs=kwargs).net
+        assert isinstance(net, ProtoPNet)
         assert net.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 4)
 
 

@@ -9,9 +9,6 @@ similarities. That layer is the backbone's head, so introspection applies unchan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +16,7 @@ from torchvision.models import ResNet
 
 from introspect.backbones.cifar_resnet import CifarResNet
 from introspect.backbones.small_cnn import SmallCNN
-from introspect.backbones.wrapper import BackboneError
+from introspect.backbones.wrapper import Backbone, BackboneError
 
 
 class _CifarResNetTrunk(nn.Module):
@@ -65,11 +62,11 @@ def similarity(distances: torch.Tensor, epsilon: float) -> torch.Tensor:
 
 
 class ProtoPNet(nn.Module):
-    """ProtoPNet over the trunk of registry backbone ``trunk``.
+    """ProtoPNet over the convolutional part of ``base``, a registry backbone (the registry's
+    ``protopnet`` factory builds it by name from ``trunk``).
 
     ``prototypes_per_class`` prototypes of ``prototype_dim`` channels per class; the add-on
-    is 1x1 conv -> ReLU -> 1x1 conv -> sigmoid. ``trunk_kwargs`` (and ``cifar_stem`` for
-    torchvision ResNets) go to the trunk's factory. ``input_mean``/``input_std`` are the
+    is 1x1 conv -> ReLU -> 1x1 conv -> sigmoid. ``input_mean``/``input_std`` are the
     trunk's normalization, used by ``load_backbone`` as this network's default. Buffers
     ``push_image`` (index into the un-augmented train split, ``-1`` before a push),
     ``push_location`` (row, column in the feature map) and ``push_box`` (``y0, y1, x0, x1``,
@@ -83,18 +80,14 @@ class ProtoPNet(nn.Module):
 
     def __init__(
         self,
+        base: Backbone,
         num_classes: int = 10,
-        trunk: str = "small_cnn",
         prototypes_per_class: int = 10,
         prototype_dim: int = 128,
         epsilon: float = 1e-4,
         incorrect_strength: float = -0.5,
-        cifar_stem: bool = False,
-        trunk_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        from introspect.backbones.registry import load_backbone
-
         for name, value in (
             ("num_classes", num_classes),
             ("prototypes_per_class", prototypes_per_class),
@@ -104,12 +97,7 @@ class ProtoPNet(nn.Module):
                 raise BackboneError(f"protopnet: {name} must be a positive integer, got {value!r}")
         if not epsilon > 0:
             raise BackboneError(f"protopnet: epsilon must be positive, got {epsilon!r}")
-        if trunk == "protopnet" or ":" in trunk:
-            raise BackboneError(f"protopnet: trunk must be a registry CNN, got {trunk!r}")
-        base = load_backbone(
-            trunk, num_classes=num_classes, cifar_stem=cifar_stem, kwargs=dict(trunk_kwargs or {})
-        )
-        self.trunk_name = trunk
+        self.trunk_name = base.name
         self.input_mean = tuple(base.normalize.mean.tolist())
         self.input_std = tuple(base.normalize.std.tolist())
         self.input_size = base.input_size

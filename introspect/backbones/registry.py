@@ -237,6 +237,23 @@ def _unknown_name_message(name: str) -> str:
     )
 
 
+def protopnet(
+    num_classes: int = 10,
+    trunk: str = "small_cnn",
+    cifar_stem: bool = False,
+    trunk_kwargs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> ProtoPNet:
+    """ProtoPNet (``options``: see ``ProtoPNet``) over registry backbone ``trunk``, built with
+    ``trunk_kwargs`` (and ``cifar_stem`` for torchvision ResNets)."""
+    if trunk == "protopnet" or ":" in trunk:
+        raise BackboneError(f"protopnet: trunk must be a registry CNN, got {trunk!r}")
+    base = load_backbone(
+        trunk, num_classes=num_classes, cifar_stem=cifar_stem, kwargs=dict(trunk_kwargs or {})
+    )
+    return ProtoPNet(base, num_classes=num_classes, **options)
+
+
 def _register_builtins() -> None:
     cifar_mean, cifar_std = IMAGENET_MEAN, IMAGENET_STD  # what the released checkpoints used
     for depth in CIFAR_RESNET_DEPTHS:
@@ -251,7 +268,7 @@ def _register_builtins() -> None:
     register_backbone("small_cnn", mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(3, 8, 8))(SmallCNN)
     register_backbone(  # normalization and input size follow the trunk (see ProtoPNet)
         "protopnet", mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(3, 32, 32), head="last_layer"
-    )(ProtoPNet)
+    )(protopnet)
 
 
 _register_builtins()
