@@ -7,10 +7,11 @@ images of ``experiment=cifar10_resnet20`` under its AugMix recipe, clean + 2 pas
 validation rows):
 
 * before: each head through its own ``Trainer.fit`` on a per-item
-  ``DataLoader(TensorDataset(features, labels), shuffle=True)`` of the materialized features
-  (what ``runs.stage2`` did before issue 12);
+  ``DataLoader(TensorDataset(features, labels), shuffle=True)`` of the materialized features,
+  with torch's per-tensor optimizer update (what ``runs.stage2`` did before issue 12);
 * separate: each head through its own ``Trainer.fit`` on ``IndexedBatches`` (index slicing;
-  the introspective head on gradient factors);
+  the introspective head on gradient factors), with the fused optimizer update (what
+  ``runs.stage2`` does for a head trained alone);
 * together: both heads in one ``Trainer.fit`` of a ``HeadPair`` over ``ZippedBatches`` of the
   same ``IndexedBatches`` (what ``runs.stage2`` does now; each head ends with the weights
   training it alone gives, which the tests check).
@@ -31,6 +32,7 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 
 import lightning as L
 import torch
@@ -41,8 +43,9 @@ from introspect.data.batches import IndexedBatches, ZippedBatches
 from introspect.data.seeding import RngStream
 from introspect.gradients import GradientFactors
 from introspect.gradients.normalize import normalize_features
+from introspect.models.optim import build_optimizer
 from introspect.models.pair import HeadPair
-from introspect.models.stage2 import IntrospectiveClassifier, ProbeClassifier
+from introspect.models.stage2 import IntrospectiveClassifier, ProbeClassifier, StageTwoClassifier
 
 
 class Backbone(nn.Module):
@@ -68,6 +71,11 @@ def _rows(rows: int, n: int, d: int, seed: int) -> tuple[GradientFactors, torch.
         (n * probs - 1)[:, None, :], torch.rand(rows, d, generator=g), normalize="l2"
     )
     return factors, torch.randint(0, n, (rows,), generator=g)
+
+
+def per_tensor_optimizer(head: StageTwoClassifier) -> object:
+    """The head's optimizer as built before issue 12 (torch's per-tensor update)."""
+    return build_optimizer(head.head.parameters(), head.optim, head.trainer)
 
 
 def main(argv: list[str]) -> int:
@@ -110,6 +118,9 @@ def main(argv: list[str]) -> int:
 
     def run(variant: str) -> float:
         heads = build()
+        if variant == "before":
+            for head, _ in heads:  # the per-tensor optimizer update of the code before
+                head.configure_optimizers = partial(per_tensor_optimizer, head)
         start = time.perf_counter()
         if variant == "together":
             loaders = {

@@ -21,12 +21,12 @@ class HeadPair(L.LightningModule):
 
     A batch is one ``(features, labels)`` per head (e.g. from ``data.batches.ZippedBatches``).
     Each head has its own optimizer and schedule (a step of one never touches the other's
-    weights or moments; torch's fused update, equal to the per-tensor one up to rounding) and
-    its own random stream (``streams[i]``, entered around its forward pass: the dropout masks it
-    would draw alone); one backward pass serves all heads (their parameters are disjoint, so
-    each gradient is that of its own loss). What is logged has the names and values of
-    ``StageTwoClassifier``'s own steps: the training loss on the steps the trainer writes and on
-    the last of each epoch, training accuracy per epoch, validation loss and accuracy.
+    weights or moments) and its own random stream (``streams[i]``, entered around its forward
+    pass: the dropout masks it would draw alone); one backward pass serves all heads (their
+    parameters are disjoint, so each gradient is that of its own loss). What is logged has the
+    names and values of ``StageTwoClassifier``'s own steps: the training loss on the steps the
+    trainer writes and on the last of each epoch, training accuracy per epoch, validation loss
+    and accuracy.
     """
 
     def __init__(
