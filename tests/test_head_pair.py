@@ -39,20 +39,23 @@ def _data(rows: int, seed: int) -> tuple[GradientFactors, torch.Tensor, torch.Te
     return factors, h / h.norm(dim=1, keepdim=True), torch.randint(0, N, (rows,), generator=g)
 
 
-def _heads(seed: int, normalize: str, optim: dict) -> list:
-    """Both heads as ``runs.stage2`` builds them, each with the random stream it starts from."""
-    out = []
+def _head(kind: str, seed: int, normalize: str, optim: dict):
+    """Head ``kind`` as ``runs.stage2`` builds it: right after ``seed_everything(seed)``."""
+    L.seed_everything(seed, verbose=False)
     common = {"num_classes": N, "hidden": (12, 8), "dropout": 0.3, "optim": optim}
-    for kind in ("introspective", "control"):
-        L.seed_everything(seed, verbose=False)
-        if kind == "introspective":
-            head = IntrospectiveClassifier(
-                Backbone(), feature_options={"normalize": normalize}, in_dim=N * D, **common
-            )
-        else:
-            head = ProbeClassifier(Backbone(), in_dim=D, normalize=normalize, **common)
-        out.append((head, RngStream(seed)))
-    return out
+    if kind == "introspective":
+        return IntrospectiveClassifier(
+            Backbone(), feature_options={"normalize": normalize}, in_dim=N * D, **common
+        )
+    return ProbeClassifier(Backbone(), in_dim=D, normalize=normalize, **common)
+
+
+def _heads(seed: int, normalize: str, optim: dict) -> list:
+    """Both heads, each with the random stream it starts from (taken right after building)."""
+    return [
+        (_head(kind, seed, normalize, optim), RngStream(seed))
+        for kind in ("introspective", "control")
+    ]
 
 
 class Written(Logger):
@@ -107,12 +110,13 @@ def test_heads_trained_together_equal_heads_trained_alone(normalize, optim, clip
             IndexedBatches(val_x, val_labels, batch_size=16),
         )
 
+    # The reference: each head built and trained on its own, one after the other.
     alone, logged, written_alone = [], {}, Written()
-    for head, stream in _heads(seed, normalize, optim):
+    for kind in ("introspective", "control"):
+        head = _head(kind, seed, normalize, optim)
         train, val = loaders(head)
         trainer = _trainer(epochs, clip, written_alone)
-        with stream:
-            trainer.fit(head, train_dataloaders=train, val_dataloaders=val)
+        trainer.fit(head, train_dataloaders=train, val_dataloaders=val)
         alone.append(head)
         logged.update(trainer.callback_metrics)
 
