@@ -45,6 +45,8 @@ class HeadPair(L.LightningModule):
         self.streams = list(streams)
         self.gradient_clip_val = gradient_clip_val
         self.automatic_optimization = False
+        # Each head's (predicted class, label) batches of the running epoch.
+        self._predicted: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in heads]
 
     def _heads(self) -> list[StageTwoClassifier]:
         return list(self.heads)  # type: ignore[arg-type]
@@ -54,11 +56,13 @@ class HeadPair(L.LightningModule):
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         total = None
         losses = {}
-        for head, stream, (feats, labels) in zip(self._heads(), self.streams, batch, strict=True):
+        for head, stream, (feats, labels), predicted in zip(
+            self._heads(), self.streams, batch, self._predicted, strict=True
+        ):
             with stream:
                 logits = head.classify(feats)
             loss = F.cross_entropy(logits, labels)
-            head.train_metrics.update(logits.detach(), labels)
+            predicted.append((logits.detach().argmax(1), labels))
             losses[f"{head.kind}/train/loss"] = loss.detach()
             total = loss if total is None else total + loss
         for opt in optimizers:
@@ -80,7 +84,12 @@ class HeadPair(L.LightningModule):
             self.log_dict(losses, batch_size=len(batch[0][1]))
 
     def on_train_epoch_end(self) -> None:
-        for head in self._heads():
+        # The training accuracy is a count: its metric is updated once with the epoch's labels.
+        for head, predicted in zip(self._heads(), self._predicted, strict=True):
+            if predicted:
+                classes, labels = (torch.cat([pair[i] for pair in predicted]) for i in (0, 1))
+                head.train_metrics.update(classes, labels)
+                predicted.clear()
             self.log_dict(head.train_metrics.compute())
             head.train_metrics.reset()
 
