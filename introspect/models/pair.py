@@ -21,12 +21,13 @@ class HeadPair(L.LightningModule):
 
     A batch is one ``(features, labels)`` per head (e.g. from ``data.batches.ZippedBatches``).
     Each head has its own optimizer and schedule (a step of one never touches the other's
-    weights or moments) and its own random stream (``streams[i]``, entered around its forward
-    pass: the dropout masks it would draw alone); one backward pass serves all heads (their
-    parameters are disjoint, so each gradient is that of its own loss). What is logged has the
-    names and values of ``StageTwoClassifier``'s own steps: the training loss on the steps the
-    trainer writes and on the last of each epoch, training accuracy per epoch, validation loss
-    and accuracy.
+    weights or moments; without gradient clipping, one optimizer over all heads' parameters
+    does the same in one call) and its own random stream (``streams[i]``, entered around its
+    forward pass: the dropout masks it would draw alone); one backward pass serves all heads
+    (their parameters are disjoint, so each gradient is that of its own loss). What is logged
+    has the names and values of ``StageTwoClassifier``'s own steps: the training loss on the
+    steps the trainer writes and on the last of each epoch, training accuracy per epoch,
+    validation loss and accuracy.
     """
 
     def __init__(
@@ -112,8 +113,15 @@ class HeadPair(L.LightningModule):
             )
 
     def configure_optimizers(self) -> Any:
+        heads = self._heads()
+        if not self.gradient_clip_val and all(h.optim == heads[0].optim for h in heads):
+            # One optimizer over every head's parameters: the update of each parameter (and the
+            # schedule) depends only on its own gradient and state, so this is each head's own
+            # optimizer, stepped in one call. Clipping by norm couples parameters: then one each.
+            params = [p for h in heads for p in h.head.parameters()]
+            return build_optimizer(params, heads[0].optim, self.trainer, fused=True)
         configs = []
-        for head in self._heads():
+        for head in heads:
             built = build_optimizer(head.head.parameters(), head.optim, self.trainer, fused=True)
             configs.append(built if isinstance(built, dict) else {"optimizer": built})
         return configs
