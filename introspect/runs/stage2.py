@@ -395,9 +395,8 @@ def _fit_heads(
     pair = HeadPair(
         [item.head for item in todo], streams, gradient_clip_val=cfg.trainer.gradient_clip_val
     )
-    val = None
-    if todo[0].val is not None:
-        val = ZippedBatches([item.val for item in todo], streams)  # type: ignore[misc]
+    vals = [item.val for item in todo if item.val is not None]
+    val = ZippedBatches(vals, streams) if vals else None
     # The pair clips each head's gradients itself (manual optimization).
     trainer = build_trainer(cfg, run_dir, gradient_clip_val=None, **settings)
     trainer.fit(
