@@ -1,18 +1,25 @@
-"""Stage-2 head epochs: per-item ``TensorDataset`` loader (before) against index-sliced batches
-(``IndexedBatches``, after), side by side in one process through Lightning's ``Trainer.fit``.
+"""Stage-2 head epochs before and after issue 12, side by side in one process.
 
-Both heads of a run (introspective and control) train for ``--epochs`` epochs on the same
-seeded synthetic rows with the shapes of CIFAR ResNet-20 (N = 10 classes, D = 64 head inputs,
-F = 640 features; the default 5,170 rows are the size of the CIFAR experiments' training set):
+Both heads of a run (introspective and control) train for ``--epochs`` epochs, with a
+validation pass per epoch, on seeded synthetic rows with the shapes of CIFAR ResNet-20 (N = 10
+classes, D = 64 head inputs, F = 640 features; the default 15,510 rows are the 5,170 training
+images of ``experiment=cifar10_resnet20`` under its AugMix recipe, clean + 2 passes; 509
+validation rows):
 
-* before: ``DataLoader(TensorDataset(features, labels), shuffle=True)`` on the materialized
-  features (what ``runs.stage2`` did);
-* after: ``IndexedBatches`` on the gradient factors (what it does now);
-* loader only: ``IndexedBatches`` on the materialized features.
+* before: each head through its own ``Trainer.fit`` on a per-item
+  ``DataLoader(TensorDataset(features, labels), shuffle=True)`` of the materialized features,
+  with torch's per-tensor optimizer update (what ``runs.stage2`` did before issue 12);
+* separate: each head through its own ``Trainer.fit`` on ``IndexedBatches`` (index slicing;
+  the introspective head on gradient factors), with the fused optimizer update (what
+  ``runs.stage2`` does for a head trained alone);
+* together: both heads in one ``Trainer.fit`` of a ``HeadPair`` over ``ZippedBatches`` of the
+  same ``IndexedBatches`` (what ``runs.stage2`` does now; each head ends with the weights
+  training it alone gives, which the tests check).
 
-The order of the variants alternates over ``--repeats`` rounds; the median seconds per epoch
-(both heads) and the before/after ratio are printed with the versions, and the seconds of one
-pass over the batches alone (no training: the loader's own cost). Usage::
+The variants alternate over ``--repeats`` rounds (the order reversed every other round); the
+script prints the seconds per epoch (both heads) of every round, the median, and the ratios
+before/together and separate/together per round (median, min, max), and the process CPU
+seconds. Usage::
 
     nice -n 10 python -m benchmarks.head_training --threads 1
 """
@@ -25,16 +32,20 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 
 import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from introspect.data.batches import IndexedBatches
+from introspect.data.batches import IndexedBatches, ZippedBatches
+from introspect.data.seeding import RngStream
 from introspect.gradients import GradientFactors
 from introspect.gradients.normalize import normalize_features
-from introspect.models.stage2 import IntrospectiveClassifier, ProbeClassifier
+from introspect.models.optim import build_optimizer
+from introspect.models.pair import HeadPair
+from introspect.models.stage2 import IntrospectiveClassifier, ProbeClassifier, StageTwoClassifier
 
 
 class Backbone(nn.Module):
@@ -45,104 +56,137 @@ class Backbone(nn.Module):
         self.head = nn.Linear(inputs, classes)
 
 
-def _fit(head: L.LightningModule, loader, epochs: int) -> float:
-    trainer = L.Trainer(
+def _trainer(epochs: int) -> L.Trainer:
+    return L.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=50,
+        num_sanity_val_steps=0, log_every_n_steps=10,
     )  # fmt: skip
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(head, train_dataloaders=loader)
-    return (time.perf_counter() - start) / epochs
+
+
+def _rows(rows: int, n: int, d: int, seed: int) -> tuple[GradientFactors, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(rows, n, generator=g) * 3, dim=1)
+    factors = GradientFactors.from_parts(
+        (n * probs - 1)[:, None, :], torch.rand(rows, d, generator=g), normalize="l2"
+    )
+    return factors, torch.randint(0, n, (rows,), generator=g)
+
+
+def per_tensor_optimizer(head: StageTwoClassifier) -> object:
+    """The head's optimizer as built before issue 12 (torch's per-tensor update)."""
+    return build_optimizer(head.head.parameters(), head.optim, head.trainer)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=5170)
+    parser.add_argument("--rows", type=int, default=15510)
+    parser.add_argument("--val-rows", type=int, default=509)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--inputs", type=int, default=64)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
+    warnings.simplefilter("ignore")
     n, d = args.classes, args.inputs
-    probs = torch.softmax(torch.randn(args.rows, n, generator=g) * 3, dim=1)
-    factors = GradientFactors.from_parts(
-        (n * probs - 1)[:, None, :], torch.rand(args.rows, d, generator=g), normalize="l2"
-    )
-    dense = factors.materialize()
-    penult = normalize_features(factors.h, "l2")
-    labels = torch.randint(0, n, (args.rows,), generator=g)
+    data = {"train": _rows(args.rows, n, d, 0), "val": _rows(args.val_rows, n, d, 1)}
     backbone = Backbone(n, d)
     common = {"num_classes": n, "hidden": (256, 128), "dropout": 0.1}
 
-    def run(variant: str) -> float:
-        seconds = 0.0
+    def build() -> list[tuple[L.LightningModule, RngStream]]:
+        """Both heads as ``runs.stage2`` builds them, each with the stream it starts from."""
+        out = []
         for kind in ("introspective", "control"):
             L.seed_everything(0, verbose=False)
             if kind == "introspective":
-                head = IntrospectiveClassifier(
+                head: L.LightningModule = IntrospectiveClassifier(
                     backbone, feature_options={"normalize": "l2"}, in_dim=n * d, **common
                 )
-                x = factors if variant == "after" else dense
             else:
                 head = ProbeClassifier(backbone, in_dim=d, normalize="l2", **common)
-                x = penult
-            if variant == "before":
-                loader = DataLoader(TensorDataset(x, labels), batch_size=args.batch, shuffle=True)
-            else:
-                loader = IndexedBatches(x, labels, batch_size=args.batch, shuffle=True)
-            seconds += _fit(head, loader, args.epochs)
-        return seconds
+            out.append((head, RngStream(0)))
+        return out
 
-    def fetch(variant: str) -> float:
-        """Seconds of one pass over both heads' batches, without training."""
+    def inputs(kind: str, split: str, dense: bool) -> tuple[torch.Tensor | GradientFactors, ...]:
+        factors, labels = data[split]
+        if kind == "control":
+            return normalize_features(factors.h, "l2"), labels
+        return (factors.materialize() if dense else factors), labels
+
+    def run(variant: str) -> float:
+        heads = build()
+        if variant == "before":
+            for head, _ in heads:  # the per-tensor optimizer update of the code before
+                head.configure_optimizers = partial(per_tensor_optimizer, head)
         start = time.perf_counter()
-        for x in (factors if variant == "after" else dense, penult):
-            if variant == "before":
-                loader = DataLoader(TensorDataset(x, labels), batch_size=args.batch, shuffle=True)
-            else:
-                loader = IndexedBatches(x, labels, batch_size=args.batch, shuffle=True)
-            for _ in loader:
-                pass
-        return time.perf_counter() - start
+        if variant == "together":
+            loaders = {
+                split: ZippedBatches(
+                    [
+                        IndexedBatches(
+                            *inputs(h.kind, split, False),
+                            batch_size=args.batch,
+                            shuffle=split == "train",
+                        )
+                        for h, _ in heads
+                    ],
+                    [s for _, s in heads],
+                )
+                for split in ("train", "val")
+            }
+            pair = HeadPair([h for h, _ in heads], [s for _, s in heads])
+            _trainer(args.epochs).fit(pair, loaders["train"], loaders["val"])
+        else:
+            for head, stream in heads:
+                loaders = {}
+                for split in ("train", "val"):
+                    x = inputs(head.kind, split, variant == "before")
+                    shuffle = split == "train"
+                    if variant == "before":
+                        loaders[split] = DataLoader(
+                            TensorDataset(*x), batch_size=args.batch, shuffle=shuffle
+                        )
+                    else:
+                        loaders[split] = IndexedBatches(*x, batch_size=args.batch, shuffle=shuffle)
+                with stream:
+                    _trainer(args.epochs).fit(head, loaders["train"], loaders["val"])
+        return (time.perf_counter() - start) / args.epochs
 
-    variants = ("before", "after", "loader only")
-    fetched: dict[str, list[float]] = {v: [] for v in variants}
-    for r in range(5):
-        for v in variants if r % 2 == 0 else variants[::-1]:
-            fetched[v].append(fetch(v))
+    variants = ("before", "separate", "together")
     times: dict[str, list[float]] = {v: [] for v in variants}
-    run("after")  # warm-up
+    cpu: dict[str, float] = dict.fromkeys(variants, 0.0)
+    run("together")  # warm-up
     for r in range(args.repeats):
-        order = variants if r % 2 == 0 else variants[::-1]
-        for v in order:
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            started = time.process_time()
             times[v].append(run(v))
+            cpu[v] += time.process_time() - started
     print(
         f"environment: python {platform.python_version()}, torch {torch.__version__}, "
         f"lightning {L.__version__}, {platform.machine()}, {torch.get_num_threads()} threads"
     )
     print(
-        f"setup: {args.rows} rows, N={n}, D={d}, batch {args.batch}, hidden (256, 128), "
-        f"{args.epochs} epochs x {args.repeats} rounds, introspective + control heads"
+        f"setup: {args.rows} training rows, {args.val_rows} validation rows, N={n}, D={d}, "
+        f"batch {args.batch}, hidden (256, 128), dropout 0.1, {args.epochs} epochs x "
+        f"{args.repeats} rounds, introspective + control heads"
     )
-    median = {v: statistics.median(t) for v, t in times.items()}
     for v in variants:
-        runs = ", ".join(f"{t:.3f}" for t in times[v])
-        print(f"{v:>12}: {median[v]:.3f} s per epoch (both heads; rounds: {runs})")
-    print(f"speed-up before/after: {median['before'] / median['after']:.2f}x "
-          f"(loader only: {median['before'] / median['loader only']:.2f}x)")  # fmt: skip
-    fetch_median = {v: statistics.median(t) for v, t in fetched.items()}
-    print(
-        "batches alone (one pass, both heads, median of 5): "
-        + ", ".join(f"{v} {t * 1000:.1f} ms" for v, t in fetch_median.items())
-        + f"; before/after {fetch_median['before'] / fetch_median['after']:.2f}x"
-    )
+        rounds = ", ".join(f"{t:.3f}" for t in times[v])
+        print(
+            f"{v:>9}: {statistics.median(times[v]):.3f} s per epoch (both heads; rounds: "
+            f"{rounds}); process CPU {cpu[v] / (args.repeats * args.epochs):.3f} s per epoch"
+        )
+    for base in ("before", "separate"):
+        ratios = [b / t for b, t in zip(times[base], times["together"], strict=True)]
+        print(
+            f"{base}/together per round: median {statistics.median(ratios):.2f}x "
+            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x; rounds: "
+            + ", ".join(f"{x:.2f}" for x in ratios)
+            + f"); CPU {cpu[base] / cpu['together']:.2f}x"
+        )
     return 0
 
 

@@ -36,14 +36,14 @@ if where == "stage1":  # after epoch 0 was checkpointed, as epoch 1 starts
         if self.current_epoch == 1:
             os._exit(9)
     FeedForwardClassifier.on_train_epoch_start = on_train_epoch_start
-elif where == "stage2":  # after the introspective head was saved, before the control trains
+elif where == "stage2":  # after the introspective head was saved, before the control is
     import introspect.runs.stage2 as s2
-    build_head = s2.build_head
-    def killing_build_head(cfg, kind, *args, **kwargs):
-        if kind == "control":
+    save = s2._save_atomic
+    def killing_save(obj, path):
+        if path.name == "control.pt":  # the heads trained together; resuming trains it alone
             os._exit(9)
-        return build_head(cfg, kind, *args, **kwargs)
-    s2.build_head = killing_build_head
+        return save(obj, path)
+    s2._save_atomic = killing_save
 elif where == "evaluation":  # after two of the three split groups were evaluated
     import introspect.runs.report as report
     Evaluator, made = report.Evaluator, []

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -66,11 +67,45 @@ class IndexedBatches:
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        """The next pass's batches; its order is drawn here, not at the first batch."""
         order = self._order()
         self.epoch += 1
+        return self._batches(order)
+
+    def _batches(self, order: Any) -> Iterator[tuple[Any, ...]]:
         for start in range(0, self.num_rows, self.batch_size):
             if order is None:
                 yield tuple(a[start : start + self.batch_size] for a in self.arrays)
             else:
                 index = order[start : start + self.batch_size]
                 yield tuple(a[index] for a in self.arrays)
+
+
+class ZippedBatches:
+    """One pass over several batch sources at once: step ``k`` yields the ``k``-th batch of each.
+
+    ``streams`` (one context per source, e.g. ``RngStream``) are entered while each source
+    starts its pass, so each draws its order from its own random stream.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Iterable[Any]],
+        streams: Sequence[AbstractContextManager[Any]] | None = None,
+    ) -> None:
+        if not sources or len({len(s) for s in sources}) != 1:  # type: ignore[arg-type]
+            raise ValueError("ZippedBatches needs sources with the same number of batches")
+        if streams is not None and len(streams) != len(sources):
+            raise ValueError(f"{len(streams)} streams for {len(sources)} sources")
+        self.sources = list(sources)
+        self.streams = list(streams) if streams is not None else None
+
+    def __len__(self) -> int:
+        return len(self.sources[0])  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        iterators = []
+        for i, source in enumerate(self.sources):
+            with self.streams[i] if self.streams is not None else nullcontext():
+                iterators.append(iter(source))
+        return zip(*iterators, strict=True)

@@ -167,7 +167,7 @@ class StageTwoClassifier(L.LightningModule):
         )
 
     def configure_optimizers(self) -> Any:
-        return build_optimizer(self.head.parameters(), self.optim, self.trainer)
+        return build_optimizer(self.head.parameters(), self.optim, self.trainer, fused=True)
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Everything stage 2 learned (the MLP and the standardizer), without the backbone."""

@@ -6,6 +6,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,10 @@ from torch.utils.data import Subset
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule
 from introspect.data.augment import augment_batches, build_batch_augmentation
-from introspect.data.batches import IndexedBatches
+from introspect.data.batches import IndexedBatches, ZippedBatches
 from introspect.data.images import IndexedDataset
 from introspect.data.samplers import block_bounds
-from introspect.data.seeding import derive_seed
+from introspect.data.seeding import RngStream, derive_seed
 from introspect.gradients.cache import (
     CacheError,
     FeatureCache,
@@ -36,6 +37,7 @@ from introspect.gradients.cache import (
 from introspect.gradients.extract import FeatureSpec, feature_dim
 from introspect.gradients.factors import GradientFactors
 from introspect.gradients.normalize import normalize_features
+from introspect.models.pair import HeadPair
 from introspect.models.stage2 import (
     MAX_FULL_WEIGHTS,
     IntrospectiveClassifier,
@@ -296,7 +298,8 @@ def stage2(
     ``val`` split unless ``val`` is part of the training recipe. Every process holds the whole
     training features in memory (the introspective head's as gradient factors, one tensor per
     field for all recipes); each process trains on its share of the batches, drawn by index
-    slicing in the order of Lightning's distributed sampler.
+    slicing in the order of Lightning's distributed sampler. The two heads train together in
+    one pass (``models.pair.HeadPair``), each with the weights training it alone would give.
     """
     # Extraction runs where trainer.accelerator says (Lightning moves modules back after fit).
     backbone.eval().to(resolve_device(cfg))
@@ -324,6 +327,9 @@ def stage2(
     out_dir = run_dir / "stage2"
     if is_global_zero():
         out_dir.mkdir(exist_ok=True)
+    batches = {"batch_size": cfg.stage2.head.batch_size, "rank": global_rank(),
+               "world": world_size(), "seed": cfg.run.seed}  # fmt: skip
+    todo: list[_HeadToTrain] = []
     for kind in kinds:
         path = out_dir / f"{kind}.pt"
         if cfg.run.resume and broadcast_from_zero(path.is_file()):
@@ -335,30 +341,69 @@ def stage2(
         in_dim = introspective_dim(cfg, backbone) if kind == "introspective" else x.shape[1]
         head = build_head(cfg, kind, backbone, in_dim, dm.num_classes)
         head.fit_standardizer(x)
-        batches = {"batch_size": cfg.stage2.head.batch_size, "rank": global_rank(),
-                   "world": world_size(), "seed": cfg.run.seed}  # fmt: skip
+        # Training starts from the random state the head was built at, whatever runs between.
+        stream = RngStream(cfg.run.seed)
         train_loader = IndexedBatches(x, train["labels"], shuffle=True, **batches)
         val_loader = None
         if val is not None:
             val_x = _head_inputs(cfg, kind, val, dm.num_classes)
             val_loader = IndexedBatches(val_x, val["labels"], **batches)
-        trainer = build_trainer(
-            cfg,
-            run_dir,
-            loggers=loggers,
-            max_epochs=cfg.stage2.head.epochs,
-            enable_checkpointing=False,
-            num_sanity_val_steps=0,
-        )
-        with warnings.catch_warnings():
-            # The frozen backbone inside the head is in eval mode on purpose.
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
-            trainer.fit(head, train_dataloaders=train_loader, val_dataloaders=val_loader)
-        head.eval()
+        todo.append(_HeadToTrain(head, stream, train_loader, val_loader))
+    with warnings.catch_warnings():
+        # The frozen backbone inside the head is in eval mode on purpose.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+        _fit_heads(cfg, run_dir, loggers, todo)
+    for item in todo:
+        item.head.eval()
         if is_global_zero():
-            _save_atomic(head.head_state(), path)
-        heads[kind] = head
-    return heads
+            _save_atomic(item.head.head_state(), out_dir / f"{item.head.kind}.pt")
+        heads[item.head.kind] = item.head
+    return {kind: heads[kind] for kind in kinds}
+
+
+@dataclass
+class _HeadToTrain:
+    """A head to train, the random stream it starts from and its batches."""
+
+    head: StageTwoClassifier
+    stream: RngStream
+    train: IndexedBatches
+    val: IndexedBatches | None
+
+
+def _fit_heads(
+    cfg: DictConfig, run_dir: Path, loggers: list[Logger], todo: list[_HeadToTrain]
+) -> None:
+    """Train the heads of ``todo``: together in one pass when there are several (they share
+    ``cfg.stage2.head``, the recipe), each with the weights training it alone would give."""
+    if not todo:
+        return
+    settings: dict[str, Any] = {
+        "loggers": loggers,
+        "max_epochs": cfg.stage2.head.epochs,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+    }
+    if len(todo) == 1:
+        item = todo[0]
+        with item.stream:
+            build_trainer(cfg, run_dir, **settings).fit(
+                item.head, train_dataloaders=item.train, val_dataloaders=item.val
+            )
+        return
+    streams = [item.stream for item in todo]
+    pair = HeadPair(
+        [item.head for item in todo], streams, gradient_clip_val=cfg.trainer.gradient_clip_val
+    )
+    vals = [item.val for item in todo if item.val is not None]
+    val = ZippedBatches(vals, streams) if vals else None
+    # The pair clips each head's gradients itself (manual optimization).
+    trainer = build_trainer(cfg, run_dir, gradient_clip_val=None, **settings)
+    trainer.fit(
+        pair,
+        train_dataloaders=ZippedBatches([item.train for item in todo], streams),
+        val_dataloaders=val,
+    )
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
