@@ -20,19 +20,6 @@ recipes=${RECIPES:-standard noise augmix adversarial simclr denoising}
 seed=${SEED:-0}
 export WANDB_MODE=offline
 mkdir -p "$out"
-runs=()
-for r in $recipes; do
-    name=t1cpu-$r-s$seed
-    runs+=("$out/$name")
-    if [ -f "$out/$name/results.json" ]; then
-        echo "== $name: finished, skipped"
-        continue
-    fi
-    resume=()
-    [ -d "$out/$name" ] && resume=(run.resume=true)
-    echo "== $name: $(date +%T)"
-    /usr/bin/time -v -o "$out/$name.time" python train.py experiment=table1_cpu_$r \
-        run.seed="$seed" run.dir="$out/$name" "${resume[@]}" "$@"
-done
-python evaluate.py compare "${runs[@]}" --out "$out/compare"
-grep -H -E "Elapsed|Maximum resident" "$out"/*.time
+name_prefix=t1cpu- experiment_prefix=table1_cpu_
+# shellcheck source=benchmarks/table1_runs.sh
+source "$(dirname "$0")/table1_runs.sh"

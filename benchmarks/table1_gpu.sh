@@ -33,19 +33,6 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
         --batch-size 512 --augment-images 0 --cases standard,adversarial,denoising,simclr \
         --pgd-steps 3 2>&1 | tee "$out/stage1_bench.txt"
 fi
-runs=()
-for r in $recipes; do
-    name=t1-$r-s$seed
-    runs+=("$out/$name")
-    if [ -f "$out/$name/results.json" ]; then
-        echo "== $name: finished, skipped"
-        continue
-    fi
-    resume=()
-    [ -d "$out/$name" ] && resume=(run.resume=true)
-    echo "== $name: $(date +%T)"
-    /usr/bin/time -v -o "$out/$name.time" python train.py experiment=table1_$r \
-        run.seed="$seed" run.dir="$out/$name" "${resume[@]}" "$@" 2>&1 | tee "$out/$name.log"
-done
-python evaluate.py compare "${runs[@]}" --out "$out/compare"
-grep -H -E "Elapsed|Maximum resident" "$out"/*.time
+name_prefix=t1- experiment_prefix=table1_
+# shellcheck source=benchmarks/table1_runs.sh
+source "$(dirname "$0")/table1_runs.sh"
