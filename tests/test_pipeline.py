@@ -309,3 +309,47 @@ def test_overwriting_run_that_fails_leaves_no_stale_results(tmp_path: Path, monk
         run(_cfg(tmp_path, "eval.corruptions=[]", "stage2.enabled=false", "run.overwrite=true"))
     assert not (run_dir / "results.json").exists()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+
+
+def test_channels_last_frozen_network_matches_the_default_format(
+    finished, tmp_path: Path, monkeypatch
+) -> None:
+    cfg0, run_dir0, _ = finished
+    checkpoint = pipeline.stage1_checkpoint(cfg0, run_dir0)
+    formats: dict[bool, bool] = {}
+    original = stage2_mod.stage2
+
+    def spy(cfg, dm, backbone, run_dir, loggers):
+        conv = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
+        formats[cfg.trainer.channels_last] = (
+            conv.weight.is_contiguous(memory_format=torch.channels_last)
+            and not conv.weight.is_contiguous()
+        )
+        return original(cfg, dm, backbone, run_dir, loggers)
+
+    monkeypatch.setattr(pipeline, "stage2", spy)
+    results = {}
+    for flag in (False, True):
+        cfg = load_config(
+            [
+                *TINY,
+                f"backbone.checkpoint={checkpoint}",
+                f"trainer.channels_last={str(flag).lower()}",
+                f"run.dir={tmp_path / f'run-{flag}'}",
+                f"stage2.cache_dir={tmp_path / f'cache-{flag}'}",
+            ]
+        )
+        results[flag] = run(cfg)["splits"]
+    assert formats == {False: False, True: True}
+    assert set(results[False]) == set(results[True])
+    for split, heads in results[False].items():
+        for head, metrics in heads.items():
+            if head == "num_samples":
+                assert results[True][split][head] == metrics
+                continue
+            for name, value in metrics.items():
+                assert results[True][split][head][name] == pytest.approx(value, abs=1e-4), (
+                    split,
+                    head,
+                    name,
+                )

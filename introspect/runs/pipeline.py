@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from introspect.backbones import (
     BackboneError,
@@ -84,6 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if zero:
             update_status(run_dir, stage="stage1")
         stage1(cfg, dm, backbone, run_dir, loggers)
+        frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
         if zero:
             mark_stage_done(run_dir, "stage1")
             update_status(run_dir, stage="stage2")
@@ -115,6 +118,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def frozen_memory_format(backbone: nn.Module, *, channels_last: bool) -> None:
+    """Hold the frozen stage-1 network's weights in channels-last memory format when
+    ``channels_last``: its convolutions (feature extraction, evaluation) then run in that format
+    on CPU and GPU, with values equal to the default format's up to float rounding."""
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
 def _describe_error(err: BaseException) -> str:
     if isinstance(err, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt)"
@@ -141,6 +152,7 @@ def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
     cfg.backbone.checkpoint = checkpoint
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
     heads = load_heads(cfg, backbone, run_dir, dm.num_classes)
     launch(cfg)
     if is_global_zero():
