@@ -115,16 +115,21 @@ def test_denoising_block_is_identity_at_init_and_learns() -> None:
     for embed in (True, False):
         block = DenoisingBlock(4, "gaussian", embed=embed)
         assert torch.equal(block(x), x)
-    block = DenoisingBlock(4, "dot", embed=False).double()
+    block = DenoisingBlock(4, "dot", embed=False).double().eval()
     xd = x.double()
     with torch.no_grad():
         block.conv.weight.copy_(torch.eye(4, dtype=torch.float64)[:, :, None, None])
-    want = xd + _nlm_loop(xd, xd, xd, "dot")  # the 1x1 conv is the identity here
+        block.bn.weight.fill_(2.0)
+        block.bn.bias.fill_(0.5)
+        block.bn.running_mean.fill_(0.25)
+        block.bn.running_var.fill_(4.0)
+    nlm = _nlm_loop(xd, xd, xd, "dot")  # the 1x1 conv is the identity here
+    want = xd + 2.0 * (nlm - 0.25) / (4.0 + block.bn.eps) ** 0.5 + 0.5
     torch.testing.assert_close(block(xd), want)
-    # the zero conv still gets a gradient, so the block can learn
+    # the zero BN scale gets a gradient, so the block can learn
     block = DenoisingBlock(4)
     block(x).pow(2).sum().backward()
-    assert block.conv.weight.grad is not None and block.conv.weight.grad.abs().sum() > 0
+    assert block.bn.weight.grad is not None and block.bn.weight.grad.abs().sum() > 0
 
 
 def test_denoising_blocks_keep_the_resnet_and_its_parameter_names() -> None:

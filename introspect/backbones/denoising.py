@@ -1,5 +1,5 @@
 """Feature denoising (Xie et al. 2019, "Feature Denoising for Improving Adversarial
-Robustness"): a non-local means block ``y = x + conv1x1(NLM(x))`` inserted after residual
+Robustness"): a non-local means block ``y = x + BN(conv1x1(NLM(x)))`` inserted after residual
 stages of a network, here after every ``layer<k>`` stage of a ResNet."""
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ def non_local_means(
 
 
 class DenoisingBlock(nn.Module):
-    """``x + conv1x1(NLM(x))`` on ``channels`` channels; the 1x1 convolution starts at zero, so
-    the block is the identity at initialization. ``embed``: theta and phi are 1x1
-    convolutions to ``channels // 2`` channels (else both are ``x``)."""
+    """``x + BN(conv1x1(NLM(x)))`` on ``channels`` channels, as in Xie et al.: the batch norm's
+    scale starts at zero, so the block is the identity at initialization and its output scale
+    is learnt through the normalization (a zero-initialized convolution without it left
+    FGSM-trained ResNet-20s at chance). ``embed``: theta and phi are 1x1 convolutions to
+    ``channels // 2`` channels (else both are ``x``)."""
 
     def __init__(self, channels: int, operation: str = "gaussian", embed: bool = True) -> None:
         super().__init__()
@@ -50,15 +52,15 @@ class DenoisingBlock(nn.Module):
         inner = max(1, channels // 2)
         self.theta = nn.Conv2d(channels, inner, 1, bias=False) if embed else None
         self.phi = nn.Conv2d(channels, inner, 1, bias=False) if embed else None
-        self.conv = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        self.conv = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The denoised feature map (same shape as ``x``)."""
         theta = self.theta(x) if self.theta is not None else x
         phi = self.phi(x) if self.phi is not None else x
-        return x + self.conv(non_local_means(x, theta, phi, self.operation))
+        return x + self.bn(self.conv(non_local_means(x, theta, phi, self.operation)))
 
     def extra_repr(self) -> str:
         return f"operation={self.operation!r}"
