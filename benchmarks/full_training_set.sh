@@ -2,8 +2,10 @@
 # The README's full-training-set tables: stage 2 and the control of the released CIFAR
 # ResNet-20 and ResNet-56 trained on all 50,000 JPEG (q75) CIFAR-10 training images, with the
 # AugMix x2 + clean recipe (the experiments' default) and on the plain images
-# (stage2.augment=none), three seeds each; each run's wall time and peak memory from
-# /usr/bin/time -v (OUT/<run>.time); then `evaluate.py compare` per network and recipe.
+# (stage2.augment=none), three seeds each, and the matched 5,170-image runs of ResNet-20
+# (experiment=cifar10_resnet20, both recipes); each run's wall time and peak memory from
+# /usr/bin/time -v (OUT/<run>.time); then `evaluate.py compare` per network and recipe and the
+# README rows (benchmarks/compare_rows.py).
 # Sequential, niced; the clean features of a network are extracted once (feature cache) and
 # shared by all its runs.
 #   bash benchmarks/full_training_set.sh [OUT_DIR] [NETS] [SEEDS]
@@ -27,11 +29,22 @@ for net in $nets; do
         done
     done
 done
-for net in $nets; do
+# The matched 5,170-image runs of the released ResNet-20 (same recipes, 40 head epochs).
+for s in $seeds; do
     for recipe in augmix plain; do
-        runs=()
-        for s in $seeds; do runs+=("$out/full-${net}-${recipe}-s$s"); done
-        python evaluate.py compare "${runs[@]}" --out "$out/compare-${net}-${recipe}"
+        name=r20-5k-${recipe}-s$s
+        extra=()
+        [ "$recipe" = plain ] && extra=(stage2.augment=none)
+        nice -n 10 /usr/bin/time -v -o "$out/$name.time" python train.py \
+            experiment=cifar10_resnet20 run.seed=$s run.dir="$out/$name" "${extra[@]}" \
+            "${common[@]}"
     done
+done
+for group in $(for net in $nets; do echo full-$net-augmix full-$net-plain; done) r20-5k-augmix r20-5k-plain; do
+    runs=()
+    for s in $seeds; do runs+=("$out/${group}-s$s"); done
+    python evaluate.py compare "${runs[@]}" --out "$out/compare-${group}"
+    echo "## $group"
+    python benchmarks/compare_rows.py "$out/compare-${group}/comparison.csv"
 done
 grep -H -E "Elapsed|Maximum resident" "$out"/*.time
