@@ -96,21 +96,7 @@ class HeadPair(L.LightningModule):
 
     def validation_step(self, batch: Sequence[tuple[Any, torch.Tensor]], _idx: int) -> None:
         for head, (feats, labels) in zip(self._heads(), batch, strict=True):
-            logits = head.classify(feats)
-            head.val_metrics.update(logits, labels)
-            self.log(
-                f"{head.kind}/val/loss",
-                F.cross_entropy(logits, labels),
-                batch_size=len(labels),
-                sync_dist=True,
-            )
-            self.log_dict(
-                head.val_metrics,
-                on_step=False,
-                on_epoch=True,
-                prog_bar=True,
-                batch_size=len(labels),
-            )
+            head.validate_batch(feats, labels, logger=self)
 
     def configure_optimizers(self) -> Any:
         heads = self._heads()

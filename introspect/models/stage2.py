@@ -153,16 +153,22 @@ class StageTwoClassifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> None:
-        feats, labels = batch
+        self.validate_batch(*batch, logger=self)
+
+    def validate_batch(
+        self, feats: Any, labels: torch.Tensor, *, logger: L.LightningModule
+    ) -> None:
+        """Update the validation metrics on one batch and log them and the loss through
+        ``logger``, the module attached to the trainer (this head, or a ``HeadPair`` holding it)."""
         logits = self.classify(feats)
         self.val_metrics.update(logits, labels)
-        self.log(
+        logger.log(
             f"{self.kind}/val/loss",
             F.cross_entropy(logits, labels),
             batch_size=len(labels),
             sync_dist=True,
         )
-        self.log_dict(
+        logger.log_dict(
             self.val_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels)
         )
 
