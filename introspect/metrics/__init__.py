@@ -1,5 +1,6 @@
 """Calibration metrics, OOD-detection and trust metrics (torchmetrics, DDP-synchronized),
-reliability diagrams and image-quality agreement metrics (OR, RMSE, PLCC, SRCC, KRCC)."""
+paired bootstrap intervals of differences, reliability diagrams and image-quality agreement
+metrics (OR, RMSE, PLCC, SRCC, KRCC)."""
 
 from introspect.metrics.calibration import (
     AdaptiveCalibrationError,
@@ -26,6 +27,12 @@ from introspect.metrics.ood import (
     roc_curve,
     trust_curve,
 )
+from introspect.metrics.paired import (
+    PairedDifference,
+    paired_auroc_difference,
+    paired_mean_difference,
+    verdict,
+)
 from introspect.metrics.quality import (
     krcc,
     logistic_mapping,
@@ -50,6 +57,7 @@ __all__ = [
     "MaxCalibrationError",
     "NegativeLogLikelihood",
     "OODMetrics",
+    "PairedDifference",
     "TrustMetrics",
     "area_under_trust_curve",
     "auac",
@@ -66,6 +74,8 @@ __all__ = [
     "logistic_mapping",
     "ood_metrics",
     "outlier_ratio",
+    "paired_auroc_difference",
+    "paired_mean_difference",
     "plcc",
     "percentile_grid",
     "rmse",
@@ -78,4 +88,5 @@ __all__ = [
     "reliability_diagram",
     "reliability_grid",
     "validate_probs_target",
+    "verdict",
 ]
