@@ -442,6 +442,8 @@ BAD_TRAINER = [
     ("trainer.devices=[0,0]", "trainer.devices"),
     ("trainer.devices=[]", "trainer.devices"),
     ("trainer.devices='0,x'", "trainer.devices"),
+    ("trainer.accelerator=cpu trainer.devices=-1", "trainer.devices"),
+    ("trainer.accelerator=cpu trainer.devices=[0,1]", "trainer.devices"),
     ("trainer.strategy=dpp", "trainer.strategy"),
     ("trainer.num_nodes=0", "trainer.num_nodes"),
     ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches"),
@@ -454,10 +456,10 @@ def test_bad_lightning_trainer_values_are_refused_before_any_run_directory(
     tmp_path: Path, capsys, arg: str, key: str
 ) -> None:
     run_dir = tmp_path / "run"
-    assert train.main(["--cfg", arg]) == 2
+    assert train.main(["--cfg", *arg.split()]) == 2
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("config error:") and repr(key) in line
-    assert train.main([*TINY, arg, f"run.dir={run_dir}"]) == 2
+    assert train.main([*TINY, *arg.split(), f"run.dir={run_dir}"]) == 2
     assert _one_line(capsys.readouterr().err) == line
     assert not run_dir.exists()
 
@@ -469,19 +471,21 @@ def test_bad_lightning_trainer_values_are_refused_before_any_run_directory(
         "trainer.precision=bf16",
         "trainer.precision=16",
         "trainer.accelerator=gpu",
+        "trainer.accelerator=cpu trainer.devices=2",
+        "trainer.accelerator=cpu trainer.devices=auto",
         "trainer.devices=auto",
-        "trainer.devices=-1",
+        "trainer.accelerator=gpu trainer.devices=-1",
         "trainer.devices=3",
-        "trainer.devices=[0,1]",
-        "trainer.devices='0,1'",
-        "trainer.devices='1,'",
+        "trainer.accelerator=gpu trainer.devices=[0,1]",
+        "trainer.accelerator=gpu trainer.devices='0,1'",
+        "trainer.accelerator=gpu trainer.devices='1,'",
         "trainer.strategy=ddp_spawn",
         "trainer.limit_train_batches=0.25",
         "trainer.limit_val_batches=3",
     ],
 )
 def test_values_lightning_accepts_are_kept(arg: str) -> None:
-    load_config([arg])
+    load_config(arg.split())
 
 
 def test_a_bad_precision_stops_train_before_heavy_imports(tmp_path: Path) -> None:
@@ -520,3 +524,33 @@ def test_the_static_trainer_choices_agree_with_lightning() -> None:
     assert set(CHOICES["trainer.strategy"]) == {"auto", *StrategyRegistry.available_strategies()}
     accelerators = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
     assert set(CHOICES["trainer.accelerator"]) == accelerators
+
+
+CPU_TRAINERS = {
+    "devices=2": (True, {"devices": 2}),
+    "devices=auto,bf16-mixed": (True, {"devices": "auto", "precision": "bf16-mixed"}),
+    "limit_train_batches=0.25": (True, {"limit_train_batches": 0.25}),
+    "devices=-1": (False, {"devices": -1}),
+    "devices=[0,1]": (False, {"devices": [0, 1]}),
+    "devices=0": (False, {"devices": 0}),
+    "precision=banana": (False, {"precision": "banana"}),
+    "strategy=dpp": (False, {"strategy": "dpp"}),
+    "limit_train_batches=1.5": (False, {"limit_train_batches": 1.5}),
+}
+
+
+@pytest.mark.parametrize("case", list(CPU_TRAINERS))
+def test_lightning_agrees_with_the_trainer_checks_on_cpu(case: str) -> None:
+    import lightning
+
+    accepted, fields = CPU_TRAINERS[case]
+    args = ["trainer.accelerator=cpu", *(f"trainer.{k}={v}" for k, v in fields.items())]
+    kwargs = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, **fields}
+    if accepted:
+        load_config([a.replace(" ", "") for a in args])
+        lightning.Trainer(**kwargs)
+    else:
+        with pytest.raises(ConfigError):
+            load_config([a.replace(" ", "") for a in args])
+        with pytest.raises(Exception):  # noqa: B017 - Lightning raises several types
+            lightning.Trainer(**kwargs)

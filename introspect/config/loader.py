@@ -228,6 +228,12 @@ def _check_trainer(cfg: DictConfig) -> None:
             f"bad value {devices!r} for 'trainer.devices': give a number of devices (>= 1), -1 "
             "(all), auto, or device indices such as [0,1] or '0,1'"
         )
+    count = str(devices).strip()
+    if cfg.trainer.accelerator == "cpu" and count != "auto" and not count.isdigit():
+        raise ConfigError(
+            f"bad value {devices!r} for 'trainer.devices' with trainer.accelerator=cpu: give a "
+            "number of processes (>= 1) or auto"
+        )
     for key in ("limit_train_batches", "limit_val_batches"):
         value = cfg.trainer[key]
         if value is None:
@@ -370,7 +376,7 @@ CODE_SETTINGS: dict[str, str] = {
 RUN_GROUPS = ("trainer", "logger")
 
 
-def setting_values(node: DictConfig, setting: str) -> list[tuple[str, Any]]:
+def _setting_values(node: DictConfig, setting: str) -> list[tuple[str, Any]]:
     """The concrete ``(path, value)`` pairs of a ``CODE_SETTINGS`` key in ``node``: one pair,
     or one per list element for a ``a.b[].c`` key (paths then read ``a.b[i].c``)."""
     head, sep, rest = setting.partition("[].")
@@ -383,7 +389,7 @@ def setting_values(node: DictConfig, setting: str) -> list[tuple[str, Any]]:
         (f"{head}[{i}].{path}", value)
         for i, item in enumerate(items)
         if isinstance(item, DictConfig)
-        for path, value in setting_values(item, rest)
+        for path, value in _setting_values(item, rest)
     ]
 
 
@@ -396,7 +402,7 @@ def _runs_code(setting: str, value: Any) -> bool:
 def _refuse_code(saved: DictConfig, cli: DictConfig, source: Path) -> None:
     """``ConfigError`` when ``saved`` imports code or unpickles unless ``cli`` says the same."""
     for setting, effect in CODE_SETTINGS.items():
-        for path, value in setting_values(saved, setting):
+        for path, value in _setting_values(saved, setting):
             if not _runs_code(setting, value):
                 continue
             given = OmegaConf.select(cli, path, default=None)
