@@ -8,11 +8,13 @@ python evaluate.py run=runs/<name> [tag=NAME] [trainer=...] [logger=...] [a.b=va
     existing evaluation is never replaced (pass another tag=).
 
 python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb]
+        [--wandb-mode offline|online|disabled] [--wandb-project NAME] [--wandb-entity NAME]
     One table across runs (runs differing only in run.seed are pooled into mean ± std):
     clean and mean-corruption accuracy and ECE of the feed-forward, introspective and
     control heads and their differences, as comparison.md and comparison.csv, plus
     accuracy_vs_ece.png and severity_curves.png, written to DIR (default: a folder
-    "comparison" beside the runs) and logged to W&B (default: when the runs were).
+    "comparison" beside the runs) and, with --wandb, logged to W&B (default: offline, project
+    introspect). Where it is logged comes from these options only, never from the runs.
     Runs that are not complete (status.json) are skipped with a message.
 
 python evaluate.py scores run=runs/<name> [tag=NAME] [a.b=value ...]
@@ -43,9 +45,11 @@ python evaluate.py explain-network run=runs/<name> [n=500] [layer=layer2] [chann
     Filters, activations, maximally activating patches, nearest neighbours and t-SNE figures.
 
 A run directory is data: settings of its config.yaml that import code (backbone.name=
-pkg.mod:Obj) or unpickle (backbone.trust_checkpoint=true) are refused unless the command line
-repeats them or --trust-run is given. Group choices trainer=... and logger=... work as in
-train.py (e.g. trainer=ddp_cpu).
+pkg.mod:Obj, backbone.ensemble_checkpoints[].name) or unpickle (backbone.trust_checkpoint=true)
+are refused unless the command line repeats them or --trust-run is given; an interpolation
+(${...}) in it is refused, never resolved; its logger section is ignored (the default logger,
+or logger=... and logger.*=... of the command line, is used). Group choices trainer=... and
+logger=... work as in train.py (e.g. trainer=ddp_cpu).
 """
 
 from __future__ import annotations
@@ -134,18 +138,29 @@ def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
     return 0
 
 
+_WANDB_OPTIONS = {"--wandb-mode": "mode", "--wandb-project": "project", "--wandb-entity": "entity"}
+_WANDB_MODES = ("offline", "online", "disabled")
+
+
 def compare_main(argv: list[str]) -> int:
-    """Parse run directories and ``--out``/``--wandb``, build and print the comparison."""
+    """Parse run directories, ``--out`` and the W&B options, build and print the comparison."""
+    from introspect.runs.experiments import WandbTarget
+
     paths: list[str] = []
     out: str | None = None
-    wandb: bool | None = None
+    wandb = False
+    target: dict[str, str] = {}
     args = iter(argv)
     for arg in args:
-        if arg == "--out":
-            out = next(args, None)
-            if out is None:
-                print("error: --out needs a directory", file=sys.stderr)
+        if arg in ("--out", *_WANDB_OPTIONS):
+            value = next(args, None)
+            if value is None:
+                print(f"error: {arg} needs a value", file=sys.stderr)
                 return 2
+            if arg == "--out":
+                out = value
+            else:
+                target[_WANDB_OPTIONS[arg]] = value
         elif arg in ("--wandb", "--no-wandb"):
             wandb = arg == "--wandb"
         elif arg.startswith("-"):
@@ -153,6 +168,12 @@ def compare_main(argv: list[str]) -> int:
             return 2
         else:
             paths.append(arg)
+    if target.get("mode", "offline") not in _WANDB_MODES:
+        print(
+            f"error: --wandb-mode {target['mode']!r} is not one of {', '.join(_WANDB_MODES)}",
+            file=sys.stderr,
+        )
+        return 2
     missing = [p for p in paths if not Path(p).expanduser().is_dir()]
     if missing:  # before the heavy imports below
         print(f"error: {missing[0]} is not a run directory", file=sys.stderr)
@@ -160,7 +181,7 @@ def compare_main(argv: list[str]) -> int:
     from introspect.runs.compare import CompareError, compare
 
     try:
-        report = compare(paths, out, wandb=wandb)
+        report = compare(paths, out, wandb=wandb, target=WandbTarget(**target))
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -144,7 +145,114 @@ def _check_choices(cfg: DictConfig) -> None:
         raise ConfigError(message)
 
 
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of nested mappings and lists as ``{path: value}`` (list items as ``key[i]``)."""
+    if isinstance(node, Mapping):
+        found: dict[str, Any] = {}
+        for key, value in node.items():
+            found.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return found
+    if isinstance(node, list):
+        found = {}
+        for i, value in enumerate(node):
+            found.update(_leaves(value, f"{prefix}[{i}]"))
+        return found
+    return {prefix: node}
+
+
+def first_interpolation(data: Any) -> str | None:
+    """The path of the first value of ``data`` (plain mappings and lists) that holds an
+    interpolation (``${...}``), or None."""
+    for path, value in _leaves(data).items():
+        if isinstance(value, str) and "${" in value:
+            return path
+    return None
+
+
+def _refuse_interpolations(data: Any, source: Path | str) -> None:
+    """``ConfigError`` when a saved file's ``data`` holds an interpolation: a saved config is
+    data, and resolving it would read the environment or other files."""
+    key = first_interpolation(data)
+    if key is not None:
+        raise ConfigError(
+            f"{source}: {key} holds an interpolation ('${{...}}'); a saved config is data and "
+            "is never resolved: remove it from the file (configs written by train.py hold none)"
+        )
+
+
+def _check_finite(cfg: DictConfig) -> None:
+    """``ConfigError`` naming the first value that is a float NaN or infinity."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve interpolation: {err}") from None
+    for path, value in _leaves(plain).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"bad value {value!r} for {path!r}: must be a finite number")
+
+
+def _bad_device_list(items: list[Any]) -> bool:
+    return (
+        not items
+        or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in items)
+        or len(set(items)) != len(items)
+    )
+
+
+def _devices_ok(devices: Any) -> bool:
+    """Whether Lightning accepts ``trainer.devices``: a positive count, -1 (all), ``auto``,
+    or device indices as a list or a comma-separated string."""
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, ListConfig | list):
+        return not _bad_device_list(list(devices))
+    if not isinstance(devices, str):
+        return False
+    text = devices.strip()
+    if text == "auto" or text == "-1":
+        return True
+    if "," in text:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        return all(p.isdigit() for p in parts) and not _bad_device_list([int(p) for p in parts])
+    return text.isdigit() and int(text) >= 1
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Lightning's own checks of the pass-through ``trainer`` fields that have no fixed set of
+    values (devices, batch limits), made before any work."""
+    devices = cfg.trainer.devices
+    if not _devices_ok(devices):
+        raise ConfigError(
+            f"bad value {devices!r} for 'trainer.devices': give a number of devices (>= 1), -1 "
+            "(all), auto, or device indices such as [0,1] or '0,1'"
+        )
+    count = str(devices).strip()
+    if cfg.trainer.accelerator == "cpu" and count != "auto" and not count.isdigit():
+        raise ConfigError(
+            f"bad value {devices!r} for 'trainer.devices' with trainer.accelerator=cpu: give a "
+            "number of processes (>= 1) or auto"
+        )
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = cfg.trainer[key]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            ok = False
+        elif isinstance(value, int):
+            ok = value >= 0
+        else:
+            ok = 0 <= value <= 1
+        if not ok:
+            raise ConfigError(
+                f"bad value {value!r} for 'trainer.{key}': give a number of batches (>= 0) or a "
+                "fraction of them in [0, 1]"
+            )
+
+
 def _check_ranges(cfg: DictConfig) -> None:
+    _check_finite(cfg)
     for path, valid in RANGES.items():
         value = OmegaConf.select(cfg, path)
         values = list(value) if isinstance(value, ListConfig) else [value]
@@ -163,9 +271,10 @@ def _check_ranges(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    """Choices and numeric ranges of a composed config."""
+    """Choices, finite numbers in their ranges and Lightning's pass-through trainer fields."""
     _check_choices(cfg)
     _check_ranges(cfg)
+    _check_trainer(cfg)
 
 
 def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = None) -> DictConfig:
@@ -254,36 +363,81 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
     return cfg
 
 
-# Settings of a saved config that import code or unpickle files: honoured only when the current
-# command line gives them too (or with --trust-run), because a run directory is data.
-_CODE_SETTINGS = {
+# Every setting that imports code or unpickles files (``[]``: each element of a list), with what
+# it does. In a saved config they are honoured only when the current command line gives them
+# too (or with --trust-run), because a run directory is data. tests/test_faults_config.py
+# checks that no such setting of the schema is missing here.
+CODE_SETTINGS: dict[str, str] = {
     "backbone.name": "imports a module and runs its code",
     "backbone.trust_checkpoint": "unpickles the checkpoint, which can run any code",
+    "backbone.ensemble_checkpoints[].name": "imports a module and runs its code",
 }
 # Groups a finished run can switch (how and where it is evaluated, not what was trained).
 RUN_GROUPS = ("trainer", "logger")
 
 
-def _runs_code(path: str, value: Any) -> bool:
-    if path == "backbone.name":
+def _setting_values(node: DictConfig, setting: str) -> list[tuple[str, Any]]:
+    """The concrete ``(path, value)`` pairs of a ``CODE_SETTINGS`` key in ``node``: one pair,
+    or one per list element for a ``a.b[].c`` key (paths then read ``a.b[i].c``)."""
+    head, sep, rest = setting.partition("[].")
+    if not sep:
+        return [(setting, OmegaConf.select(node, setting, default=None))]
+    items = OmegaConf.select(node, head, default=None)
+    if not isinstance(items, ListConfig):
+        return []
+    return [
+        (f"{head}[{i}].{path}", value)
+        for i, item in enumerate(items)
+        if isinstance(item, DictConfig)
+        for path, value in _setting_values(item, rest)
+    ]
+
+
+def _runs_code(setting: str, value: Any) -> bool:
+    if setting.endswith(".name"):
         return isinstance(value, str) and ":" in value
     return value is True
 
 
 def _refuse_code(saved: DictConfig, cli: DictConfig, source: Path) -> None:
     """``ConfigError`` when ``saved`` imports code or unpickles unless ``cli`` says the same."""
-    for path, effect in _CODE_SETTINGS.items():
-        value = OmegaConf.select(saved, path)
-        if not _runs_code(path, value):
-            continue
-        given = OmegaConf.select(cli, path, default=None)
-        if given == value or (given is not None and not _runs_code(path, given)):
-            continue  # the user consents, or replaces it with a value that runs no code
-        shown = str(value).lower() if isinstance(value, bool) else value
-        raise ConfigError(
-            f"{source} sets {path}={shown} ({effect}); a run directory is data and is not "
-            f"trusted: repeat {path}={shown} on the command line or pass --trust-run"
-        )
+    for setting, effect in CODE_SETTINGS.items():
+        for path, value in _setting_values(saved, setting):
+            if not _runs_code(setting, value):
+                continue
+            given = OmegaConf.select(cli, path, default=None)
+            if given == value or (given is not None and not _runs_code(setting, given)):
+                continue  # the user consents, or replaces it with a value that runs no code
+            shown = str(value).lower() if isinstance(value, bool) else value
+            repeat = setting.partition("[]")[0] if "[]" in setting else f"{path}={shown}"
+            raise ConfigError(
+                f"{source} sets {path}={shown} ({effect}); a run directory is data and is not "
+                f"trusted: repeat {repeat} on the command line or pass --trust-run"
+            )
+
+
+def _group_section(config_dir: Path, group: str, option: str | None, schema: DictConfig) -> Any:
+    """The ``group`` section of a new config with ``group=option`` (schema defaults when None)."""
+    if option is None:
+        return OmegaConf.structured(Config)[group]
+    file = config_dir / group / f"{option}.yaml"
+    if not file.is_file():
+        valid = _options(config_dir, group)
+        raise ConfigError(f"unknown {group} option {option!r}. {_suggest(option, valid)}")
+    fresh = _merge(
+        OmegaConf.structured(Config), OmegaConf.create({group: _read_yaml(file)}), str(file), schema
+    )
+    return fresh[group]
+
+
+def _default_option(config_dir: Path, group: str) -> str | None:
+    """The option of ``group`` chosen by the root ``config.yaml`` (None without one)."""
+    root = config_dir / "config.yaml"
+    if not root.is_file():
+        return None
+    defaults, _ = _split_defaults(_read_yaml(root), str(root), config_dir)
+    option = defaults.get(group)
+    return str(option) if option is not None else None
 
 
 def load_run_config(
@@ -296,8 +450,11 @@ def load_run_config(
     """The saved ``config.yaml`` of a finished run, validated, with ``trainer=``/``logger=``
     group choices and ``a.b=value`` overrides (later wins).
 
-    Settings that import code (``backbone.name=pkg.mod:Obj``) or unpickle
-    (``backbone.trust_checkpoint``) are refused unless ``args`` give them too or ``trust_run``.
+    The file is data: an interpolation (``${...}``) in it is refused, never resolved; its
+    ``logger`` section is replaced by the default logger option (or ``logger=``, then
+    ``logger.*`` overrides), so a record never chooses where results are sent. Settings of
+    ``CODE_SETTINGS`` that import code or unpickle are refused unless ``args`` give them too or
+    ``trust_run``.
     """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -320,20 +477,14 @@ def load_run_config(
             dotlist.append(arg)
     schema = OmegaConf.structured(Config)
     saved = _read_yaml(path)
+    _refuse_interpolations(OmegaConf.to_container(saved, resolve=False), path)
     cfg = _merge(schema, saved, str(path), schema)
+    # Where results are logged comes from this command line, never from the record: the saved
+    # logger section is replaced by the default logger option unless logger= chooses another.
+    groups.setdefault("logger", _default_option(config_dir, "logger"))
     for group, option in groups.items():
-        file = config_dir / group / f"{option}.yaml"
-        if not file.is_file():
-            valid = _options(config_dir, group)
-            raise ConfigError(f"unknown {group} option {option!r}. {_suggest(option, valid)}")
         # The option replaces the saved section, as it would have in train.py.
-        fresh = _merge(
-            OmegaConf.structured(Config),
-            OmegaConf.create({group: _read_yaml(file)}),
-            str(file),
-            schema,
-        )
-        cfg[group] = fresh[group]
+        cfg[group] = _group_section(config_dir, group, option, schema)
     try:
         cli = OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as err:

@@ -42,6 +42,24 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quality.mapping": ("logistic5", "logistic4", "none"),
     "active.strategies": ("random", "entropy", "least_confidence", "margin", "bald", "badge"),
     "active.sources": ("feedforward", "introspective"),
+    # Lightning 2.x pass-through fields (tests/test_faults_config.py checks these against the
+    # installed Lightning), checked here so that a typo fails before any work.
+    "trainer.precision": (
+        "16", "32", "64", "bf16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true",
+        "64-true", "transformer-engine", "transformer-engine-float16",
+    ),
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "trainer.strategy": (
+        "auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true",
+        "ddp_fork", "ddp_fork_find_unused_parameters_false",
+        "ddp_fork_find_unused_parameters_true", "ddp_notebook",
+        "ddp_notebook_find_unused_parameters_false", "ddp_notebook_find_unused_parameters_true",
+        "ddp_spawn", "ddp_spawn_find_unused_parameters_false",
+        "ddp_spawn_find_unused_parameters_true", "deepspeed", "deepspeed_stage_1",
+        "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+        "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload",
+        "single_device", "single_tpu", "single_xla", "xla", "xla_debug",
+    ),
 }  # fmt: skip
 
 

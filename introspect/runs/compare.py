@@ -23,6 +23,8 @@ from introspect.runs.compare_active import compare_active, is_active_run
 from introspect.runs.evaluation import HEADS, SHORT
 from introspect.runs.experiments import (
     CompareError,
+    WandbTarget,
+    check_record_config,
     describe,
     differing_keys,
     experiment_key,
@@ -92,6 +94,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         results["splits"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CompareError(f"{file} is not a results file of introspect ({err})") from None
+    check_record_config(config, file)
     return Run(run_dir, config, results)
 
 
@@ -371,11 +374,13 @@ def compare(
     paths: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
     *,
-    wandb: bool | None = None,
+    wandb: bool = False,
+    target: WandbTarget | None = None,
 ) -> dict[str, Any]:
     """Build the comparison of the runs in ``paths``; write ``comparison.md``, ``comparison.csv``,
     ``accuracy_vs_ece.png`` and ``severity_curves.png`` to ``out_dir`` (default: next to the
-    runs) and log them to W&B when ``wandb`` (default: when every run logged to W&B). Runs
+    runs) and log them to W&B when ``wandb``, to ``target`` (default: offline, project
+    ``introspect``); the runs' own logger settings are never used. Runs
     trained with a Table-1 ``stage1.recipe`` also get the Table-1 layout (``runs.table1``),
     first in ``comparison.md`` and alone in ``table1.md``.
 
@@ -408,7 +413,8 @@ def compare(
                 "active-learning runs (active.json) and two-stage runs (results.json) cannot be "
                 "compared together; compare each kind separately"
             )
-        return compare_active(complete, out_dir, wandb=wandb) | {"skipped": skipped}
+        report = compare_active(complete, out_dir, wandb=wandb, target=target)
+        return report | {"skipped": skipped}
     runs = [load_run(p) for p in complete]
     if len({r.path for r in runs}) != len(runs):
         raise CompareError("a run directory is listed twice; list each run once")
@@ -432,10 +438,8 @@ def compare(
     scatter(images[0], groups, tables)
     if severity_curves(out / "severity_curves.png", groups) is not None:
         images.append(out / "severity_curves.png")
-    if wandb is None:
-        wandb = all(r.config.get("logger", {}).get("wandb") for r in runs)
     if wandb:
-        _log_wandb(out, runs, groups, tables, images)
+        _log_wandb(out, runs, groups, tables, images, target or WandbTarget())
     return {
         "out_dir": out,
         "skipped": skipped,
@@ -453,25 +457,19 @@ def _log_wandb(
     groups: Sequence[Group],
     tables: Sequence[dict[str, tuple[float, float]]],
     images: Sequence[Path],
+    target: WandbTarget,
 ) -> None:
-    """One W&B run of job type ``compare`` (offline unless the runs were online)."""
+    """One W&B run of job type ``compare``, logged to ``target``."""
     import wandb
 
-    logger_cfg = runs[0].config.get("logger", {})
-    mode = logger_cfg.get("wandb_mode", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    if mode != "online":
-        os.environ.setdefault("WANDB_MODE", mode)
     keys: list[str] = []
     for t in tables:
         keys += [k for k in t if k not in keys]
     run = wandb.init(
-        project=logger_cfg.get("project", "introspect"),
-        entity=logger_cfg.get("entity"),
         job_type="compare",
         dir=str(out),
-        mode=mode,
         config={"runs": [str(r.path) for r in runs]},
+        **target.init_args(),
     )
     try:
         columns = ["run", "n_seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")]

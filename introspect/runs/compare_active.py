@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from introspect.runs.active_report import CELL, ROWS, SPLITS, curve_plot, table_markdown
-from introspect.runs.experiments import CompareError, describe, experiment_key, mean_std
+from introspect.runs.experiments import (
+    CompareError,
+    WandbTarget,
+    check_record_config,
+    describe,
+    experiment_key,
+    mean_std,
+)
 from introspect.runs.status import write_json_atomic
 
 
@@ -29,6 +36,7 @@ def load_active(path: str | os.PathLike[str]) -> dict[str, Any]:
         results["run"]["config"], results["curves"], results["table"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise CompareError(f"{file} is not an active-learning results file ({err})") from None
+    check_record_config(results["run"]["config"], file)
     return results
 
 
@@ -137,11 +145,12 @@ def compare_active(
     paths: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
     *,
-    wandb: bool | None = None,
+    wandb: bool = False,
+    target: WandbTarget | None = None,
 ) -> dict[str, Any]:
     """Pool the seeds of active runs: ``active_comparison.md``/``.json`` and one
     ``active_curves_<k>.png`` per experiment in ``out_dir`` (default: next to the runs), logged
-    to W&B when ``wandb`` (default: when every run logged to W&B)."""
+    to W&B when ``wandb``, to ``target`` (default: offline; never the runs' own settings)."""
     runs = [(Path(p).expanduser().resolve(), load_active(p)) for p in paths]
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path, res in runs:
@@ -184,28 +193,21 @@ def compare_active(
     text = "\n\n".join(sections) + "\n"
     (out / "active_comparison.md").write_text(text)
     write_json_atomic(out / "active_comparison.json", summary)
-    if wandb is None:
-        wandb = all(r["run"]["config"].get("logger", {}).get("wandb") for _, r in runs)
     if wandb:
-        _log_wandb(out, runs[0][1]["run"]["config"].get("logger", {}), summary, text)
+        _log_wandb(out, target or WandbTarget(), summary, text)
     return {"out_dir": out, "markdown": text, "groups": summary, "skipped": []}
 
 
-def _log_wandb(out: Path, logger_cfg: dict[str, Any], summary: list[dict], text: str) -> None:
-    """One W&B run of job type ``compare``: the pooled cells as a table, the curve plots."""
+def _log_wandb(out: Path, target: WandbTarget, summary: list[dict], text: str) -> None:
+    """One W&B run of job type ``compare`` logged to ``target``: the pooled cells as a table,
+    the curve plots."""
     import wandb
 
-    mode = logger_cfg.get("wandb_mode", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    if mode != "online":
-        os.environ.setdefault("WANDB_MODE", mode)
     run = wandb.init(
-        project=logger_cfg.get("project", "introspect"),
-        entity=logger_cfg.get("entity"),
         job_type="compare",
         dir=str(out),
-        mode=mode,
         config={"runs": [p for g in summary for p in g["runs"]]},
+        **target.init_args(),
     )
     try:
         columns = ["experiment", "strategy", "acquired by"] + [

@@ -5,17 +5,50 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from introspect.config.loader import leaf_paths
+from introspect.config.loader import first_interpolation, leaf_paths
 
 
 class CompareError(ValueError):
     """Runs that cannot be compared as asked; the message names the fix."""
+
+
+def check_record_config(config: Any, file: Path) -> None:
+    """``CompareError`` unless the config saved in the record ``file`` is a mapping free of
+    interpolations (``${...}``): a record is data and is never resolved."""
+    if not isinstance(config, dict):
+        raise CompareError(f"{file} is not a results file of introspect (run.config)")
+    key = first_interpolation(config)
+    if key is not None:
+        raise CompareError(
+            f"{file}: run.config.{key} holds an interpolation ('${{...}}'), which introspect "
+            "never writes; a record is data and is not resolved: leave this run out"
+        )
+
+
+@dataclass(frozen=True)
+class WandbTarget:
+    """Where a comparison is logged to W&B: given by the command line only, never taken from
+    the records compared."""
+
+    mode: str = "offline"
+    project: str = "introspect"
+    entity: str | None = None
+
+    def init_args(self) -> dict[str, Any]:
+        """``wandb.init`` arguments (mode, project, entity); outside ``online`` mode, W&B is
+        also told through ``WANDB_MODE`` never to prompt for a login."""
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if self.mode != "online":
+            os.environ.setdefault("WANDB_MODE", self.mode)
+        return {"mode": self.mode, "project": self.project, "entity": self.entity}
 
 
 # Config keys that do not change what a run measures: runs differing only in these (and in

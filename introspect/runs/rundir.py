@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, save_config
-from introspect.config.loader import leaf_paths
+from introspect.config.loader import first_interpolation, leaf_paths
 from introspect.config.schema import Config
 from introspect.runs.status import (
     STATUS_FILE,
@@ -153,12 +153,19 @@ def check_run_dir(cfg: DictConfig) -> Path:
                 f"the run in {path} is complete; nothing to resume (run.overwrite=true redoes it)"
             )
         try:
-            saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
+            saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
         except Exception as err:  # missing or unreadable: nothing to compare with
             raise RunDirError(
                 f"{path} has no readable config.yaml ({err}); it cannot be resumed, only "
                 "overwritten (run.overwrite=true)"
             ) from None
+        key = first_interpolation(saved)
+        if key is not None:  # a saved config is data: never resolved, not even to compare
+            raise RunDirError(
+                f"{path / 'config.yaml'}: {key} holds an interpolation ('${{...}}'), which "
+                "train.py never writes; it cannot be resumed, only overwritten "
+                "(run.overwrite=true)"
+            )
         current = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(saved, dict) and isinstance(current, dict)
         changed = _changed_keys(saved, current)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, load_config
 from introspect.config.launcher import load_launcher
+from introspect.runs.experiments import WandbTarget
 from introspect.runs.rundir import check_run_dir
 from introspect.runs.status import write_json_atomic
 
@@ -56,6 +57,9 @@ class Sweep:
     jobs: tuple[Job, ...]
     launcher: DictConfig
     argv: tuple[str, ...]
+    # Where the comparison of the finished jobs is logged to W&B (None: not logged): from the
+    # jobs' composed configs (this command line), when every job logs to W&B.
+    wandb: WandbTarget | None = None
 
 
 def split_values(value: str) -> list[str]:
@@ -147,6 +151,7 @@ def plan_sweep(argv: Sequence[str], config_dir: Path, *, now: float | None = Non
         sweep_dir = str(Path(root) / "sweeps" / stamp)
     directory = Path(sweep_dir).expanduser().resolve()
     jobs = []
+    loggers = []
     for index, (overrides, varied) in enumerate(combos):
         run_dir = directory / f"{index:03d}_{_slug(varied)}"
         job = Job(index, tuple(overrides), tuple(varied), run_dir)
@@ -156,7 +161,14 @@ def plan_sweep(argv: Sequence[str], config_dir: Path, *, now: float | None = Non
         except ConfigError as err:
             raise SweepError(f"job {index} ({' '.join(varied) or 'no sweep'}): {err}") from None
         jobs.append(job)
-    return Sweep(directory, tuple(jobs), launcher, tuple(argv))
+        loggers.append(cfg.logger)
+    first = loggers[0]
+    target = (
+        WandbTarget(first.wandb_mode, first.project, first.entity)
+        if all(logger.wandb for logger in loggers)
+        else None
+    )
+    return Sweep(directory, tuple(jobs), launcher, tuple(argv), target)
 
 
 def _manifest(sweep: Sweep, states: dict[int, Any]) -> dict[str, Any]:
@@ -267,7 +279,9 @@ def launch(sweep: Sweep) -> dict[str, Any]:
         from introspect.runs.compare import CompareError, compare
 
         try:
-            manifest["compare"] = compare(done, sweep.directory)
+            manifest["compare"] = compare(
+                done, sweep.directory, wandb=sweep.wandb is not None, target=sweep.wandb
+            )
         except CompareError as err:
             print(f"[sweep] no comparison: {err}", file=sys.stderr)
     return manifest
