@@ -28,9 +28,16 @@ from introspect.runs.distributed import (
     launch,
 )
 from introspect.runs.errors import PipelineError
+from introspect.runs.lock import LockError
 from introspect.runs.quality import run_quality
 from introspect.runs.report import evaluate_and_report
-from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
+from introspect.runs.rundir import (
+    build_loggers,
+    check_run_dir,
+    lock_run_dir,
+    log_version,
+    prepare_run_dir,
+)
 from introspect.runs.splits import evaluation_splits
 from introspect.runs.stage1 import build_backbone, build_data, stage1, stage1_checkpoint
 from introspect.runs.stage2 import check_head_size, load_heads, stage2
@@ -47,6 +54,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     HeadNotFoundError,
     ConfigError,
     QualityDataError,
+    LockError,
 )
 
 
@@ -63,8 +71,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (``running`` with its stage, ``failed`` with the error, ``complete``); with
     ``run.resume=true`` every finished stage is reused. With several processes
     (``trainer.devices``/``trainer.num_nodes``) every stage runs on all of them and each
-    returns the same results; rank zero writes the run directory.
+    returns the same results; rank zero writes the run directory and holds its lock
+    (``rundir.lock_run_dir``) from the checks to the end, so a second process is refused.
     """
+    lock = lock_run_dir(cfg)
+    try:
+        return _run(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
+    """``run`` under the run directory's lock."""
     if cfg.task == "quality":
         check_run_dir(cfg)
         return run_quality(cfg)
