@@ -39,6 +39,22 @@ LIGHT = (
 )
 
 
+# train.py whose data loading takes 3 s (as a real data set's does): the window in which two
+# processes that both passed the checks would both start writing the run.
+SLOW_DATA = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import train
+import introspect.runs.pipeline as pipeline
+build_data = pipeline.build_data
+def slow_build_data(cfg):
+    time.sleep(3)
+    return build_data(cfg)
+pipeline.build_data = slow_build_data
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
@@ -83,11 +99,13 @@ def _dead_pid() -> int:
 
 @pytest.fixture(scope="module")
 def race(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[subprocess.Popen[str]], Path]:
-    """Two train.py started at once into one run directory; the finished run is shared by the
-    module's tests (each copies it)."""
+    """Two train.py (with slow data loading) started at once into one run directory; the
+    finished run is shared by the module's tests (each copies it)."""
     tmp = tmp_path_factory.mktemp("faults")
     run_dir = tmp / "raced"
-    args = [str(REPO / "train.py"), *QUICK, f"run.dir={run_dir}", f"stage2.cache_dir={tmp / 'c'}"]
+    script = tmp / "slow_train.py"
+    script.write_text(SLOW_DATA.format(repo=str(REPO)))
+    args = [str(script), *QUICK, f"run.dir={run_dir}", f"stage2.cache_dir={tmp / 'c'}"]
     procs = [_start(args), _start(args)]
     for proc in procs:
         proc.wait(timeout=600)
@@ -178,11 +196,9 @@ def test_two_trainings_racing_for_one_directory_admit_one(
     outcomes = [(p.returncode, p.stderr.read()) for p in procs]  # type: ignore[union-attr]
     assert sorted(rc for rc, _ in outcomes) == [0, 2], outcomes
     (refused,) = [err.strip().splitlines() for rc, err in outcomes if rc == 2]
-    # Usually refused by the lock; a loser slow enough to start after the winner finished is
-    # refused by the run it finds there.
-    assert len(refused) == 1 and (
-        "in use by another process (pid " in refused[0] or "already holds a run" in refused[0]
-    )
+    (winner,) = [p.pid for p in procs if p.returncode == 0]
+    assert len(refused) == 1, refused
+    assert f"run directory {run_dir} is in use by another process (pid {winner} on " in refused[0]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
     assert not (run_dir / LOCK_FILE).exists()
 
