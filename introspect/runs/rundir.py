@@ -482,7 +482,6 @@ def lock_evaluation(run_dir: Path, out_dir: Path) -> RunLock:
     no results (another process may have finished it meanwhile)."""
     lock = acquire_lock(out_dir, f"evaluation folder {out_dir}")
     try:
-        check_inside(run_dir, out_dir, *out_dir.iterdir())
         evaluation_dir(run_dir, out_dir.name)
     except BaseException:
         lock.release()
