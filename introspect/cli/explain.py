@@ -23,8 +23,8 @@ Prepared = tuple[Callable[[], RunLock | None], tuple[Any, ...]]
 
 USAGE = """\
 usage: explain run=runs/<name> [figure=paradigms|methods|introspection|quality] [n=8] [index=0]
-               [split=test] [out=PATH] [layer=PATH] [method.<name>.<arg>=value ...]
-               [a.b=value ...]
+               [split=test] [out=PATH.png [overwrite=true]] [layer=PATH]
+               [method.<name>.<arg>=value ...] [a.b=value ...]
 
 Explains the finished run's stage-1 backbone on images of split (train, val or test).
 figure=paradigms (default): one row per image of the first n with Grad-CAM "why P?",
@@ -67,7 +67,7 @@ to a method, e.g. method.rise.masks=500 method.lime.samples=200.
 
 NETWORK_USAGE = """\
 usage: explain-network run=runs/<name> [n=500] [split=test] [layer=PATH] [channels=0,1,2,3]
-                       [k=8] [queries=4] [out=DIR] [a.b=value ...]
+                       [k=8] [queries=4] [out=DIR [overwrite=true]] [a.b=value ...]
 
 Looks inside the run's backbone on the first n images of split: first-layer filters, the
 activation maps of layer for the first image, the k patches that most activate each of
