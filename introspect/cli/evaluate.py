@@ -93,7 +93,20 @@ def _load_run(
 def _run_job(
     loaded: tuple[DictConfig, Path, Path], job: Callable[[DictConfig, Path, Path], Any]
 ) -> bool:
-    """Run ``job(cfg, run_dir, out_dir)``; user errors are printed, giving False."""
+    """Run ``job(cfg, run_dir, out_dir)`` holding the lock of ``out_dir`` (taken before the
+    heavy imports; rank zero only); user errors are printed, giving False."""
+    from introspect.runs.lock import LockError
+    from introspect.runs.rundir import is_secondary_process, lock_evaluation
+
+    _, run_dir, out_dir = loaded
+    try:
+        lock = None if is_secondary_process() else lock_evaluation(run_dir, out_dir)
+    except LockError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return False
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return False
     from introspect.runs.distributed import report_stopped_process
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
@@ -107,6 +120,9 @@ def _run_job(
         if not report_stopped_process(err):  # another process of a multi-process run stopped
             raise
         return False
+    finally:
+        if lock is not None:
+            lock.release()
     return True
 
 
@@ -115,11 +131,16 @@ def reevaluate_main(argv: list[str], *, trust_run: bool = False) -> int:
     loaded = _load_run(argv, trust_run=trust_run)
     if loaded is None:
         return 2
-    from introspect.runs.distributed import is_global_zero
-    from introspect.runs.pipeline import reevaluate
 
-    if not _run_job(loaded, reevaluate):
+    def job(cfg: DictConfig, run_dir: Path, out_dir: Path) -> Any:
+        from introspect.runs.pipeline import reevaluate
+
+        return reevaluate(cfg, run_dir, out_dir)
+
+    if not _run_job(loaded, job):
         return 2
+    from introspect.runs.distributed import is_global_zero
+
     if is_global_zero():
         print(f"wrote {loaded[2] / 'results.json'}")
     return 0
@@ -130,9 +151,13 @@ def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
     loaded = _load_run(argv, trust_run=trust_run, default_tag="scores")
     if loaded is None:
         return 2
-    from introspect.runs.scores import score_run
 
-    if not _run_job(loaded, score_run):
+    def job(cfg: DictConfig, run_dir: Path, out_dir: Path) -> Any:
+        from introspect.runs.scores import score_run
+
+        return score_run(cfg, run_dir, out_dir)
+
+    if not _run_job(loaded, job):
         return 2
     print(f"wrote {loaded[2] / 'results.json'}; tables in {loaded[2] / 'scores.md'}")
     return 0

@@ -15,11 +15,16 @@ from omegaconf import DictConfig
 
 from introspect.config import ConfigError, load_run_config
 from introspect.explain.errors import ExplanationError
+from introspect.runs.lock import LockError, RunLock, acquire_lock
+
+# A prepared command: the function taking its output's lock (None: nothing to lock) and the
+# arguments of its work.
+Prepared = tuple[Callable[[], RunLock | None], tuple[Any, ...]]
 
 USAGE = """\
 usage: explain run=runs/<name> [figure=paradigms|methods|introspection|quality] [n=8] [index=0]
-               [split=test] [out=PATH] [layer=PATH] [method.<name>.<arg>=value ...]
-               [a.b=value ...]
+               [split=test] [out=PATH.png [overwrite=true]] [layer=PATH]
+               [method.<name>.<arg>=value ...] [a.b=value ...]
 
 Explains the finished run's stage-1 backbone on images of split (train, val or test).
 figure=paradigms (default): one row per image of the first n with Grad-CAM "why P?",
@@ -38,7 +43,9 @@ figure=quality (quality runs, the default there; also kind=quality): for each of
   images of split, its score q, Grad-CAM "why q?" and Contrast-CAM "why q, rather than q'?"
   for every q' of quality.explain_contrasts (fractions of the training scores' range);
   <run>/explanations/quality.png.
-out=PATH replaces the file; prints its path and logs it to W&B when logger.wandb=true.
+out=PATH (a .png) writes the figure there instead; an existing file is replaced only with
+overwrite=true, and a run's records (results.json, config.yaml, status.json, checkpoints,
+heads) never. Prints the figure's path and logs it to W&B when logger.wandb=true.
 layer= is the explained layer's dotted path (default: the last executed Conv2d; CAM finds
 the pooled layer); other a.b=value arguments override the run's saved config.
 """
@@ -60,14 +67,15 @@ to a method, e.g. method.rise.masks=500 method.lime.samples=200.
 
 NETWORK_USAGE = """\
 usage: explain-network run=runs/<name> [n=500] [split=test] [layer=PATH] [channels=0,1,2,3]
-                       [k=8] [queries=4] [out=DIR] [a.b=value ...]
+                       [k=8] [queries=4] [out=DIR [overwrite=true]] [a.b=value ...]
 
 Looks inside the run's backbone on the first n images of split: first-layer filters, the
 activation maps of layer for the first image, the k patches that most activate each of
 channels in layer, the nearest neighbours (penultimate space, L2) of the first queries
 images, and a t-SNE of the penultimate features coloured by class. Writes filters.png,
 activations.png, patches.png, neighbours.png and tsne.png to <run>/explanations/network/
-(or out=DIR) and prints their paths.
+(or out=DIR; its existing figures are replaced only with overwrite=true) and prints their
+paths.
 """
 
 # The datamodule's splits (``introspect.data.module.SPLITS``; not imported: it needs torch).
@@ -94,7 +102,7 @@ METHOD_NAMES = (
 )
 REFERENCE_NAMES = ("random",)
 
-OPTIONS = ("run", "n", "split", "out", "layer", "figure", "index", "kind", "k")
+OPTIONS = ("run", "n", "split", "out", "overwrite", "layer", "figure", "index", "kind", "k")
 EVAL_OPTIONS = (
     "run",
     "tag",
@@ -108,7 +116,9 @@ EVAL_OPTIONS = (
     "threshold",
     "batch_size",
 )
-NETWORK_OPTIONS = ("run", "n", "split", "out", "layer", "channels", "k", "queries")
+NETWORK_OPTIONS = ("run", "n", "split", "out", "overwrite", "layer", "channels", "k", "queries")
+# The figures explain-network writes into its folder.
+NETWORK_FILES = ("filters.png", "activations.png", "patches.png", "neighbours.png", "tsne.png")
 
 
 def _parse(
@@ -192,6 +202,45 @@ def _run_config(
     return run_dir, load_run_config(run_dir, overrides, trust_run=trust_run)
 
 
+def _check_outputs(run_dir: Path, files: list[Path], *, replace: bool) -> None:
+    """``ExplanationError`` when one of ``files`` (a command's outputs) is a record of a run,
+    or exists and ``replace`` is false; ``ConfigError`` when one inside the run is reached
+    through a symbolic link or resolves outside it."""
+    from introspect.runs.rundir import check_inside, is_record
+
+    for file in files:
+        if is_record(file):
+            raise ExplanationError(f"{file} is a record of a run and is never replaced")
+        if run_dir in file.parents:
+            check_inside(run_dir, file)
+        if not replace and (file.exists() or file.is_symlink()):
+            raise ExplanationError(
+                f"{file} exists; pass overwrite=true to replace it, or out=<another path>"
+            )
+
+
+def _output_locker(
+    run_dir: Path, folder: Path, files: list[Path], *, replace: bool
+) -> Callable[[], RunLock | None]:
+    """The function that locks ``folder`` for this process and checks ``files`` again under
+    the lock (rank zero only)."""
+
+    def lock() -> RunLock | None:
+        from introspect.runs.rundir import is_secondary_process
+
+        if is_secondary_process():
+            return None
+        held = acquire_lock(folder, f"output folder {folder}")
+        try:
+            _check_outputs(run_dir, files, replace=replace)
+        except BaseException:
+            held.release()
+            raise
+        return held
+
+    return lock
+
+
 def _fail(err: BaseException) -> int:
     print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
     return 2
@@ -200,27 +249,32 @@ def _fail(err: BaseException) -> int:
 def _main(
     argv: list[str],
     usage: str,
-    prepare: Callable[[list[str], bool], tuple[Any, ...]],
+    prepare: Callable[[list[str], bool], Prepared],
     work: Callable[..., list[Path] | Path | None],
     *,
     trust_run: bool,
 ) -> int:
-    """Print ``usage`` for no/help arguments; ``prepare`` (no torch) then ``work``; user
-    errors print one line and give 2."""
+    """Print ``usage`` for no/help arguments; ``prepare`` (no torch), lock the output, then
+    ``work``; user errors print one line and give 2."""
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(usage)
         return 0 if argv else 2
     try:
-        prepared = prepare(argv, trust_run)
-    except (ExplanationError, ConfigError) as err:
+        locker, prepared = prepare(argv, trust_run)
+        lock = locker()
+    except (ExplanationError, ConfigError, LockError) as err:
         return _fail(err)
-    from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
-
-    quiet_library_warnings()
     try:
-        result = work(*prepared)
-    except (ExplanationError, ConfigError, *USER_ERRORS) as err:
-        return _fail(err)
+        from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
+
+        quiet_library_warnings()
+        try:
+            result = work(*prepared)
+        except (ExplanationError, ConfigError, *USER_ERRORS) as err:
+            return _fail(err)
+    finally:
+        if lock is not None:
+            lock.release()
     paths = result if isinstance(result, list) else [result] if result is not None else []
     for path in paths:
         print(path)
@@ -230,9 +284,7 @@ def _main(
 # ---- explain ---------------------------------------------------------------------------------
 
 
-def _prepare_explain(
-    argv: list[str], trust_run: bool
-) -> tuple[dict[str, str], dict[str, dict[str, Any]], Path, DictConfig]:
+def _prepare_explain(argv: list[str], trust_run: bool) -> Prepared:
     options, overrides, method_options = _parse(argv, OPTIONS, method_options=True)
     _count("n", options.get("n", "8"))
     _count("index", options.get("index", "0"), minimum=0)
@@ -260,7 +312,31 @@ def _prepare_explain(
             raise ExplanationError(f"{run_dir} is a quality run; it draws figure=quality only")
     elif figure == "quality":
         raise ExplanationError("figure=quality explains quality runs (task=quality) only")
-    return options, method_options, run_dir, cfg
+    replace = _bool("overwrite", options.get("overwrite", "false"))
+    if options.get("out"):
+        out = Path(options["out"]).expanduser().absolute()
+        _check_outputs(run_dir, [out], replace=True)  # a record, never
+        if out.suffix.lower() != ".png":
+            raise ExplanationError(f"out={options['out']} must name a .png file")
+    else:  # the command's own figure in the run: drawn again each time
+        out, replace = _default_figure(options, run_dir), True
+    options["out"] = str(out)
+    _check_outputs(run_dir, [out], replace=replace)
+    locker = _output_locker(run_dir, out.parent, [out], replace=replace)
+    return locker, (options, method_options, run_dir, cfg)
+
+
+def _default_figure(options: dict[str, str], run_dir: Path) -> Path:
+    """Where the figure of ``options`` goes without ``out=``."""
+    figure = options.get("figure", "paradigms")
+    index = _count("index", options.get("index", "0"), minimum=0)
+    return {
+        "paradigms": run_dir / "explanations.png",
+        "methods": run_dir / "explanations" / "methods.png",
+        "introspection": run_dir / "explanations" / f"introspection-{index}.png",
+        "prototypes": run_dir / "prototypes.png",
+        "quality": run_dir / "explanations" / "quality.png",
+    }[figure]
 
 
 def _quality_explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) -> Path:
@@ -276,12 +352,11 @@ def _quality_explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) ->
     model, dataset, splits, _ = load_quality_run(cfg, run_dir)
     chosen = splits[split][:n].tolist()
     levels = contrast_levels(list(cfg.quality.explain_contrasts), dataset.scores[splits["train"]])
-    out = Path(options["out"]).expanduser() if options.get("out") else None
     return quality_figure(
         model,
         dataset.images(chosen),
         [float(q) for q in np.asarray(levels)],
-        out or run_dir / "explanations" / "quality.png",
+        Path(options["out"]),
         layer=options.get("layer") or None,
         targets=[float(dataset.scores[i]) for i in chosen],
         label=database_title(dataset, cfg.quality.label),
@@ -323,13 +398,7 @@ def _explain(
     images = torch.stack([image for image, _ in samples]).to(device)
     labels = [int(label) for _, label in samples]
     layer = options.get("layer") or None
-    default = {
-        "paradigms": run_dir / "explanations.png",
-        "methods": run_dir / "explanations" / "methods.png",
-        "introspection": run_dir / "explanations" / f"introspection-{index}.png",
-        "prototypes": run_dir / "prototypes.png",
-    }[figure]
-    out = Path(options["out"]).expanduser() if options.get("out") else default
+    out = Path(options["out"])  # checked and filled in by _prepare_explain
     if figure == "paradigms":
         path = explanation_figure(backbone, images, dm.class_names, out, layer=layer, labels=labels)
     elif figure == "methods":
@@ -430,13 +499,17 @@ def _eval_tag(options: dict[str, str], cell: str | None) -> str:
     return f"explain-{tag}" if tag else "explain"
 
 
-def _prepare_eval(argv: list[str], trust_run: bool) -> tuple[DictConfig, Path, Path, Any]:
-    from introspect.runs.rundir import evaluation_dir
+def _prepare_eval(argv: list[str], trust_run: bool) -> Prepared:
+    from introspect.runs.rundir import evaluation_dir, is_secondary_process, lock_evaluation
 
     options, overrides, fields = eval_options(argv)
     run_dir, cfg = _run_config(options, overrides, trust_run=trust_run)
     out_dir = evaluation_dir(run_dir, _eval_tag(options, fields["cell"]))
-    return cfg, run_dir, out_dir, fields
+
+    def lock() -> RunLock | None:
+        return None if is_secondary_process() else lock_evaluation(run_dir, out_dir)
+
+    return lock, (cfg, run_dir, out_dir, fields)
 
 
 def _eval(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> Path:
@@ -457,7 +530,7 @@ def explain_eval_main(argv: list[str], *, trust_run: bool = False) -> int:
 # ---- explain-network -------------------------------------------------------------------------
 
 
-def _prepare_network(argv: list[str], trust_run: bool) -> tuple[DictConfig, Path, Path, Any]:
+def _prepare_network(argv: list[str], trust_run: bool) -> Prepared:
     options, overrides, _ = _parse(argv, NETWORK_OPTIONS)
     channels = _names(options.get("channels", "0,1,2,3"))
     if not channels or not all(c.isdigit() for c in channels):
@@ -474,8 +547,16 @@ def _prepare_network(argv: list[str], trust_run: bool) -> tuple[DictConfig, Path
     }
     run_dir, cfg = _run_config(options, overrides, trust_run=trust_run)
     out = options.get("out")
-    out_dir = Path(out).expanduser() if out else run_dir / "explanations" / "network"
-    return cfg, run_dir, out_dir, fields
+    replace = _bool("overwrite", options.get("overwrite", "false"))
+    if out:
+        out_dir = Path(out).expanduser().absolute()
+    else:  # the command's own folder in the run: drawn again each time
+        out_dir, replace = run_dir / "explanations" / "network", True
+    files = [out_dir / name for name in NETWORK_FILES]
+    _check_outputs(run_dir, [out_dir, *files], replace=True)  # the folder may exist
+    _check_outputs(run_dir, files, replace=replace)
+    locker = _output_locker(run_dir, out_dir, files, replace=replace)
+    return locker, (cfg, run_dir, out_dir, fields)
 
 
 def _network(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> list[Path]:

@@ -440,6 +440,33 @@ def _default_option(config_dir: Path, group: str) -> str | None:
     return str(option) if option is not None else None
 
 
+# Folders a saved config names that a command would create or write into: taken from the
+# command line only; a saved value is replaced by the schema default (the user's own cache).
+_SAVED_WRITE_LOCATIONS = ("eval.cache_dir", "stage2.cache_dir", "quality.cache_dir")
+# Sources whose images live under data.root; for the others it is only a cache folder.
+_ROOT_DATA_SOURCES = ("cifar10", "cifar100")
+
+
+def _keep_writes_local(cfg: DictConfig, cli: DictConfig) -> None:
+    """Make a saved config (merged with the command line ``cli``) write nowhere it names.
+
+    Cache folders of the saved config become the schema defaults unless ``cli`` gives them.
+    Unless ``cli`` gives ``data.root``, nothing is downloaded (``data.download=false``) and the
+    saved ``data.root`` is kept only where it holds the run's images and exists (read only);
+    otherwise the default cache replaces it."""
+    defaults = OmegaConf.structured(Config)
+    given = leaf_paths(OmegaConf.to_container(cli, resolve=False))
+    for key in _SAVED_WRITE_LOCATIONS:
+        if key not in given:
+            OmegaConf.update(cfg, key, OmegaConf.select(defaults, key))
+    if "data.root" in given:
+        return
+    cfg.data.download = False
+    saved_root = Path(str(cfg.data.root)).expanduser()
+    if cfg.data.source not in _ROOT_DATA_SOURCES or not saved_root.is_dir():
+        cfg.data.root = defaults.data.root
+
+
 def load_run_config(
     run_dir: Path | str,
     args: Sequence[str] = (),
@@ -454,7 +481,8 @@ def load_run_config(
     ``logger`` section is replaced by the default logger option (or ``logger=``, then
     ``logger.*`` overrides), so a record never chooses where results are sent. Settings of
     ``CODE_SETTINGS`` that import code or unpickle are refused unless ``args`` give them too or
-    ``trust_run``.
+    ``trust_run``. Saved cache folders and ``data.root`` are never written to
+    (``_keep_writes_local``).
     """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -493,6 +521,7 @@ def load_run_config(
     if not trust_run:
         _refuse_code(cfg, cli, path)
     cfg = _merge(cfg, cli, "command line", schema)
+    _keep_writes_local(cfg, cli)
     _validate(cfg)
     return cfg
 

@@ -28,9 +28,15 @@ from introspect.runs.distributed import (
     launch,
 )
 from introspect.runs.errors import PipelineError
+from introspect.runs.lock import LockError
 from introspect.runs.quality import run_quality
 from introspect.runs.report import evaluate_and_report
-from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
+from introspect.runs.rundir import (
+    build_loggers,
+    lock_run_dir,
+    log_version,
+    prepare_run_dir,
+)
 from introspect.runs.splits import evaluation_splits
 from introspect.runs.stage1 import build_backbone, build_data, stage1, stage1_checkpoint
 from introspect.runs.stage2 import check_head_size, load_heads, stage2
@@ -47,6 +53,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     HeadNotFoundError,
     ConfigError,
     QualityDataError,
+    LockError,
 )
 
 
@@ -58,21 +65,30 @@ def quiet_library_warnings() -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured job end to end (stage 1, stage 2, evaluation) and return the results.
 
-    The run directory is checked first (``rundir.check_run_dir``), then data, evaluation splits
-    and backbone are built and checked before any training. ``status.json`` follows the run
-    (``running`` with its stage, ``failed`` with the error, ``complete``); with
+    The run directory is locked and checked first (``rundir.lock_run_dir``), then data,
+    evaluation splits and backbone are built and checked before any training. ``status.json``
+    follows the run (``running`` with its stage, ``failed`` with the error, ``complete``); with
     ``run.resume=true`` every finished stage is reused. With several processes
     (``trainer.devices``/``trainer.num_nodes``) every stage runs on all of them and each
-    returns the same results; rank zero writes the run directory.
+    returns the same results; rank zero writes the run directory and holds its lock from the
+    checks to the end, so a second process is refused.
     """
+    lock = lock_run_dir(cfg)
+    try:
+        return _run(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
+    """``run`` under the run directory's lock (its checks made)."""
     if cfg.task == "quality":
-        check_run_dir(cfg)
         return run_quality(cfg)
 
     if cfg.active.enabled:
         return run_active(cfg)
     start = time.perf_counter()
-    check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))  # checked before any work

@@ -1,9 +1,11 @@
 """Run directories: where a run goes, the checks made before any work, creation, loggers.
 
 A directory holds one run. Starting a run where one exists is refused unless ``run.overwrite``
-(the directory is cleared first) or ``run.resume`` (the run there is continued; its saved
-config must agree with the new one). This module imports neither torch nor Lightning at import
-time, so the checks run before the heavy imports.
+(the files a run writes are deleted first) or ``run.resume`` (the run there is continued; its
+saved config must agree with the new one). Overwrite deletes only a run of ours and refuses a
+folder holding anything else; home, root and the working directory (or its ancestors) are never
+run directories; every output folder of a run must lie inside it (no symlinks out). This module
+imports neither torch nor Lightning at import time, so the checks run before the heavy imports.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from introspect.config import ConfigError, save_config
 from introspect.config.loader import first_interpolation, leaf_paths
 from introspect.config.schema import Config
+from introspect.runs.lock import LOCK_FILE, RunLock, acquire_lock
 from introspect.runs.status import (
+    STATES,
     STATUS_FILE,
     describe,
     now,
@@ -37,9 +41,13 @@ if TYPE_CHECKING:
 __all__ = [
     "build_loggers",
     "check_run_dir",
+    "check_inside",
     "evaluation_dir",
     "evaluation_tag",
     "holds_run",
+    "is_record",
+    "lock_evaluation",
+    "lock_run_dir",
     "log_version",
     "prepare_run_dir",
     "write_json_atomic",
@@ -65,8 +73,49 @@ _RESUMABLE_CHANGES = (
 )
 
 
+# What a run writes at the top of its directory (folders end in "/"): all that
+# ``run.overwrite`` deletes. Anything else there makes overwrite refuse.
+RUN_ENTRIES = (
+    "config.yaml",
+    STATUS_FILE,
+    "results.json",
+    "table.md",
+    "provenance.json",
+    "protopnet.json",
+    "active.json",
+    "active.md",
+    "active.png",
+    "scatter.png",
+    "explanations.png",
+    "prototypes.png",
+    "reliability_clean.png",
+    "reliability_corrupted.png",
+    LOCK_FILE,
+    "checkpoints/",
+    "stage2/",
+    "logs/",
+    "wandb/",
+    "evaluations/",
+    "explanations/",
+    "active_rounds/",
+    ".partial-evaluation/",
+)
+# Records: never replaced by any command (files of a run, or folders whose files all are).
+RECORD_FILES = ("results.json", "config.yaml", STATUS_FILE, "provenance.json")
+RECORD_FOLDERS = ("checkpoints", "stage2")
+
+
 class RunDirError(ConfigError):
     """A run directory that cannot be used as asked; the message names the fix."""
+
+
+def _entry_names() -> set[str]:
+    return {e.rstrip("/") for e in RUN_ENTRIES}
+
+
+def _is_write_temp(name: str) -> bool:
+    """A temporary file of an atomic write a killed process left behind (``.<name>.*.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def is_secondary_process() -> bool:
@@ -88,11 +137,115 @@ def holds_run(path: Path | str) -> bool:
 
 def run_path(cfg: DictConfig) -> Path:
     """Fill ``run.name`` (default ``<experiment or 'default'>-<YYYYmmdd-HHMMSS>``) and return
-    the absolute run directory: ``run.dir`` or ``run.root/run.name``."""
+    the absolute run directory: ``run.dir`` or ``run.root/run.name``.
+
+    ``RunDirError`` when ``run.name`` is not one plain folder name."""
     if not cfg.run.name:
         cfg.run.name = f"{cfg.experiment or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / cfg.run.name
+    name = str(cfg.run.name)
+    if name in (".", "..") or "/" in name or "\\" in name or name.strip() != name:
+        raise RunDirError(
+            f"run.name={name!r} must be one plain folder name (no '/', not '.' or '..'); "
+            "give the folder as run.dir=PATH or the parent as run.root=PATH"
+        )
+    run_dir = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / name
     return run_dir.expanduser().resolve()
+
+
+def _refuse_special(path: Path) -> None:
+    """``RunDirError`` for the file system root, the home folder, and the working directory
+    or any folder holding it: never run directories, whatever they contain."""
+    home = Path.home().resolve()
+    cwd = Path.cwd().resolve()
+    if path == Path(path.anchor) or path == home or path == cwd or path in cwd.parents:
+        what = "your home folder" if path == home else "the working directory or a folder above it"
+        if path == Path(path.anchor):
+            what = "the file system root"
+        raise RunDirError(
+            f"run directory {path} is {what}; a run needs its own folder: set run.dir or "
+            "run.name to a new folder"
+        )
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` holds a run written by this program: a ``status.json`` in our format
+    or a ``config.yaml`` whose sections are all config sections of ours."""
+    status = read_status(path)
+    if status is not None and status.get("state") in STATES:
+        return True
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
+    except Exception:  # missing or not YAML: not a config of ours
+        return False
+    sections = {f for f in Config.__dataclass_fields__}
+    return isinstance(saved, dict) and bool(saved) and set(saved) <= sections
+
+
+def _check_overwrite(path: Path) -> None:
+    """``RunDirError`` unless everything in ``path`` is a file or folder a run writes, in a
+    directory that holds a run of ours (or is empty, or does not exist)."""
+    entries = [p.name for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
+    if not entries:
+        return
+    names = _entry_names()
+    unknown = sorted(n for n in entries if n not in names and not _is_write_temp(n))
+    if not _ours(path):
+        raise RunDirError(
+            f"run.overwrite=true but {path} holds no run of this program (no status.json or "
+            "config.yaml of ours); overwrite deletes runs only: choose another run.dir/run.name"
+        )
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise RunDirError(
+            f"run.overwrite=true but {path} holds files no run writes ({shown}); move them "
+            "away or choose another run.dir/run.name (overwrite deletes only a run's own files)"
+        )
+
+
+def _clear_run(path: Path) -> None:
+    """Delete what a run writes in ``path`` (links themselves, never what they point to);
+    the lock file of this process stays."""
+    names = _entry_names() - {LOCK_FILE}
+    for entry in path.iterdir():
+        if entry.name not in names and not _is_write_temp(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def is_record(path: Path) -> bool:
+    """Whether ``path`` is (or would replace) a record of a run: its ``results.json``,
+    ``config.yaml``, ``status.json`` or ``provenance.json`` (an evaluation's too), or anything
+    in a run's ``checkpoints/`` or ``stage2/``."""
+    path = path.expanduser().resolve()
+    if path.name in RECORD_FILES:
+        return True
+    return any(
+        folder.name in RECORD_FOLDERS and holds_run(folder.parent) for folder in path.parents
+    )
+
+
+def check_inside(run_dir: Path, *paths: Path) -> None:
+    """``RunDirError`` when one of ``paths`` (output files or folders of the run in ``run_dir``,
+    existing or not) is a symbolic link or resolves outside ``run_dir``."""
+    root = run_dir.resolve()
+    for path in paths:
+        here = path
+        while here != run_dir and run_dir in here.parents:
+            if here.is_symlink():
+                raise RunDirError(
+                    f"{here} is a symbolic link; a command writes only inside its run "
+                    f"({run_dir}): replace the link by a folder"
+                )
+            here = here.parent
+        resolved = path.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise RunDirError(
+                f"{path} resolves to {resolved}, outside the run {run_dir}; a command writes "
+                "only inside its run"
+            )
 
 
 def _check_writable(path: Path) -> None:
@@ -132,15 +285,22 @@ def check_run_dir(cfg: DictConfig) -> Path:
     """The checks made before any work (fills ``run.name``; returns the run directory).
 
     Refuses a directory that holds a run unless ``run.overwrite`` or ``run.resume``; with
+    ``run.overwrite``, the directory must hold a run of ours and nothing else; with
     ``run.resume``, a run must be there, unfinished, made with the same config; the directory
-    must be creatable and writable. Processes of rank > 0 only compute the path.
+    must be creatable and writable, not home, root or the working directory (or above it), and
+    its output folders no symbolic links. Processes of rank > 0 only compute the path.
     """
     path = run_path(cfg)
     if cfg.run.overwrite and cfg.run.resume:
         raise RunDirError("run.overwrite=true and run.resume=true exclude each other; pick one")
     if is_secondary_process():
         return path
+    _refuse_special(path)
     _check_writable(path)
+    if path.is_dir():
+        check_inside(path, *(path / e.rstrip("/") for e in RUN_ENTRIES))
+    if cfg.run.overwrite:
+        _check_overwrite(path)
     if cfg.run.resume:
         if not holds_run(path):
             raise RunDirError(
@@ -194,7 +354,7 @@ def _state(path: Path) -> str:
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
-    """Create the run directory (cleared first with ``run.overwrite``), fill
+    """Create the run directory (a run's files deleted first with ``run.overwrite``), fill
     ``run.name``/``run.dir`` in ``cfg``, save ``config.yaml`` and mark the run ``running``.
 
     In a multi-process run, rank zero picks name and path for every process and alone writes.
@@ -207,7 +367,7 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     run_dir = Path(where)
     if is_global_zero():
         if cfg.run.overwrite and run_dir.is_dir():
-            shutil.rmtree(run_dir)
+            _clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = read_status(run_dir) if cfg.run.resume else None
         if not cfg.run.resume:
@@ -302,14 +462,18 @@ def evaluation_tag(overrides: list[str]) -> str:
 
 
 def evaluation_dir(run_dir: Path, tag: str) -> Path:
-    """``<run>/evaluations/<tag>``, checked before any work: the run must be complete and the
-    folder must not hold results already (a results file is a record, never replaced)."""
+    """``<run>/evaluations/<tag>``, checked before any work: the run must be complete, the
+    folder must not hold results already (a results file is a record, never replaced), and
+    neither it nor ``evaluations`` nor anything in it may be a link or lead out of the run."""
     if not tag or tag in (".", "..") or "/" in tag or "\\" in tag:
         raise RunDirError(f"tag={tag!r} must be a plain folder name (no '/')")
     status = read_status(run_dir)
     if status is not None and status.get("state") != "complete":
         raise RunDirError(f"the run in {run_dir} is not complete ({describe(status)})")
     out = run_dir / "evaluations" / tag
+    check_inside(run_dir, out)
+    if out.is_dir():
+        check_inside(run_dir, *out.iterdir())
     if (out / "results.json").exists():
         raise RunDirError(
             f"{out} already holds results; results are records and are never replaced: pass "
@@ -317,6 +481,35 @@ def evaluation_dir(run_dir: Path, tag: str) -> Path:
         )
     _check_writable(out)
     return out
+
+
+def lock_evaluation(run_dir: Path, out_dir: Path) -> RunLock:
+    """Lock the evaluation folder ``out_dir`` of the run in ``run_dir`` for this process
+    (``LockError`` naming the holder when another has it), then check again that it holds
+    no results (another process may have finished it meanwhile)."""
+    lock = acquire_lock(out_dir, f"evaluation folder {out_dir}")
+    try:
+        evaluation_dir(run_dir, out_dir.name)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def lock_run_dir(cfg: DictConfig) -> RunLock | None:
+    """Lock the run directory of ``cfg`` for the whole run (``LockError`` naming the holder
+    when another process has it), then repeat ``check_run_dir`` under the lock. Processes of
+    rank > 0 take no lock (rank zero holds it for them): None."""
+    path = check_run_dir(cfg)
+    if is_secondary_process():
+        return None
+    lock = acquire_lock(path, f"run directory {path}")
+    try:
+        check_run_dir(cfg)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _schema_defaults() -> dict[str, Any]:
