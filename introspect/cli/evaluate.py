@@ -42,6 +42,11 @@ python evaluate.py explain-eval run=runs/<name> [methods=[gradcam,rise,...]] [n=
 python evaluate.py explain-network run=runs/<name> [n=500] [layer=layer2] [channels=0,1]
     Filters, activations, maximally activating patches, nearest neighbours and t-SNE figures.
 
+A run's results.json carries a digest of its content and of the checkpoints and heads it was
+computed from: compare, scores and re-evaluation refuse a record that no longer matches it
+(edited by hand, a file swapped) unless --allow-modified is given, and then mark it (modified)
+in every table; a record written before digests existed is used and marked (unverified).
+
 A run directory is data: settings of its config.yaml that import code (backbone.name=
 pkg.mod:Obj) or unpickle (backbone.trust_checkpoint=true) are refused unless the command line
 repeats them or --trust-run is given. Group choices trainer=... and logger=... work as in
@@ -61,10 +66,12 @@ from introspect.config import ConfigError, load_run_config
 
 
 def _load_run(
-    argv: list[str], *, trust_run: bool, default_tag: str = ""
-) -> tuple[DictConfig, Path, Path] | None:
-    """The saved config (with overrides), directory and output folder of ``run=DIR``, checked
-    before any heavy import; None after printing the error."""
+    argv: list[str], *, trust_run: bool, allow_modified: bool, default_tag: str = ""
+) -> tuple[DictConfig, Path, Path, str | None] | None:
+    """The saved config (with overrides), directory, output folder and record note of
+    ``run=DIR``, checked before any heavy import (the run's ``results.json`` must match its
+    integrity digest unless ``allow_modified``); None after printing the error."""
+    from introspect.runs.integrity import RecordModifiedError, check_record, record_note
     from introspect.runs.rundir import evaluation_dir, evaluation_tag
 
     runs = [a.partition("=")[2] for a in argv if a.startswith("run=")]
@@ -83,19 +90,26 @@ def _load_run(
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return None
-    return cfg, run_dir, out_dir
+    record = run_dir / "results.json"
+    try:
+        note = record_note(check_record(record, run_dir, allow_modified=allow_modified), record)
+    except RecordModifiedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    if note:
+        print(note, file=sys.stderr)
+    return cfg, run_dir, out_dir, note
 
 
-def _run_job(
-    loaded: tuple[DictConfig, Path, Path], job: Callable[[DictConfig, Path, Path], Any]
-) -> bool:
-    """Run ``job(cfg, run_dir, out_dir)``; user errors are printed, giving False."""
+def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: Callable[..., Any]) -> bool:
+    """Run ``job(cfg, run_dir, out_dir, note=note)``; user errors are printed, giving False."""
     from introspect.runs.distributed import report_stopped_process
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
     quiet_library_warnings()
     try:
-        job(*loaded)
+        cfg, run_dir, out_dir, note = loaded
+        job(cfg, run_dir, out_dir, note=note)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return False
@@ -106,9 +120,11 @@ def _run_job(
     return True
 
 
-def reevaluate_main(argv: list[str], *, trust_run: bool = False) -> int:
+def reevaluate_main(
+    argv: list[str], *, trust_run: bool = False, allow_modified: bool = False
+) -> int:
     """Parse ``run=DIR``, ``tag=`` and overrides, re-evaluate, print the table."""
-    loaded = _load_run(argv, trust_run=trust_run)
+    loaded = _load_run(argv, trust_run=trust_run, allow_modified=allow_modified)
     if loaded is None:
         return 2
     from introspect.runs.distributed import is_global_zero
@@ -121,9 +137,11 @@ def reevaluate_main(argv: list[str], *, trust_run: bool = False) -> int:
     return 0
 
 
-def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
+def scores_main(argv: list[str], *, trust_run: bool = False, allow_modified: bool = False) -> int:
     """Parse ``run=DIR``, ``tag=`` and overrides, score the run's OOD detection and trust."""
-    loaded = _load_run(argv, trust_run=trust_run, default_tag="scores")
+    loaded = _load_run(
+        argv, trust_run=trust_run, allow_modified=allow_modified, default_tag="scores"
+    )
     if loaded is None:
         return 2
     from introspect.runs.scores import score_run
@@ -134,7 +152,7 @@ def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
     return 0
 
 
-def compare_main(argv: list[str]) -> int:
+def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
     """Parse run directories and ``--out``/``--wandb``, build and print the comparison."""
     paths: list[str] = []
     out: str | None = None
@@ -160,7 +178,7 @@ def compare_main(argv: list[str]) -> int:
     from introspect.runs.compare import CompareError, compare
 
     try:
-        report = compare(paths, out, wandb=wandb)
+        report = compare(paths, out, wandb=wandb, allow_modified=allow_modified)
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -182,17 +200,18 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0 if argv else 2
     trust_run = "--trust-run" in argv
-    argv = [a for a in argv if a != "--trust-run"]
+    allow_modified = "--allow-modified" in argv
+    argv = [a for a in argv if a not in ("--trust-run", "--allow-modified")]
     if argv[0] == "compare":
-        return compare_main(argv[1:])
+        return compare_main(argv[1:], allow_modified=allow_modified)
     if argv[0] == "scores":
-        return scores_main(argv[1:], trust_run=trust_run)
+        return scores_main(argv[1:], trust_run=trust_run, allow_modified=allow_modified)
     if argv[0] in EXPLAIN_COMMANDS:
         from introspect.cli import explain
 
         command = getattr(explain, EXPLAIN_COMMANDS[argv[0]])
         return command(argv[1:], trust_run=trust_run)
-    return reevaluate_main(argv, trust_run=trust_run)
+    return reevaluate_main(argv, trust_run=trust_run, allow_modified=allow_modified)
 
 
 def entry() -> None:

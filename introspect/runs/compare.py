@@ -30,6 +30,14 @@ from introspect.runs.experiments import (
     mean_std,
     recipe,
 )
+from introspect.runs.integrity import (
+    MODIFIED,
+    UNVERIFIED,
+    VERIFIED,
+    RecordModifiedError,
+    check_record,
+    record_note,
+)
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
 from introspect.runs.table1 import stage1_recipe_of, table1_markdown
@@ -52,11 +60,13 @@ DIFFS = (("INT", "FF"), ("INT", "CTL"), ("INT+TS", "FF+TS"), ("INT+TS", "CTL+TS"
 
 @dataclass
 class Run:
-    """One finished run: its directory, resolved config and results."""
+    """One finished run: its directory, resolved config, results and whether its record matches
+    its integrity digest (``verified``, ``unverified`` or ``modified``: ``runs.integrity``)."""
 
     path: Path
     config: dict[str, Any]
     results: dict[str, Any]
+    record: str = VERIFIED
 
     @property
     def seed(self) -> int:
@@ -77,8 +87,9 @@ class Group:
         return self.runs[0].config
 
 
-def load_run(path: str | os.PathLike[str]) -> Run:
-    """The run in ``path``; ``CompareError`` unless it holds a finished run's results.json."""
+def load_run(path: str | os.PathLike[str], *, allow_modified: bool = False) -> Run:
+    """The run in ``path``; ``CompareError`` unless it holds a finished run's results.json that
+    matches its integrity digest (or ``allow_modified``)."""
     run_dir = Path(path).expanduser().resolve()
     file = run_dir / "results.json"
     if not file.is_file():
@@ -92,7 +103,11 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         results["splits"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CompareError(f"{file} is not a results file of introspect ({err})") from None
-    return Run(run_dir, config, results)
+    try:
+        record = check_record(file, run_dir, allow_modified=allow_modified)
+    except RecordModifiedError as err:
+        raise CompareError(str(err)) from None
+    return Run(run_dir, config, results, record)
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -115,6 +130,9 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                 leaves = leaf_paths(identity(g.config))
                 g.label += " (" + ", ".join(f"{k}={leaves.get(k)}" for k in keys) + ")"
     for group in groups.values():
+        marks = [s for s in (MODIFIED, UNVERIFIED) if any(r.record == s for r in group.runs)]
+        if marks:
+            group.label += f" ({marks[0]})"
         seeds = [r.seed for r in group.runs]
         if len(set(seeds)) != len(seeds):
             paths = [str(r.path) for r in group.runs]
@@ -372,6 +390,7 @@ def compare(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     wandb: bool | None = None,
+    allow_modified: bool = False,
 ) -> dict[str, Any]:
     """Build the comparison of the runs in ``paths``; write ``comparison.md``, ``comparison.csv``,
     ``accuracy_vs_ece.png`` and ``severity_curves.png`` to ``out_dir`` (default: next to the
@@ -380,7 +399,10 @@ def compare(
     first in ``comparison.md`` and alone in ``table1.md``.
 
     Runs whose ``status.json`` says they are not complete (running, killed or failed) are
-    skipped with a message on stderr and listed under ``"skipped"``.
+    skipped with a message on stderr and listed under ``"skipped"``. A run whose results.json
+    does not match its integrity digest is refused (``CompareError``) unless ``allow_modified``;
+    such runs, and runs whose record has no digest, are marked in every table and named in a
+    note line.
 
     Returns ``{"out_dir", "markdown", "groups": [{label, runs, table}], "skipped"}``.
     """
@@ -409,7 +431,7 @@ def compare(
                 "compared together; compare each kind separately"
             )
         return compare_active(complete, out_dir, wandb=wandb) | {"skipped": skipped}
-    runs = [load_run(p) for p in complete]
+    runs = [load_run(p, allow_modified=allow_modified) for p in complete]
     if len({r.path for r in runs}) != len(runs):
         raise CompareError("a run directory is listed twice; list each run once")
     groups = group_runs(runs)
@@ -417,6 +439,8 @@ def compare(
     out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(runs)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(groups, tables)
+    notes = [record_note(r.record, r.path / "results.json") for r in runs]
+    text += "".join(f"\n{n}\n" for n in notes if n)
     table1 = table1_markdown(
         [g.label for g in groups],
         [stage1_recipe_of(g.config) for g in groups],

@@ -133,11 +133,14 @@ def _describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+def reevaluate(
+    cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None
+) -> dict[str, Any]:
     """Reload a finished run's backbone and heads, evaluate them again on ``cfg.eval`` and
     write the results to ``out_dir`` (e.g. ``<run>/evaluations/<tag>``; the run's own
     ``results.json`` is never touched). An interrupted re-evaluation into the same
-    ``out_dir`` continues where it stopped."""
+    ``out_dir`` continues where it stopped. ``note`` (e.g. that the run's own record was
+    modified) goes under the table."""
 
     if cfg.task == "quality":
         raise PipelineError(
@@ -171,8 +174,10 @@ def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         out_dir,
         loggers,
         started=start,
-        extra_run_info={"evaluation_of": str(run_dir)},
+        extra_run_info={"evaluation_of": str(run_dir)} | ({"note": note} if note else {}),
         baselines=baselines,
+        run_dir=run_dir,
+        note=note,
     )
     for logger in loggers:
         logger.finalize("success")
