@@ -104,16 +104,25 @@ def _load_run(
 def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: Callable[..., Any]) -> bool:
     """Run ``job(cfg, run_dir, out_dir, note=note)``; user errors are printed, giving False."""
     from introspect.runs.distributed import report_stopped_process
+    from introspect.runs.faults import disk_full
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
     quiet_library_warnings()
+    cfg, run_dir, out_dir, note = loaded
     try:
-        cfg, run_dir, out_dir, note = loaded
         job(cfg, run_dir, out_dir, note=note)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return False
     except Exception as err:
+        full = disk_full(err, out_dir)
+        if full is not None:
+            print(
+                f"error: no space left on device while writing {full}; free space and run the "
+                "same command again (it continues where it stopped)",
+                file=sys.stderr,
+            )
+            return False
         if not report_stopped_process(err):  # another process of a multi-process run stopped
             raise
         return False

@@ -28,6 +28,7 @@ from introspect.runs.distributed import (
     launch,
 )
 from introspect.runs.errors import PipelineError
+from introspect.runs.faults import disk_full, interrupted, resume_hint
 from introspect.runs.quality import run_quality
 from introspect.runs.report import evaluate_and_report
 from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
@@ -103,8 +104,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             logger.finalize("success")
     except BaseException as err:
+        full = disk_full(err, run_dir)
         if zero:
-            update_status(run_dir, state="failed", error=_describe_error(err), failed=now())
+            _record_failure(run_dir, err, full)
+        if full is not None:
+            raise PipelineError(
+                f"no space left on device while writing {full}; free space and continue with "
+                f"{resume_hint(cfg)}"
+            ) from err
         raise
     if zero:
         mark_stage_done(run_dir, "evaluation")
@@ -127,10 +134,24 @@ def frozen_memory_format(backbone: nn.Module, *, channels_last: bool) -> None:
 
 
 def _describe_error(err: BaseException) -> str:
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _record_failure(run_dir: Path, err: BaseException, full: str | None) -> None:
+    """Record in ``status.json`` how the run ended: ``interrupted`` (SIGINT) or ``failed`` with
+    the error (ENOSPC with the path for a full disk). Nothing when even that cannot be
+    written (the disk is full): the entry point's message says it."""
+    if interrupted(err):
+        fields = {"state": "interrupted", "error": "interrupted (SIGINT)"}
+    elif full is not None:
+        fields = {"state": "failed", "error": f"ENOSPC: no space left on device writing {full}"}
+    else:
+        fields = {"state": "failed", "error": _describe_error(err)}
+    try:
+        update_status(run_dir, **fields, failed=now())
+    except OSError:
+        pass
 
 
 def reevaluate(
