@@ -32,11 +32,10 @@ from introspect.runs.experiments import (
 )
 from introspect.runs.integrity import (
     MODIFIED,
-    UNVERIFIED,
     VERIFIED,
     RecordModifiedError,
     check_record,
-    record_note,
+    records_notes,
 )
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
@@ -130,9 +129,8 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                 leaves = leaf_paths(identity(g.config))
                 g.label += " (" + ", ".join(f"{k}={leaves.get(k)}" for k in keys) + ")"
     for group in groups.values():
-        marks = [s for s in (MODIFIED, UNVERIFIED) if any(r.record == s for r in group.runs)]
-        if marks:
-            group.label += f" ({marks[0]})"
+        if any(r.record == MODIFIED for r in group.runs):
+            group.label += f" ({MODIFIED})"
         seeds = [r.seed for r in group.runs]
         if len(set(seeds)) != len(seeds):
             paths = [str(r.path) for r in group.runs]
@@ -401,8 +399,8 @@ def compare(
     Runs whose ``status.json`` says they are not complete (running, killed or failed) are
     skipped with a message on stderr and listed under ``"skipped"``. A run whose results.json
     does not match its integrity digest is refused (``CompareError``) unless ``allow_modified``;
-    such runs, and runs whose record has no digest, are marked in every table and named in a
-    note line.
+    such runs are marked ``(modified)`` in every table and named in a note line, as are (in a
+    note line only) runs whose record has no digest, written by an older version.
 
     Returns ``{"out_dir", "markdown", "groups": [{label, runs, table}], "skipped"}``.
     """
@@ -430,7 +428,8 @@ def compare(
                 "active-learning runs (active.json) and two-stage runs (results.json) cannot be "
                 "compared together; compare each kind separately"
             )
-        return compare_active(complete, out_dir, wandb=wandb) | {"skipped": skipped}
+        report = compare_active(complete, out_dir, wandb=wandb, allow_modified=allow_modified)
+        return report | {"skipped": skipped}
     runs = [load_run(p, allow_modified=allow_modified) for p in complete]
     if len({r.path for r in runs}) != len(runs):
         raise CompareError("a run directory is listed twice; list each run once")
@@ -439,8 +438,9 @@ def compare(
     out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(runs)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(groups, tables)
-    notes = [record_note(r.record, r.path / "results.json") for r in runs]
-    text += "".join(f"\n{n}\n" for n in notes if n)
+    text += "".join(
+        f"\n{n}\n" for n in records_notes({r.path: r.record for r in runs}, "results.json")
+    )
     table1 = table1_markdown(
         [g.label for g in groups],
         [stage1_recipe_of(g.config) for g in groups],

@@ -128,3 +128,21 @@ def record_note(state: str, path: Path | str) -> str | None:
     if state == UNVERIFIED:
         return f"Note: {path} carries no integrity digest (written by an older version)."
     return None
+
+
+def records_notes(states: dict[Path, str], name: str) -> list[str]:
+    """Note lines for the records ``<run>/<name>`` of several runs (``states`` by run): one
+    per modified record, one for all records without a digest."""
+    notes = [
+        f"Note: {run / name} does not match its integrity digest; used with --allow-modified "
+        "(marked (modified))."
+        for run, state in states.items()
+        if state == MODIFIED
+    ]
+    older = [str(run / name) for run, state in states.items() if state == UNVERIFIED]
+    if older:
+        notes.append(
+            f"Note: {len(older)} record(s) carry no integrity digest (written by an older "
+            f"version), so they could not be verified: {', '.join(older)}."
+        )
+    return notes
