@@ -45,7 +45,8 @@ python evaluate.py explain-network run=runs/<name> [n=500] [layer=layer2] [chann
 A run's results.json carries a digest of its content and of the checkpoints and heads it was
 computed from: compare, scores and re-evaluation refuse a record that no longer matches it
 (edited by hand, a file swapped) unless --allow-modified is given, and then mark it (modified)
-in every table; a record written before digests existed is used and marked (unverified).
+in every table; a record written before digests existed is used, with a note line saying
+that it could not be verified.
 
 A run directory is data: settings of its config.yaml that import code (backbone.name=
 pkg.mod:Obj) or unpickle (backbone.trust_checkpoint=true) are refused unless the command line

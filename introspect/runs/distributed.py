@@ -133,7 +133,7 @@ class _Watch:
         self.world = 1
         self.rank = 0
         self.timeout_s = 0.0
-        self.run_dir: Path | None = None
+        self.cfg: DictConfig | None = None
         self.children: list[subprocess.Popen] = []
         self.failure: str | None = None
         self._lock = threading.Lock()
@@ -146,7 +146,7 @@ class _Watch:
         first = env.node_rank() * local  # global rank of this node's local rank 0
         self.rank = first + env.local_rank()
         self.timeout_s = float(cfg.trainer.timeout_s)
-        self.run_dir = run_path(cfg)
+        self.cfg = cfg  # its run directory is known once the run has made it
         if not isinstance(env, LightningEnvironment):
             return  # torchrun, SLURM, ...: the tool that started the processes watches them
         if not env.creates_processes_externally:
@@ -206,12 +206,13 @@ class _Watch:
 
     def hint(self) -> str:
         """How to go on: resume a run that has a directory and status, else run again."""
-        status = read_status(self.run_dir) if self.run_dir is not None else None
+        run_dir = run_path(self.cfg) if self.cfg is not None else None
+        status = read_status(run_dir) if run_dir is not None else None
         if status is None:
             return "no run directory was made yet: run the same command again"
         if status.get("state") == "complete":  # a re-evaluation of a finished run
             return "run the same command again (it continues the evaluation)"
-        return f"continue it with run.resume=true (run {self.run_dir})"
+        return f"continue it with run.resume=true (run {run_dir})"
 
     def report(self, what: str) -> None:
         """Print the one-line report (once per process) and stop the processes started here."""
