@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from omegaconf.errors import MissingMandatoryValue
 from sklearn.model_selection import train_test_split
 from torch import Tensor
@@ -152,7 +153,7 @@ def load_pools(settings: DataSettings) -> Pools:
     if s.source == "npz":
         assert s.path is not None
         test = Path(s.test_path).expanduser() if s.test_path is not None else None
-        return load_npz(Path(s.path).expanduser(), test, s.image_size, s.num_classes)
+        return load_npz(Path(s.path).expanduser(), test, s.image_size)
     return make_synthetic(s.num_samples, s.num_classes, s.image_size or 32, s.split_seed)
 
 
@@ -240,6 +241,13 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         assert self._pools is not None
         return self._pools
+
+    def source_labels(self) -> Tensor:
+        """Every label of the source before splitting (its own test images included)."""
+        pools = self._loaded()
+        if pools.test is None:
+            return pools.train.labels
+        return torch.cat([pools.train.labels, pools.test.labels])
 
     @property
     def bad_files(self) -> list[Path]:

@@ -192,22 +192,14 @@ def check_classes_occur(labels: Tensor, num_classes: int, what: str) -> None:
         )
 
 
-def load_npz(
-    path: Path, test_path: Path | None, image_size: int | None, num_classes: int | None = None
-) -> Pools:
-    """Images ``x`` and labels ``y`` (and optional ``class_names``) from NPZ files; without
-    class names, labels implying classes that never occur are refused unless ``num_classes``
-    says that many (see :func:`check_classes_occur`)."""
+def load_npz(path: Path, test_path: Path | None, image_size: int | None) -> Pools:
+    """Images ``x`` and labels ``y`` (and optional ``class_names``) from NPZ files."""
     images, labels, names = _read_npz(path, "data.path")
-    t_read = _read_npz(test_path, "data.test_path") if test_path is not None else None
-    if names is None:
-        everything = labels if t_read is None else torch.cat([labels, t_read[1]])
-        check_classes_occur(everything, num_classes or 0, str(path))
     class_names = infer_classes(labels, names, str(path))
     train = ArrayImages(images, labels, image_size)
-    if test_path is None or t_read is None:
+    if test_path is None:
         return Pools(train, None, class_names)
-    t_images, t_labels, t_names = t_read
+    t_images, t_labels, t_names = _read_npz(test_path, "data.test_path")
     if t_names is not None and t_names != class_names:
         raise DataError(
             f"{test_path} has class_names {t_names} but {path} has {class_names}; "
