@@ -91,6 +91,14 @@ def _run_args(tmp: Path, name: str) -> list[str]:
     return [*TINY, f"run.dir={tmp / name}", f"stage2.cache_dir={tmp / ('cache-' + name)}"]
 
 
+def _resume(args: list[str]) -> int:
+    """Continue the run of ``args`` through train.py in a process like the one of the
+    uninterrupted run (same threads: results are compared bit for bit)."""
+    proc = _python([str(REPO / "train.py"), *args, "run.resume=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.returncode
+
+
 def _results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
@@ -355,8 +363,7 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes(
     assert status["stage"] == stage and not (run_dir / "results.json").exists()
     if not resume:
         return
-    resumed = _python([str(REPO / "train.py"), *args, "run.resume=true"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _resume(args) == 0
     assert _results(run_dir)["splits"] == _results(finished)["splits"]
     assert _status(run_dir)["state"] == "complete"
 
@@ -446,8 +453,7 @@ def test_a_run_killed_at_more_points_resumes_to_the_same_results(
     status = _status(run_dir)
     assert status["state"] == "running" and status["stage"] == stage
     assert not (run_dir / "results.json").exists()
-    resumed = _python([str(REPO / "train.py"), *args, "run.resume=true"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _resume(args) == 0
     got, want = _results(run_dir), _results(finished)
     assert got["splits"] == want["splits"] and got["summary"] == want["summary"]
     heads = {k: v for k, v in got["integrity"]["files"].items() if k.startswith("stage2/")}
