@@ -7,7 +7,7 @@ python evaluate.py run=runs/<name> [tag=NAME] [trainer=...] [logger=...] [a.b=va
     one derived from the overrides. The run's own results.json is never modified, and an
     existing evaluation is never replaced (pass another tag=).
 
-python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb]
+python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb] [--allow-modified]
     One table across runs (runs differing only in run.seed are pooled into mean ± std):
     clean and mean-corruption accuracy and ECE of the feed-forward, introspective and
     control heads and their differences, as comparison.md and comparison.csv, plus
