@@ -299,8 +299,11 @@ def test_a_corrupt_image_stops_the_run_before_its_directory_or_is_skipped_and_co
 
     tree = _image_tree(tmp_path / "tree")
     good = (tree / "class1" / "03.png").read_bytes()
-    bad = tree / "class1" / "99.png"
-    bad.write_bytes(good[: len(good) // 2])  # truncated mid-file
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF  # a damaged byte: the header reads, a checksum fails
+    bad = tree / "class1" / "98.png"
+    bad.write_bytes(bytes(flipped))
+    (tree / "class1" / "99.png").write_bytes(good[: len(good) // 2])  # truncated mid-file
     args = _imagefolder_args(tree, tmp_path)
     assert train.main(args) == 2
     (line,) = _lines(capsys.readouterr().err)
@@ -309,9 +312,9 @@ def test_a_corrupt_image_stops_the_run_before_its_directory_or_is_skipped_and_co
     assert not (tmp_path / "run").exists()
 
     results = run(load_config([*args, "data.skip_bad_files=true"]))
-    assert results["run"]["skipped_bad_files"] == 1
-    assert _results(tmp_path / "run")["run"]["skipped_bad_files"] == 1
-    assert "skipping 1 unreadable image file(s)" in capsys.readouterr().err
+    assert results["run"]["skipped_bad_files"] == 2
+    assert _results(tmp_path / "run")["run"]["skipped_bad_files"] == 2
+    assert "skipping 2 unreadable image file(s)" in capsys.readouterr().err
 
 
 def test_a_stray_label_is_refused_unless_num_classes_says_so(
