@@ -87,7 +87,8 @@ def test_scores_writes_ood_and_trust_beside_the_run_record(scored) -> None:
     before, after, run_dir = scored["before"], scored["after"], scored["run_dir"]
     # The run's own record is untouched; the scores are a record of their own.
     assert json.loads((run_dir / "results.json").read_text()) == before
-    assert set(after) == {"run", "ood", "trust", "detection"} and after["detection"] is None
+    assert set(after) == {"run", "ood", "trust", "detection", "integrity"}
+    assert after["detection"] is None
     assert after["run"]["evaluation_of"] == str(run_dir)
     assert after["run"]["provenance"]["versions"]["torch"] == torch.__version__
     ood, trust = after["ood"], after["trust"]

@@ -7,7 +7,7 @@ python evaluate.py run=runs/<name> [tag=NAME] [trainer=...] [logger=...] [a.b=va
     one derived from the overrides. The run's own results.json is never modified, and an
     existing evaluation is never replaced (pass another tag=).
 
-python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb]
+python evaluate.py compare RUN [RUN ...] [--out DIR] [--wandb | --no-wandb] [--allow-modified]
         [--wandb-mode offline|online|disabled] [--wandb-project NAME] [--wandb-entity NAME]
     One table across runs (runs differing only in run.seed are pooled into mean ± std):
     clean and mean-corruption accuracy and ECE of the feed-forward, introspective and
@@ -44,6 +44,12 @@ python evaluate.py explain-eval run=runs/<name> [methods=[gradcam,rise,...]] [n=
 python evaluate.py explain-network run=runs/<name> [n=500] [layer=layer2] [channels=0,1]
     Filters, activations, maximally activating patches, nearest neighbours and t-SNE figures.
 
+A run's results.json carries a digest of its content and of the checkpoints and heads it was
+computed from: compare, scores and re-evaluation refuse a record that no longer matches it
+(edited by hand, a file swapped) unless --allow-modified is given, and then mark it (modified)
+in every table; a record written before digests existed is used, with a note line saying
+that it could not be verified.
+
 A run directory is data: settings of its config.yaml that import code (backbone.name=
 pkg.mod:Obj, backbone.ensemble_checkpoints[].name) or unpickle (backbone.trust_checkpoint=true)
 are refused unless the command line repeats them or --trust-run is given; an interpolation
@@ -65,10 +71,12 @@ from introspect.config import ConfigError, load_run_config
 
 
 def _load_run(
-    argv: list[str], *, trust_run: bool, default_tag: str = ""
-) -> tuple[DictConfig, Path, Path] | None:
-    """The saved config (with overrides), directory and output folder of ``run=DIR``, checked
-    before any heavy import; None after printing the error."""
+    argv: list[str], *, trust_run: bool, allow_modified: bool, default_tag: str = ""
+) -> tuple[DictConfig, Path, Path, str | None] | None:
+    """The saved config (with overrides), directory, output folder and record note of
+    ``run=DIR``, checked before any heavy import (the run's ``results.json`` must match its
+    integrity digest unless ``allow_modified``); None after printing the error."""
+    from introspect.runs.integrity import RecordModifiedError, check_record, record_note
     from introspect.runs.rundir import evaluation_dir, evaluation_tag
 
     runs = [a.partition("=")[2] for a in argv if a.startswith("run=")]
@@ -87,18 +95,24 @@ def _load_run(
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return None
-    return cfg, run_dir, out_dir
+    record = run_dir / "results.json"
+    try:
+        note = record_note(check_record(record, run_dir, allow_modified=allow_modified), record)
+    except RecordModifiedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    if note:
+        print(note, file=sys.stderr)
+    return cfg, run_dir, out_dir, note
 
 
-def _run_job(
-    loaded: tuple[DictConfig, Path, Path], job: Callable[[DictConfig, Path, Path], Any]
-) -> bool:
-    """Run ``job(cfg, run_dir, out_dir)`` holding the lock of ``out_dir`` (taken before the
-    heavy imports; rank zero only); user errors are printed, giving False."""
+def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: Callable[..., Any]) -> bool:
+    """Run ``job(cfg, run_dir, out_dir, note=note)`` holding the lock of ``out_dir`` (taken
+    before the heavy imports; rank zero only); user errors are printed, giving False."""
     from introspect.runs.lock import LockError
     from introspect.runs.rundir import is_secondary_process, lock_evaluation
 
-    _, run_dir, out_dir = loaded
+    _, run_dir, out_dir, _ = loaded
     try:
         lock = None if is_secondary_process() else lock_evaluation(run_dir, out_dir)
     except LockError as err:
@@ -108,15 +122,25 @@ def _run_job(
         print(f"config error: {err}", file=sys.stderr)
         return False
     from introspect.runs.distributed import report_stopped_process
+    from introspect.runs.faults import disk_full
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
     quiet_library_warnings()
+    cfg, run_dir, out_dir, note = loaded
     try:
-        job(*loaded)
+        job(cfg, run_dir, out_dir, note=note)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return False
     except Exception as err:
+        full = disk_full(err, out_dir)
+        if full is not None:
+            print(
+                f"error: no space left on device while writing {full}; free space and run the "
+                "same command again (it continues where it stopped)",
+                file=sys.stderr,
+            )
+            return False
         if not report_stopped_process(err):  # another process of a multi-process run stopped
             raise
         return False
@@ -126,9 +150,11 @@ def _run_job(
     return True
 
 
-def reevaluate_main(argv: list[str], *, trust_run: bool = False) -> int:
+def reevaluate_main(
+    argv: list[str], *, trust_run: bool = False, allow_modified: bool = False
+) -> int:
     """Parse ``run=DIR``, ``tag=`` and overrides, re-evaluate, print the table."""
-    loaded = _load_run(argv, trust_run=trust_run)
+    loaded = _load_run(argv, trust_run=trust_run, allow_modified=allow_modified)
     if loaded is None:
         return 2
 
@@ -146,9 +172,11 @@ def reevaluate_main(argv: list[str], *, trust_run: bool = False) -> int:
     return 0
 
 
-def scores_main(argv: list[str], *, trust_run: bool = False) -> int:
+def scores_main(argv: list[str], *, trust_run: bool = False, allow_modified: bool = False) -> int:
     """Parse ``run=DIR``, ``tag=`` and overrides, score the run's OOD detection and trust."""
-    loaded = _load_run(argv, trust_run=trust_run, default_tag="scores")
+    loaded = _load_run(
+        argv, trust_run=trust_run, allow_modified=allow_modified, default_tag="scores"
+    )
     if loaded is None:
         return 2
 
@@ -167,7 +195,7 @@ _WANDB_OPTIONS = {"--wandb-mode": "mode", "--wandb-project": "project", "--wandb
 _WANDB_MODES = ("offline", "online", "disabled")
 
 
-def compare_main(argv: list[str]) -> int:
+def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
     """Parse run directories, ``--out`` and the W&B options, build and print the comparison."""
     from introspect.runs.experiments import WandbTarget
 
@@ -206,7 +234,9 @@ def compare_main(argv: list[str]) -> int:
     from introspect.runs.compare import CompareError, compare
 
     try:
-        report = compare(paths, out, wandb=wandb, target=WandbTarget(**target))
+        report = compare(
+            paths, out, wandb=wandb, target=WandbTarget(**target), allow_modified=allow_modified
+        )
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -228,17 +258,18 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0 if argv else 2
     trust_run = "--trust-run" in argv
-    argv = [a for a in argv if a != "--trust-run"]
+    allow_modified = "--allow-modified" in argv
+    argv = [a for a in argv if a not in ("--trust-run", "--allow-modified")]
     if argv[0] == "compare":
-        return compare_main(argv[1:])
+        return compare_main(argv[1:], allow_modified=allow_modified)
     if argv[0] == "scores":
-        return scores_main(argv[1:], trust_run=trust_run)
+        return scores_main(argv[1:], trust_run=trust_run, allow_modified=allow_modified)
     if argv[0] in EXPLAIN_COMMANDS:
         from introspect.cli import explain
 
         command = getattr(explain, EXPLAIN_COMMANDS[argv[0]])
         return command(argv[1:], trust_run=trust_run)
-    return reevaluate_main(argv, trust_run=trust_run)
+    return reevaluate_main(argv, trust_run=trust_run, allow_modified=allow_modified)
 
 
 def entry() -> None:

@@ -73,6 +73,7 @@ def main(argv: list[str]) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     from introspect.runs.distributed import is_global_zero, report_stopped_process
+    from introspect.runs.faults import interrupted, resume_hint
     from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings, run
 
     quiet_library_warnings()
@@ -86,6 +87,14 @@ def main(argv: list[str]) -> int:
         if not report_stopped_process(err):  # another process of a multi-process run stopped
             raise
         return 1
+    except BaseException as err:  # Ctrl-C, also as Lightning's SystemExit(1) after it
+        if not interrupted(err):
+            raise
+        print(
+            f"interrupted: the run in {cfg.run.dir} stopped; continue it with {resume_hint(cfg)}",
+            file=sys.stderr,
+        )
+        return 130
     if is_global_zero():
         print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s)")
     return 0

@@ -239,6 +239,9 @@ class DataConfig:
     num_samples: int = 512
     # imagefolder: decode every image file once into memory (cached under root/decoded).
     decode: bool = False
+    # imagefolder: every image file is verified before any work and an unreadable one stops
+    # the run; true leaves such files out instead (their count is printed and recorded).
+    skip_bad_files: bool = False
     # At most this many training images (a subset seeded by split_seed, taken after the
     # validation split); null = all. For smoke runs of big experiments.
     train_limit: int | None = None

@@ -141,3 +141,34 @@ def scan_classes(root: Path) -> dict[str, list[Path]]:
             raise DataError(f"class folder {root / name} holds no images; remove it or fill it")
         classes[name] = sorted(files)
     return classes
+
+
+def verify_images(
+    classes: dict[str, list[Path]], *, skip: bool
+) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Check every image file of ``classes`` once (its header and, where the format has them,
+    checksums; nothing is decoded). Returns the classes without unreadable files and those
+    files when ``skip``; otherwise raises a ``DataError`` naming the first one."""
+    from PIL import Image
+
+    bad: list[Path] = []
+    kept: dict[str, list[Path]] = {}
+    for name, files in classes.items():
+        kept[name] = []
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
+                if not skip:
+                    raise DataError(
+                        f"image file {path} cannot be read ({type(err).__name__}: {err}); "
+                        "replace or remove it, or set data.skip_bad_files=true to skip "
+                        "unreadable files"
+                    ) from None
+                bad.append(path)
+            else:
+                kept[name].append(path)
+        if not kept[name]:
+            raise DataError(f"class folder {name!r} holds no readable images; fix or remove it")
+    return kept, bad

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from omegaconf.errors import MissingMandatoryValue
 from sklearn.model_selection import train_test_split
 from torch import Tensor
@@ -61,16 +63,18 @@ class DataSettings:
     num_samples: int
     decode: bool = False
     train_limit: int | None = None
+    skip_bad_files: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> DataSettings:
         """Read and check every field of ``cfg`` (attribute access); raise DataError if bad."""
-        optional = ("decode", "train_limit")
+        optional = ("decode", "train_limit", "skip_bad_files")
         values = {
             name: _field(cfg, name) for name in cls.__dataclass_fields__ if name not in optional
         }
         values["decode"] = bool(getattr(cfg, "decode", False))
         values["train_limit"] = getattr(cfg, "train_limit", None)
+        values["skip_bad_files"] = bool(getattr(cfg, "skip_bad_files", False))
         source = values["source"]
         if source not in SOURCES:
             raise DataError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
@@ -138,7 +142,14 @@ def load_pools(settings: DataSettings) -> Pools:
         return load_cifar(s.source, s.root, s.download, s.image_size)
     if s.source == "imagefolder":
         assert s.path is not None
-        return load_imagefolder(s.path, s.test_path, s.root, s.image_size, decode=s.decode)
+        return load_imagefolder(
+            s.path,
+            s.test_path,
+            s.root,
+            s.image_size,
+            decode=s.decode,
+            skip_bad_files=s.skip_bad_files,
+        )
     if s.source == "npz":
         assert s.path is not None
         test = Path(s.test_path).expanduser() if s.test_path is not None else None
@@ -217,6 +228,12 @@ class ImageDataModule(L.LightningDataModule):
         if self._pools is not None:
             return
         pools = load_pools(self.settings)
+        if pools.bad_files:
+            print(
+                f"skipping {len(pools.bad_files)} unreadable image file(s) "
+                f"(data.skip_bad_files=true), e.g. {pools.bad_files[0]}",
+                file=sys.stderr,
+            )
         self._splits = make_splits(pools, self.settings)
         self._pools = pools
 
@@ -224,6 +241,18 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         assert self._pools is not None
         return self._pools
+
+    def source_labels(self) -> Tensor:
+        """Every label of the source before splitting (its own test images included)."""
+        pools = self._loaded()
+        if pools.test is None:
+            return pools.train.labels
+        return torch.cat([pools.train.labels, pools.test.labels])
+
+    @property
+    def bad_files(self) -> list[Path]:
+        """Unreadable image files left out of the source (``data.skip_bad_files``)."""
+        return list(self._loaded().bad_files)
 
     @property
     def class_names(self) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from introspect.data.errors import DataError
-from introspect.data.imagefolder import resolve_tree, scan_classes, subfolders
+from introspect.data.imagefolder import resolve_tree, scan_classes, subfolders, verify_images
 from introspect.data.images import ArrayImages, FileImages, decode_files
 
 SOURCES = ("digits", "cifar10", "cifar100", "imagefolder", "npz", "synthetic")
@@ -29,6 +29,8 @@ class Pools:
     train: Images
     test: Images | None
     class_names: list[str]
+    # Unreadable image files left out (``data.skip_bad_files``).
+    bad_files: list[Path] = field(default_factory=list)
 
 
 def check_labels(labels: Tensor, num_classes: int, what: str) -> None:
@@ -178,6 +180,18 @@ def check_same_size(
         )
 
 
+def check_classes_occur(labels: Tensor, num_classes: int, what: str) -> None:
+    """``DataError`` when the labels' range implies classes that never occur (e.g. one stray
+    label 1000 among 0..9), unless ``num_classes`` (``data.num_classes``) says that many."""
+    implied = int(labels.max()) + 1
+    present = int(torch.unique(labels).numel())
+    if present < implied and num_classes != implied:
+        raise DataError(
+            f"{what}: labels run to {implied - 1} but only {present} of the {implied} classes "
+            f"occur; fix the labels or set data.num_classes={implied}"
+        )
+
+
 def load_npz(path: Path, test_path: Path | None, image_size: int | None) -> Pools:
     """Images ``x`` and labels ``y`` (and optional ``class_names``) from NPZ files."""
     images, labels, names = _read_npz(path, "data.path")
@@ -219,11 +233,14 @@ def load_imagefolder(
     image_size: int | None,
     *,
     decode: bool = False,
+    skip_bad_files: bool = False,
 ) -> Pools:
     """An ImageFolder tree (directory, archive or folder inside an archive), with ``train/`` and
     ``test/`` if present; ``test_path`` is another tree or an ``.npz`` file (as for
     :func:`load_npz`). ``decode``: decode every image once and serve it from memory (the decoded
-    arrays are cached under ``cache_root/decoded``)."""
+    arrays are cached under ``cache_root/decoded``). Every image file is verified first
+    (:func:`verify_images`): an unreadable one is a ``DataError``, or left out and listed in
+    ``Pools.bad_files`` with ``skip_bad_files``."""
     decode_dir = cache_root / "decoded" if decode else None
     tree = resolve_tree(path, cache_root, "data.path")
     folders = subfolders(tree)
@@ -248,7 +265,7 @@ def load_imagefolder(
             )
         if not npz_test:
             test_root = resolve_tree(test_path, cache_root, "data.test_path")
-    train_classes = scan_classes(train_root)
+    train_classes, bad = verify_images(scan_classes(train_root), skip=skip_bad_files)
     class_names = list(train_classes)
     if len(class_names) < 2:
         raise DataError(f"{train_root} has a single class folder; classification needs >= 2")
@@ -264,10 +281,10 @@ def load_imagefolder(
         check_labels(t_labels, len(class_names), str(test_path))
         npz_images = ArrayImages(t_images, t_labels, image_size)
         check_same_size(npz_images, train, f"{test_path} images", "training images")
-        return Pools(train, npz_images, class_names)
+        return Pools(train, npz_images, class_names, bad)
     if test_root is None:
-        return Pools(train, None, class_names)
-    test_classes = scan_classes(test_root)
+        return Pools(train, None, class_names, bad)
+    test_classes, test_bad = verify_images(scan_classes(test_root), skip=skip_bad_files)
     unknown = sorted(set(test_classes) - set(class_names))
     if unknown:
         raise DataError(
@@ -276,7 +293,7 @@ def load_imagefolder(
         )
     test = _tree_images(test_classes, class_names, image_size, decode_dir)
     check_same_size(test, train, "test images", "training images")
-    return Pools(train, test, class_names)
+    return Pools(train, test, class_names, bad + test_bad)
 
 
 def make_synthetic(num_samples: int, num_classes: int, image_size: int, seed: int) -> Pools:

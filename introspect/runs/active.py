@@ -36,11 +36,12 @@ from introspect.runs.distributed import (
     launch,
     world_size,
 )
+from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
 from introspect.runs.stage1 import build_backbone, build_data, stage1_recipe
 from introspect.runs.stage2 import build_head
-from introspect.runs.status import now, update_status, write_json_atomic
+from introspect.runs.status import now, update_status
 from introspect.runs.trainer import build_trainer, resolve_device
 from introspect.uncertainty.mc_dropout import MCDropout
 
@@ -441,5 +442,5 @@ def _report(results: dict[str, Any], run_dir: Path, loggers: list[Logger]) -> No
         if isinstance(logger, WandbLogger):
             logger.log_image(key="active/curves", images=[str(plot)])
         logger.save()
-    write_json_atomic(run_dir / "active.json", results)
+    write_sealed(run_dir / "active.json", results, run_dir)
     print(text)

@@ -32,6 +32,13 @@ from introspect.runs.experiments import (
     mean_std,
     recipe,
 )
+from introspect.runs.integrity import (
+    MODIFIED,
+    VERIFIED,
+    RecordModifiedError,
+    check_record,
+    records_notes,
+)
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
 from introspect.runs.table1 import stage1_recipe_of, table1_markdown
@@ -54,11 +61,13 @@ DIFFS = (("INT", "FF"), ("INT", "CTL"), ("INT+TS", "FF+TS"), ("INT+TS", "CTL+TS"
 
 @dataclass
 class Run:
-    """One finished run: its directory, resolved config and results."""
+    """One finished run: its directory, resolved config, results and whether its record matches
+    its integrity digest (``verified``, ``unverified`` or ``modified``: ``runs.integrity``)."""
 
     path: Path
     config: dict[str, Any]
     results: dict[str, Any]
+    record: str = VERIFIED
 
     @property
     def seed(self) -> int:
@@ -79,8 +88,9 @@ class Group:
         return self.runs[0].config
 
 
-def load_run(path: str | os.PathLike[str]) -> Run:
-    """The run in ``path``; ``CompareError`` unless it holds a finished run's results.json."""
+def load_run(path: str | os.PathLike[str], *, allow_modified: bool = False) -> Run:
+    """The run in ``path``; ``CompareError`` unless it holds a finished run's results.json that
+    matches its integrity digest (or ``allow_modified``)."""
     run_dir = Path(path).expanduser().resolve()
     file = run_dir / "results.json"
     if not file.is_file():
@@ -95,7 +105,11 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CompareError(f"{file} is not a results file of introspect ({err})") from None
     check_record_config(config, file)
-    return Run(run_dir, config, results)
+    try:
+        record = check_record(file, run_dir, allow_modified=allow_modified)
+    except RecordModifiedError as err:
+        raise CompareError(str(err)) from None
+    return Run(run_dir, config, results, record)
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -118,6 +132,8 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                 leaves = leaf_paths(identity(g.config))
                 g.label += " (" + ", ".join(f"{k}={leaves.get(k)}" for k in keys) + ")"
     for group in groups.values():
+        if any(r.record == MODIFIED for r in group.runs):
+            group.label += f" ({MODIFIED})"
         seeds = [r.seed for r in group.runs]
         if len(set(seeds)) != len(seeds):
             paths = [str(r.path) for r in group.runs]
@@ -376,6 +392,7 @@ def compare(
     *,
     wandb: bool = False,
     target: WandbTarget | None = None,
+    allow_modified: bool = False,
 ) -> dict[str, Any]:
     """Build the comparison of the runs in ``paths``; write ``comparison.md``, ``comparison.csv``,
     ``accuracy_vs_ece.png`` and ``severity_curves.png`` to ``out_dir`` (default: next to the
@@ -385,7 +402,10 @@ def compare(
     first in ``comparison.md`` and alone in ``table1.md``.
 
     Runs whose ``status.json`` says they are not complete (running, killed or failed) are
-    skipped with a message on stderr and listed under ``"skipped"``.
+    skipped with a message on stderr and listed under ``"skipped"``. A run whose results.json
+    does not match its integrity digest is refused (``CompareError``) unless ``allow_modified``;
+    such runs are marked ``(modified)`` in every table and named in a note line, as are (in a
+    note line only) runs whose record has no digest, written by an older version.
 
     Returns ``{"out_dir", "markdown", "groups": [{label, runs, table}], "skipped"}``.
     """
@@ -413,9 +433,11 @@ def compare(
                 "active-learning runs (active.json) and two-stage runs (results.json) cannot be "
                 "compared together; compare each kind separately"
             )
-        report = compare_active(complete, out_dir, wandb=wandb, target=target)
+        report = compare_active(
+            complete, out_dir, wandb=wandb, target=target, allow_modified=allow_modified
+        )
         return report | {"skipped": skipped}
-    runs = [load_run(p) for p in complete]
+    runs = [load_run(p, allow_modified=allow_modified) for p in complete]
     if len({r.path for r in runs}) != len(runs):
         raise CompareError("a run directory is listed twice; list each run once")
     groups = group_runs(runs)
@@ -423,6 +445,9 @@ def compare(
     out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(runs)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(groups, tables)
+    text += "".join(
+        f"\n{n}\n" for n in records_notes({r.path: r.record for r in runs}, "results.json")
+    )
     table1 = table1_markdown(
         [g.label for g in groups],
         [stage1_recipe_of(g.config) for g in groups],

@@ -20,6 +20,12 @@ from introspect.runs.experiments import (
     experiment_key,
     mean_std,
 )
+from introspect.runs.integrity import (
+    MODIFIED,
+    RecordModifiedError,
+    check_record,
+    records_notes,
+)
 from introspect.runs.status import write_json_atomic
 
 
@@ -147,11 +153,21 @@ def compare_active(
     *,
     wandb: bool = False,
     target: WandbTarget | None = None,
+    allow_modified: bool = False,
 ) -> dict[str, Any]:
     """Pool the seeds of active runs: ``active_comparison.md``/``.json`` and one
     ``active_curves_<k>.png`` per experiment in ``out_dir`` (default: next to the runs), logged
-    to W&B when ``wandb``, to ``target`` (default: offline; never the runs' own settings)."""
+    to W&B when ``wandb``, to ``target`` (default: offline; never the runs' own settings). An
+    ``active.json`` that does not match its integrity digest is refused unless
+    ``allow_modified``; such records are marked in the experiment's heading and a note line,
+    records without a digest in a note line."""
     runs = [(Path(p).expanduser().resolve(), load_active(p)) for p in paths]
+    states: dict[Path, str] = {}
+    for path, _ in runs:
+        try:
+            states[path] = check_record(path / "active.json", path, allow_modified=allow_modified)
+        except RecordModifiedError as err:
+            raise CompareError(str(err)) from None
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path, res in runs:
         groups.setdefault(experiment_key(res["run"]["config"]), []).append((path, res))
@@ -171,6 +187,8 @@ def compare_active(
         table = pooled_table([r["table"] for _, r in members])
         acquisition = acquisition_table([r["curves"] for _, r in members])
         label = f"active · {describe(members[0][1]['run']['config'])}"
+        if any(states[p] == MODIFIED for p, _ in members):
+            label += f" ({MODIFIED})"
         seconds = [float(r["run"].get("seconds", float("nan"))) for _, r in members]
         note = (
             f"{len(members)} seeds ({', '.join(map(str, seeds))}); mean ± std (sample std) in %; "
@@ -190,7 +208,7 @@ def compare_active(
                 "acquisition": acquisition,
             }
         )
-    text = "\n\n".join(sections) + "\n"
+    text = "\n\n".join(sections + records_notes(states, "active.json")) + "\n"
     (out / "active_comparison.md").write_text(text)
     write_json_atomic(out / "active_comparison.json", summary)
     if wandb:

@@ -24,6 +24,8 @@ from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig
 
 from introspect.config import ConfigError
+from introspect.runs.rundir import run_path
+from introspect.runs.status import read_status
 
 T = TypeVar("T")
 
@@ -131,7 +133,7 @@ class _Watch:
         self.world = 1
         self.rank = 0
         self.timeout_s = 0.0
-        self.hint = ""
+        self.cfg: DictConfig | None = None
         self.children: list[subprocess.Popen] = []
         self.failure: str | None = None
         self._lock = threading.Lock()
@@ -144,7 +146,7 @@ class _Watch:
         first = env.node_rank() * local  # global rank of this node's local rank 0
         self.rank = first + env.local_rank()
         self.timeout_s = float(cfg.trainer.timeout_s)
-        self.hint = "rerun with run.resume=true"
+        self.cfg = cfg  # its run directory is known once the run has made it
         if not isinstance(env, LightningEnvironment):
             return  # torchrun, SLURM, ...: the tool that started the processes watches them
         if not env.creates_processes_externally:
@@ -202,6 +204,16 @@ class _Watch:
             sys.stderr.flush()
             os._exit(1)
 
+    def hint(self) -> str:
+        """How to go on: resume a run that has a directory and status, else run again."""
+        run_dir = run_path(self.cfg) if self.cfg is not None else None
+        status = read_status(run_dir) if run_dir is not None else None
+        if status is None:
+            return "no run directory was made yet: run the same command again"
+        if status.get("state") == "complete":  # a re-evaluation of a finished run
+            return "run the same command again (it continues the evaluation)"
+        return f"continue it with run.resume=true (run {run_dir})"
+
     def report(self, what: str) -> None:
         """Print the one-line report (once per process) and stop the processes started here."""
         with self._lock:
@@ -210,7 +222,7 @@ class _Watch:
                 # On a line of its own, also after an unfinished progress bar.
                 print(
                     f"\nerror: {what}; the run is incomplete — see that process's output "
-                    f"above; {self.hint}",
+                    f"above; {self.hint()}",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -35,6 +35,7 @@ from introspect.explain.network import (
     tsne_figure,
 )
 from introspect.explain.uncertainty import VoiceEvaluation, evaluate_voice, voice
+from introspect.runs.integrity import seal
 
 
 @dataclass
@@ -227,7 +228,7 @@ def explain_eval(
         "faithfulness": table or None,
         "voice": voice_section,
     }
-    write_record(out_dir / "results.json", results)
+    write_record(out_dir / "results.json", seal(results, run_dir))
     return results
 
 

@@ -28,6 +28,7 @@ from introspect.runs.distributed import (
     launch,
 )
 from introspect.runs.errors import PipelineError
+from introspect.runs.faults import disk_full, interrupted, resume_hint
 from introspect.runs.lock import LockError
 from introspect.runs.quality import run_quality
 from introspect.runs.report import evaluate_and_report
@@ -119,8 +120,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             logger.finalize("success")
     except BaseException as err:
+        full = disk_full(err, run_dir)
         if zero:
-            update_status(run_dir, state="failed", error=_describe_error(err), failed=now())
+            _record_failure(run_dir, err, full)
+        if full is not None:
+            raise PipelineError(
+                f"no space left on device while writing {full}; free space and continue with "
+                f"{resume_hint(cfg)}"
+            ) from err
         raise
     if zero:
         mark_stage_done(run_dir, "evaluation")
@@ -143,17 +150,34 @@ def frozen_memory_format(backbone: nn.Module, *, channels_last: bool) -> None:
 
 
 def _describe_error(err: BaseException) -> str:
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+def _record_failure(run_dir: Path, err: BaseException, full: str | None) -> None:
+    """Record in ``status.json`` how the run ended: ``interrupted`` (SIGINT) or ``failed`` with
+    the error (ENOSPC with the path for a full disk). Nothing when even that cannot be
+    written (the disk is full): the entry point's message says it."""
+    if interrupted(err):
+        fields = {"state": "interrupted", "error": "interrupted (SIGINT)"}
+    elif full is not None:
+        fields = {"state": "failed", "error": f"ENOSPC: no space left on device writing {full}"}
+    else:
+        fields = {"state": "failed", "error": _describe_error(err)}
+    try:
+        update_status(run_dir, **fields, failed=now())
+    except OSError:
+        pass
+
+
+def reevaluate(
+    cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None
+) -> dict[str, Any]:
     """Reload a finished run's backbone and heads, evaluate them again on ``cfg.eval`` and
     write the results to ``out_dir`` (e.g. ``<run>/evaluations/<tag>``; the run's own
     ``results.json`` is never touched). An interrupted re-evaluation into the same
-    ``out_dir`` continues where it stopped."""
+    ``out_dir`` continues where it stopped. ``note`` (e.g. that the run's own record was
+    modified) goes under the table."""
 
     if cfg.task == "quality":
         raise PipelineError(
@@ -187,8 +211,10 @@ def reevaluate(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         out_dir,
         loggers,
         started=start,
-        extra_run_info={"evaluation_of": str(run_dir)},
+        extra_run_info={"evaluation_of": str(run_dir)} | ({"note": note} if note else {}),
         baselines=baselines,
+        run_dir=run_dir,
+        note=note,
     )
     for logger in loggers:
         logger.finalize("success")

@@ -30,8 +30,9 @@ from introspect.quality.introspection import (
     quality_features,
 )
 from introspect.quality.model import QualityModel, QualityTraining, train_quality_model
+from introspect.runs.integrity import write_sealed
 from introspect.runs.rundir import prepare_run_dir
-from introspect.runs.status import mark_stage_done, now, update_status, write_json_atomic
+from introspect.runs.status import mark_stage_done, now, update_status
 
 METRICS = ("or", "rmse", "plcc", "srcc", "krcc")
 TITLES = {
@@ -206,7 +207,7 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
         update_status(run_dir, state="failed", error=f"{type(err).__name__}: {err}", failed=now())
         raise
     results["run"]["seconds"] = time.perf_counter() - start
-    write_json_atomic(run_dir / "results.json", results)
+    write_sealed(run_dir / "results.json", results, run_dir)
     (run_dir / "table.md").write_text(quality_table(results))
     mark_stage_done(run_dir, "evaluation")
     update_status(

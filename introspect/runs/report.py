@@ -32,6 +32,7 @@ from introspect.runs.evaluation import (
     summarize,
     verdict,
 )
+from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import config_digest
 from introspect.runs.status import write_json_atomic
@@ -109,9 +110,13 @@ def evaluate_and_report(
     started: float | None = None,
     extra_run_info: dict[str, Any] | None = None,
     baselines: Baselines | None = None,
+    run_dir: Path | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every head on every split of ``splits`` (see ``runs.splits``); write
-    ``results.json``, ``table.md`` and plots to ``out_dir``; log everything.
+    ``results.json`` (sealed against the checkpoints and heads of ``run_dir``, default
+    ``out_dir``: see ``runs.integrity``), ``table.md`` and plots to ``out_dir``; log everything.
+    ``note`` (e.g. that the evaluated run's record was modified) goes under the table.
 
     Splits are evaluated a group at a time (``split_groups``) and kept in ``out_dir`` until the
     final ``results.json`` is written, so a rerun of an interrupted evaluation skips the splits
@@ -178,18 +183,20 @@ def evaluate_and_report(
     }
     if baselines is not None:
         results["run"] |= baselines.provenance()
+    if cfg.data.get("skip_bad_files"):
+        results["run"]["skipped_bad_files"] = len(dm.bad_files)
     if started is not None:
         results["run"]["seconds"] = round(time.perf_counter() - started, 2)
     if not is_global_zero():
         return results
 
-    table = format_table(results)
+    table = format_table(results) + (f"\n\n{note}" if note else "")
     plots = _reliability_plots(bins, names, out_dir, run_label(cfg, out_dir))
     notes = "\n".join(baselines.notes()) + "\n" if baselines is not None else ""
     (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n" + notes)
     _log(loggers, results, plots)
     # results.json last and atomically: a failed run leaves none behind.
-    write_json_atomic(out_dir / "results.json", results)
+    write_sealed(out_dir / "results.json", results, run_dir or out_dir)
     partial.clear()
     print(table)
     print(verdict(results))

@@ -42,8 +42,9 @@ from introspect.runs.detection import (
     detection_rows,
 )
 from introspect.runs.errors import PipelineError
+from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import provenance
-from introspect.runs.rundir import build_loggers, write_json_atomic
+from introspect.runs.rundir import build_loggers
 from introspect.runs.splits import evaluation_splits, read_source
 from introspect.runs.stage1 import build_backbone, build_data, stage1_checkpoint
 from introspect.runs.stage2 import load_heads
@@ -403,14 +404,18 @@ def _detector_inputs(scored: ScoredSet) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+def score_run(
+    cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None
+) -> dict[str, Any]:
     """Score a finished run's OOD detection and trust (see the module docstring); write
     ``results.json`` (``"run"``, ``"ood"``, ``"trust"``) and ``scores.md`` to ``out_dir``
     (e.g. ``<run>/evaluations/scores``), print the tables and log the scalars. The run's own
     ``results.json`` is not touched. Returns ``{"ood": ..., "trust": ...}`` (``None`` for a
     task not run).
 
-    ``results.json`` is written last and atomically, once everything succeeded.
+    ``results.json`` is written last and atomically, once everything succeeded, sealed against
+    the run's checkpoints and heads (``runs.integrity``). ``note`` (e.g. that the run's own
+    record was modified) goes at the top of ``scores.md``.
     """
 
     started = time.perf_counter()
@@ -543,7 +548,7 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
             "scores": {score: {n: per_split[n][score] for n in per_split} for score in names},
         }
 
-    markdown = _markdown(cfg, settings, ood, trust)
+    markdown = (f"{note}\n\n" if note else "") + _markdown(cfg, settings, ood, trust)
     if detection is not None:
         markdown += "\n" + detection_markdown(detection, ood["scores"] if ood else None) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -567,6 +572,6 @@ def score_run(cfg: DictConfig, run_dir: Path, out_dir: Path) -> dict[str, Any]:
         "detection": detection,
     }
     # results.json last and atomically: a failed scoring run leaves none.
-    write_json_atomic(out_dir / "results.json", results)
+    write_sealed(out_dir / "results.json", results, run_dir)
     print(f"scored in {time.perf_counter() - started:.1f} s")
     return {"ood": ood, "trust": trust, "detection": detection}

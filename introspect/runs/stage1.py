@@ -23,6 +23,7 @@ from introspect.backbones.protopnet import is_protopnet
 from introspect.data import ImageDataModule, build_augmentation, build_datamodule
 from introspect.data.augment import AugMixTriplet
 from introspect.data.device import DEVICE_AUGMENTATIONS, DeviceBatches, load_split
+from introspect.data.sources import check_classes_occur
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.runs.contrastive import pretrain_contrastive
 from introspect.runs.distributed import broadcast_from_zero
@@ -41,12 +42,15 @@ def stage1_recipe(cfg: DictConfig) -> Recipe:
 
 def build_data(cfg: DictConfig) -> ImageDataModule:
     """The datamodule of ``cfg.data``, set up, with stage 1's training augmentation (the
-    recipe's augmentations, applied in order)."""
+    recipe's augmentations, applied in order). The labels of an ``npz`` source must not imply
+    classes that never occur unless ``data.num_classes`` says that many (``DataError``)."""
     recipe = stage1_recipe(cfg)  # a bad recipe fails before the data is read
     if cfg.data.on_device:
         _check_on_device(cfg, recipe)
     dm = build_datamodule(cfg.data)
     dm.setup()
+    if cfg.data.source == "npz":  # a stray label would make a run of classes never seen
+        check_classes_occur(dm.source_labels(), cfg.data.num_classes, str(cfg.data.path))
     steps = [
         build_augmentation(
             name,

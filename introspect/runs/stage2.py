@@ -52,6 +52,7 @@ from introspect.runs.distributed import (
     is_global_zero,
     world_size,
 )
+from introspect.runs.errors import PipelineError
 from introspect.runs.trainer import build_trainer, console_is_terminal, resolve_device
 
 # Data fields that change which images a split holds (not how they are batched or loaded).
@@ -416,9 +417,19 @@ def _save_atomic(obj: Any, path: Path) -> None:
 def _load_head(
     cfg: DictConfig, kind: str, backbone: torch.nn.Module, path: Path, num_classes: int
 ) -> StageTwoClassifier:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    head = build_head(cfg, kind, backbone, state["feature_mean"].shape[0], num_classes)
-    head.load_head_state(state)
+    """The head saved at ``path``; ``PipelineError`` naming the file when it is unreadable
+    (corrupt, truncated) or does not fit this run's head (other shapes or keys)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        head = build_head(cfg, kind, backbone, state["feature_mean"].shape[0], num_classes)
+        head.load_head_state(state)
+    except Exception as err:  # torch and pickle raise many kinds for a damaged file
+        text = " ".join(str(err).split())[:200]
+        raise PipelineError(
+            f"stage-2 head {path} cannot be loaded ({type(err).__name__}: {text}); delete it "
+            "and continue with run.resume=true to train it again (a finished run: restore the "
+            "file or redo the run with run.overwrite=true)"
+        ) from None
     return head.eval()
 
 

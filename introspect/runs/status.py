@@ -1,4 +1,5 @@
-"""``status.json`` of a run directory: whether the run there is running, failed or complete,
+"""``status.json`` of a run directory: whether the run there is running, failed, interrupted
+(SIGINT) or complete,
 which stages it finished, and when.
 
 A process killed without warning leaves ``running`` behind: readers treat any state but
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
-STATES = ("running", "failed", "complete")
+STATES = ("running", "failed", "interrupted", "complete")
 
 
 def now() -> str:
@@ -80,6 +81,8 @@ def describe(status: dict[str, Any] | None) -> str:
     state = status.get("state", "unknown")
     if state == "failed":
         return f"failed: {status.get('error', 'unknown error')}"
+    if state == "interrupted":
+        return "interrupted (continue it with run.resume=true)"
     if state == "running":
         stage = status.get("stage")
         where = f", in {stage}" if stage else ""
