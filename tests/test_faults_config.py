@@ -78,11 +78,15 @@ def _edit_config(run_dir: Path, **values: Any) -> None:
 
 
 def _edit_record(run_dir: Path, **sections: Any) -> None:
-    """Replace sections of the config saved in the run's results.json."""
+    """Replace sections of the config saved in the run's results.json, and seal the edited
+    record again as an attacker can (the digest is no signature): what the record says must
+    be refused or ignored on its own merits, not only because the digest no longer matches."""
+    from introspect.runs.integrity import write_sealed
+
     path = run_dir / "results.json"
     results = json.loads(path.read_text())
     results["run"]["config"].update(sections)
-    path.write_text(json.dumps(results))
+    write_sealed(path, results, run_dir)
 
 
 def _files_holding(root: Path, text: str) -> list[Path]:

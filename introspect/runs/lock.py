@@ -34,13 +34,13 @@ class LockError(RuntimeError):
 
 class RunLock:
     """A held lock on ``folder`` (its file is ``folder/LOCK_FILE``); ``release`` gives it up
-    (also at interpreter exit), removing ``folder`` too when this lock created it and it is
-    left empty."""
+    (also at interpreter exit), removing the folders this lock created (``folder`` and the
+    parents made for it) when they are left empty."""
 
-    def __init__(self, folder: Path, *, created_folder: bool) -> None:
+    def __init__(self, folder: Path, *, created: list[Path]) -> None:
         self.folder = folder
         self.path = folder / LOCK_FILE
-        self._created_folder = created_folder
+        self._created = created
         self._held = True
         atexit.register(self.release)
 
@@ -53,11 +53,7 @@ class RunLock:
         holder = _read(self.path)
         if holder is not None and holder.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
-        if self._created_folder:
-            try:
-                self.folder.rmdir()  # only when nothing else was written there
-            except OSError:
-                pass
+        _remove_empty(self._created)
 
     def __enter__(self) -> RunLock:
         return self
@@ -157,6 +153,27 @@ def _take_over(path: Path, reason: str, what: str) -> bool:
         guard.unlink(missing_ok=True)
 
 
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the folders created, deepest first."""
+    created = []
+    missing = folder
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: only what a lock created and
+    nothing else filled."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def acquire_lock(folder: Path | str, what: str) -> RunLock:
     """Lock ``folder`` (created if missing) for this process; ``what`` names it in messages,
     e.g. ``"run directory runs/x"``.
@@ -164,25 +181,20 @@ def acquire_lock(folder: Path | str, what: str) -> RunLock:
     Raises ``LockError`` naming the holder when another live process holds the lock.
     """
     folder = Path(folder)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    created = _make_folder(folder)
     path = folder / LOCK_FILE
     for _ in range(20):
         if _create(path):
-            return RunLock(folder, created_folder=created)
+            return RunLock(folder, created=created)
         reason = _stale_reason(path)
         if reason is not None and _take_over(path, reason, what):
-            return RunLock(folder, created_folder=created)
+            return RunLock(folder, created=created)
         if reason is None:
             break
         time.sleep(0.05)  # another process is taking a stale lock over: see who won
     holder = _read(path)
     who = _describe(holder) if holder else "a process that is starting"
-    if created:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
+    _remove_empty(created)
     raise LockError(
         f"{what} is in use by another process ({who}); wait for it to finish, or delete "
         f"{path} if that process is gone"
