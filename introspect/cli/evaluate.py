@@ -158,10 +158,10 @@ def reevaluate_main(
     if loaded is None:
         return 2
 
-    def job(cfg: DictConfig, run_dir: Path, out_dir: Path) -> Any:
+    def job(cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None) -> Any:
         from introspect.runs.pipeline import reevaluate
 
-        return reevaluate(cfg, run_dir, out_dir)
+        return reevaluate(cfg, run_dir, out_dir, note=note)
 
     if not _run_job(loaded, job):
         return 2
@@ -180,10 +180,10 @@ def scores_main(argv: list[str], *, trust_run: bool = False, allow_modified: boo
     if loaded is None:
         return 2
 
-    def job(cfg: DictConfig, run_dir: Path, out_dir: Path) -> Any:
+    def job(cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None) -> Any:
         from introspect.runs.scores import score_run
 
-        return score_run(cfg, run_dir, out_dir)
+        return score_run(cfg, run_dir, out_dir, note=note)
 
     if not _run_job(loaded, job):
         return 2
