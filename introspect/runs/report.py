@@ -38,7 +38,7 @@ from introspect.runs.evaluation import (
     summarize,
     verdict,
 )
-from introspect.runs.integrity import write_sealed
+from introspect.runs.integrity import file_sha256, write_sealed
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import config_digest
 from introspect.runs.status import write_json_atomic
@@ -67,16 +67,16 @@ class PartialResults:
         evaluated."""
         done: dict[str, Done] = {}
         for name in names:
+            images = self._file(name).with_suffix(".npz")
             try:
                 saved = json.loads(self._file(name).read_text())
-                per_image = read_predictions(self._file(name).with_suffix(".npz")).get(name)
-            except (OSError, ValueError):
-                continue
-            if per_image is None:
-                continue
-            if not isinstance(saved, dict) or saved.get("digest") != self.digest:
-                continue
-            if saved.get("split") != name:
+                if not isinstance(saved, dict) or saved.get("digest") != self.digest:
+                    continue
+                # The per-image file this JSON was saved with (not one a later run replaced).
+                if saved.get("split") != name or saved.get("images") != file_sha256(images):
+                    continue
+                per_image = read_predictions(images)[name]
+            except (OSError, ValueError, KeyError):
                 continue
             bins = {
                 head: {k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}
@@ -93,15 +93,14 @@ class PartialResults:
         self.folder.mkdir(parents=True, exist_ok=True)
         for name, entry in results.items():
             # The JSON file last: a split counts as done once it is there.
-            write_predictions(self._file(name).with_suffix(".npz"), {name: per_image[name]})
+            images = self._file(name).with_suffix(".npz")
+            write_predictions(images, {name: per_image[name]})
             plain = {
                 head: {k: v.double().tolist() for k, v in sums.items()}
                 for head, sums in bins[name].items()
             }
-            write_json_atomic(
-                self._file(name),
-                {"digest": self.digest, "split": name, "entry": entry, "bins": plain},
-            )
+            saved = {"digest": self.digest, "split": name, "entry": entry, "bins": plain}
+            write_json_atomic(self._file(name), saved | {"images": file_sha256(images)})
 
     def clear(self) -> None:
         """Remove the partial results (once the final results file is written)."""
