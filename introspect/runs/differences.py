@@ -42,13 +42,13 @@ class PredictionsError(ValueError):
 
 
 def write_predictions(path: Path, per_image: PerImage) -> None:
-    """Write ``{split: {head or "labels": array}}`` to ``path`` (``.npz``, keys
+    """Write ``{split: {head or "labels": array}}`` to ``path`` (compressed ``.npz``, keys
     ``<split>/<head>``) atomically: a temporary file in the same folder, then renamed."""
     arrays = {f"{s}/{k}": np.asarray(a) for s, e in per_image.items() for k, a in e.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez_compressed(fh, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
