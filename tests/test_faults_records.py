@@ -41,7 +41,7 @@ elif where == "enospc-head":
     s2._save_atomic = lambda obj, path: no_space(path)
 elif where == "enospc-results":
     import introspect.runs.report as report
-    report.write_sealed = lambda path, record, run_dir: no_space(path)
+    report.write_sealed = lambda path, record, run_dir, beside=(): no_space(path)
 elif where == "sigint-stage1":  # Ctrl-C inside Lightning's fit (it turns it into SystemExit)
     from introspect.models.feedforward import FeedForwardClassifier
     def on_train_epoch_start(self):
@@ -64,7 +64,7 @@ elif where == "kill-stage2-before-heads":  # features extracted, no head trained
     s2._fit_heads = lambda *args: os._exit(9)
 elif where == "kill-evaluation-before-record":  # every split evaluated, no results.json yet
     import introspect.runs.report as report
-    report.write_sealed = lambda path, record, run_dir: os._exit(9)
+    report.write_sealed = lambda path, record, run_dir, beside=(): os._exit(9)
 else:
     raise SystemExit(f"unknown point {{where}}")
 sys.exit(train.main(argv))

@@ -11,11 +11,13 @@ import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from introspect.config import ConfigError, load_config, load_run_config, save_config
 from introspect.config.schema import RANGES, Config
+from introspect.runs.differences import read_predictions
 from introspect.runs.rundir import check_run_dir, evaluation_tag
 from tests.test_pipeline import TINY
 
@@ -363,13 +365,22 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(
     assert not (run_dir / "results.json").exists()
     if stage == "evaluation":  # the first two groups were kept: clean and one corruption
         kept = sorted(p.name for p in (run_dir / ".partial-evaluation").iterdir())
-        assert kept == ["clean.json", "gaussian_noise__1.json", "gaussian_noise__5.json"]
+        splits = ("clean", "gaussian_noise__1", "gaussian_noise__5")
+        assert kept == sorted(f"{s}.{ext}" for s in splits for ext in ("json", "npz"))
 
     resumed = _train(*args, "run.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got, want = _results(run_dir), _results(reference)
     assert got["splits"] == want["splits"]
     assert got["summary"] == want["summary"]
+    assert got["differences"] == want["differences"]
+    got_images = read_predictions(run_dir / "predictions.npz")
+    want_images = read_predictions(reference / "predictions.npz")
+    assert got_images.keys() == want_images.keys()
+    for split, arrays in want_images.items():
+        assert got_images[split].keys() == arrays.keys()
+        for key, want_array in arrays.items():
+            np.testing.assert_array_equal(got_images[split][key], want_array)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "complete" and len(status["resumes"]) == 1
     assert status["stages_done"] == ["stage1", "stage2", "evaluation"]

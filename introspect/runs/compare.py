@@ -19,7 +19,18 @@ from matplotlib.figure import Figure
 
 from introspect.config.loader import leaf_paths
 from introspect.data.shifted import is_cell
+from introspect.metrics.paired import PairedDifference
 from introspect.runs.compare_active import compare_active, is_active_run
+from introspect.runs.differences import (
+    LABELS,
+    LEVEL,
+    PREDICTIONS,
+    PredictionsError,
+    as_record,
+    pair_differences,
+    read_predictions,
+    scopes,
+)
 from introspect.runs.evaluation import HEADS, SHORT
 from introspect.runs.experiments import (
     CompareError,
@@ -38,6 +49,7 @@ from introspect.runs.integrity import (
     RecordModifiedError,
     check_record,
     records_notes,
+    seals_beside,
 )
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
@@ -186,6 +198,62 @@ def group_table(group: Group) -> dict[str, tuple[float, float]]:
     return {k: mean_std([r[k] for r in per_run]) for k in keys}
 
 
+Intervals = dict[str, PairedDifference]
+
+
+def _predictions(run: Run) -> dict[str, dict[str, Any]] | None:
+    """The per-image records of ``run`` when its (checked) record seals them, else None."""
+    if not seals_beside(run.results, PREDICTIONS):
+        return None
+    try:
+        return read_predictions(run.path / PREDICTIONS)
+    except PredictionsError as err:
+        raise CompareError(str(err)) from None
+
+
+def group_intervals(group: Group) -> tuple[Intervals, list[str]]:
+    """``({"<scope>/<head>-<baseline>/acc": PairedDifference}, notes)``: the accuracy difference
+    of every pair of ``DIFFS`` with its hierarchical paired bootstrap interval (seeds, then
+    images; corrupted cells pooled, stratified by cell), for each scope (``clean``,
+    ``corrupted``) in which every run of the group sealed ``predictions.npz`` with the same
+    labels. ``notes`` say why a group has none."""
+    records = [_predictions(run) for run in group.runs]
+    if any(r is None for r in records):
+        return {}, []
+    per_run = [scopes(r) for r in records if r is not None]
+    intervals: Intervals = {}
+    notes: list[str] = []
+    for scope, (first, strata) in per_run[0].items():
+        same = all(
+            scope in p
+            and np.array_equal(p[scope][0][LABELS], first[LABELS])
+            and np.array_equal(p[scope][1], strata)
+            for p in per_run
+        )
+        if not same:
+            notes.append(
+                f"Note: the runs of {group.label!r} were scored on different {scope} images "
+                "(labels differ): no confidence intervals for that scope."
+            )
+            continue
+        heads = [h for h in first if h != LABELS and all(h in p[scope][0] for p in per_run)]
+        stacked = {h: np.stack([p[scope][0][h] for p in per_run]) for h in heads}
+        for (head, base), diff in pair_differences(stacked, strata).items():
+            intervals[f"{scope}/{SHORT[head]}-{SHORT[base]}/acc"] = diff
+    return intervals, notes
+
+
+def _ci(diff: PairedDifference | None) -> str:
+    """E.g. ``+0.41 [-0.12, +0.95] no detectable difference`` (points), or ``—``."""
+    return "—" if diff is None else f"{diff.format()} {diff.verdict}"
+
+
+def _ci_keys(tables: Sequence[dict[str, tuple[float, float]]], scope: str) -> list[str]:
+    """The accuracy differences of ``scope`` that get an interval column."""
+    keys = [f"{scope}/{a}-{b}/acc" for a, b in DIFFS if scope in ("clean", "corrupted")]
+    return [k for k in keys if any(k in t for t in tables)]
+
+
 def _pct(stat: tuple[float, float] | None, n: int, signed: bool = False) -> str:
     if stat is None:
         return "–"
@@ -206,10 +274,17 @@ _TITLES = {
 }
 
 
-def markdown(groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, float]]]) -> str:
+def markdown(
+    groups: Sequence[Group],
+    tables: Sequence[dict[str, tuple[float, float]]],
+    intervals: Sequence[Intervals] | None = None,
+) -> str:
     """Markdown, one table per scope (clean, mean over corruption cells, each extra split):
     accuracy and ECE of every head and the differences INT-FF and INT-CTL, in %, as mean ±
-    sample std over seeds."""
+    sample std over seeds; with ``intervals`` (one per group, see :func:`group_intervals`),
+    then the 95 % interval and verdict of each accuracy difference (``—`` where there is
+    none)."""
+    cis = list(intervals) if intervals is not None else [{} for _ in groups]
     scopes: list[str] = []
     for t in tables:
         for key in t:
@@ -221,19 +296,22 @@ def markdown(groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, fl
     lines: list[str] = []
     for scope in order:
         cols = _columns(list(tables), scope)
+        ci_cols = _ci_keys(tables, scope) if intervals is not None else []
         names = [
             c.split("/", 1)[1].replace("/", " ").replace("-", "−").replace("ece", "ECE")
             for c in cols
         ]
+        names += [f"{c.split('/')[1].replace('-', '−')} acc {100 * LEVEL:g} % CI" for c in ci_cols]
         lines += [
             f"**{_TITLES.get(scope, f'Split {scope}')}**",
             "",
             "| run (backbone · stage-2 recipe) | seeds | " + " | ".join(names) + " |",
-            "|---|---:|" + "---:|" * len(cols),
+            "|---|---:|" + "---:|" * (len(cols) + len(ci_cols)),
         ]
-        for group, table in zip(groups, tables, strict=True):
+        for group, table, ci in zip(groups, tables, cis, strict=True):
             n = len(group.runs)
             vals = [_pct(table.get(c), n, signed="-" in c.split("/")[1]) for c in cols]
+            vals += [_ci(ci.get(c)) for c in ci_cols]
             lines.append(f"| {group.label} | {n} | " + " | ".join(vals) + " |")
         lines.append("")
     cells = sorted({sum(is_cell(s) for s in g.runs[0].results["splits"]) for g in groups})
@@ -242,23 +320,39 @@ def markdown(groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, fl
         f"{', '.join(map(str, cells))}; INT−FF / INT−CTL are per-seed differences (accuracy: "
         "higher is better; ECE: lower is better)."
     )
+    if intervals is not None and any(ci for ci in cis):
+        lines.append(
+            f"CI: {100 * LEVEL:g} % paired bootstrap interval of the accuracy difference (seeds, "
+            "then images; corruption cells pooled, stratified by cell) and its verdict."
+        )
     return "\n".join(lines) + "\n"
 
 
 def write_csv(
-    path: Path, groups: Sequence[Group], tables: Sequence[dict[str, tuple[float, float]]]
+    path: Path,
+    groups: Sequence[Group],
+    tables: Sequence[dict[str, tuple[float, float]]],
+    intervals: Sequence[Intervals] | None = None,
 ) -> None:
-    """One row per group: identity columns, then ``<key>_mean`` and ``<key>_std`` (fractions)."""
+    """One row per group: identity columns, then ``<key>_mean`` and ``<key>_std`` (fractions);
+    with ``intervals``, then ``<key>_ci`` (text: points, interval, verdict; ``—`` where there is
+    none), ``<key>_ci_low`` and ``<key>_ci_high`` (fractions) of each accuracy difference."""
     keys: list[str] = []
     for t in tables:
         keys += [k for k in t if k not in keys]
+    ci_keys: list[str] = []
+    if intervals is not None:
+        for scope in ("clean", "corrupted"):
+            ci_keys += _ci_keys(tables, scope)
+    cis = list(intervals) if intervals is not None else [{} for _ in groups]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
             ["run", "backbone", "checkpoint", "recipe", "n_seeds", "seeds", "runs"]
             + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
+            + [f"{k}_{s}" for k in ci_keys for s in ("ci", "ci_low", "ci_high")]
         )
-        for group, table in zip(groups, tables, strict=True):
+        for group, table, ci in zip(groups, tables, cis, strict=True):
             b = group.config.get("backbone", {})
             ident = [
                 group.label,
@@ -270,6 +364,9 @@ def write_csv(
                 " ".join(str(r.path) for r in group.runs),
             ]
             values = [f"{table[k][i]:.6f}" if k in table else "" for k in keys for i in (0, 1)]
+            for k in ci_keys:
+                d = ci.get(k)
+                values += [_ci(d)] + (["", ""] if d is None else [f"{d.low:.6f}", f"{d.high:.6f}"])
             writer.writerow(ident + values)
 
 
@@ -407,7 +504,11 @@ def compare(
     such runs are marked ``(modified)`` in every table and named in a note line, as are (in a
     note line only) runs whose record has no digest, written by an older version.
 
-    Returns ``{"out_dir", "markdown", "groups": [{label, runs, table}], "skipped"}``.
+    Accuracy differences get their 95 % paired bootstrap interval and verdict where every run
+    of a group sealed ``predictions.npz`` (``group_intervals``); older runs get ``—`` and a note
+    line.
+
+    Returns ``{"out_dir", "markdown", "groups": [{label, runs, table, intervals}], "skipped"}``.
     """
     if not paths:
         raise CompareError("give at least one run directory to compare")
@@ -442,12 +543,20 @@ def compare(
         raise CompareError("a run directory is listed twice; list each run once")
     groups = group_runs(runs)
     tables = [group_table(g) for g in groups]
+    found = [group_intervals(g) for g in groups]
+    intervals = [ci for ci, _ in found]
     out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(runs)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(groups, tables)
-    text += "".join(
-        f"\n{n}\n" for n in records_notes({r.path: r.record for r in runs}, "results.json")
-    )
+    text = markdown(groups, tables, intervals)
+    notes = records_notes({r.path: r.record for r in runs}, "results.json")
+    notes += [n for _, group_notes in found for n in group_notes]
+    older = [str(r.path) for r in runs if not seals_beside(r.results, PREDICTIONS)]
+    if older:
+        notes.append(
+            f"Note: {len(older)} run(s) have no sealed {PREDICTIONS} (written by an older "
+            f"version), so their groups have no confidence intervals (—): {', '.join(older)}."
+        )
+    text += "".join(f"\n{n}\n" for n in notes)
     table1 = table1_markdown(
         [g.label for g in groups],
         [stage1_recipe_of(g.config) for g in groups],
@@ -458,7 +567,7 @@ def compare(
         (out / "table1.md").write_text(table1)
         text = table1 + "\n" + text
     (out / "comparison.md").write_text(text)
-    write_csv(out / "comparison.csv", groups, tables)
+    write_csv(out / "comparison.csv", groups, tables, intervals)
     images = [out / "accuracy_vs_ece.png"]
     scatter(images[0], groups, tables)
     if severity_curves(out / "severity_curves.png", groups) is not None:
@@ -470,8 +579,13 @@ def compare(
         "skipped": skipped,
         "markdown": text,
         "groups": [
-            {"label": g.label, "runs": [str(r.path) for r in g.runs], "table": t}
-            for g, t in zip(groups, tables, strict=True)
+            {
+                "label": g.label,
+                "runs": [str(r.path) for r in g.runs],
+                "table": t,
+                "intervals": {k: as_record(d) for k, d in ci.items()},
+            }
+            for g, t, ci in zip(groups, tables, intervals, strict=True)
         ],
     }
 

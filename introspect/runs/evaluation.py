@@ -6,15 +6,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
-from torchmetrics import SumMetric
+from torchmetrics import CatMetric, SumMetric
 
 from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
 from introspect.metrics import classification_metrics
 from introspect.metrics.temperature import temper
 from introspect.models.stage2 import IntrospectiveClassifier, StageTwoClassifier
+from introspect.runs.differences import LABELS, PAIRS
 from introspect.uncertainty import MCDropout, ensemble_probs
 
 # Every head a run can evaluate, in table order: "<head>_ts" is the tempered twin of <head>
@@ -115,6 +117,13 @@ class Evaluator(L.LightningModule):
             nn.ModuleDict({h: base.clone() for h in self.head_names}) for _ in self.splits
         )
         self.counts = nn.ModuleList(SumMetric() for _ in self.splits)
+        # Per image, in dataset order (contiguous blocks gathered in rank order): the label and
+        # whether each head's top-1 prediction is right. Float, the dtype torchmetrics gives a
+        # process without samples, so every process gathers tensors of one dtype.
+        keys = [*self.head_names, LABELS]
+        self.per_image = nn.ModuleList(
+            nn.ModuleDict({k: CatMetric(nan_strategy="disable") for k in keys}) for _ in self.splits
+        )
 
     def test_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -137,8 +146,11 @@ class Evaluator(L.LightningModule):
             if self.ensemble_with_backbone:
                 members.insert(0, logits["feedforward"])
             probs["ensemble"] = ensemble_probs(members)
+        per_image = self.per_image[dataloader_idx]
+        per_image[LABELS].update(labels.float())
         for name, p in probs.items():
             self.metrics[dataloader_idx][name].update(p, labels)
+            per_image[name].update((p.argmax(-1) == labels).float())
         self.counts[dataloader_idx].update(torch.tensor(float(len(labels)), device=labels.device))
 
     def collect(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -155,6 +167,18 @@ class Evaluator(L.LightningModule):
             results[split] = entry
             bins[split] = {h: self.metrics[i][h]["ece"].bin_sums() for h in self.head_names}
         return results, bins
+
+    def correctness(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{split: {head: correct, "labels": labels}}`` over all processes, one entry per test
+        image in dataset order (the same order for every head, so heads stay paired): ``correct``
+        is 1 where the head's top-1 prediction is the label, else 0 (uint8); ``labels`` int64.
+        Collective: call it on every process."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for i, split in enumerate(self.splits):
+            values = {k: m.compute().cpu().numpy() for k, m in self.per_image[i].items()}
+            out[split] = {h: values[h].astype(np.uint8) for h in self.head_names}
+            out[split][LABELS] = values[LABELS].astype(np.int64)
+        return out
 
 
 def summarize(splits: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -210,32 +234,38 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_VERSUS = (
-    ("introspective", "feedforward"),
-    ("introspective", "control"),
-    ("introspective_ts", "feedforward_ts"),
-    ("introspective_ts", "control_ts"),
-)
-
-
 def verdict(results: Mapping[str, Any]) -> str:
     """One line per comparison: the introspective head minus the feed-forward head and minus
-    the control, and the same for their tempered twins when there are any."""
+    the control, and the same for their tempered twins when there are any, on the clean split
+    and on the corrupted cells (their mean).
+
+    The accuracy difference carries its 95 % paired bootstrap interval and verdict from the
+    record's ``differences`` block (clean split; corrupted cells pooled, stratified by cell)
+    where the record has one. The ECE difference is the point difference only, without an
+    interval."""
     out = []
-    for scope, entry in (
-        ("clean", results["splits"].get("clean")),
-        ("corrupted (mean of cells)", results.get("summary")),
+    differences = results.get("differences") or {}
+    for scope, key, entry in (
+        ("clean", "clean", results["splits"].get("clean")),
+        ("corrupted (mean of cells)", "corrupted", results.get("summary")),
     ):
         if not entry:
             continue
-        for head, other in _VERSUS:
+        for head, other in PAIRS:
             if head not in entry or other not in entry:
                 continue
             d_acc = 100 * (entry[head]["acc"] - entry[other]["acc"])
             d_ece = 100 * (entry[head]["ece"] - entry[other]["ece"])
+            interval = differences.get(key, {}).get(f"{head}-{other}", {}).get("acc")
+            ci = (
+                f" [{100 * interval['low']:+.2f}, {100 * interval['high']:+.2f}] "
+                f"({interval['verdict']})"
+                if interval
+                else ""
+            )
             name, versus = head.replace("_ts", "+TS"), other.replace("_ts", "+TS")
             out.append(
-                f"{scope}: {name} vs {versus}: accuracy {d_acc:+.2f} pp, "
+                f"{scope}: {name} vs {versus}: accuracy {d_acc:+.2f} pp{ci}, "
                 f"ECE {d_ece:+.2f} pp ({'better' if d_ece < 0 else 'worse'} calibrated)"
             )
     return "\n".join(out)

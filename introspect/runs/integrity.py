@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from introspect.runs.status import write_json_atomic
 INTEGRITY = "integrity"
 # Folders of a run directory whose files a record depends on.
 SEALED_FOLDERS = ("checkpoints", "stage2")
+# Files a record may seal beside itself (in its own folder): its per-image predictions.
+BESIDE_FILES = ("predictions.npz",)
+BESIDE = "beside"
 VERIFIED, UNVERIFIED, MODIFIED = "verified", "unverified", "modified"
 
 
@@ -54,25 +58,44 @@ def _sealed_files(run_dir: Path) -> dict[str, str]:
     return files
 
 
-def seal(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def seal(
+    record: dict[str, Any], run_dir: Path, *, folder: Path | None = None, beside: Sequence[str] = ()
+) -> dict[str, Any]:
     """Add the ``integrity`` block to ``record`` (in place; also returned): the digest of its
-    content and of the checkpoints and heads in ``run_dir`` it was computed from."""
+    content, of the checkpoints and heads in ``run_dir`` it was computed from and of the files
+    ``beside`` (names among ``BESIDE_FILES``) in ``folder``, the record's own folder."""
+    unknown = [name for name in beside if name not in BESIDE_FILES]
+    if unknown or (beside and folder is None):
+        raise ValueError(f"cannot seal {unknown or list(beside)} beside a record")
     canonical = json.loads(json.dumps({k: v for k, v in record.items() if k != INTEGRITY}))
     record[INTEGRITY] = {
         "content_sha256": content_sha256(canonical),
         "files": _sealed_files(Path(run_dir)),
     }
+    if beside:
+        assert folder is not None
+        record[INTEGRITY][BESIDE] = {name: file_sha256(folder / name) for name in beside}
     return record
 
 
-def write_sealed(path: Path, record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Seal ``record`` against ``run_dir`` and write it atomically to ``path``; returns it."""
-    write_json_atomic(path, seal(record, run_dir))
+def write_sealed(
+    path: Path, record: dict[str, Any], run_dir: Path, *, beside: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Seal ``record`` against ``run_dir`` and the files ``beside`` it (see :func:`seal`) and
+    write it atomically to ``path``; returns it."""
+    write_json_atomic(path, seal(record, run_dir, folder=Path(path).parent, beside=beside))
     return record
 
 
-def _mismatch(record: dict[str, Any], run_dir: Path) -> str | None:
-    """Why ``record`` does not match its seal, or None when it does."""
+def seals_beside(record: dict[str, Any], name: str) -> bool:
+    """Whether ``record`` seals the file ``name`` beside it (verify the record first with
+    :func:`check_record`: this reads the seal, it does not check it)."""
+    block = record.get(INTEGRITY)
+    return isinstance(block, dict) and name in (block.get(BESIDE) or {})
+
+
+def _mismatch(record: dict[str, Any], run_dir: Path, folder: Path) -> str | None:
+    """Why ``record`` (in ``folder``) does not match its seal, or None when it does."""
     block = record.get(INTEGRITY)
     if not isinstance(block, dict) or not isinstance(block.get("files"), dict):
         return "its integrity block is malformed"
@@ -88,6 +111,16 @@ def _mismatch(record: dict[str, Any], run_dir: Path) -> str | None:
             return f"{name} is missing"
         if file_sha256(path) != digest:
             return f"{name} changed since"
+    beside = block.get(BESIDE, {})
+    if not isinstance(beside, dict):
+        return "its integrity block is malformed"
+    for name, digest in beside.items():
+        if name not in BESIDE_FILES:
+            return f"it names {name!r}, which is not a file a record seals beside it"
+        if not (folder / name).is_file():
+            return f"{name} beside it is missing"
+        if file_sha256(folder / name) != digest:
+            return f"{name} beside it changed since"
     return None
 
 
@@ -109,7 +142,7 @@ def check_record(path: Path, run_dir: Path, *, allow_modified: bool = False) -> 
         raise RecordModifiedError(f"{path} is not a results file (no JSON object)")
     if INTEGRITY not in record:
         return UNVERIFIED
-    reason = _mismatch(record, Path(run_dir))
+    reason = _mismatch(record, Path(run_dir), Path(path).parent)
     if reason is None:
         return VERIFIED
     if allow_modified:

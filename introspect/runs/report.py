@@ -19,6 +19,12 @@ from introspect.data.shifted import is_cell
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
 from introspect.runs.baselines import Baselines
+from introspect.runs.differences import (
+    PREDICTIONS,
+    accuracy_differences,
+    read_predictions,
+    write_predictions,
+)
 from introspect.runs.distributed import (
     broadcast_from_zero,
     global_rank,
@@ -32,19 +38,22 @@ from introspect.runs.evaluation import (
     summarize,
     verdict,
 )
-from introspect.runs.integrity import write_sealed
+from introspect.runs.integrity import file_sha256, write_sealed
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import config_digest
 from introspect.runs.status import write_json_atomic
 from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
 
 PARTIAL_DIR = ".partial-evaluation"
+# A split evaluated: its results entry, reliability bin sums and per-image records.
+Done = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
 
 
 class PartialResults:
-    """Results of the splits evaluated so far, one JSON file per split under
-    ``<out>/.partial-evaluation/``, so an interrupted evaluation continues where it stopped.
-    A file made by another evaluation (other ``digest``) is ignored."""
+    """Results of the splits evaluated so far, one JSON file (and one ``.npz`` of its per-image
+    records) per split under ``<out>/.partial-evaluation/``, so an interrupted evaluation
+    continues where it stopped. A file made by another evaluation (other ``digest``) is
+    ignored."""
 
     def __init__(self, folder: Path, digest: str) -> None:
         self.folder = folder
@@ -53,37 +62,45 @@ class PartialResults:
     def _file(self, split: str) -> Path:
         return self.folder / (split.replace("/", "__") + ".json")
 
-    def load(self, names: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-        """``{split: (entry, bins)}`` of the splits among ``names`` already evaluated."""
-        done: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    def load(self, names: list[str]) -> dict[str, Done]:
+        """``{split: (entry, bins, per_image)}`` of the splits among ``names`` already
+        evaluated."""
+        done: dict[str, Done] = {}
         for name in names:
+            images = self._file(name).with_suffix(".npz")
             try:
                 saved = json.loads(self._file(name).read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(saved, dict) or saved.get("digest") != self.digest:
-                continue
-            if saved.get("split") != name:
+                if not isinstance(saved, dict) or saved.get("digest") != self.digest:
+                    continue
+                # The per-image file this JSON was saved with (not one a later run replaced).
+                if saved.get("split") != name or saved.get("images") != file_sha256(images):
+                    continue
+                per_image = read_predictions(images)[name]
+            except (OSError, ValueError, KeyError):
                 continue
             bins = {
                 head: {k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}
                 for head, sums in saved["bins"].items()
             }
-            done[name] = (saved["entry"], bins)
+            done[name] = (saved["entry"], bins, per_image)
         return done
 
-    def save(self, results: dict[str, Any], bins: dict[str, Any]) -> None:
-        """Store the results and reliability bin sums of freshly evaluated splits."""
+    def save(
+        self, results: dict[str, Any], bins: dict[str, Any], per_image: dict[str, Any]
+    ) -> None:
+        """Store the results, reliability bin sums and per-image records of freshly evaluated
+        splits."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for name, entry in results.items():
+            # The JSON file last: a split counts as done once it is there.
+            images = self._file(name).with_suffix(".npz")
+            write_predictions(images, {name: per_image[name]})
             plain = {
                 head: {k: v.double().tolist() for k, v in sums.items()}
                 for head, sums in bins[name].items()
             }
-            write_json_atomic(
-                self._file(name),
-                {"digest": self.digest, "split": name, "entry": entry, "bins": plain},
-            )
+            saved = {"digest": self.digest, "split": name, "entry": entry, "bins": plain}
+            write_json_atomic(self._file(name), saved | {"images": file_sha256(images)})
 
     def clear(self) -> None:
         """Remove the partial results (once the final results file is written)."""
@@ -114,8 +131,11 @@ def evaluate_and_report(
     note: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every head on every split of ``splits`` (see ``runs.splits``); write
-    ``results.json`` (sealed against the checkpoints and heads of ``run_dir``, default
-    ``out_dir``: see ``runs.integrity``), ``table.md`` and plots to ``out_dir``; log everything.
+    ``predictions.npz`` (per image: label and whether each head was right, see
+    ``runs.differences``), ``results.json`` (with the paired bootstrap intervals of the
+    accuracy differences; sealed against the checkpoints and heads of ``run_dir``, default
+    ``out_dir``, and ``predictions.npz``: see ``runs.integrity``), ``table.md`` and plots to
+    ``out_dir``; log everything.
     ``note`` (e.g. that the evaluated run's record was modified) goes under the table.
 
     Splits are evaluated a group at a time (``split_groups``) and kept in ``out_dir`` until the
@@ -158,14 +178,17 @@ def evaluate_and_report(
         ]
         trainer.test(evaluator, dataloaders=loaders, verbose=False)
         # Lightning moved the module to the CPU; synchronize where the process group works.
-        group_results, group_bins = evaluator.to(trainer.strategy.root_device).collect()
+        evaluator.to(trainer.strategy.root_device)
+        group_results, group_bins = evaluator.collect()
+        group_images = evaluator.correctness()
         if is_global_zero():
-            partial.save(group_results, group_bins)
-        done.update({n: (group_results[n], group_bins[n]) for n in group})
+            partial.save(group_results, group_bins, group_images)
+        done.update({n: (group_results[n], group_bins[n], group_images[n]) for n in group})
         if is_global_zero():
             lines.advance(len(group))
     split_results = {n: done[n][0] for n in names}
     bins = {n: done[n][1] for n in names}
+    per_image = {n: done[n][2] for n in names}
 
     results: dict[str, Any] = {
         "run": {
@@ -180,6 +203,7 @@ def evaluate_and_report(
         "summary": summarize(split_results),
         "by_corruption": aggregate_by(split_results, 0),
         "by_severity": aggregate_by(split_results, 1),
+        "differences": accuracy_differences(per_image),
     }
     if baselines is not None:
         results["run"] |= baselines.provenance()
@@ -195,8 +219,10 @@ def evaluate_and_report(
     notes = "\n".join(baselines.notes()) + "\n" if baselines is not None else ""
     (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n" + notes)
     _log(loggers, results, plots)
-    # results.json last and atomically: a failed run leaves none behind.
-    write_sealed(out_dir / "results.json", results, run_dir or out_dir)
+    # results.json last and atomically: a failed run leaves none behind. It seals the
+    # per-image records written before it.
+    write_predictions(out_dir / PREDICTIONS, per_image)
+    write_sealed(out_dir / "results.json", results, run_dir or out_dir, beside=[PREDICTIONS])
     partial.clear()
     print(table)
     print(verdict(results))

@@ -79,6 +79,7 @@ RUN_ENTRIES = (
     "config.yaml",
     STATUS_FILE,
     "results.json",
+    "predictions.npz",
     "table.md",
     "provenance.json",
     "protopnet.json",
