@@ -148,7 +148,7 @@ def test_two_processes_run_every_stage_and_count_each_sample_once(ddp_run) -> No
     # Rank zero alone wrote the run directory, the CSV log and one W&B run.
     assert {p.name for p in run_dir.iterdir()} == {
         "config.yaml", "status.json", "checkpoints", "stage2", "logs", "wandb", "results.json",
-        "table.md", "reliability_clean.png", "reliability_corrupted.png",
+        "predictions.npz", "table.md", "reliability_clean.png", "reliability_corrupted.png",
     }  # fmt: skip
     assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     for name in ("checkpoints/stage1-best.ckpt", "stage2/introspective.pt", "stage2/control.pt"):

@@ -24,7 +24,6 @@ from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig
 
 from introspect.config import ConfigError
-from introspect.runs.rundir import run_path
 from introspect.runs.status import read_status
 
 T = TypeVar("T")
@@ -206,7 +205,7 @@ class _Watch:
 
     def hint(self) -> str:
         """How to go on: resume a run that has a directory and status, else run again."""
-        run_dir = run_path(self.cfg) if self.cfg is not None else None
+        run_dir = _named_run_dir(self.cfg) if self.cfg is not None else None
         status = read_status(run_dir) if run_dir is not None else None
         if status is None:
             return "no run directory was made yet: run the same command again"
@@ -256,6 +255,16 @@ class _Watch:
 
 
 _watch = _Watch()
+
+
+def _named_run_dir(cfg: DictConfig) -> Path | None:
+    """The run directory ``cfg`` names (``run.dir``, else ``run.root/run.name``); None while
+    no name is chosen yet (then no directory exists either)."""
+    if cfg.run.dir:
+        return Path(str(cfg.run.dir)).expanduser()
+    if cfg.run.name:
+        return Path(str(cfg.run.root)).expanduser() / str(cfg.run.name)
+    return None
 
 
 def report_stopped_process(err: BaseException) -> bool:
