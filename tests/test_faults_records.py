@@ -27,6 +27,9 @@ INJECT = """
 import errno, os, signal, sys
 sys.path.insert(0, {repo!r})
 import train
+# Ctrl-C as in a terminal: a process started in the background (nohup, a CI runner) inherits
+# SIGINT ignored, and Python then never raises KeyboardInterrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 where, argv = sys.argv[1], sys.argv[2:]
 def no_space(path):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
