@@ -35,8 +35,8 @@ from introspect.data.augment import augment_batches, build_batch_augmentation, t
 from introspect.data.images import IndexedDataset, SeededTransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients.cache import iter_features
-from introspect.runs.stage1 import build_backbone, build_data
-from introspect.runs.stage2 import feature_options
+from introspect.stages.heads import feature_options
+from introspect.stages.stage1 import build_backbone, build_data
 
 
 class TorchvisionAugMix:

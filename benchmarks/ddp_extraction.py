@@ -34,9 +34,9 @@ def measure(args: argparse.Namespace) -> None:
     from introspect.config import load_config
     from introspect.gradients.cache import FeatureCache, weights_digest
     from introspect.runs.distributed import barrier, is_global_zero, launch
-    from introspect.runs.stage1 import build_backbone, build_data
-    from introspect.runs.stage2 import split_features
     from introspect.runs.trainer import resolve_device
+    from introspect.stages.heads import split_features
+    from introspect.stages.stage1 import build_backbone, build_data
 
     cfg = load_config(
         [

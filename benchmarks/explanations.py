@@ -42,7 +42,7 @@ from introspect.explain import (
 )
 from introspect.explain.faithfulness import format_faithfulness
 from introspect.explain.perturbation import lime_samples
-from introspect.runs.explain import format_voice
+from introspect.jobs.explain import format_voice
 
 SHARED = Path(os.environ.get("INTROSPECT_SHARED_DATA", Path(__file__).parents[2] / "shared/data"))
 CHECKPOINT = SHARED / "checkpoints" / "cifar_resnet" / "resnet20-12fca82f.th"

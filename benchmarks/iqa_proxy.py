@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from introspect.runs.quality import quality_table  # noqa: E402
+from introspect.jobs.quality import quality_table  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

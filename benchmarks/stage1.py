@@ -167,7 +167,7 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> None:
     """Train the experiment's network on its real data held on the device until it reaches
     ``args.target_acc`` on the validation split (or ``args.max_epochs``)."""
     from introspect.config import load_config
-    from introspect.runs.stage1 import build_data
+    from introspect.stages.stage1 import build_data
 
     cfg = load_config([f"experiment={args.experiment}", "stage1.recipe=standard"])
     start = time.perf_counter()

@@ -234,7 +234,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, single_thread):
-    from introspect.runs.active import run_active
+    from introspect.jobs.active import run_active
 
     tmp = tmp_path_factory.mktemp("active")
     cfg = load_config([*TINY, f"run.dir={tmp / 'run'}"])
@@ -289,7 +289,7 @@ class _Poisoned(torch.utils.data.Dataset):
 
 
 def _curves(cfg, dm, dataset, monkeypatch, passes: list[tuple[int, int]]):
-    import introspect.runs.active as active_run
+    import introspect.jobs.active as active_run
     from introspect.active.loop import Schedule, run_curves
 
     original = active_run.batch_outputs
@@ -323,7 +323,7 @@ def _curves(cfg, dm, dataset, monkeypatch, passes: list[tuple[int, int]]):
 
 
 def test_unacquired_labels_never_change_the_run(tmp_path: Path, monkeypatch, single_thread) -> None:
-    from introspect.runs.stage1 import build_data
+    from introspect.stages.stage1 import build_data
 
     cfg = load_config([*TINY, f"run.dir={tmp_path / 'run'}"])
     dm = build_data(cfg)
@@ -342,7 +342,7 @@ def test_unacquired_labels_never_change_the_run(tmp_path: Path, monkeypatch, sin
 
 
 def test_a_schedule_larger_than_the_pool_fails_before_any_work(tmp_path: Path) -> None:
-    from introspect.runs.active import ActiveError, run_active
+    from introspect.jobs.active import ActiveError, run_active
 
     cfg = load_config([*TINY, "active.initial=5000", f"run.dir={tmp_path / 'run'}"])
     with pytest.raises(ActiveError, match="lower one of them"):
@@ -352,7 +352,7 @@ def test_a_schedule_larger_than_the_pool_fails_before_any_work(tmp_path: Path) -
 
 @pytest.mark.parametrize("key", ["pool_size", "test_size"])
 def test_a_subset_larger_than_its_split_fails_before_any_work(tmp_path: Path, key: str) -> None:
-    from introspect.runs.active import ActiveError, run_active
+    from introspect.jobs.active import ActiveError, run_active
 
     cfg = load_config([*TINY, f"active.{key}=100000", f"run.dir={tmp_path / 'run'}"])
     with pytest.raises(ActiveError, match=rf"active\.{key}=100000 but the (train|test) split"):
@@ -363,7 +363,7 @@ def test_a_subset_larger_than_its_split_fails_before_any_work(tmp_path: Path, ke
 def test_pool_and_test_subsets_are_one_fixed_draw_per_split() -> None:
     from torch.utils.data import Subset, TensorDataset
 
-    from introspect.runs.active import _subset
+    from introspect.jobs.active import _subset
 
     data = TensorDataset(torch.arange(50), torch.arange(50) % 10)
     assert _subset(data, 0, seed=0, name="pool") is data
@@ -393,7 +393,7 @@ def _fake_run(root: Path, seed: int, accs: dict[str, float]) -> Path:
         }
         for source in ("feedforward", "introspective")
     ]
-    from introspect.runs.active_report import table_two
+    from introspect.report.active_report import table_two
 
     config = {"run": {"seed": seed, "name": f"s{seed}"}, "backbone": {"name": "small_cnn"}}
     results = {"run": {"seed": seed, "config": config, "seconds": 1.0}, "curves": curves}
@@ -406,7 +406,7 @@ def _fake_run(root: Path, seed: int, accs: dict[str, float]) -> Path:
 def test_compare_pools_seeds_of_active_runs(tmp_path: Path, monkeypatch) -> None:
     import wandb
 
-    from introspect.runs.compare import CompareError, compare
+    from introspect.jobs.compare import CompareError, compare
 
     logged: list[dict] = []
 
@@ -462,7 +462,7 @@ def _curve(strategy: str, source: str, final: dict[str, float], area: dict[str, 
 
 
 def test_acquisition_table_holds_the_evaluated_network_fixed() -> None:
-    from introspect.runs.compare_active import acquisition_table
+    from introspect.report.compare_active import acquisition_table
 
     # Per run: (FF-acquired, INT-acquired) areas of the FF head; INT head areas = FF + 0.1.
     areas = [(0.50, 0.55), (0.60, 0.58), (0.40, 0.47)]
@@ -498,8 +498,8 @@ def test_acquisition_table_holds_the_evaluated_network_fixed() -> None:
 def test_stage1_starts_from_the_previous_round_only_when_warm(
     tmp_path: Path, monkeypatch, single_thread, warm: bool
 ) -> None:
-    import introspect.runs.active as active_run
-    from introspect.runs.stage1 import build_data
+    import introspect.jobs.active as active_run
+    from introspect.stages.stage1 import build_data
 
     cfg = load_config([*TINY, f"active.warm_start={warm}", f"run.dir={tmp_path / 'run'}"])
     dm = build_data(cfg)

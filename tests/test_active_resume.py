@@ -36,7 +36,7 @@ class Killed(RuntimeError):
 def test_a_killed_active_run_resumes_to_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread
 ) -> None:
-    from introspect.runs import active as active_run
+    from introspect.jobs import active as active_run
 
     whole = active_run.run_active(load_config([*TINY, f"run.dir={tmp_path / 'whole'}"]))
 
@@ -90,7 +90,7 @@ def test_a_killed_active_run_resumes_to_the_uninterrupted_result(
 
 def test_resume_refuses_a_changed_schedule(tmp_path: Path, monkeypatch, single_thread) -> None:
     from introspect.config import ConfigError
-    from introspect.runs import active as active_run
+    from introspect.jobs import active as active_run
 
     def killing(self, pool, previous, tag):
         raise Killed("simulated kill")

@@ -13,7 +13,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TVF
 
-import introspect.runs.stage2 as stage2_mod
+import introspect.stages.heads as stage2_mod
 from introspect.config import load_config
 from introspect.data.augment import (
     _AUGMIX_DRAWS,
@@ -31,7 +31,7 @@ from introspect.data.augment import (
 )
 from introspect.data.images import IndexedDataset, SeededTransformDataset
 from introspect.gradients.cache import FeatureCache, weights_digest
-from introspect.runs.stage1 import build_backbone, build_data
+from introspect.stages.stage1 import build_backbone, build_data
 
 BILINEAR = InterpolationMode.BILINEAR
 

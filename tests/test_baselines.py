@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import introspect.runs.stage2 as stage2_mod
+import introspect.stages.heads as stage2_mod
 from introspect.config import ConfigError, load_config, load_run_config
+from introspect.jobs import train as pipeline
+from introspect.jobs.train import run
 from introspect.metrics import fit_temperature
-from introspect.runs import pipeline
-from introspect.runs.baselines import calibration_skips
-from introspect.runs.evaluation import HEADS, head_logits
-from introspect.runs.pipeline import run
-from introspect.runs.stage1 import build_backbone, build_data
+from introspect.stages.baselines import calibration_skips
+from introspect.stages.evaluation import HEADS, head_logits
+from introspect.stages.stage1 import build_backbone, build_data
 from tests.test_pipeline import _cfg as _pipeline_cfg
 
 

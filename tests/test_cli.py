@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from introspect.config import load_config
 from introspect.config.discovery import first_line
-from introspect.runs.sweep import SweepError, expand, plan_sweep, split_values
+from introspect.jobs.sweep import SweepError, expand, plan_sweep, split_values
 from introspect.runs.trainer import LineProgress, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]

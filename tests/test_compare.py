@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from introspect.runs.compare import CompareError, compare
+from introspect.jobs.compare import CompareError, compare
 
 HEADS = ("feedforward", "introspective", "control")
 
@@ -136,7 +136,7 @@ def _assert_readable(fig, *, suptitle: tuple[str, ...]) -> None:
 
 
 def test_figures_name_runs_and_split_in_percent(runs, tmp_path: Path) -> None:
-    from introspect.runs.compare import group_runs, group_table, load_run, scatter, severity_curves
+    from introspect.jobs.compare import group_runs, group_table, load_run, scatter, severity_curves
 
     groups = group_runs([load_run(p) for p in [*runs["a"], *runs["b"]]])
     tables = [group_table(g) for g in groups]
@@ -207,7 +207,7 @@ def test_experiments_differing_beyond_the_recipe_are_named_by_their_keys(tmp_pat
 
 
 def test_baseline_heads_get_columns_paired_differences_and_markers(tmp_path: Path) -> None:
-    from introspect.runs.evaluation import HEADS as ALL_HEADS
+    from introspect.stages.evaluation import HEADS as ALL_HEADS
 
     paths = []
     for seed, offset in ((0, 0.0), (1, 0.03)):

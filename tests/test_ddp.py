@@ -22,11 +22,11 @@ from PIL import Image
 from introspect.config import ConfigError, load_config, load_run_config
 from introspect.data.samplers import ContiguousSampler
 from introspect.gradients.cache import FeatureCache
+from introspect.jobs.train import reevaluate
 from introspect.metrics import ExpectedCalibrationError, bins_from_sums, reliability_bins
 from introspect.runs import distributed
 from introspect.runs.distributed import launch, trainer_strategy, world_size
-from introspect.runs.pipeline import reevaluate
-from introspect.runs.stage1 import build_data
+from introspect.stages.stage1 import build_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -340,7 +340,7 @@ import train
 from introspect.gradients.cache import FeatureCache
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.runs import distributed
-from introspect.runs.evaluation import Evaluator
+from introspect.stages.evaluation import Evaluator
 
 FAULTS = json.loads(os.environ["FAULTS"])
 
@@ -470,9 +470,9 @@ def run(rank, world, port, out):
     from pathlib import Path
     from introspect.active.pool import LabelPool, initial_indices
     from introspect.config import load_config
-    from introspect.runs.active import Models, RunLearner
-    from introspect.runs.stage1 import build_backbone, build_data
-    from introspect.runs.stage2 import build_head
+    from introspect.jobs.active import Models, RunLearner
+    from introspect.stages.stage1 import build_backbone, build_data
+    from introspect.stages.heads import build_head
 
     cfg = load_config({tiny!r})
     dm = build_data(cfg)
@@ -502,9 +502,9 @@ if __name__ == "__main__":
 def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single_thread) -> None:
     """Active learning's pool scoring: each process scores its block, all get every output."""
     from introspect.active.pool import LabelPool, initial_indices
-    from introspect.runs.active import Models, RunLearner
-    from introspect.runs.stage1 import build_backbone
-    from introspect.runs.stage2 import build_head
+    from introspect.jobs.active import Models, RunLearner
+    from introspect.stages.heads import build_head
+    from introspect.stages.stage1 import build_backbone
     from tests.conftest import run_two_process_script
     from tests.test_active import TINY
 

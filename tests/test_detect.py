@@ -18,8 +18,8 @@ from introspect.detect import (
     layer_features,
     lid_mle,
 )
-from introspect.runs.detection import detection_rows
 from introspect.scores import Mahalanobis
+from introspect.stages.detection import detection_rows
 
 
 class Tiny(nn.Module):

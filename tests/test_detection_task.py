@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import evaluate
 from introspect.config import load_config, load_run_config
-from introspect.runs.pipeline import run
-from introspect.runs.stage1 import build_backbone, build_data, stage1_checkpoint
+from introspect.jobs.train import run
+from introspect.stages.stage1 import build_backbone, build_data, stage1_checkpoint
 from tests.test_scores_task import TINY
 
 DETECTORS = {"lid", "mahalanobis_v", "mahalanobis_p", "mahalanobis_fe", "mahalanobis_p_fe"}

@@ -30,7 +30,7 @@ from introspect.explain import (
     voice,
 )
 from introspect.runs import rundir
-from introspect.runs.stage1 import build_backbone, build_data
+from introspect.stages.stage1 import build_backbone, build_data
 
 METHODS = dict(MAP_METHODS)
 NUM_CLASSES = 4

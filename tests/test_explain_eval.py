@@ -23,7 +23,7 @@ from introspect.explain import (
     voice,
 )
 from introspect.explain.core import baseline_images, blur
-from introspect.runs.stage1 import build_backbone, build_data
+from introspect.stages.stage1 import build_backbone, build_data
 from tests.explain_nets import HalfMeanModel, PoolNet
 
 SIZE = (8, 12)

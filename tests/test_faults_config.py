@@ -215,7 +215,7 @@ def test_compare_never_takes_wandb_settings_from_a_record(
 def test_compare_of_active_runs_never_takes_wandb_settings_from_a_record(
     tmp_path: Path, wandb_init: _WandbRecorder
 ) -> None:
-    from introspect.runs.compare import compare
+    from introspect.jobs.compare import compare
     from tests.test_active import _fake_run
 
     runs = [_fake_run(tmp_path, seed, {"FF": 0.8, "INT": 0.9}) for seed in (0, 1)]

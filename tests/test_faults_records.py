@@ -40,10 +40,10 @@ if where == "enospc-checkpoint":  # torch drops the errno: what a full disk give
                            "failed writing file data/0: file write failed")
     io._atomic_save = failing
 elif where == "enospc-head":
-    import introspect.runs.stage2 as s2
+    import introspect.stages.heads as s2
     s2._save_atomic = lambda obj, path: no_space(path)
 elif where == "enospc-results":
-    import introspect.runs.report as report
+    import introspect.stages.evaluate as report
     report.write_sealed = lambda path, record, run_dir, beside=(): no_space(path)
 elif where == "sigint-stage1":  # Ctrl-C inside Lightning's fit (it turns it into SystemExit)
     from introspect.models.feedforward import FeedForwardClassifier
@@ -52,7 +52,7 @@ elif where == "sigint-stage1":  # Ctrl-C inside Lightning's fit (it turns it int
             os.kill(os.getpid(), signal.SIGINT)
     FeedForwardClassifier.on_train_epoch_start = on_train_epoch_start
 elif where == "sigint-stage2":  # Ctrl-C outside any trainer: a plain KeyboardInterrupt
-    import introspect.runs.stage2 as s2
+    import introspect.stages.heads as s2
     save = s2._save_atomic
     def interrupted_save(obj, path):
         if path.name == "control.pt":
@@ -63,10 +63,10 @@ elif where == "kill-stage1-first-batch":  # before any checkpoint exists
     from introspect.models.feedforward import FeedForwardClassifier
     FeedForwardClassifier.on_train_batch_start = lambda self, batch, i: os._exit(9)
 elif where == "kill-stage2-before-heads":  # features extracted, no head trained or saved
-    import introspect.runs.stage2 as s2
+    import introspect.stages.heads as s2
     s2._fit_heads = lambda *args: os._exit(9)
 elif where == "kill-evaluation-before-record":  # every split evaluated, no results.json yet
-    import introspect.runs.report as report
+    import introspect.stages.evaluate as report
     report.write_sealed = lambda path, record, run_dir, beside=(): os._exit(9)
 else:
     raise SystemExit(f"unknown point {{where}}")
@@ -298,7 +298,7 @@ def test_a_corrupt_image_stops_the_run_before_its_directory_or_is_skipped_and_co
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import train
-    from introspect.runs.pipeline import run
+    from introspect.jobs.train import run
 
     tree = _image_tree(tmp_path / "tree")
     good = (tree / "class1" / "03.png").read_bytes()
@@ -324,7 +324,7 @@ def test_a_stray_label_is_refused_unless_num_classes_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import train
-    from introspect.runs.stage1 import build_data
+    from introspect.stages.stage1 import build_data
 
     labels = np.arange(120) % 10
     labels[7] = 1000

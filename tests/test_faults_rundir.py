@@ -45,7 +45,7 @@ SLOW_DATA = """
 import sys, time
 sys.path.insert(0, {repo!r})
 import train
-import introspect.runs.pipeline as pipeline
+import introspect.jobs.train as pipeline
 build_data = pipeline.build_data
 def slow_build_data(cfg):
     time.sleep(3)

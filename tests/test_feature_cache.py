@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import introspect.runs.stage2 as stage2_mod
+import introspect.stages.heads as stage2_mod
 from introspect.config import load_config
 from introspect.gradients.cache import (
     FIELDS,
@@ -20,7 +20,7 @@ from introspect.gradients.cache import (
     ShardPlan,
     weights_digest,
 )
-from introspect.runs.stage1 import build_backbone, build_data
+from introspect.stages.stage1 import build_backbone, build_data
 
 # 200 images: 40 test, 16 val, 144 train = shards of 2 batches of 16: four of 32 and one of 16.
 TINY = [
@@ -420,10 +420,10 @@ import torch.multiprocessing as mp
 def run(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    import introspect.runs.stage2 as stage2_mod
+    import introspect.stages.heads as stage2_mod
     from introspect.config import load_config
     from introspect.gradients.cache import FeatureCache, weights_digest
-    from introspect.runs.stage1 import build_backbone, build_data
+    from introspect.stages.stage1 import build_backbone, build_data
 
     cfg = load_config({tiny!r})
     dm = build_data(cfg)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from introspect.jobs.compare import compare
 from introspect.metrics.paired import paired_mean_difference
-from introspect.runs.compare import compare
-from introspect.runs.differences import read_predictions, write_predictions
-from introspect.runs.experiments import CompareError
+from introspect.report.differences import read_predictions, write_predictions
+from introspect.report.experiments import CompareError
 from introspect.runs.integrity import (
     INTEGRITY,
     VERIFIED,

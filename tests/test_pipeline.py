@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import introspect.runs.stage2 as stage2_mod
+import introspect.stages.heads as stage2_mod
 from introspect.config import load_config, load_run_config
 from introspect.gradients import extract
-from introspect.runs import pipeline
-from introspect.runs.pipeline import run
-from introspect.runs.stage1 import build_backbone, build_data
+from introspect.jobs import train as pipeline
+from introspect.jobs.train import run
+from introspect.stages.stage1 import build_backbone, build_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,7 +209,7 @@ def test_augmented_recipe_extracts_each_pass(tmp_path: Path, extractions: list[s
 
 
 def test_failed_run_leaves_no_results_json(tmp_path: Path, monkeypatch) -> None:
-    import introspect.runs.report as report
+    import introspect.stages.evaluate as report
 
     def boom(*args, **kwargs):
         raise RuntimeError("injected failure while plotting")
@@ -298,7 +298,7 @@ def test_logs_reach_csv_and_offline_wandb(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_overwriting_run_that_fails_leaves_no_stale_results(tmp_path: Path, monkeypatch) -> None:
-    import introspect.runs.report as report
+    import introspect.stages.evaluate as report
 
     cfg = _cfg(tmp_path, "eval.corruptions=[]", "stage2.enabled=false")
     run(cfg)

@@ -248,7 +248,7 @@ RUN_OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def protopnet_run(tmp_path_factory: pytest.TempPathFactory):
-    from introspect.runs.pipeline import run
+    from introspect.jobs.train import run
 
     tmp = tmp_path_factory.mktemp("protopnet")
     cfg = load_config(
@@ -306,8 +306,8 @@ def test_a_run_killed_after_the_push_resumes_with_the_last_layer_phase(
 ) -> None:
     import json
 
+    from introspect.jobs.train import run
     from introspect.models import protopnet as phases
-    from introspect.runs.pipeline import run
 
     _, ref_dir, _ = protopnet_run
     overrides = [*RUN_OVERRIDES, f"run.dir={tmp_path / 'run'}", f"stage2.cache_dir={tmp_path}"]
@@ -375,8 +375,8 @@ def test_a_run_killed_after_a_joint_epoch_resumes_after_that_epoch(
 ) -> None:
     import json
 
+    from introspect.jobs.train import run
     from introspect.models import protopnet as phases
-    from introspect.runs.pipeline import run
 
     _, ref_dir, _ = protopnet_run
     overrides = [*RUN_OVERRIDES, f"run.dir={tmp_path / 'run'}", f"stage2.cache_dir={tmp_path}"]

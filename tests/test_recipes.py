@@ -20,10 +20,10 @@ from introspect.data.device import DeviceBatches
 from introspect.data.views import SimCLRAugment, TwoViews
 from introspect.models.contrastive import SimCLRPretraining, nt_xent
 from introspect.models.feedforward import jsd_consistency
-from introspect.runs.contrastive import pretrain_contrastive
 from introspect.runs.errors import PipelineError
-from introspect.runs.recipes import RECIPES, resolve_recipe
-from introspect.runs.stage1 import build_backbone, build_data, stage1
+from introspect.stages.contrastive import pretrain_contrastive
+from introspect.stages.recipes import RECIPES, resolve_recipe
+from introspect.stages.stage1 import build_backbone, build_data, stage1
 
 
 def _nt_xent_loop(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -324,7 +324,7 @@ def test_train_limit_takes_a_seeded_subset_of_the_training_split() -> None:
 
 
 def test_active_learning_refuses_simclr_before_any_work(tmp_path: Path) -> None:
-    from introspect.runs.active import ActiveError, run_active
+    from introspect.jobs.active import ActiveError, run_active
 
     cfg = load_config(["experiment=active_digits", "stage1.recipe=simclr", f"run.dir={tmp_path}/r"])
     with pytest.raises(ActiveError, match="stage1.recipe=simclr"):

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from introspect.config import ConfigError, load_config, load_run_config, save_config
 from introspect.config.schema import RANGES, Config
-from introspect.runs.differences import read_predictions
+from introspect.report.differences import read_predictions
 from introspect.runs.rundir import check_run_dir, evaluation_tag
 from tests.test_pipeline import TINY
 
@@ -39,7 +39,7 @@ if where == "stage1":  # after epoch 0 was checkpointed, as epoch 1 starts
             os._exit(9)
     FeedForwardClassifier.on_train_epoch_start = on_train_epoch_start
 elif where == "stage2":  # after the introspective head was saved, before the control is
-    import introspect.runs.stage2 as s2
+    import introspect.stages.heads as s2
     save = s2._save_atomic
     def killing_save(obj, path):
         if path.name == "control.pt":  # the heads trained together; resuming trains it alone
@@ -47,7 +47,7 @@ elif where == "stage2":  # after the introspective head was saved, before the co
         return save(obj, path)
     s2._save_atomic = killing_save
 elif where == "evaluation":  # after two of the three split groups were evaluated
-    import introspect.runs.report as report
+    import introspect.stages.evaluate as report
     Evaluator, made = report.Evaluator, []
     def killing_evaluator(*args, **kwargs):
         made.append(1)
@@ -56,7 +56,7 @@ elif where == "evaluation":  # after two of the three split groups were evaluate
         return Evaluator(*args, **kwargs)
     report.Evaluator = killing_evaluator
 elif where == "fail":  # an ordinary error in stage 2
-    import introspect.runs.stage2 as s2
+    import introspect.stages.heads as s2
     def failing(*args, **kwargs):
         raise RuntimeError("injected failure")
     s2.build_head = failing
@@ -210,7 +210,7 @@ def test_reevaluation_goes_to_its_own_folder_and_never_rewrites_the_run(referenc
 
 
 def test_compare_still_pools_a_reevaluated_run(reference: Path, tmp_path: Path) -> None:
-    from introspect.runs.compare import compare
+    from introspect.jobs.compare import compare
 
     proc = _python(
         [str(REPO / "evaluate.py"), f"run={reference}", "eval.severities=[5]", "tag=sev5"]
@@ -451,7 +451,7 @@ def test_partial_evaluation_survives_a_schema_addition_at_its_default() -> None:
 def test_status_records_a_failure_and_compare_skips_unfinished_runs(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from introspect.runs.compare import compare
+    from introspect.jobs.compare import compare
 
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER.format(repo=str(REPO)))

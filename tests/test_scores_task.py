@@ -16,12 +16,12 @@ from sklearn.metrics import roc_auc_score, roc_curve
 import evaluate
 from introspect.config import load_config, load_run_config
 from introspect.config.schema import ScoresConfig
-from introspect.runs import scores as scores_mod
-from introspect.runs.pipeline import run
-from introspect.runs.scores import UniformNoise, score_run, seeded_subset
-from introspect.runs.stage1 import build_backbone, build_data
-from introspect.runs.stage2 import load_heads
+from introspect.jobs import scores as scores_mod
+from introspect.jobs.scores import UniformNoise, score_run, seeded_subset
+from introspect.jobs.train import run
 from introspect.scores import energy, msp
+from introspect.stages.heads import load_heads
+from introspect.stages.stage1 import build_backbone, build_data
 
 TINY = [
     "data=synthetic",

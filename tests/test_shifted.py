@@ -22,8 +22,8 @@ from introspect.data.shifted import (
     is_cell,
     load_official,
 )
-from introspect.runs.splits import evaluation_splits
-from introspect.runs.stage1 import build_data
+from introspect.stages.splits import evaluation_splits
+from introspect.stages.stage1 import build_data
 
 
 def _base(n: int = 23, size: int = 8, seed: int = 0) -> TensorDataset:
@@ -245,7 +245,7 @@ def test_real_experiment_splits_and_jpeg_accuracy(shared_data: Path) -> None:
     """The cifar10_resnet20 splits: the 1,017 exact test images halved into a calibration
     (val) split and the clean test split, the 10,000-image JPEG test set on which the released
     ResNet-20 scores 81.03 % (data README), and 75 generated cells."""
-    from introspect.runs.stage1 import build_backbone
+    from introspect.stages.stage1 import build_backbone
 
     cfg = load_config(["experiment=cifar10_resnet20"])
     dm = build_data(cfg)

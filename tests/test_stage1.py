@@ -12,9 +12,9 @@ from torch import nn
 
 from introspect.attacks import pgd
 from introspect.config import load_config
+from introspect.jobs.train import run
 from introspect.models import FeedForwardClassifier
-from introspect.runs.pipeline import run
-from introspect.runs.stage1 import build_backbone, build_data, stage1
+from introspect.stages.stage1 import build_backbone, build_data, stage1
 
 REPO = Path(__file__).resolve().parents[1]
 

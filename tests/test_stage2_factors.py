@@ -14,7 +14,7 @@ from introspect.config import ConfigError, load_config
 from introspect.data.batches import IndexedBatches
 from introspect.gradients import extract_factors
 from introspect.models.stage2 import IntrospectiveClassifier
-from introspect.runs.stage2 import check_head_size
+from introspect.stages.heads import check_head_size
 from tests.test_gradients import N, SmallCNN
 
 pytestmark = pytest.mark.usefixtures("single_thread")

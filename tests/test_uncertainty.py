@@ -15,7 +15,7 @@ from torch import nn
 from introspect.backbones import Backbone
 from introspect.metrics import classification_metrics
 from introspect.models.stage2 import IntrospectiveClassifier, ProbeClassifier
-from introspect.runs.evaluation import HEADS, Evaluator, head_logits
+from introspect.stages.evaluation import HEADS, Evaluator, head_logits
 from introspect.uncertainty import (
     MCDropout,
     dropout_layers,

@@ -121,9 +121,9 @@ def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: Callable[..
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return False
+    from introspect.jobs.train import USER_ERRORS, quiet_library_warnings
     from introspect.runs.distributed import report_stopped_process
     from introspect.runs.faults import disk_full
-    from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
 
     quiet_library_warnings()
     cfg, run_dir, out_dir, note = loaded
@@ -159,7 +159,7 @@ def reevaluate_main(
         return 2
 
     def job(cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None) -> Any:
-        from introspect.runs.pipeline import reevaluate
+        from introspect.jobs.train import reevaluate
 
         return reevaluate(cfg, run_dir, out_dir, note=note)
 
@@ -181,7 +181,7 @@ def scores_main(argv: list[str], *, trust_run: bool = False, allow_modified: boo
         return 2
 
     def job(cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None) -> Any:
-        from introspect.runs.scores import score_run
+        from introspect.jobs.scores import score_run
 
         return score_run(cfg, run_dir, out_dir, note=note)
 
@@ -197,7 +197,7 @@ _WANDB_MODES = ("offline", "online", "disabled")
 
 def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
     """Parse run directories, ``--out`` and the W&B options, build and print the comparison."""
-    from introspect.runs.experiments import WandbTarget
+    from introspect.report.experiments import WandbTarget
 
     paths: list[str] = []
     out: str | None = None
@@ -231,7 +231,7 @@ def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
     if missing:  # before the heavy imports below
         print(f"error: {missing[0]} is not a run directory", file=sys.stderr)
         return 2
-    from introspect.runs.compare import CompareError, compare
+    from introspect.jobs.compare import CompareError, compare
 
     try:
         report = compare(

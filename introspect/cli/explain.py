@@ -265,7 +265,7 @@ def _main(
     except (ExplanationError, ConfigError, LockError) as err:
         return _fail(err)
     try:
-        from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings
+        from introspect.jobs.train import USER_ERRORS, quiet_library_warnings
 
         quiet_library_warnings()
         try:
@@ -344,8 +344,8 @@ def _quality_explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) ->
     import numpy as np
 
     from introspect.explain.quality_maps import quality_figure
+    from introspect.jobs.quality import database_title, load_quality_run
     from introspect.quality.introspection import contrast_levels
-    from introspect.runs.quality import database_title, load_quality_run
 
     n = _count("n", options.get("n", "4"))
     split = _split(options)
@@ -375,10 +375,10 @@ def _explain(
 
     from introspect.explain.figure import explanation_figure, introspection_figure, methods_figure
     from introspect.explain.methods import MAP_METHODS
-    from introspect.runs.explain import _backbone, check_method_options
+    from introspect.jobs.explain import _backbone, check_method_options
     from introspect.runs.rundir import build_loggers
-    from introspect.runs.stage1 import build_data
     from introspect.runs.trainer import resolve_device
+    from introspect.stages.stage1 import build_data
 
     figure = options.get("figure", "paradigms")
     if figure == "quality":
@@ -513,7 +513,7 @@ def _prepare_eval(argv: list[str], trust_run: bool) -> Prepared:
 
 
 def _eval(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> Path:
-    from introspect.runs.explain import EvalOptions, check_method_options, explain_eval
+    from introspect.jobs.explain import EvalOptions, check_method_options, explain_eval
 
     options = EvalOptions(**fields)
     check_method_options(options.method_options)
@@ -560,7 +560,7 @@ def _prepare_network(argv: list[str], trust_run: bool) -> Prepared:
 
 
 def _network(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> list[Path]:
-    from introspect.runs.explain import NetworkOptions, explain_network
+    from introspect.jobs.explain import NetworkOptions, explain_network
 
     return explain_network(cfg, run_dir, out_dir, NetworkOptions(**fields))
 

@@ -34,7 +34,7 @@ def usage() -> str:
 
 
 def _sweep(argv: list[str]) -> int:
-    from introspect.runs.sweep import SweepError, launch, plan_sweep
+    from introspect.jobs.sweep import SweepError, launch, plan_sweep
 
     try:
         sweep = plan_sweep(argv, default_config_dir())
@@ -72,9 +72,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    from introspect.jobs.train import USER_ERRORS, quiet_library_warnings, run
     from introspect.runs.distributed import is_global_zero, report_stopped_process
     from introspect.runs.faults import interrupted, resume_hint
-    from introspect.runs.pipeline import USER_ERRORS, quiet_library_warnings, run
 
     quiet_library_warnings()
 

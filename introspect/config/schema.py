@@ -369,7 +369,7 @@ class Stage1Config:
     """Training recipe of the feed-forward (stage-1) classifier.
 
     ``recipe``: ``custom`` trains with ``augment`` and ``adversarial`` as set; the Table-1
-    recipes fix them (see ``introspect.runs.recipes``): ``standard`` (crop + flip), ``noise``
+    recipes fix them (see ``introspect.stages.recipes``): ``standard`` (crop + flip), ``noise``
     (crop + flip + Gaussian noise of ``noise_std``), ``augmix`` (crop + flip + AugMix),
     ``adversarial`` (crop + flip, PGD training with ``adversarial``), ``simclr`` (``simclr``
     pre-training, then the head with crop + flip) and ``denoising`` (``denoise`` blocks in the

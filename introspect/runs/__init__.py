@@ -1,2 +1,2 @@
-"""The run lifecycle: run directories and status, trainers, the end-to-end pipeline,
-reports and comparisons."""
+"""The run lifecycle: run directories, locks, status, provenance, integrity seals, faults,
+trainers and processes."""

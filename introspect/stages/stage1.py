@@ -25,13 +25,13 @@ from introspect.data.augment import AugMixTriplet
 from introspect.data.device import DEVICE_AUGMENTATIONS, DeviceBatches, load_split
 from introspect.data.sources import check_classes_occur
 from introspect.models.feedforward import FeedForwardClassifier
-from introspect.runs.contrastive import pretrain_contrastive
 from introspect.runs.distributed import broadcast_from_zero
 from introspect.runs.errors import PipelineError
-from introspect.runs.protopnet import protopnet_stage1
-from introspect.runs.recipes import Recipe, resolve_recipe
 from introspect.runs.status import stages_done
 from introspect.runs.trainer import build_trainer, resolve_device
+from introspect.stages.contrastive import pretrain_contrastive
+from introspect.stages.protopnet import protopnet_stage1
+from introspect.stages.recipes import Recipe, resolve_recipe
 
 
 def stage1_recipe(cfg: DictConfig) -> Recipe:

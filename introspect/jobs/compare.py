@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from introspect.config.loader import leaf_paths
 from introspect.data.shifted import is_cell
 from introspect.metrics.paired import PairedDifference
-from introspect.runs.compare_active import compare_active, is_active_run
-from introspect.runs.differences import (
+from introspect.report.compare_active import compare_active, is_active_run
+from introspect.report.differences import (
     LABELS,
     LEVEL,
     PREDICTIONS,
@@ -31,8 +31,7 @@ from introspect.runs.differences import (
     read_predictions,
     scopes,
 )
-from introspect.runs.evaluation import HEADS, SHORT
-from introspect.runs.experiments import (
+from introspect.report.experiments import (
     CompareError,
     WandbTarget,
     check_record_config,
@@ -43,6 +42,7 @@ from introspect.runs.experiments import (
     mean_std,
     recipe,
 )
+from introspect.report.table1 import stage1_recipe_of, table1_markdown
 from introspect.runs.integrity import (
     MODIFIED,
     VERIFIED,
@@ -53,7 +53,7 @@ from introspect.runs.integrity import (
 )
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
-from introspect.runs.table1 import stage1_recipe_of, table1_markdown
+from introspect.stages.evaluation import HEADS, SHORT
 
 SHORT_NAMES = {
     "FF": "feed-forward",

@@ -19,9 +19,9 @@ from introspect.backbones import (
 )
 from introspect.config import ConfigError
 from introspect.data import DataError
+from introspect.jobs.active import ActiveError, run_active
+from introspect.jobs.quality import run_quality
 from introspect.quality import QualityDataError
-from introspect.runs.active import ActiveError, run_active
-from introspect.runs.baselines import prepare_baselines
 from introspect.runs.distributed import (
     barrier,
     is_global_zero,
@@ -30,19 +30,19 @@ from introspect.runs.distributed import (
 from introspect.runs.errors import PipelineError
 from introspect.runs.faults import disk_full, interrupted, resume_hint
 from introspect.runs.lock import LockError
-from introspect.runs.quality import run_quality
-from introspect.runs.report import evaluate_and_report
 from introspect.runs.rundir import (
     build_loggers,
     lock_run_dir,
     log_version,
     prepare_run_dir,
 )
-from introspect.runs.splits import evaluation_splits
-from introspect.runs.stage1 import build_backbone, build_data, stage1, stage1_checkpoint
-from introspect.runs.stage2 import check_head_size, load_heads, stage2
 from introspect.runs.status import mark_stage_done, now, update_status
 from introspect.runs.trainer import resolve_device
+from introspect.stages.baselines import prepare_baselines
+from introspect.stages.evaluate import evaluate_and_report
+from introspect.stages.heads import check_head_size, load_heads, stage2
+from introspect.stages.splits import evaluation_splits
+from introspect.stages.stage1 import build_backbone, build_data, stage1, stage1_checkpoint
 
 # Errors caused by what the user asked for: entry points print their message, not a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (

@@ -16,7 +16,7 @@ from introspect.data.shifted import is_cell
 from introspect.metrics import classification_metrics
 from introspect.metrics.temperature import temper
 from introspect.models.stage2 import IntrospectiveClassifier, StageTwoClassifier
-from introspect.runs.differences import LABELS, PAIRS
+from introspect.report.differences import LABELS, PAIRS
 from introspect.uncertainty import MCDropout, ensemble_probs
 
 # Every head a run can evaluate, in table order: "<head>_ts" is the tempered twin of <head>

@@ -18,8 +18,7 @@ from introspect.data.samplers import ContiguousSampler
 from introspect.data.shifted import is_cell
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
-from introspect.runs.baselines import Baselines
-from introspect.runs.differences import (
+from introspect.report.differences import (
     PREDICTIONS,
     accuracy_differences,
     read_predictions,
@@ -31,18 +30,19 @@ from introspect.runs.distributed import (
     is_global_zero,
     world_size,
 )
-from introspect.runs.evaluation import (
+from introspect.runs.integrity import file_sha256, write_sealed
+from introspect.runs.provenance import provenance
+from introspect.runs.rundir import config_digest
+from introspect.runs.status import write_json_atomic
+from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
+from introspect.stages.baselines import Baselines
+from introspect.stages.evaluation import (
     Evaluator,
     aggregate_by,
     format_table,
     summarize,
     verdict,
 )
-from introspect.runs.integrity import file_sha256, write_sealed
-from introspect.runs.provenance import provenance
-from introspect.runs.rundir import config_digest
-from introspect.runs.status import write_json_atomic
-from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
 
 PARTIAL_DIR = ".partial-evaluation"
 # A split evaluated: its results entry, reliability bin sums and per-image records.

@@ -30,8 +30,8 @@ from introspect.metrics.temperature import fit_temperature
 from introspect.models.stage2 import StageTwoClassifier, freeze
 from introspect.runs.distributed import broadcast_from_zero, is_global_zero
 from introspect.runs.errors import PipelineError
-from introspect.runs.evaluation import head_logits
-from introspect.runs.stage1 import build_backbone, stage1
+from introspect.stages.evaluation import head_logits
+from introspect.stages.stage1 import build_backbone, stage1
 from introspect.uncertainty import MCDropout
 
 

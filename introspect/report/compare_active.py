@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from introspect.runs.active_report import CELL, ROWS, SPLITS, curve_plot, table_markdown
-from introspect.runs.experiments import (
+from introspect.report.active_report import CELL, ROWS, SPLITS, curve_plot, table_markdown
+from introspect.report.experiments import (
     CompareError,
     WandbTarget,
     check_record_config,

@@ -7,7 +7,7 @@ and, with ``scores.noise``, uniform-noise images. The trust task ranks predictio
 clean split, every ``eval.extra`` split and the corruption cells pooled into ``corrupted``:
 feed-forward scores rank the backbone's predictions, ``int_*`` scores the introspective head's.
 The detection task (``scores.attacks``, ``scores.corruption_detection``, ``scores.detectors``;
-``introspect.runs.detection``) scores adversarial images and corruption cells of the clean
+``introspect.stages.detection``) scores adversarial images and corruption cells of the clean
 images and the OOD sets against them on held-out halves.
 """
 
@@ -33,21 +33,10 @@ from introspect.data.shifted import is_cell
 from introspect.detect import LayerMahalanobis, default_layers, layer_features
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
-from introspect.runs.detection import (
-    ADV_PREFIX,
-    DETECTION_NOTE,
-    DetectorFeatures,
-    adversarial_set,
-    detection_markdown,
-    detection_rows,
-)
 from introspect.runs.errors import PipelineError
 from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers
-from introspect.runs.splits import evaluation_splits, read_source
-from introspect.runs.stage1 import build_backbone, build_data, stage1_checkpoint
-from introspect.runs.stage2 import load_heads
 from introspect.runs.trainer import resolve_device
 from introspect.scores import (
     Mahalanobis,
@@ -59,6 +48,17 @@ from introspect.scores import (
     score_batch,
     trust_table,
 )
+from introspect.stages.detection import (
+    ADV_PREFIX,
+    DETECTION_NOTE,
+    DetectorFeatures,
+    adversarial_set,
+    detection_markdown,
+    detection_rows,
+)
+from introspect.stages.heads import load_heads
+from introspect.stages.splits import evaluation_splits, read_source
+from introspect.stages.stage1 import build_backbone, build_data, stage1_checkpoint
 from introspect.uncertainty import MCDropout
 
 NOISE = "noise"

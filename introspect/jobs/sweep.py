@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, load_config
 from introspect.config.launcher import load_launcher
-from introspect.runs.experiments import WandbTarget
+from introspect.report.experiments import WandbTarget
 from introspect.runs.rundir import check_run_dir
 from introspect.runs.status import write_json_atomic
 
@@ -276,7 +276,7 @@ def launch(sweep: Sweep) -> dict[str, Any]:
     manifest["compare"] = None
     done = [j.run_dir for j in sweep.jobs if states.get(j.index) == "complete"]
     if finished and done:
-        from introspect.runs.compare import CompareError, compare
+        from introspect.jobs.compare import CompareError, compare
 
         try:
             manifest["compare"] = compare(

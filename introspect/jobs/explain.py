@@ -95,7 +95,7 @@ def write_record(path: Path, obj: Any) -> None:
 
 def _backbone(cfg: DictConfig, run_dir: Path, dm: Any, device: torch.device) -> torch.nn.Module:
     from introspect.runs.errors import PipelineError
-    from introspect.runs.stage1 import build_backbone, stage1_checkpoint
+    from introspect.stages.stage1 import build_backbone, stage1_checkpoint
 
     checkpoint = stage1_checkpoint(cfg, run_dir)
     if checkpoint is None:
@@ -144,8 +144,8 @@ def explain_eval(
     scores of correct and incorrect predictions, on the first ``options.n`` images; write
     ``explain.md``, ``voice.png`` and (last, atomically) ``results.json`` to ``out_dir``."""
     from introspect.runs.provenance import provenance
-    from introspect.runs.stage1 import build_data
     from introspect.runs.trainer import resolve_device
+    from introspect.stages.stage1 import build_data
 
     started = time.perf_counter()
     device = resolve_device(cfg)
@@ -269,8 +269,8 @@ def explain_network(
     image, the top patches of ``options.channels``, nearest neighbours of the first
     ``options.queries`` images and a t-SNE of the first ``options.n`` images of the split, into
     ``out_dir``; return the figures' paths."""
-    from introspect.runs.stage1 import build_data
     from introspect.runs.trainer import resolve_device
+    from introspect.stages.stage1 import build_data
 
     device = resolve_device(cfg)
     dm = build_data(cfg)

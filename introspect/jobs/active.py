@@ -28,7 +28,7 @@ from introspect.gradients import extract_with_outputs
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.models.stage2 import IntrospectiveClassifier
-from introspect.runs.active_report import curve_plot, table_markdown, table_two
+from introspect.report.active_report import curve_plot, table_markdown, table_two
 from introspect.runs.distributed import (
     gather_from_all,
     global_rank,
@@ -39,10 +39,10 @@ from introspect.runs.distributed import (
 from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import provenance
 from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
-from introspect.runs.stage1 import build_backbone, build_data, stage1_recipe
-from introspect.runs.stage2 import build_head
 from introspect.runs.status import now, update_status
 from introspect.runs.trainer import build_trainer, resolve_device
+from introspect.stages.heads import build_head
+from introspect.stages.stage1 import build_backbone, build_data, stage1_recipe
 from introspect.uncertainty.mc_dropout import MCDropout
 
 

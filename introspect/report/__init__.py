@@ -1,0 +1,1 @@
+"""Results as tables and records: paired differences, Table-1 layout, comparisons of runs."""
