@@ -74,9 +74,10 @@ def _load_run(
     argv: list[str], *, trust_run: bool, allow_modified: bool, default_tag: str = ""
 ) -> tuple[DictConfig, Path, Path, str | None] | None:
     """The saved config (with overrides), directory, output folder and record note of
-    ``run=DIR``, checked before any heavy import (the run's ``results.json`` must match its
-    integrity digest unless ``allow_modified``); None after printing the error."""
-    from introspect.runs.integrity import RecordModifiedError, check_record, record_note
+    ``run=DIR``, checked before any heavy import (``runs.finished.open_finished_run``: the run
+    must be finished and its ``results.json`` match its integrity digest unless
+    ``allow_modified``); None after printing the error."""
+    from introspect.runs.finished import FinishedRunError, open_finished_run
     from introspect.runs.rundir import evaluation_dir, evaluation_tag
 
     runs = [a.partition("=")[2] for a in argv if a.startswith("run=")]
@@ -95,10 +96,9 @@ def _load_run(
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return None
-    record = run_dir / "results.json"
     try:
-        note = record_note(check_record(record, run_dir, allow_modified=allow_modified), record)
-    except RecordModifiedError as err:
+        note = open_finished_run(run_dir, allow_modified=allow_modified, required=()).note
+    except FinishedRunError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
     if note:

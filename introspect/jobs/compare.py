@@ -4,7 +4,6 @@ scatter plot and per-severity curves, saved as Markdown, CSV and PNG and logged 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import sys
@@ -20,7 +19,7 @@ from matplotlib.figure import Figure
 from introspect.config.loader import leaf_paths
 from introspect.data.shifted import is_cell
 from introspect.metrics.paired import PairedDifference
-from introspect.report.compare_active import compare_active, is_active_run
+from introspect.report.compare_active import compare_active
 from introspect.report.differences import (
     LABELS,
     LEVEL,
@@ -34,7 +33,6 @@ from introspect.report.differences import (
 from introspect.report.experiments import (
     CompareError,
     WandbTarget,
-    check_record_config,
     describe,
     differing_keys,
     experiment_key,
@@ -43,14 +41,13 @@ from introspect.report.experiments import (
     recipe,
 )
 from introspect.report.table1 import stage1_recipe_of, table1_markdown
-from introspect.runs.integrity import (
-    MODIFIED,
-    VERIFIED,
-    RecordModifiedError,
-    check_record,
-    records_notes,
-    seals_beside,
+from introspect.runs.finished import (
+    FinishedRun,
+    FinishedRunError,
+    is_active_run,
+    open_finished_run,
 )
+from introspect.runs.integrity import MODIFIED, records_notes, seals_beside
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
 from introspect.stages.evaluation import HEADS, SHORT
@@ -72,27 +69,11 @@ DIFFS = (("INT", "FF"), ("INT", "CTL"), ("INT+TS", "FF+TS"), ("INT+TS", "CTL+TS"
 
 
 @dataclass
-class Run:
-    """One finished run: its directory, resolved config, results and whether its record matches
-    its integrity digest (``verified``, ``unverified`` or ``modified``: ``runs.integrity``)."""
-
-    path: Path
-    config: dict[str, Any]
-    results: dict[str, Any]
-    record: str = VERIFIED
-
-    @property
-    def seed(self) -> int:
-        """``run.seed``."""
-        return int(self.config["run"]["seed"])
-
-
-@dataclass
 class Group:
     """Runs of one experiment that differ only by seed."""
 
     label: str
-    runs: list[Run] = field(default_factory=list)
+    runs: list[FinishedRun] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -100,31 +81,16 @@ class Group:
         return self.runs[0].config
 
 
-def load_run(path: str | os.PathLike[str], *, allow_modified: bool = False) -> Run:
-    """The run in ``path``; ``CompareError`` unless it holds a finished run's results.json that
-    matches its integrity digest (or ``allow_modified``)."""
-    run_dir = Path(path).expanduser().resolve()
-    file = run_dir / "results.json"
-    if not file.is_file():
-        raise CompareError(
-            f"{run_dir} has no results.json; give directories of finished runs (train.py "
-            "writes results.json last)"
-        )
+def load_run(path: str | os.PathLike[str], *, allow_modified: bool = False) -> FinishedRun:
+    """The finished run in ``path`` (``runs.finished.open_finished_run``); ``CompareError``
+    naming the fix when it cannot be compared."""
     try:
-        results = json.loads(file.read_text())
-        config = results["run"]["config"]
-        results["splits"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CompareError(f"{file} is not a results file of introspect ({err})") from None
-    check_record_config(config, file)
-    try:
-        record = check_record(file, run_dir, allow_modified=allow_modified)
-    except RecordModifiedError as err:
+        return open_finished_run(path, allow_modified=allow_modified)
+    except FinishedRunError as err:
         raise CompareError(str(err)) from None
-    return Run(run_dir, config, results, record)
 
 
-def group_runs(runs: Sequence[Run]) -> list[Group]:
+def group_runs(runs: Sequence[FinishedRun]) -> list[Group]:
     """Runs grouped by experiment (config up to seed and bookkeeping), in first-seen order.
 
     Raises ``CompareError`` when one group holds a seed twice or members were evaluated on
@@ -162,7 +128,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     return list(groups.values())
 
 
-def _scopes(run: Run) -> dict[str, dict[str, Any]]:
+def _scopes(run: FinishedRun) -> dict[str, dict[str, Any]]:
     """Per-head metrics of each scope: ``clean``, ``corrupted`` (mean of cells) and extras."""
     res = run.results
     out: dict[str, dict[str, Any]] = {}
@@ -201,7 +167,7 @@ def group_table(group: Group) -> dict[str, tuple[float, float]]:
 Intervals = dict[str, PairedDifference]
 
 
-def _predictions(run: Run) -> dict[str, dict[str, Any]] | None:
+def _predictions(run: FinishedRun) -> dict[str, dict[str, Any]] | None:
     """The per-image records of ``run`` when its (checked) record seals them, else None."""
     if not seals_beside(run.results, PREDICTIONS):
         return None
@@ -477,7 +443,7 @@ def severity_curves(path: Path, groups: Sequence[Group]) -> Figure | None:
     return fig
 
 
-def default_out_dir(runs: Sequence[Run]) -> Path:
+def default_out_dir(runs: Sequence[FinishedRun]) -> Path:
     """``<common parent of the runs>/comparison``."""
     parent = Path(os.path.commonpath([str(r.path.parent) for r in runs]))
     return parent / "comparison"
@@ -592,7 +558,7 @@ def compare(
 
 def _log_wandb(
     out: Path,
-    runs: Sequence[Run],
+    runs: Sequence[FinishedRun],
     groups: Sequence[Group],
     tables: Sequence[dict[str, tuple[float, float]]],
     images: Sequence[Path],

@@ -5,7 +5,6 @@ learning curves with ± std bands."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,35 +14,13 @@ from introspect.report.active_report import CELL, ROWS, SPLITS, curve_plot, tabl
 from introspect.report.experiments import (
     CompareError,
     WandbTarget,
-    check_record_config,
     describe,
     experiment_key,
     mean_std,
 )
-from introspect.runs.integrity import (
-    MODIFIED,
-    RecordModifiedError,
-    check_record,
-    records_notes,
-)
+from introspect.runs.finished import ACTIVE, FinishedRunError, open_finished_run
+from introspect.runs.integrity import MODIFIED, records_notes
 from introspect.runs.status import write_json_atomic
-
-
-def is_active_run(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` holds a finished active-learning run (its ``active.json``)."""
-    return (Path(path).expanduser() / "active.json").is_file()
-
-
-def load_active(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``active.json`` of the run in ``path``; ``CompareError`` when it is not one."""
-    file = Path(path).expanduser().resolve() / "active.json"
-    try:
-        results = json.loads(file.read_text())
-        results["run"]["config"], results["curves"], results["table"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CompareError(f"{file} is not an active-learning results file ({err})") from None
-    check_record_config(results["run"]["config"], file)
-    return results
 
 
 def pooled_table(tables: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict]]]:
@@ -161,13 +138,17 @@ def compare_active(
     ``active.json`` that does not match its integrity digest is refused unless
     ``allow_modified``; such records are marked in the experiment's heading and a note line,
     records without a digest in a note line."""
-    runs = [(Path(p).expanduser().resolve(), load_active(p)) for p in paths]
-    states: dict[Path, str] = {}
-    for path, _ in runs:
-        try:
-            states[path] = check_record(path / "active.json", path, allow_modified=allow_modified)
-        except RecordModifiedError as err:
-            raise CompareError(str(err)) from None
+    try:
+        opened = [
+            open_finished_run(
+                p, allow_modified=allow_modified, record_file=ACTIVE, required=("curves", "table")
+            )
+            for p in paths
+        ]
+    except FinishedRunError as err:
+        raise CompareError(str(err)) from None
+    runs = [(r.path, r.results) for r in opened]
+    states = {r.path: r.record for r in opened}
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path, res in runs:
         groups.setdefault(experiment_key(res["run"]["config"]), []).append((path, res))

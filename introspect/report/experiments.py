@@ -13,24 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from introspect.config.loader import first_interpolation, leaf_paths
+from introspect.config.loader import leaf_paths
 
 
 class CompareError(ValueError):
     """Runs that cannot be compared as asked; the message names the fix."""
-
-
-def check_record_config(config: Any, file: Path) -> None:
-    """``CompareError`` unless the config saved in the record ``file`` is a mapping free of
-    interpolations (``${...}``): a record is data and is never resolved."""
-    if not isinstance(config, dict):
-        raise CompareError(f"{file} is not a results file of introspect (run.config)")
-    key = first_interpolation(config)
-    if key is not None:
-        raise CompareError(
-            f"{file}: run.config.{key} holds an interpolation ('${{...}}'), which introspect "
-            "never writes; a record is data and is not resolved: leave this run out"
-        )
 
 
 @dataclass(frozen=True)
