@@ -25,6 +25,7 @@ from introspect.data import ImageDataModule
 from introspect.data.images import TransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients import extract_with_outputs
+from introspect.jobs.job import run_job
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.models.stage2 import IntrospectiveClassifier
@@ -32,14 +33,12 @@ from introspect.report.active_report import curve_plot, table_markdown, table_tw
 from introspect.runs.distributed import (
     gather_from_all,
     global_rank,
-    is_global_zero,
     launch,
     world_size,
 )
 from introspect.runs.integrity import write_sealed
-from introspect.runs.provenance import provenance
-from introspect.runs.rundir import build_loggers, check_run_dir, log_version, prepare_run_dir
-from introspect.runs.status import now, update_status
+from introspect.runs.provenance import results_header
+from introspect.runs.rundir import check_run_dir
 from introspect.runs.trainer import build_trainer, resolve_device
 from introspect.stages.heads import build_head
 from introspect.stages.stage1 import build_backbone, build_data, stage1_recipe
@@ -333,9 +332,8 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     """Run the active-learning job of ``cfg`` and return what ``active.json`` holds.
 
     Data, schedule and backbone are checked before any training; ``status.json`` follows the run
-    like the two-stage job's. Only rank zero writes.
+    like the two-stage job's (``jobs.job``). Only rank zero writes.
     """
-
     started = time.perf_counter()
     check_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
@@ -351,83 +349,79 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     schedule = check_active(cfg, len(train))  # type: ignore[arg-type]
     build_backbone(cfg, dm.num_classes, dm.image_shape)  # class counts checked before any work
     launch(cfg)
-    run_dir = prepare_run_dir(cfg)
-    zero = is_global_zero()
     device = resolve_device(cfg)
     # Dozens of short fits: Lightning's per-fit notices would bury the per-round lines.
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)
     try:
-        loggers = build_loggers(cfg, run_dir, csv_version=log_version(cfg, run_dir))
-        if zero:
-            update_status(run_dir, stage="active")
-        learner = RunLearner(cfg, dm, run_dir, device, test)
-        store = RoundStore(
-            run_dir / "active_rounds", learner, resume=bool(cfg.run.resume), write=zero
-        )
-        initial = initial_indices(
-            len(train),  # type: ignore[arg-type]
-            cfg.active.initial,
-            seed=derive_seed(cfg.run.seed, "initial"),
-        )
-        pool = LabelPool(train, initial)
-        step = [0]
-
-        def log_round(strategy: str, source: str, entry: dict[str, Any]) -> None:
-            for logger in loggers:
-                logger.log_metrics(_flat(strategy, source, entry), step=step[0])
-            step[0] += 1
-            if zero:
-                m = entry["metrics"]
-                print(
-                    f"active {strategy}/{source} round {entry['round']} "
-                    f"({entry['labelled']} labelled): FF {m['feedforward']['clean']['acc']:.3f}"
-                    f" INT {m['introspective']['clean']['acc']:.3f} (clean)",
-                    flush=True,
-                )
-
-        curves = run_curves(
-            learner,
-            pool,
-            schedule,
-            list(cfg.active.strategies),
-            list(cfg.active.sources),
-            seed=cfg.run.seed,
-            on_round=log_round,
-            progress=store,
-        )
-        results = {
-            "run": {
-                "name": cfg.run.name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "seed": cfg.run.seed,
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "provenance": provenance(device, world_size=world_size()),
-                "seconds": round(time.perf_counter() - started, 2),
-                "pool_size": len(train),  # type: ignore[arg-type]
-                "initial": initial,
-                "backbone_images_per_process": learner.backbone_passes,
-                "restored": store.restored,
-            },
-            "curves": curves,
-            "table": table_two(curves),
-        }
-        if zero:
-            _report(results, run_dir, loggers)
-        for logger in loggers:
-            logger.finalize("success")
-    except BaseException as err:
-        if zero:
-            update_status(run_dir, state="failed", error=f"{type(err).__name__}: {err}")
-        raise
+        with run_job(cfg, started=started) as job, job.stage("active"):
+            learner = RunLearner(cfg, dm, job.run_dir, device, test)
+            store = RoundStore(
+                job.run_dir / "active_rounds", learner, resume=bool(cfg.run.resume), write=job.write
+            )
+            initial = initial_indices(
+                len(train),  # type: ignore[arg-type]
+                a.initial,
+                seed=derive_seed(cfg.run.seed, "initial"),
+            )
+            curves = run_curves(
+                learner,
+                LabelPool(train, initial),
+                schedule,
+                list(a.strategies),
+                list(a.sources),
+                seed=cfg.run.seed,
+                on_round=RoundLog(job.loggers, verbose=job.write),
+                progress=store,
+            )
+            header = results_header(
+                cfg.run.name,
+                _plain(cfg),
+                device=device,
+                world_size=world_size(),
+                seed=cfg.run.seed,
+                started=started,
+                pool_size=len(train),  # type: ignore[arg-type]
+                initial=initial,
+                backbone_images_per_process=learner.backbone_passes,
+                restored=store.restored,
+            )
+            results = {"run": header, "curves": curves, "table": table_two(curves)}
+            if job.write:
+                _report(results, job.run_dir, job.loggers)
     finally:
         lightning_log.setLevel(level)
-    if zero:
-        update_status(
-            run_dir, state="complete", stage=None, finished=now(), seconds=results["run"]["seconds"]
-        )
     return results
+
+
+class RoundLog:
+    """The ``on_round`` of ``run_curves``: logs every finished round's metrics to ``loggers``
+    and, when ``verbose``, prints one line per round."""
+
+    def __init__(self, loggers: list[Logger], *, verbose: bool) -> None:
+        self.loggers, self.verbose, self.step = loggers, verbose, 0
+
+    def __call__(self, strategy: str, source: str, entry: dict[str, Any]) -> None:
+        """Log and print the round ``entry`` of ``strategy``/``source``."""
+        for logger in self.loggers:
+            logger.log_metrics(_flat(strategy, source, entry), step=self.step)
+        self.step += 1
+        if self.verbose:
+            m = entry["metrics"]
+            print(
+                f"active {strategy}/{source} round {entry['round']} "
+                f"({entry['labelled']} labelled): FF {m['feedforward']['clean']['acc']:.3f}"
+                f" INT {m['introspective']['clean']['acc']:.3f} (clean)",
+                flush=True,
+            )
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain resolved containers (for the record)."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out
 
 
 def _report(results: dict[str, Any], run_dir: Path, loggers: list[Logger]) -> None:

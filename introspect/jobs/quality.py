@@ -5,16 +5,18 @@ full-reference baselines."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from introspect.backbones import load_backbone
 from introspect.config import ConfigError
 from introspect.gradients.normalize import Standardizer, normalize_features
+from introspect.jobs.job import run_job
 from introspect.metrics.quality import krcc, outlier_ratio, plcc, rmse, srcc
 from introspect.quality import (
     FULL_REFERENCE,
@@ -31,8 +33,7 @@ from introspect.quality.introspection import (
 )
 from introspect.quality.model import QualityModel, QualityTraining, train_quality_model
 from introspect.runs.integrity import write_sealed
-from introspect.runs.rundir import prepare_run_dir
-from introspect.runs.status import mark_stage_done, now, update_status
+from introspect.runs.provenance import results_header
 
 METRICS = ("or", "rmse", "plcc", "srcc", "krcc")
 TITLES = {
@@ -199,47 +200,63 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
         dataset.reference_index, q.val_fraction, q.test_fraction, cfg.data.split_seed
     )
     model = build_quality_model(cfg)
-    run_dir = prepare_run_dir(cfg)
-    timings: dict[str, float] = {"data": time.perf_counter() - start}
-    try:
-        results = _run(cfg, dataset, splits, model, run_dir, timings)
-    except BaseException as err:
-        update_status(run_dir, state="failed", error=f"{type(err).__name__}: {err}", failed=now())
-        raise
-    results["run"]["seconds"] = time.perf_counter() - start
-    write_sealed(run_dir / "results.json", results, run_dir)
-    (run_dir / "table.md").write_text(quality_table(results))
-    mark_stage_done(run_dir, "evaluation")
-    update_status(
-        run_dir, state="complete", stage=None, finished=now(), seconds=results["run"]["seconds"]
-    )
+    with run_job(cfg, started=start, loggers=False) as job:
+        timings: dict[str, float] = {"data": time.perf_counter() - start}
+        with job.stage("stage1"):
+            t = q.train
+            recipe = QualityTraining(
+                t.epochs, t.batch_size, t.patch_size, t.patches, t.lr, t.weight_decay
+            )
+            losses = train_quality_model(
+                model, dataset, splits["train"].tolist(), recipe, seed=cfg.run.seed, device=CPU
+            )
+        timings["stage1"] = job.stage_seconds["stage1"]
+        with job.stage("stage2"):
+            fitted = _fit_heads(cfg, model, dataset, splits)
+            _save_checkpoint(job.run_dir / CHECKPOINT, model, fitted)
+        timings["stage2"] = job.stage_seconds["stage2"]
+        with job.stage("evaluation"):
+            results = _evaluate(cfg, dataset, splits, fitted, job.run_dir, timings)
+            results["stage1_losses"] = losses
+            results["run"] = results_header(
+                cfg.run.name,
+                _plain(cfg),
+                seed=cfg.run.seed,
+                started=start,
+                timings=timings,
+            )
+            write_sealed(job.run_dir / "results.json", results, job.run_dir)
+            (job.run_dir / "table.md").write_text(quality_table(results))
     return results
 
 
-def _run(
-    cfg: DictConfig,
-    dataset: QualitySet,
-    splits: dict[str, np.ndarray],
-    model: QualityModel,
-    run_dir: Path,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    q = cfg.quality
-    device = torch.device("cpu")
-    clock = time.perf_counter()
-    update_status(run_dir, stage="stage1")
-    t = q.train
-    recipe = QualityTraining(t.epochs, t.batch_size, t.patch_size, t.patches, t.lr, t.weight_decay)
-    losses = train_quality_model(
-        model, dataset, splits["train"].tolist(), recipe, seed=cfg.run.seed, device=device
-    )
-    mark_stage_done(run_dir, "stage1")
-    timings["stage1"] = time.perf_counter() - clock
+CPU = torch.device("cpu")
 
-    clock = time.perf_counter()
-    update_status(run_dir, stage="stage2")
+
+@dataclass
+class FittedHeads:
+    """Stage 2 of a quality run: the contrast levels, every split's features, the regressors
+    and how the introspective features are normalized."""
+
+    levels: np.ndarray
+    features: dict[str, Any]
+    heads: dict[str, torch.nn.Module]
+    normalize: str
+    standardizer: Standardizer | None
+
+    def introspective(self, split: str) -> torch.Tensor:
+        """The normalized introspective features of ``split``."""
+        raw = self.features[split].introspective
+        return normalize_features(raw, self.normalize, self.standardizer)
+
+
+def _fit_heads(
+    cfg: DictConfig, model: QualityModel, dataset: QualitySet, splits: dict[str, np.ndarray]
+) -> FittedHeads:
+    """Features of every split, then the introspective (and control) regressors fitted on
+    ``stage2.splits``."""
+    q, f = cfg.quality, cfg.stage2.features
     levels = contrast_levels(q.contrasts, dataset.scores[splits["train"]])
-    f = cfg.stage2.features
     feats = {
         name: quality_features(
             model,
@@ -248,7 +265,7 @@ def _run(
             levels,
             batch_size=q.batch_size,
             include_bias=f.include_bias,
-            device=device,
+            device=CPU,
         )
         for name, idx in splits.items()
     }
@@ -256,47 +273,48 @@ def _run(
     standardizer = None
     if f.normalize == "standardize":
         standardizer = Standardizer().fit(torch.cat([feats[s].introspective for s in fit_on]))
-
-    def introspective(split: str) -> torch.Tensor:
-        return normalize_features(feats[split].introspective, f.normalize, standardizer)
-
+    fitted = FittedHeads(levels, feats, {}, f.normalize, standardizer)
     y_fit = torch.as_tensor(np.concatenate([dataset.scores[splits[s]] for s in fit_on]))
-    recipe2 = _recipe(cfg)
-    heads = {
-        "introspective": fit_regressor(
-            torch.cat([introspective(s) for s in fit_on]).double(),
-            y_fit,
-            recipe2,
-            seed=cfg.run.seed,
-        )
-    }
+    recipe = _recipe(cfg)
+    x_int = torch.cat([fitted.introspective(s) for s in fit_on]).double()
+    fitted.heads["introspective"] = fit_regressor(x_int, y_fit, recipe, seed=cfg.run.seed)
     if cfg.stage2.control:
-        heads["control"] = fit_regressor(
-            torch.cat([feats[s].penultimate for s in fit_on]).double(),
-            y_fit,
-            recipe2,
-            seed=cfg.run.seed,
-        )
-    mark_stage_done(run_dir, "stage2")
-    timings["stage2"] = time.perf_counter() - clock
-    checkpoint = run_dir / CHECKPOINT
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "contrasts": torch.as_tensor(levels)}
-    state.update({f"head.{k}": v.state_dict() for k, v in heads.items()})
-    torch.save(state, checkpoint)
+        x_ctl = torch.cat([feats[s].penultimate for s in fit_on]).double()
+        fitted.heads["control"] = fit_regressor(x_ctl, y_fit, recipe, seed=cfg.run.seed)
+    return fitted
 
+
+def _save_checkpoint(path: Path, model: QualityModel, fitted: FittedHeads) -> None:
+    """The quality model, the contrast levels and the regressors' weights at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "contrasts": torch.as_tensor(fitted.levels)}
+    state.update({f"head.{k}": v.state_dict() for k, v in fitted.heads.items()})
+    torch.save(state, path)
+
+
+def _evaluate(
+    cfg: DictConfig,
+    dataset: QualitySet,
+    splits: dict[str, np.ndarray],
+    fitted: FittedHeads,
+    run_dir: Path,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Agreement of FF, INT and CTL and of the full-reference baselines with the test split's
+    scores, and the scatter plot; per-baseline seconds go to ``timings``."""
+    q = cfg.quality
     clock = time.perf_counter()
-    update_status(run_dir, stage="evaluation")
     test = splits["test"]
     target = dataset.scores[test]
     std = dataset.stds[test] if dataset.stds is not None else q.outlier_std
+    heads, test_feats = fitted.heads, fitted.features["test"]
     with torch.no_grad():
         predictions = {
-            "feedforward": feats["test"].scores.double().numpy(),
-            "introspective": heads["introspective"](introspective("test").double()).numpy(),
+            "feedforward": test_feats.scores.double().numpy(),
+            "introspective": heads["introspective"](fitted.introspective("test").double()).numpy(),
         }
         if "control" in heads:
-            predictions["control"] = heads["control"](feats["test"].penultimate.double()).numpy()
+            predictions["control"] = heads["control"](test_feats.penultimate.double()).numpy()
     models = {name: _agreement(p, target, std, cfg) for name, p in predictions.items()}
     timings["evaluation"] = time.perf_counter() - clock
     baselines = {}
@@ -312,37 +330,51 @@ def _run(
         {HEADS[k]: v for k, v in predictions.items()},
         f"{title} score" if not dataset.proxy else f"{title} score (proxy: no human opinions)",
     )
+    return {
+        "task": "quality",
+        "data": _data_summary(dataset, splits, title, q.image_size, q.label, q.outlier_std),
+        "contrasts": fitted.levels.tolist(),
+        "models": models,
+        "baselines": baselines,
+    }
+
+
+def _data_summary(
+    dataset: QualitySet,
+    splits: dict[str, np.ndarray],
+    title: str,
+    image_size: int,
+    label: str,
+    outlier_std: float,
+) -> dict[str, Any]:
+    """The ``data`` entry of a quality run's results: database, description, split sizes."""
     description = (
         f"Proxy set: {dataset.num_references} scikit-image sample images x "
         f"{len(set(dataset.distortions))} corruptions x {len(set(dataset.levels.tolist()))} "
-        f"levels ({len(dataset)} images, {q.image_size} px), scored by "
-        f"{FULL_REFERENCE[q.label].title} against the reference (proxy: no human opinion scores)"
+        f"levels ({len(dataset)} images, {image_size} px), scored by "
+        f"{FULL_REFERENCE[label].title} against the reference (proxy: no human opinion scores)"
         if dataset.proxy
         else f"{title}: {len(dataset)} images, {dataset.score_name}"
     )
     return {
-        "task": "quality",
-        "data": {
-            "database": dataset.name,
-            "proxy": dataset.proxy,
-            "title": title,
-            "description": description,
-            "score": dataset.score_name,
-            "images": {name: int(len(idx)) for name, idx in splits.items()},
-            "references": {
-                name: int(len(np.unique(dataset.reference_index[idx])))
-                for name, idx in splits.items()
-            },
-            "outlier_std": "per-image opinion-score std"
-            if dataset.stds is not None
-            else q.outlier_std,
+        "database": dataset.name,
+        "proxy": dataset.proxy,
+        "title": title,
+        "description": description,
+        "score": dataset.score_name,
+        "images": {name: int(len(idx)) for name, idx in splits.items()},
+        "references": {
+            name: int(len(np.unique(dataset.reference_index[idx]))) for name, idx in splits.items()
         },
-        "contrasts": levels.tolist(),
-        "stage1_losses": losses,
-        "models": models,
-        "baselines": baselines,
-        "run": {"name": cfg.run.name, "seed": cfg.run.seed, "timings": timings},
+        "outlier_std": "per-image opinion-score std" if dataset.stds is not None else outlier_std,
     }
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain resolved containers (for the record)."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out
 
 
 def load_quality_run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +21,13 @@ from introspect.backbones import (
 from introspect.config import ConfigError
 from introspect.data import DataError
 from introspect.jobs.active import ActiveError, run_active
+from introspect.jobs.job import run_job
 from introspect.jobs.quality import run_quality
 from introspect.quality import QualityDataError
-from introspect.runs.distributed import (
-    barrier,
-    is_global_zero,
-    launch,
-)
+from introspect.runs.distributed import barrier, is_global_zero, launch
 from introspect.runs.errors import PipelineError
-from introspect.runs.faults import disk_full, interrupted, resume_hint
 from introspect.runs.lock import LockError
-from introspect.runs.rundir import (
-    build_loggers,
-    lock_run_dir,
-    log_version,
-    prepare_run_dir,
-)
-from introspect.runs.status import mark_stage_done, now, update_status
+from introspect.runs.rundir import build_loggers, lock_run_dir
 from introspect.runs.trainer import resolve_device
 from introspect.stages.baselines import prepare_baselines
 from introspect.stages.evaluate import evaluate_and_report
@@ -64,31 +55,34 @@ def quiet_library_warnings() -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the configured job end to end (stage 1, stage 2, evaluation) and return the results.
+    """Run the job ``cfg`` asks for (``JOBS[job_kind(cfg)]``) under the run directory's lock
+    and return its results.
 
-    The run directory is locked and checked first (``rundir.lock_run_dir``), then data,
-    evaluation splits and backbone are built and checked before any training. ``status.json``
-    follows the run (``running`` with its stage, ``failed`` with the error, ``complete``); with
-    ``run.resume=true`` every finished stage is reused. With several processes
-    (``trainer.devices``/``trainer.num_nodes``) every stage runs on all of them and each
-    returns the same results; rank zero writes the run directory and holds its lock from the
-    checks to the end, so a second process is refused.
+    The run directory is locked and checked first (``rundir.lock_run_dir``); rank zero of a
+    multi-process run holds the lock from the checks to the end, so a second process is
+    refused. ``status.json`` follows the run (``jobs.job``); with ``run.resume=true`` every
+    finished stage is reused.
     """
     lock = lock_run_dir(cfg)
     try:
-        return _run(cfg)
+        return JOBS[job_kind(cfg)](cfg)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(cfg: DictConfig) -> dict[str, Any]:
-    """``run`` under the run directory's lock (its checks made)."""
+def job_kind(cfg: DictConfig) -> str:
+    """The job ``cfg`` asks for: ``quality`` (``task: quality``), ``active``
+    (``active.enabled``) or ``two-stage`` (the default)."""
     if cfg.task == "quality":
-        return run_quality(cfg)
+        return "quality"
+    return "active" if cfg.active.enabled else "two-stage"
 
-    if cfg.active.enabled:
-        return run_active(cfg)
+
+def run_two_stage(cfg: DictConfig) -> dict[str, Any]:
+    """The two-stage job: data, evaluation splits and backbone are built and checked before any
+    training, then stage 1 (train or load), stage 2 (the heads) and the evaluation, every
+    process of a multi-process run computing each stage and returning the same results."""
     start = time.perf_counter()
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     dm = build_data(cfg)
@@ -96,49 +90,37 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
     check_head_size(cfg, backbone)
     launch(cfg)  # after the checks above: a bad configuration fails before processes start
-    run_dir = prepare_run_dir(cfg)
-    zero = is_global_zero()
-    try:
-        loggers = build_loggers(cfg, run_dir, csv_version=log_version(cfg, run_dir))
-        if zero:
-            update_status(run_dir, stage="stage1")
-        stage1(cfg, dm, backbone, run_dir, loggers)
-        frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
-        if zero:
-            mark_stage_done(run_dir, "stage1")
-            update_status(run_dir, stage="stage2")
-        heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
-        if zero:
-            mark_stage_done(run_dir, "stage2")
-            update_status(run_dir, stage="evaluation")
-        baselines = prepare_baselines(
-            cfg, dm, backbone, heads, run_dir, train=True, device=resolve_device(cfg)
-        )
-        results = evaluate_and_report(
-            cfg, dm, backbone, heads, splits, run_dir, loggers, started=start, baselines=baselines
-        )
-        for logger in loggers:
-            logger.finalize("success")
-    except BaseException as err:
-        full = disk_full(err, run_dir)
-        if zero:
-            _record_failure(run_dir, err, full)
-        if full is not None:
-            raise PipelineError(
-                f"no space left on device while writing {full}; free space and continue with "
-                f"{resume_hint(cfg)}"
-            ) from err
-        raise
-    if zero:
-        mark_stage_done(run_dir, "evaluation")
-        update_status(
-            run_dir,
-            state="complete",
-            stage=None,
-            finished=now(),
-            seconds=results["run"].get("seconds"),
-        )
+    with run_job(cfg, started=start) as job:
+        run_dir, loggers = job.run_dir, job.loggers
+        with job.stage("stage1"):
+            stage1(cfg, dm, backbone, run_dir, loggers)
+            frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
+        with job.stage("stage2"):
+            heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
+        with job.stage("evaluation"):
+            baselines = prepare_baselines(
+                cfg, dm, backbone, heads, run_dir, train=True, device=resolve_device(cfg)
+            )
+            results = evaluate_and_report(
+                cfg,
+                dm,
+                backbone,
+                heads,
+                splits,
+                run_dir,
+                loggers,
+                started=start,
+                baselines=baselines,
+            )
     return results
+
+
+# The jobs ``run`` dispatches to, by ``job_kind``.
+JOBS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
+    "two-stage": run_two_stage,
+    "active": run_active,
+    "quality": run_quality,
+}
 
 
 def frozen_memory_format(backbone: nn.Module, *, channels_last: bool) -> None:
@@ -147,27 +129,6 @@ def frozen_memory_format(backbone: nn.Module, *, channels_last: bool) -> None:
     on CPU and GPU, with values equal to the default format's up to float rounding."""
     if channels_last:
         backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-
-def _describe_error(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _record_failure(run_dir: Path, err: BaseException, full: str | None) -> None:
-    """Record in ``status.json`` how the run ended: ``interrupted`` (SIGINT) or ``failed`` with
-    the error (ENOSPC with the path for a full disk). Nothing when even that cannot be
-    written (the disk is full): the entry point's message says it."""
-    if interrupted(err):
-        fields = {"state": "interrupted", "error": "interrupted (SIGINT)"}
-    elif full is not None:
-        fields = {"state": "failed", "error": f"ENOSPC: no space left on device writing {full}"}
-    else:
-        fields = {"state": "failed", "error": _describe_error(err)}
-    try:
-        update_status(run_dir, **fields, failed=now())
-    except OSError:
-        pass
 
 
 def reevaluate(

@@ -8,6 +8,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,27 @@ def provenance(device: Any = None, *, world_size: int = 1) -> dict[str, Any]:
         "command": shlex.join([sys.executable, *sys.argv]),
         "cwd": os.getcwd(),
     }
+
+
+def results_header(
+    name: str,
+    config: dict[str, Any],
+    *,
+    device: Any = None,
+    world_size: int = 1,
+    seed: int | None = None,
+    started: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``run`` section every record of a command starts with: run name, creation time,
+    seed (when given), the resolved ``config``, provenance, ``extra`` entries (e.g.
+    ``evaluation_of``) and the seconds since ``started`` (a ``time.perf_counter`` value)."""
+    header: dict[str, Any] = {"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if seed is not None:
+        header["seed"] = seed
+    header["config"] = config
+    header["provenance"] = provenance(device, world_size=world_size)
+    header.update(extra)
+    if started is not None:
+        header["seconds"] = round(time.perf_counter() - started, 2)
+    return header

@@ -61,12 +61,17 @@ def update_status(run_dir: Path | str, **fields: Any) -> dict[str, Any]:
     return status
 
 
-def mark_stage_done(run_dir: Path | str, stage: str) -> None:
-    """Record that ``stage`` (``stage1``, ``stage2``, ``evaluation``) of the run finished."""
-    done = list((read_status(run_dir) or {}).get("stages_done", []))
+def mark_stage_done(run_dir: Path | str, stage: str, *, seconds: float | None = None) -> None:
+    """Record that ``stage`` (``stage1``, ``stage2``, ``evaluation``) of the run finished, and
+    its ``seconds`` under ``stage_seconds`` when given (a resumed stage's are replaced)."""
+    status = read_status(run_dir) or {}
+    done = list(status.get("stages_done", []))
     if stage not in done:
         done.append(stage)
-    update_status(run_dir, stages_done=done)
+    fields: dict[str, Any] = {"stages_done": done}
+    if seconds is not None:
+        fields["stage_seconds"] = dict(status.get("stage_seconds", {})) | {stage: seconds}
+    update_status(run_dir, **fields)
 
 
 def stages_done(run_dir: Path | str) -> list[str]:
