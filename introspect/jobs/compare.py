@@ -476,23 +476,7 @@ def compare(
 
     Returns ``{"out_dir", "markdown", "groups": [{label, runs, table, intervals}], "skipped"}``.
     """
-    if not paths:
-        raise CompareError("give at least one run directory to compare")
-    skipped: list[str] = []
-    complete: list[str | os.PathLike[str]] = []
-    for path in paths:
-        status = read_status(Path(path).expanduser())
-        if status is not None and status.get("state") != "complete":
-            print(
-                f"skipping {path}: the run is not complete ({describe_status(status)})",
-                file=sys.stderr,
-            )
-            skipped.append(str(path))
-        else:
-            complete.append(path)
-    if not complete:
-        raise CompareError(f"none of the runs is complete (skipped: {', '.join(skipped)})")
-
+    complete, skipped = complete_runs(paths)
     active = [is_active_run(p) for p in complete]
     if any(active):
         if not all(active):
@@ -523,19 +507,8 @@ def compare(
             f"version), so their groups have no confidence intervals (—): {', '.join(older)}."
         )
     text += "".join(f"\n{n}\n" for n in notes)
-    table1 = table1_markdown(
-        [g.label for g in groups],
-        [stage1_recipe_of(g.config) for g in groups],
-        [len(g.runs) for g in groups],
-        tables,
-    )
-    if table1 is not None:  # runs of the Table-1 suite: that layout first
-        (out / "table1.md").write_text(table1)
-        text = table1 + "\n" + text
-    (out / "comparison.md").write_text(text)
-    write_csv(out / "comparison.csv", groups, tables, intervals)
+    text = _write_outputs(out, text, groups, tables, intervals)
     images = [out / "accuracy_vs_ece.png"]
-    scatter(images[0], groups, tables)
     if severity_curves(out / "severity_curves.png", groups) is not None:
         images.append(out / "severity_curves.png")
     if wandb:
@@ -554,6 +527,55 @@ def compare(
             for g, t, ci in zip(groups, tables, intervals, strict=True)
         ],
     }
+
+
+def complete_runs(
+    paths: Sequence[str | os.PathLike[str]],
+) -> tuple[list[str | os.PathLike[str]], list[str]]:
+    """``paths`` split into the runs that ``status.json`` does not call unfinished and the
+    skipped ones (each named on stderr); ``CompareError`` when none is left."""
+    if not paths:
+        raise CompareError("give at least one run directory to compare")
+    skipped: list[str] = []
+    complete: list[str | os.PathLike[str]] = []
+    for path in paths:
+        status = read_status(Path(path).expanduser())
+        if status is not None and status.get("state") != "complete":
+            print(
+                f"skipping {path}: the run is not complete ({describe_status(status)})",
+                file=sys.stderr,
+            )
+            skipped.append(str(path))
+        else:
+            complete.append(path)
+    if not complete:
+        raise CompareError(f"none of the runs is complete (skipped: {', '.join(skipped)})")
+    return complete, skipped
+
+
+def _write_outputs(
+    out: Path,
+    text: str,
+    groups: Sequence[Group],
+    tables: Sequence[dict[str, tuple[float, float]]],
+    intervals: Sequence[Intervals],
+) -> str:
+    """Write ``comparison.md`` (the Table-1 layout first, and alone in ``table1.md``, for runs
+    of the Table-1 suite), ``comparison.csv`` and the accuracy-vs-ECE scatter plot; returns
+    the text of ``comparison.md``."""
+    table1 = table1_markdown(
+        [g.label for g in groups],
+        [stage1_recipe_of(g.config) for g in groups],
+        [len(g.runs) for g in groups],
+        tables,
+    )
+    if table1 is not None:  # runs of the Table-1 suite: that layout first
+        (out / "table1.md").write_text(table1)
+        text = table1 + "\n" + text
+    (out / "comparison.md").write_text(text)
+    write_csv(out / "comparison.csv", groups, tables, intervals)
+    scatter(out / "accuracy_vs_ece.png", groups, tables)
+    return text
 
 
 def _log_wandb(

@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from introspect.explain.network import (
     tsne_figure,
 )
 from introspect.explain.uncertainty import VoiceEvaluation, evaluate_voice, voice
+from introspect.jobs.job import with_stage1_checkpoint
 from introspect.runs.integrity import seal
 
 
@@ -93,14 +94,11 @@ def write_record(path: Path, obj: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _backbone(cfg: DictConfig, run_dir: Path, dm: Any, device: torch.device) -> torch.nn.Module:
-    from introspect.runs.errors import PipelineError
-    from introspect.stages.stage1 import build_backbone, stage1_checkpoint
+def _backbone(cfg: DictConfig, dm: Any, device: torch.device) -> torch.nn.Module:
+    """The finished run's stage-1 network (``cfg`` from ``with_stage1_checkpoint``), in eval
+    mode on ``device``."""
+    from introspect.stages.stage1 import build_backbone
 
-    checkpoint = stage1_checkpoint(cfg, run_dir)
-    if checkpoint is None:
-        raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
-    cfg.backbone.checkpoint = checkpoint
     return build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
 
 
@@ -143,7 +141,7 @@ def explain_eval(
     """Measure every method's deletion and insertion AUC and seconds per image, and the VOICE
     scores of correct and incorrect predictions, on the first ``options.n`` images; write
     ``explain.md``, ``voice.png`` and (last, atomically) ``results.json`` to ``out_dir``."""
-    from introspect.runs.provenance import provenance
+    from introspect.runs.provenance import results_header
     from introspect.runs.trainer import resolve_device
     from introspect.stages.stage1 import build_data
 
@@ -151,7 +149,8 @@ def explain_eval(
     device = resolve_device(cfg)
     dm = build_data(cfg)
     dataset = eval_dataset(cfg, dm, options.split, options.cell, options.n)
-    backbone = _backbone(cfg, run_dir, dm, device)
+    cfg = with_stage1_checkpoint(cfg, run_dir)
+    backbone = _backbone(cfg, dm, device)
     batches = _batches(dm, dataset, options.batch_size)
     where = options.cell or options.split
     available = MAP_METHODS | REFERENCES
@@ -180,40 +179,18 @@ def explain_eval(
         parts += ["## Faithfulness", format_faithfulness(table)]
     voice_section: dict[str, Any] | None = None
     if options.voice:
-        evaluation = evaluate_voice(
-            backbone, batches, options.layer, threshold=options.threshold, device=device
-        )
-        summary = evaluation.summary()
-        voice_section = {
-            "threshold": options.threshold,
-            "layer": options.layer,
-            "summary": summary,
-            "iou": evaluation.iou.tolist(),
-            "snr": evaluation.snr.tolist(),
-            "correct": evaluation.correct.tolist(),
-        }
-        picks = _voice_examples(evaluation)
-        images = torch.cat([b[0] for b in batches])[picks].to(device)
-        names = dm.class_names
-        titles = [
-            f"P = {names[int(evaluation.predicted[i])]}, true {names[int(evaluation.labels[i])]}"
-            for i in picks
-        ]
-        result = voice(backbone, images, options.layer, threshold=options.threshold)
-        voice_figure(evaluation, out_dir / "voice.png", examples=(images, result), titles=titles)
-        parts += ["## VOICE", format_voice(summary, options.threshold)]
+        voice_section = _voice_section(backbone, batches, dm.class_names, out_dir, options, device)
+        parts += ["## VOICE", format_voice(voice_section["summary"], options.threshold)]
     markdown = "\n\n".join(parts) + "\n"
     (out_dir / "explain.md").write_text(markdown)
     print(markdown)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    header = results_header(
+        cfg.run.name, config, device=device, started=started, evaluation_of=str(run_dir)
+    )
     results = {
-        "run": {
-            "name": cfg.run.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "evaluation_of": str(run_dir),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "provenance": provenance(device),
-            "seconds": round(time.perf_counter() - started, 2),
-        },
+        "run": header,
         "settings": {
             "images": len(dataset),
             "split": options.split if options.cell is None else "test",
@@ -230,6 +207,38 @@ def explain_eval(
     }
     write_record(out_dir / "results.json", seal(results, run_dir))
     return results
+
+
+def _voice_section(
+    backbone: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    class_names: Sequence[str],
+    out_dir: Path,
+    options: EvalOptions,
+    device: torch.device,
+) -> dict[str, Any]:
+    """VOICE IoU and SNR of every image (the ``voice`` entry of the results) and
+    ``voice.png`` with two correct and two incorrect examples."""
+    evaluation = evaluate_voice(
+        backbone, batches, options.layer, threshold=options.threshold, device=device
+    )
+    picks = _voice_examples(evaluation)
+    images = torch.cat([b[0] for b in batches])[picks].to(device)
+    titles = [
+        f"P = {class_names[int(evaluation.predicted[i])]}, "
+        f"true {class_names[int(evaluation.labels[i])]}"
+        for i in picks
+    ]
+    result = voice(backbone, images, options.layer, threshold=options.threshold)
+    voice_figure(evaluation, out_dir / "voice.png", examples=(images, result), titles=titles)
+    return {
+        "threshold": options.threshold,
+        "layer": options.layer,
+        "summary": evaluation.summary(),
+        "iou": evaluation.iou.tolist(),
+        "snr": evaluation.snr.tolist(),
+        "correct": evaluation.correct.tolist(),
+    }
 
 
 def format_voice(summary: Mapping[str, Mapping[str, float | int]], threshold: float) -> str:
@@ -275,7 +284,8 @@ def explain_network(
     device = resolve_device(cfg)
     dm = build_data(cfg)
     dataset = eval_dataset(cfg, dm, options.split, None, options.n)
-    backbone = _backbone(cfg, run_dir, dm, device)
+    cfg = with_stage1_checkpoint(cfg, run_dir)
+    backbone = _backbone(cfg, dm, device)
     batches = _batches(dm, dataset, options.batch_size)
     names = dm.class_names
     first = batches[0][0][:1].to(device)

@@ -119,3 +119,18 @@ def run_job(
             ) from err
         raise
     job.complete()
+
+
+def with_stage1_checkpoint(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """A copy of ``cfg`` whose ``backbone.checkpoint`` is the stage-1 checkpoint of the finished
+    run in ``run_dir`` (``cfg`` itself is left as it is); ``PipelineError`` when it has none."""
+    from omegaconf import OmegaConf
+
+    from introspect.stages.stage1 import stage1_checkpoint
+
+    checkpoint = stage1_checkpoint(cfg, run_dir)
+    if checkpoint is None:
+        raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
+    copy = OmegaConf.merge(cfg, {"backbone": {"checkpoint": checkpoint}})
+    assert isinstance(copy, DictConfig)
+    return copy

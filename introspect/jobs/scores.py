@@ -31,11 +31,12 @@ from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
 from introspect.detect import LayerMahalanobis, default_layers, layer_features
+from introspect.jobs.job import with_stage1_checkpoint
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.runs.errors import PipelineError
 from introspect.runs.integrity import write_sealed
-from introspect.runs.provenance import provenance
+from introspect.runs.provenance import results_header
 from introspect.runs.rundir import build_loggers
 from introspect.runs.trainer import resolve_device
 from introspect.scores import (
@@ -58,7 +59,7 @@ from introspect.stages.detection import (
 )
 from introspect.stages.heads import load_heads
 from introspect.stages.splits import evaluation_splits, read_source
-from introspect.stages.stage1 import build_backbone, build_data, stage1_checkpoint
+from introspect.stages.stage1 import build_backbone, build_data
 from introspect.uncertainty import MCDropout
 
 NOISE = "noise"
@@ -404,26 +405,20 @@ def _detector_inputs(scored: ScoredSet) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def score_run(
-    cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None
-) -> dict[str, Any]:
-    """Score a finished run's OOD detection and trust (see the module docstring); write
-    ``results.json`` (``"run"``, ``"ood"``, ``"trust"``) and ``scores.md`` to ``out_dir``
-    (e.g. ``<run>/evaluations/scores``), print the tables and log the scalars. The run's own
-    ``results.json`` is not touched. Returns ``{"ood": ..., "trust": ...}`` (``None`` for a
-    task not run).
+@dataclass
+class ScoreSets:
+    """The image sets the scores task scores, all opened before any work."""
 
-    ``results.json`` is written last and atomically, once everything succeeded, sealed against
-    the run's checkpoints and heads (``runs.integrity``). ``note`` (e.g. that the run's own
-    record was modified) goes at the top of ``scores.md``.
-    """
+    in_dist: Dataset
+    ood: dict[str, Dataset]
+    trust: dict[str, Dataset]
+    cells: dict[str, Dataset]
 
-    started = time.perf_counter()
-    check_scores_config(cfg)
+
+def score_sets(cfg: DictConfig, dm: ImageDataModule, device: torch.device) -> ScoreSets:
+    """In-distribution, OOD, trust and corruption-cell sets of ``cfg.scores`` (each opened, so
+    bad settings fail before any work)."""
     s = cfg.scores
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
-    # Every data source is opened before any work, so bad settings fail early.
     test = dm.split("test")
     in_dist = seeded_subset(test, s.max_samples, s.seed, "in_distribution")
     ood_sets = {str(n): ood_set(cfg, dm, str(n)) for n in s.ood}
@@ -453,17 +448,33 @@ def score_run(
             n: in_dist if n == "clean" else seeded_subset(d, s.max_samples, s.seed, n)
             for n, d in trust_sets.items()
         }
+    return ScoreSets(in_dist, ood_sets, trust_sets, cell_sets)
 
-    checkpoint = stage1_checkpoint(cfg, run_dir)
-    if checkpoint is None:
-        raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
-    cfg.backbone.checkpoint = checkpoint
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
-    intro = load_heads(cfg, backbone, run_dir, dm.num_classes).get("introspective")
-    if intro is not None:
-        assert isinstance(intro, IntrospectiveClassifier)
-        intro = intro.eval().to(device)
 
+@dataclass
+class Scored:
+    """Every set scored: in-distribution, OOD, the challenging sets of the detection task
+    (with the clean image each comes from), trust splits, and the attacks' statistics."""
+
+    in_dist: ScoredSet
+    ood: dict[str, ScoredSet]
+    challenging: dict[str, tuple[ScoredSet, torch.Tensor | None]]
+    trust: dict[str, ScoredSet]
+    attacks: dict[str, Any]
+    mahalanobis_count: int
+
+
+def _score_all(
+    cfg: DictConfig,
+    dm: ImageDataModule,
+    backbone: torch.nn.Module,
+    intro: IntrospectiveClassifier | None,
+    sets: ScoreSets,
+    device: torch.device,
+) -> Scored:
+    """Fit Mahalanobis (and the detectors' features) on the train split, craft the attacks and
+    score every set."""
+    s = cfg.scores
     with torch.inference_mode(False):
         train = dm.split("train")
         fit_loader = dm.loader(train, batch_size=s.batch_size)
@@ -474,13 +485,13 @@ def score_run(
         features = _detector_features(cfg, dm, backbone, train, device) if s.detectors else None
         attacks = {
             f"{ADV_PREFIX}{a}": adversarial_set(
-                str(a), backbone, in_dist, dm, s.attack, s.batch_size, device, not hide
+                str(a), backbone, sets.in_dist, dm, s.attack, s.batch_size, device, not hide
             )
             for a in s.attacks
         }
         scorer = SetScorer(cfg, dm, backbone, intro, mahalanobis, device, features)
-        scored_in = scorer("in_distribution", in_dist, with_preds="clean" in trust_sets)
-        scored_ood = {n: scorer(n, d, with_preds=False) for n, d in ood_sets.items()}
+        scored_in = scorer("in_distribution", sets.in_dist, with_preds="clean" in sets.trust)
+        scored_ood = {n: scorer(n, d, with_preds=False) for n, d in sets.ood.items()}
         challenging: dict[str, tuple[ScoredSet, torch.Tensor | None]] = {
             n: (scorer(n, a.dataset, with_preds=False), a.origins)
             for n, a in attacks.items()
@@ -488,66 +499,120 @@ def score_run(
         }
         challenging |= {
             n: (scorer(n, d, with_preds=False), torch.arange(len(d)))  # cell row i = clean image i
-            for n, d in cell_sets.items()
+            for n, d in sets.cells.items()
         }
         challenging |= {n: (o, None) for n, o in scored_ood.items()}
         scored_trust = {
             n: scored_in if n == "clean" else scorer(n, d, with_preds=True)
-            for n, d in trust_sets.items()
+            for n, d in sets.trust.items()
         }
+    stats = {n: a.stats for n, a in attacks.items()}
+    return Scored(scored_in, scored_ood, challenging, scored_trust, stats, mahalanobis.count)
 
-    settings = OmegaConf.to_container(s, resolve=True)
+
+def _settings(cfg: DictConfig, mahalanobis_count: int) -> dict[str, Any]:
+    """``scores.*`` as recorded with the tables, with the Mahalanobis fit size and MC dropout."""
+    settings = OmegaConf.to_container(cfg.scores, resolve=True)
     assert isinstance(settings, dict)
-    settings["mahalanobis_fit_samples"] = mahalanobis.count
+    settings["mahalanobis_fit_samples"] = mahalanobis_count
     mc = cfg.eval.mc_dropout
     settings["mc_dropout"] = (
         f"{mc.samples} samples, p={mc.p}, seed={mc.seed}"
         if mc.samples > 0
         else "off (eval.mc_dropout.samples=0; no mcd_* scores)"
     )
-    ood: dict[str, Any] | None = None
-    if scored_ood:
-        table = ood_table(scored_in.scores, {n: o.scores for n, o in scored_ood.items()})
-        ood = {
-            "positive_class": "in-distribution",
-            "note": "In-distribution (the clean test split) is the positive class; AUPR-Out "
-            "swaps the roles. Scores are confidences (higher = more in-distribution).",
-            "num_samples": {
-                "in_distribution": scored_in.size,
-                "ood_sets": {n: o.size for n, o in scored_ood.items()},
-            },
-            "settings": settings,
-            "scores": table,
-        }
-        if s.purview_detector:
-            rows, held_out = _detector_rows(scored_in, scored_ood, s.seed)
-            table[DETECTOR] = rows
-            ood["purview_detector"] = {"note": DETECTOR_NOTE, "held_out_samples": held_out}
-    detection: dict[str, Any] | None = None
-    if s.attacks or s.corruption_detection or s.detectors:
-        table, sizes = detection_rows(
-            _detector_inputs(scored_in),
-            torch.arange(scored_in.size),
-            {n: (_detector_inputs(o), origins) for n, (o, origins) in challenging.items()},
-            s.seed,
-        )
-        detection = {
-            "note": DETECTION_NOTE,
-            "attacks": {n: a.stats for n, a in attacks.items()},
-            "sizes": sizes,
-            "detectors": table,
-        }
-    trust: dict[str, Any] | None = None
-    if scored_trust:
-        per_split = {n: _trust_of(t, dm.num_classes) for n, t in scored_trust.items()}
-        names = list(next(iter(per_split.values())))
-        trust = {
-            "note": TRUST_NOTE,
-            "num_samples": {n: t.size for n, t in scored_trust.items()},
-            "settings": settings,
-            "scores": {score: {n: per_split[n][score] for n in per_split} for score in names},
-        }
+    return settings
 
+
+def _ood_section(
+    scored: Scored, settings: dict[str, Any], *, purview_detector: bool, seed: int
+) -> dict[str, Any] | None:
+    """The ``ood`` entry of the results (None without OOD sets)."""
+    if not scored.ood:
+        return None
+    table = ood_table(scored.in_dist.scores, {n: o.scores for n, o in scored.ood.items()})
+    ood = {
+        "positive_class": "in-distribution",
+        "note": "In-distribution (the clean test split) is the positive class; AUPR-Out "
+        "swaps the roles. Scores are confidences (higher = more in-distribution).",
+        "num_samples": {
+            "in_distribution": scored.in_dist.size,
+            "ood_sets": {n: o.size for n, o in scored.ood.items()},
+        },
+        "settings": settings,
+        "scores": table,
+    }
+    if purview_detector:
+        rows, held_out = _detector_rows(scored.in_dist, scored.ood, seed)
+        table[DETECTOR] = rows
+        ood["purview_detector"] = {"note": DETECTOR_NOTE, "held_out_samples": held_out}
+    return ood
+
+
+def _detection_section(scored: Scored, seed: int) -> dict[str, Any]:
+    """The ``detection`` entry of the results."""
+    table, sizes = detection_rows(
+        _detector_inputs(scored.in_dist),
+        torch.arange(scored.in_dist.size),
+        {n: (_detector_inputs(o), origins) for n, (o, origins) in scored.challenging.items()},
+        seed,
+    )
+    return {
+        "note": DETECTION_NOTE,
+        "attacks": scored.attacks,
+        "sizes": sizes,
+        "detectors": table,
+    }
+
+
+def _trust_section(
+    scored: Scored, settings: dict[str, Any], num_classes: int
+) -> dict[str, Any] | None:
+    """The ``trust`` entry of the results (None without trust splits)."""
+    if not scored.trust:
+        return None
+    per_split = {n: _trust_of(t, num_classes) for n, t in scored.trust.items()}
+    names = list(next(iter(per_split.values())))
+    return {
+        "note": TRUST_NOTE,
+        "num_samples": {n: t.size for n, t in scored.trust.items()},
+        "settings": settings,
+        "scores": {score: {n: per_split[n][score] for n in per_split} for score in names},
+    }
+
+
+def score_run(
+    cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None
+) -> dict[str, Any]:
+    """Score a finished run's OOD detection and trust (see the module docstring); write
+    ``results.json`` (``"run"``, ``"ood"``, ``"trust"``) and ``scores.md`` to ``out_dir``
+    (e.g. ``<run>/evaluations/scores``), print the tables and log the scalars. The run's own
+    ``results.json`` is not touched. Returns ``{"ood": ..., "trust": ...}`` (``None`` for a
+    task not run).
+
+    ``results.json`` is written last and atomically, once everything succeeded, sealed against
+    the run's checkpoints and heads (``runs.integrity``). ``note`` (e.g. that the run's own
+    record was modified) goes at the top of ``scores.md``.
+    """
+    started = time.perf_counter()
+    check_scores_config(cfg)
+    s = cfg.scores
+    device = resolve_device(cfg)
+    dm = build_data(cfg)
+    sets = score_sets(cfg, dm, device)  # every data source opened before any work
+    cfg = with_stage1_checkpoint(cfg, run_dir)
+    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
+    intro = load_heads(cfg, backbone, run_dir, dm.num_classes).get("introspective")
+    if intro is not None:
+        assert isinstance(intro, IntrospectiveClassifier)
+        intro = intro.eval().to(device)
+    scored = _score_all(cfg, dm, backbone, intro, sets, device)
+    settings = _settings(cfg, scored.mahalanobis_count)
+    ood = _ood_section(scored, settings, purview_detector=s.purview_detector, seed=s.seed)
+    detection = None
+    if s.attacks or s.corruption_detection or s.detectors:
+        detection = _detection_section(scored, s.seed)
+    trust = _trust_section(scored, settings, dm.num_classes)
     markdown = (f"{note}\n\n" if note else "") + _markdown(cfg, settings, ood, trust)
     if detection is not None:
         markdown += "\n" + detection_markdown(detection, ood["scores"] if ood else None) + "\n"
@@ -558,19 +623,12 @@ def score_run(
         logger.log_metrics(_flat(ood, trust, detection))
         logger.save()
         logger.finalize("success")
-    results: dict[str, Any] = {
-        "run": {
-            "name": cfg.run.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "evaluation_of": str(run_dir),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "provenance": provenance(device),
-            "seconds": round(time.perf_counter() - started, 2),
-        },
-        "ood": ood,
-        "trust": trust,
-        "detection": detection,
-    }
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    header = results_header(
+        cfg.run.name, config, device=device, started=started, evaluation_of=str(run_dir)
+    )
+    results = {"run": header, "ood": ood, "trust": trust, "detection": detection}
     # results.json last and atomically: a failed scoring run leaves none.
     write_sealed(out_dir / "results.json", results, run_dir)
     print(f"scored in {time.perf_counter() - started:.1f} s")

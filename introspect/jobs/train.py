@@ -21,7 +21,7 @@ from introspect.backbones import (
 from introspect.config import ConfigError
 from introspect.data import DataError
 from introspect.jobs.active import ActiveError, run_active
-from introspect.jobs.job import run_job
+from introspect.jobs.job import run_job, with_stage1_checkpoint
 from introspect.jobs.quality import run_quality
 from introspect.quality import QualityDataError
 from introspect.runs.distributed import barrier, is_global_zero, launch
@@ -33,7 +33,7 @@ from introspect.stages.baselines import prepare_baselines
 from introspect.stages.evaluate import evaluate_and_report
 from introspect.stages.heads import check_head_size, load_heads, stage2
 from introspect.stages.splits import evaluation_splits
-from introspect.stages.stage1 import build_backbone, build_data, stage1, stage1_checkpoint
+from introspect.stages.stage1 import build_backbone, build_data, stage1
 
 # Errors caused by what the user asked for: entry points print their message, not a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -148,10 +148,7 @@ def reevaluate(
     start = time.perf_counter()
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))
-    checkpoint = stage1_checkpoint(cfg, run_dir)
-    if checkpoint is None:
-        raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
-    cfg.backbone.checkpoint = checkpoint
+    cfg = with_stage1_checkpoint(cfg, run_dir)
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
     heads = load_heads(cfg, backbone, run_dir, dm.num_classes)
