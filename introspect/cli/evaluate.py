@@ -121,27 +121,15 @@ def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: Callable[..
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return False
-    from introspect.jobs.train import USER_ERRORS, quiet_library_warnings
-    from introspect.runs.distributed import report_stopped_process
-    from introspect.runs.faults import disk_full
+    from introspect.jobs.errors import exit_code, quiet_library_warnings
 
     quiet_library_warnings()
     cfg, run_dir, out_dir, note = loaded
     try:
         job(cfg, run_dir, out_dir, note=note)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return False
     except Exception as err:
-        full = disk_full(err, out_dir)
-        if full is not None:
-            print(
-                f"error: no space left on device while writing {full}; free space and run the "
-                "same command again (it continues where it stopped)",
-                file=sys.stderr,
-            )
-            return False
-        if not report_stopped_process(err):  # another process of a multi-process run stopped
+        again = "run the same command again (it continues where it stopped)"
+        if exit_code(err, out=out_dir, again=f"free space and {again}", stopped=2) is None:
             raise
         return False
     finally:

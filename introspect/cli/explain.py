@@ -265,7 +265,7 @@ def _main(
     except (ExplanationError, ConfigError, LockError) as err:
         return _fail(err)
     try:
-        from introspect.jobs.train import USER_ERRORS, quiet_library_warnings
+        from introspect.jobs.errors import USER_ERRORS, quiet_library_warnings
 
         quiet_library_warnings()
         try:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import sys
 
+from omegaconf import DictConfig
+
 from introspect.config import ConfigError, default_config_dir, load_config
 from introspect.runs.rundir import check_run_dir
 
@@ -72,32 +74,38 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from introspect.jobs.train import USER_ERRORS, quiet_library_warnings, run
-    from introspect.runs.distributed import is_global_zero, report_stopped_process
-    from introspect.runs.faults import interrupted, resume_hint
+    from introspect.jobs.errors import exit_code, quiet_library_warnings
+    from introspect.jobs.train import run
+    from introspect.runs.distributed import is_global_zero
+    from introspect.runs.faults import resume_hint
 
     quiet_library_warnings()
-
     try:
         results = run(cfg)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        if not report_stopped_process(err):  # another process of a multi-process run stopped
-            raise
-        return 1
-    except BaseException as err:  # Ctrl-C, also as Lightning's SystemExit(1) after it
-        if not interrupted(err):
-            raise
-        print(
-            f"interrupted: the run in {cfg.run.dir} stopped; continue it with {resume_hint(cfg)}",
-            file=sys.stderr,
+    except BaseException as err:  # Ctrl-C too, also as Lightning's SystemExit(1) after it
+        code = exit_code(
+            err,
+            out=str(cfg.run.dir),
+            again=f"free space and continue with {resume_hint(cfg)}",
+            interrupted_line=f"interrupted: the run in {cfg.run.dir} stopped; continue it "
+            f"with {resume_hint(cfg)}",
         )
-        return 130
+        if code is None:
+            raise
+        return code
     if is_global_zero():
-        print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s)")
+        print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s{_stages(cfg)})")
     return 0
+
+
+def _stages(cfg: DictConfig) -> str:
+    """``; stage1 1.2 s, stage2 3.4 s, ...`` from the run's ``status.json`` (empty without)."""
+    from introspect.runs.status import read_status
+
+    seconds = (read_status(str(cfg.run.dir)) or {}).get("stage_seconds", {})
+    if not seconds:
+        return ""
+    return "; " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
 
 
 def entry() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,20 +12,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from introspect.backbones import (
-    BackboneError,
-    CheckpointError,
-    HeadNotFoundError,
-)
-from introspect.config import ConfigError
-from introspect.data import DataError
-from introspect.jobs.active import ActiveError, run_active
+from introspect.jobs.active import run_active
 from introspect.jobs.job import run_job, with_stage1_checkpoint
 from introspect.jobs.quality import run_quality
-from introspect.quality import QualityDataError
 from introspect.runs.distributed import barrier, is_global_zero, launch
 from introspect.runs.errors import PipelineError
-from introspect.runs.lock import LockError
 from introspect.runs.rundir import build_loggers, lock_run_dir
 from introspect.runs.trainer import resolve_device
 from introspect.stages.baselines import prepare_baselines
@@ -34,24 +24,6 @@ from introspect.stages.evaluate import evaluate_and_report
 from introspect.stages.heads import check_head_size, load_heads, stage2
 from introspect.stages.splits import evaluation_splits
 from introspect.stages.stage1 import build_backbone, build_data, stage1
-
-# Errors caused by what the user asked for: entry points print their message, not a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    PipelineError,
-    ActiveError,
-    DataError,
-    BackboneError,
-    CheckpointError,
-    HeadNotFoundError,
-    ConfigError,
-    QualityDataError,
-    LockError,
-)
-
-
-def quiet_library_warnings() -> None:
-    """Hide warnings that concern library internals, not the user's run (for entry points)."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
