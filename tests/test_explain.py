@@ -29,7 +29,7 @@ from introspect.explain import (
     vanilla_gradient,
     voice,
 )
-from introspect.runs import rundir
+from introspect.jobs import job
 from introspect.stages.stage1 import build_backbone, build_data
 
 METHODS = dict(MAP_METHODS)
@@ -580,7 +580,7 @@ def test_explain_main_draws_a_finished_run(
     wandb = FakeWandbLogger()
     built: list[Path] = []
     monkeypatch.setattr(lightning.pytorch.loggers, "WandbLogger", FakeWandbLogger)
-    monkeypatch.setattr(rundir, "build_loggers", lambda cfg, path: built.append(path) or [wandb])
+    monkeypatch.setattr(job, "job_loggers", lambda cfg, path: built.append(path) or [wandb])
 
     code, out, err = _call([f"run={run_dir}", "n=3"], capsys)
     assert code == 0, err

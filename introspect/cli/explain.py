@@ -376,7 +376,7 @@ def _explain(
     from introspect.explain.figure import explanation_figure, introspection_figure, methods_figure
     from introspect.explain.methods import MAP_METHODS
     from introspect.jobs.explain import _backbone, check_method_options
-    from introspect.runs.rundir import build_loggers
+    from introspect.jobs.job import job_loggers
     from introspect.runs.trainer import resolve_device
     from introspect.stages.stage1 import build_data
 
@@ -424,7 +424,7 @@ def _explain(
             backbone, images[0], dm.class_names, out, layer=layer, label=labels[0]
         )
     if cfg.logger.wandb:
-        for logger in build_loggers(cfg, run_dir):
+        for logger in job_loggers(cfg, run_dir):
             if isinstance(logger, WandbLogger):
                 key = "explanations" if figure == "paradigms" else f"explanations/{figure}"
                 logger.log_image(key=key, images=[str(path)])

@@ -75,9 +75,9 @@ def main(argv: list[str]) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     from introspect.jobs.errors import exit_code, quiet_library_warnings
+    from introspect.jobs.job import run_resume_hint
     from introspect.jobs.train import run
     from introspect.runs.distributed import is_global_zero
-    from introspect.runs.faults import resume_hint
 
     quiet_library_warnings()
     try:
@@ -86,9 +86,9 @@ def main(argv: list[str]) -> int:
         code = exit_code(
             err,
             out=str(cfg.run.dir),
-            again=f"free space and continue with {resume_hint(cfg)}",
+            again=f"free space and continue with {run_resume_hint(cfg)}",
             interrupted_line=f"interrupted: the run in {cfg.run.dir} stopped; continue it "
-            f"with {resume_hint(cfg)}",
+            f"with {run_resume_hint(cfg)}",
         )
         if code is None:
             raise

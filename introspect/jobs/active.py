@@ -25,7 +25,7 @@ from introspect.data import ImageDataModule
 from introspect.data.images import TransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients import extract_with_outputs
-from introspect.jobs.job import run_job
+from introspect.jobs.job import plain_config, run_job
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.models.stage2 import IntrospectiveClassifier
@@ -377,7 +377,7 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
             )
             header = results_header(
                 cfg.run.name,
-                _plain(cfg),
+                plain_config(cfg),
                 device=device,
                 world_size=world_size(),
                 seed=cfg.run.seed,
@@ -415,13 +415,6 @@ class RoundLog:
                 f" INT {m['introspective']['clean']['acc']:.3f} (clean)",
                 flush=True,
             )
-
-
-def _plain(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg`` as plain resolved containers (for the record)."""
-    out = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(out, dict)
-    return out
 
 
 def _report(results: dict[str, Any], run_dir: Path, loggers: list[Logger]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
 from introspect.explain.core import ExplanationError
@@ -35,7 +35,7 @@ from introspect.explain.network import (
     tsne_figure,
 )
 from introspect.explain.uncertainty import VoiceEvaluation, evaluate_voice, voice
-from introspect.jobs.job import with_stage1_checkpoint
+from introspect.jobs.job import plain_config, with_stage1_checkpoint
 from introspect.runs.integrity import seal
 
 
@@ -184,10 +184,8 @@ def explain_eval(
     markdown = "\n\n".join(parts) + "\n"
     (out_dir / "explain.md").write_text(markdown)
     print(markdown)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
     header = results_header(
-        cfg.run.name, config, device=device, started=started, evaluation_of=str(run_dir)
+        cfg.run.name, plain_config(cfg), device=device, started=started, evaluation_of=str(run_dir)
     )
     results = {
         "run": header,

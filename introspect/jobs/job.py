@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from introspect.config.schema import LoggerConfig
 from introspect.runs.errors import PipelineError
 from introspect.runs.faults import disk_full, interrupted, resume_hint
 from introspect.runs.rundir import build_loggers, log_version, prepare_run_dir
@@ -107,7 +108,8 @@ def run_job(
     job = Job(run_dir, write=is_global_zero(), started=started)
     try:
         if loggers:
-            job.loggers = build_loggers(cfg, run_dir, csv_version=log_version(cfg, run_dir))
+            version = log_version(run_dir, resume=bool(cfg.run.resume))
+            job.loggers = job_loggers(cfg, run_dir, csv_version=version)
         yield job
     except BaseException as err:
         full = disk_full(err, run_dir)
@@ -115,7 +117,7 @@ def run_job(
         if full is not None:
             raise PipelineError(
                 f"no space left on device while writing {full}; free space and continue with "
-                f"{resume_hint(cfg)}"
+                f"{run_resume_hint(cfg)}"
             ) from err
         raise
     job.complete()
@@ -134,3 +136,29 @@ def with_stage1_checkpoint(cfg: DictConfig, run_dir: Path) -> DictConfig:
     copy = OmegaConf.merge(cfg, {"backbone": {"checkpoint": checkpoint}})
     assert isinstance(copy, DictConfig)
     return copy
+
+
+def job_loggers(cfg: DictConfig, run_dir: Path, *, csv_version: str = "") -> list[Logger]:
+    """The loggers ``cfg.logger`` asks for, writing under ``run_dir`` (``rundir.build_loggers``;
+    W&B gets the run's name and resolved config)."""
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_object(cfg.logger)
+    assert isinstance(settings, LoggerConfig)
+    return build_loggers(
+        settings, run_dir, name=str(cfg.run.name), config=plain_config(cfg), csv_version=csv_version
+    )
+
+
+def run_resume_hint(cfg: DictConfig) -> str:
+    """The settings that continue the run of ``cfg`` (``faults.resume_hint``)."""
+    return resume_hint(cfg.run.name, cfg.run.dir, cfg.run.root)
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain resolved containers (what records and W&B keep)."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from introspect.backbones import load_backbone
 from introspect.config import ConfigError
 from introspect.gradients.normalize import Standardizer, normalize_features
-from introspect.jobs.job import run_job
+from introspect.jobs.job import plain_config, run_job
 from introspect.metrics.quality import krcc, outlier_ratio, plcc, rmse, srcc
 from introspect.quality import (
     FULL_REFERENCE,
@@ -121,13 +121,19 @@ def _recipe(cfg: DictConfig) -> RegressorRecipe:
 
 
 def _agreement(
-    predicted: np.ndarray, target: np.ndarray, std: np.ndarray | float, cfg: DictConfig
+    predicted: np.ndarray,
+    target: np.ndarray,
+    std: np.ndarray | float,
+    *,
+    outlier_k: float,
+    mapping: str,
 ) -> dict[str, float]:
-    q = cfg.quality
+    """OR, RMSE, PLCC, SRCC and KRCC of ``predicted`` against ``target`` (``quality.mapping``
+    fitted before OR, RMSE and PLCC; outliers beyond ``outlier_k`` x ``std``)."""
     return {
-        "or": outlier_ratio(predicted, target, std, k=q.outlier_k, mapping=q.mapping),
-        "rmse": rmse(predicted, target, mapping=q.mapping),
-        "plcc": abs(plcc(predicted, target, mapping=q.mapping)),
+        "or": outlier_ratio(predicted, target, std, k=outlier_k, mapping=mapping),
+        "rmse": rmse(predicted, target, mapping=mapping),
+        "plcc": abs(plcc(predicted, target, mapping=mapping)),
         "srcc": abs(srcc(predicted, target)),
         "krcc": abs(krcc(predicted, target)),
     }
@@ -220,7 +226,7 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
             results["stage1_losses"] = losses
             results["run"] = results_header(
                 cfg.run.name,
-                _plain(cfg),
+                plain_config(cfg),
                 seed=cfg.run.seed,
                 started=start,
                 timings=timings,
@@ -308,6 +314,7 @@ def _evaluate(
     target = dataset.scores[test]
     std = dataset.stds[test] if dataset.stds is not None else q.outlier_std
     heads, test_feats = fitted.heads, fitted.features["test"]
+    agree = {"outlier_k": q.outlier_k, "mapping": q.mapping}
     with torch.no_grad():
         predictions = {
             "feedforward": test_feats.scores.double().numpy(),
@@ -315,13 +322,13 @@ def _evaluate(
         }
         if "control" in heads:
             predictions["control"] = heads["control"](test_feats.penultimate.double()).numpy()
-    models = {name: _agreement(p, target, std, cfg) for name, p in predictions.items()}
+    models = {name: _agreement(p, target, std, **agree) for name, p in predictions.items()}
     timings["evaluation"] = time.perf_counter() - clock
     baselines = {}
     for name in q.baselines:
         clock = time.perf_counter()
         values = full_reference_scores(dataset, test.tolist(), name)
-        baselines[name] = _agreement(values, target, std, cfg)
+        baselines[name] = _agreement(values, target, std, **agree)
         timings[f"baseline.{name}"] = time.perf_counter() - clock
     title = database_title(dataset, q.label)
     _scatter(
@@ -368,13 +375,6 @@ def _data_summary(
         },
         "outlier_std": "per-image opinion-score std" if dataset.stds is not None else outlier_std,
     }
-
-
-def _plain(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg`` as plain resolved containers (for the record)."""
-    out = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(out, dict)
-    return out
 
 
 def load_quality_run(

@@ -31,13 +31,12 @@ from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
 from introspect.data.shifted import is_cell
 from introspect.detect import LayerMahalanobis, default_layers, layer_features
-from introspect.jobs.job import with_stage1_checkpoint
+from introspect.jobs.job import job_loggers, plain_config, with_stage1_checkpoint
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.runs.errors import PipelineError
 from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import results_header
-from introspect.runs.rundir import build_loggers
 from introspect.runs.trainer import resolve_device
 from introspect.scores import (
     Mahalanobis,
@@ -619,14 +618,12 @@ def score_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scores.md").write_text(markdown)
     print(markdown)
-    for logger in build_loggers(cfg, out_dir):
+    for logger in job_loggers(cfg, out_dir):
         logger.log_metrics(_flat(ood, trust, detection))
         logger.save()
         logger.finalize("success")
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
     header = results_header(
-        cfg.run.name, config, device=device, started=started, evaluation_of=str(run_dir)
+        cfg.run.name, plain_config(cfg), device=device, started=started, evaluation_of=str(run_dir)
     )
     results = {"run": header, "ood": ood, "trust": trust, "detection": detection}
     # results.json last and atomically: a failed scoring run leaves none.

@@ -13,11 +13,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from introspect.jobs.active import run_active
-from introspect.jobs.job import run_job, with_stage1_checkpoint
+from introspect.jobs.job import job_loggers, run_job, with_stage1_checkpoint
 from introspect.jobs.quality import run_quality
 from introspect.runs.distributed import barrier, is_global_zero, launch
 from introspect.runs.errors import PipelineError
-from introspect.runs.rundir import build_loggers, lock_run_dir
+from introspect.runs.rundir import lock_run_dir
 from introspect.runs.trainer import resolve_device
 from introspect.stages.baselines import prepare_baselines
 from introspect.stages.evaluate import evaluate_and_report
@@ -131,7 +131,7 @@ def reevaluate(
     baselines = prepare_baselines(
         cfg, dm, backbone, heads, run_dir, train=False, device=resolve_device(cfg)
     )
-    loggers = build_loggers(cfg, out_dir)
+    loggers = job_loggers(cfg, out_dir)
     results = evaluate_and_report(
         cfg,
         dm,

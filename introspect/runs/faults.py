@@ -8,8 +8,6 @@ import errno
 from collections.abc import Iterator
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 # The message torch gives when ``torch.save`` cannot write (it drops the errno).
 _TORCH_WRITE_FAILED = "file write failed"
 
@@ -45,12 +43,13 @@ def interrupted(err: BaseException) -> bool:
     )
 
 
-def resume_hint(cfg: DictConfig) -> str:
-    """The settings that continue the run of ``cfg``, e.g. ``run.resume=true run.name=x``
-    (``run.dir=...`` when the run is not in ``run.root``)."""
-    name = str(cfg.run.name or "")
-    where = Path(str(cfg.run.dir)).expanduser().resolve() if cfg.run.dir else None
-    default = Path(str(cfg.run.root)).expanduser().resolve() / name if name else None
+def resume_hint(name: str | None, run_dir: str | None, root: str) -> str:
+    """The settings that continue the run ``name`` (``run.name``) in ``run_dir`` (``run.dir``,
+    None for ``root/name``), e.g. ``run.resume=true run.name=x`` (``run.dir=...`` when the run
+    is not in ``root``)."""
+    name = str(name or "")
+    where = Path(str(run_dir)).expanduser().resolve() if run_dir else None
+    default = Path(str(root)).expanduser().resolve() / name if name else None
     if where is None or where == default:
         return f"run.resume=true run.name={name}"
     return f"run.resume=true run.dir={where}"

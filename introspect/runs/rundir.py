@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, save_config
 from introspect.config.loader import first_interpolation, leaf_paths
-from introspect.config.schema import Config
+from introspect.config.schema import Config, LoggerConfig
 from introspect.runs.lock import LOCK_FILE, RunLock, acquire_lock
 from introspect.runs.status import (
     STATES,
@@ -388,10 +388,10 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def log_version(cfg: DictConfig, run_dir: Path) -> str:
-    """The CSV log folder of this process's part of the run: ``""`` for a fresh run,
-    ``resume-K`` for its K-th resumption (earlier logs are kept)."""
-    if not cfg.run.resume:
+def log_version(run_dir: Path, *, resume: bool) -> str:
+    """The CSV log folder of this process's part of the run in ``run_dir``: ``""`` for a fresh
+    run, ``resume-K`` for its K-th resumption (``resume``; earlier logs are kept)."""
+    if not resume:
         return ""
     k = 1
     while (run_dir / "logs" / f"resume-{k}").exists():
@@ -399,9 +399,17 @@ def log_version(cfg: DictConfig, run_dir: Path) -> str:
     return f"resume-{k}"
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, *, csv_version: str = "") -> list[Logger]:
-    """CSV logger in ``<run>/logs/<csv_version>`` and, if enabled, a never-prompting W&B logger
-    (offline); none on processes other than rank zero (Lightning reduces their metrics to it).
+def build_loggers(
+    settings: LoggerConfig,
+    run_dir: Path,
+    *,
+    name: str,
+    config: dict[str, Any],
+    csv_version: str = "",
+) -> list[Logger]:
+    """CSV logger in ``<run>/logs/<csv_version>`` and, if ``settings.wandb``, a never-prompting
+    W&B logger (offline) of the run ``name`` with ``config``; none on processes other than rank
+    zero (Lightning reduces their metrics to it).
 
     A CSV logger replaces the ``metrics.csv`` of its folder, so every job logs under its own
     ``csv_version`` (re-evaluations under their own folder, resumed runs as ``resume-K``).
@@ -413,22 +421,22 @@ def build_loggers(cfg: DictConfig, run_dir: Path, *, csv_version: str = "") -> l
     loggers: list[Logger] = []
     if not is_global_zero():
         return loggers
-    if cfg.logger.csv:
+    if settings.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=csv_version))
-    if cfg.logger.wandb:
+    if settings.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
-        if cfg.logger.wandb_mode != "online":
+        if settings.wandb_mode != "online":
             # Never prompt for a login: offline and disabled runs need no account.
-            os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
+            os.environ.setdefault("WANDB_MODE", settings.wandb_mode)
         loggers.append(
             WandbLogger(
-                name=cfg.run.name,
+                name=name,
                 save_dir=str(run_dir),
-                project=cfg.logger.project,
-                entity=cfg.logger.entity,
-                tags=list(cfg.logger.tags),
-                mode=cfg.logger.wandb_mode,
-                config=_plain(cfg),
+                project=settings.project,
+                entity=settings.entity,
+                tags=list(settings.tags),
+                mode=settings.wandb_mode,
+                config=config,
             )
         )
     return loggers
