@@ -376,7 +376,7 @@ def _explain(
     from introspect.explain.figure import explanation_figure, introspection_figure, methods_figure
     from introspect.explain.methods import MAP_METHODS
     from introspect.jobs.explain import _backbone, check_method_options
-    from introspect.jobs.job import job_loggers
+    from introspect.jobs.job import job_loggers, with_stage1_checkpoint
     from introspect.runs.trainer import resolve_device
     from introspect.stages.stage1 import build_data
 
@@ -389,7 +389,8 @@ def _explain(
     split = _split(options)
     dm = build_data(cfg)
     device = resolve_device(cfg)
-    backbone = _backbone(cfg, run_dir, dm, device)
+    cfg = with_stage1_checkpoint(cfg, run_dir)
+    backbone = _backbone(cfg, dm, device)
     dataset = dm.split(split)
     wanted = [index] if figure == "introspection" else list(range(min(n, len(dataset))))
     if not wanted or wanted[-1] >= len(dataset):
