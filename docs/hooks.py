@@ -189,7 +189,7 @@ def config_reference_markdown() -> str:
         lines.append("| --- | --- | --- | --- | --- |")
         for row in section_rows:
             lines.append(
-                f"| `{row['key']}` | `{_cell(row['type'])}` | {_cell(row['valid'])} "
+                f"| `{row['key']}` | {_cell(row['type'])} | {_cell(row['valid'])} "
                 f"| {_cell(row['default'])} | {_cell(row['description'])} |"
             )
         lines.append("")

@@ -75,7 +75,8 @@ def test_configuration_reference_lists_every_schema_key(site: Path) -> None:
 def test_configuration_reference_shows_defaults_and_ranges(site: Path) -> None:
     text = _page_text(site / "reference" / "configuration" / "index.html")
     assert re.search(r"stage2\.head\.dropout\s+float\s+\[0, 1\)\s+0\.1\b", text)
-    assert re.search(r"data\.source\s+str\s+digits, cifar10,.*?\"digits\"", text)
+    assert re.search(r"data\.source\s+str\s+digits, cifar10, [\w, ]+\s+\"digits\"", text)
+    assert re.search(r"data\.path\s+str \| None\s+null", text)
     default = Config()
     assert f"{default.eval.n_bins}" in text
 
