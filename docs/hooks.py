@@ -20,6 +20,7 @@ import io
 import json
 import pkgutil
 import re
+import sys
 import tokenize
 import typing
 from pathlib import Path
@@ -94,6 +95,19 @@ def _format_value(value: Any) -> str:
     return f"`{text}`" if len(text) <= 60 else f"`{text[:57]}…`"
 
 
+def _describe_range(r: Any) -> str:
+    """A schema ``Range`` in interval notation, whole numbers written out in full."""
+
+    def bound(v: float | None, inf: str) -> str:
+        if v is None:
+            return inf
+        return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+    left = "(" if r.low is None or r.low_open else "["
+    right = ")" if r.high is None or r.high_open else "]"
+    return f"{left}{bound(r.low, '-inf')}, {bound(r.high, 'inf')}{right}"
+
+
 def config_rows() -> list[dict[str, str]]:
     """Every leaf key of the configuration schema, in schema order: its dotted path, type,
     valid values (range or choices), default, description and the section it belongs to."""
@@ -114,7 +128,7 @@ def config_rows() -> list[dict[str, str]]:
             if path in schema.CHOICES:
                 valid = ", ".join(f"`{c}`" for c in schema.CHOICES[path])
             elif path in schema.RANGES:
-                valid = f"`{schema.RANGES[path].describe()}`"
+                valid = f"`{_describe_range(schema.RANGES[path])}`"
             else:
                 valid = ""
             description = comments.get((cls.__name__, f.name)) or _docstring_entry(doc, f.name)
@@ -230,7 +244,15 @@ def _canonical(package: str, name: str) -> str:
         and "<" not in qualname
     ):
         return f"{module}.{qualname}"
-    return f"{package}.{name}"
+    # A constant: the deepest loaded introspect module that binds the same object.
+    homes = [
+        m.__name__
+        for m in list(sys.modules.values())
+        if m is not None
+        and getattr(m, "__name__", "").startswith(package)
+        and vars(m).get(name) is obj
+    ]
+    return f"{max(homes, key=len)}.{name}" if homes else f"{package}.{name}"
 
 
 def api_page_markdown(package: str, names: list[str]) -> str:

@@ -146,6 +146,8 @@ def test_config_rows_match_dataclass_defaults() -> None:
         sys.path.remove(str(ROOT / "docs"))
     rows = {row["key"]: row for row in hooks.config_rows()}
     assert rows["stage2.head.hidden"]["default"] == "`[256, 128]`"
-    assert rows["run.seed"]["valid"] == f"`[0, {2**32 - 1:g}]`"
+    assert rows["run.seed"]["valid"] == f"`[0, {2**32 - 1}]`"
+    assert rows["stage1.optim.lr"]["valid"] == "`(0, inf)`"
+    assert rows["eval.mc_dropout.p"]["valid"] == "`[0, 1)`"
     epochs = next(f for f in dataclasses.fields(type(Config().stage1)) if f.name == "epochs")
     assert rows["stage1.epochs"]["default"] == f"`{epochs.default}`"
