@@ -255,22 +255,38 @@ def _canonical(package: str, name: str) -> str:
     return f"{max(homes, key=len)}.{name}" if homes else f"{package}.{name}"
 
 
-def api_page_markdown(package: str, names: list[str]) -> str:
-    """The API page of one public package: its docstring and an entry per ``__all__`` name."""
+def api_page_markdown(
+    package: str, names: list[str], documented: dict[str, str] | None = None
+) -> str:
+    """The API page of one public package: its docstring and an entry per ``__all__`` name.
+
+    ``documented`` maps the canonical path of every object already documented on another
+    page to that page; such a name (e.g. a top-level re-export) becomes a link to it, so that
+    no object has two entries. The objects documented here are added to it."""
+    documented = {} if documented is None else documented
     module = importlib.import_module(package)
     summary = (module.__doc__ or "").strip()
     lines = [f"# `{package}`", "", summary, ""]
     lines.append(f"Public names (`{package}.__all__`): " + ", ".join(f"`{n}`" for n in names))
     lines.append("")
+    links: list[str] = []
     for name in names:
+        path = _canonical(package, name)
+        if path in documented:
+            links.append(f"| `{name}` | [{documented[path]}]({documented[path]}.md#{path}) |")
+            continue
+        documented[path] = package
         lines += [
-            f"::: {_canonical(package, name)}",
+            f"::: {path}",
             "    options:",
             "      heading_level: 2",
             "      show_root_heading: true",
             "      show_root_full_path: false",
             "",
         ]
+    if links:
+        lines += ["## Documented with their packages", "", "| Name | Package |", "| --- | --- |"]
+        lines += links + [""]
     return "\n".join(lines)
 
 
@@ -373,8 +389,10 @@ def on_files(files: Any, config: Any) -> Any:
     add(CONFIG_PAGE, config_reference_markdown())
     packages = public_packages()
     add(f"{API_DIR}/index.md", api_index_markdown(packages))
-    for package, names in packages.items():
-        add(f"{API_DIR}/{package}.md", api_page_markdown(package, names))
+    documented: dict[str, str] = {}
+    # Subpackages first: a name the top level re-exports links to its package's entry.
+    for package in sorted(packages, key=lambda p: p == "introspect"):
+        add(f"{API_DIR}/{package}.md", api_page_markdown(package, packages[package], documented))
     for path in notebooks():
         add(f"{NOTEBOOK_DIR}/{path.stem}.md", notebook_markdown(path))
     return files
