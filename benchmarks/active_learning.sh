@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Active learning" tables: the active_digits experiment for three seeds (one
+# The active-learning tables (docs/results): the active_digits experiment for three seeds (one
 # thread per run; each run prints its wall time), then the seeds pooled into mean ± std with
 # `evaluate.py compare` (active_comparison.md in OUT_DIR/comparison). Sequential.
 #   bash benchmarks/active_learning.sh [OUT_DIR] [EXPERIMENT] [OVERRIDE ...]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measured comparison of the README's "Calibration and uncertainty baselines" tables:
+# The measured comparison of docs/results/baselines.md:
 # the digits default (plain, and with MC dropout and an ensemble of 5 trained networks), the
 # released ResNet-20 for three seeds of stage 2, and the released ResNet-20 + ResNet-56 as a
 # heterogeneous ensemble, two more stage-2 recipes on the ResNet-20 and digits_augmix; then

@@ -1,4 +1,4 @@
-"""The README's full-training-set rows from one group's ``evaluate.py compare`` output.
+"""The full-training-set rows (docs/results) from one group's ``evaluate.py compare`` output.
 
 Reads ``comparison.csv`` (one row: three seeds pooled) and prints the clean, ``jpeg_q75`` and
 corruption-mean rows as ``split | FF | FF+TS | INT | INT+TS | CTL | CTL+TS | INT−FF | INT−CTL``,

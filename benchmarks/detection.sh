@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measured detection tables of the README ("Attacks and detection of challenging inputs"):
+# The measured detection tables of docs/results/detection.md:
 # the released ResNet-20 and the robust ResNet-4b with a short stage 2 (10 head epochs, no
 # control head, no corruption evaluation at training time; the ResNet-4b's head on clean
 # features only), then `evaluate.py scores` with the five attacks (5 steps; C&W 10 steps),

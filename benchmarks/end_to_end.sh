@@ -1,5 +1,5 @@
 #!/bin/bash
-# End to end before/now of issue 12 (README, "Scale: factorized features"): experiment=cifar10_resnet20
+# End to end before/now of issue 12 (docs/results/stage2.md): experiment=cifar10_resnet20
 # (evaluation reduced to severity 3) run by the commit before the issue-12 work and by this
 # checkout, interleaved before, now, now, before, each in its own run dir and fresh feature cache,
 # under /usr/bin/time -v. Usage: bash benchmarks/end_to_end.sh OUT [OLD_COMMIT]

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The README's full-training-set tables: stage 2 and the control of the released CIFAR
+# The full-training-set tables (docs/results): stage 2 and the control of the released CIFAR
 # ResNet-20 and ResNet-56 trained on all 50,000 JPEG (q75) CIFAR-10 training images, with the
 # AugMix x2 + clean recipe (the experiments' default) and on the plain images
 # (stage2.augment=none), three seeds each, and the matched 5,170-image runs of ResNet-20
 # (experiment=cifar10_resnet20, both recipes); each run's wall time and peak memory from
 # /usr/bin/time -v (OUT/<run>.time); then `evaluate.py compare` per network and recipe and the
-# README rows (benchmarks/compare_rows.py).
+# docs/results rows (benchmarks/compare_rows.py).
 # Sequential, niced; the clean features of a network are extracted once (feature cache) and
 # shared by all its runs.
 #   bash benchmarks/full_training_set.sh [OUT_DIR] [NETS] [SEEDS]

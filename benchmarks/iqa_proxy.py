@@ -1,4 +1,4 @@
-"""The README's image-quality table: ``python train.py experiment=iqa_proxy`` for three seeds
+"""The image-quality table (docs/results): ``python train.py experiment=iqa_proxy`` for three seeds
 (the first one builds the proxy set into a fresh cache, so its wall time includes that), then
 the Table-13 layout pooled over the seeds (mean ± std; the full-reference baselines are
 deterministic) with the wall and CPU time of every run.

@@ -1,18 +1,18 @@
-"""Regenerate the README's measured result tables from fresh runs, with their provenance.
+"""Regenerate the measured result tables (docs/results/) from fresh runs, with their provenance.
 
     python benchmarks/readme_tables.py [--out DIR] [--only digits,cifar10_resnet20,...]
 
 Each table is a list of runs (``python -m introspect train`` with the overrides below, one run
 directory each under ``--out``; finished runs are reused) followed by ``evaluate.py compare``,
-whose ``comparison.md`` is the table as the README shows it (accuracy / ECE in %, mean ± sample
+whose ``comparison.md`` is the table as docs/results shows it (accuracy / ECE in %, mean ± sample
 std over seeds). ``--out/provenance.json`` records the package versions, the git commit and
-the machine the numbers came from (``introspect.runs.provenance``); the README states them
+the machine the numbers came from (``introspect.runs.provenance``); docs/results states them
 next to each table. The digits rows are what ``python train.py`` prints with the pinned
 versions; the CIFAR tables need ``../shared/data`` (or ``$INTROSPECT_SHARED_DATA``).
 
 Tables (wall time on 2 busy CPU cores, roughly): ``digits`` (the default and digits_augmix;
 ~5 min), ``cifar10_resnet20`` (three seeds of the released ResNet-20 recipe; ~1 h),
-``cifar10_resnet4b_adv`` (three seeds, two head recipes; ~1.5 h). The README's other measured
+``cifar10_resnet4b_adv`` (three seeds, two head recipes; ~1.5 h). The other measured
 tables come from their sections' scripts, run from here by name into ``--out/<name>`` (see
 ``SCRIPTS``): ``baselines``, ``temperature``, ``explanations``, ``scores``/``detection``,
 ``active``, ``quality``, ``scale``, ``head_training``, ``augment``, ``corruptions``.
@@ -56,7 +56,7 @@ TABLES: dict[str, list[tuple[str, list[str]]]] = {
 }
 
 
-# README section -> the script that measures it (``{out}``: its output folder).
+# Results table -> the script that measures it (``{out}``: its output folder).
 SCRIPTS: dict[str, list[str]] = {
     "baselines": ["bash", "benchmarks/calibration_baselines.sh", "{out}"],
     "temperature": [sys.executable, "-m", "benchmarks.temperature"],

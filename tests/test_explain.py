@@ -1,4 +1,4 @@
-"""Explanation maps against direct computations from their definitions (METHOD.md §2)."""
+"""Explanation maps against direct computations from their definitions (docs/guides/)."""
 
 from __future__ import annotations
 

@@ -221,7 +221,7 @@ def test_per_class_with_bias_layout_is_weight_then_bias_per_class() -> None:
 
 
 def test_ce_all_ones_closed_form() -> None:
-    """METHOD.md §1: row_i = (N softmax(z_i) - 1) h_i^T, flattened row-major."""
+    """docs/concepts.md: row_i = (N softmax(z_i) - 1) h_i^T, flattened row-major."""
     model = _build(SmallCNN)
     x = _images()
     with torch.no_grad():

@@ -397,7 +397,7 @@ class Stage1Config:
 
 @dataclass
 class FeatureConfig:
-    """Options of the introspective gradient feature (METHOD.md §1); see ``gradients.extract``."""
+    """Options of the introspective gradient feature (docs/concepts.md); ``gradients.extract``."""
 
     loss: str = "ce"
     target: str = "ones"

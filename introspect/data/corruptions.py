@@ -1,7 +1,7 @@
 """CIFAR-10-C common corruptions (Hendrycks & Dietterich, ICLR 2019) as batched torch operations.
 
 ``corrupt(images, name, severity, seed=...)`` applies one of the corruptions of the original
-CIFAR-10-C generator with its CIFAR per-severity parameters (METHOD.md §4) to a float batch
+CIFAR-10-C generator with its CIFAR per-severity parameters (docs/guides/data.md) to a float batch
 ``(B, 3, H, W)`` in ``[0, 1]`` on any device. Randomness comes from a ``torch.Generator`` on the
 images' device seeded with ``seed``: results are reproducible per device, but CPU and CUDA random
 streams differ, so the same seed gives different noise on CPU and GPU.

@@ -1,4 +1,4 @@
-"""Visual explanations of a classifier's decisions (METHOD.md §2) and their evaluation.
+"""Visual explanations of a classifier's decisions and their evaluation (docs/guides/).
 
 Every map function takes ``(model, images, layer=None, target=None, normalize=True, ...)``
 and returns ``(B, H, W)`` maps at the input resolution on the images' device, min-max

@@ -1,7 +1,7 @@
 """Class activation maps: Grad-CAM, Counterfactual-CAM, Contrast-CAM, Grad-CAM++ and CAM.
 
 Each map is ``ReLU(sum_k alpha_k A^k)`` with ``A^k`` the activations of the explained layer
-and ``alpha_k = mean_ij ds/dA^k_ij`` for a scalar ``s`` of the logits ``z`` (METHOD.md §2),
+and ``alpha_k = mean_ij ds/dA^k_ij`` for a scalar ``s`` of the logits ``z`` (docs/guides/),
 upsampled bilinearly to the input size. The whole batch takes one backward pass of the sum of
 the per-sample scalars: this equals per-sample backward passes only because the model runs in
 eval mode (BatchNorm uses its running statistics), which the functions switch to and undo.

@@ -177,7 +177,7 @@ def methods_figure(
 def class_gradients(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The per-class gradient features of ``images``: ``(B, N, N, D)``, where ``[b, q]`` is
     ``dCE(z, e_q)/dW = (p - e_q) h^T`` for the head weight ``W`` (N x D), unnormalized — the
-    introspective answers to "why P, rather than q?" (METHOD.md §1)."""
+    introspective answers to "why P, rather than q?" (docs/concepts.md)."""
     from introspect.gradients import extract
 
     check_images(images)

@@ -2,7 +2,7 @@
 and occlusion.
 
 The gradient methods return ``max_c |g_c|`` of the input gradient ``g`` of the target logit
-(METHOD.md §2 and the FunML lecture seed). Guided backpropagation and deconvnet change only how
+(docs/guides/ and the FunML lecture). Guided backpropagation and deconvnet change only how
 gradients pass backwards through the ReLUs of the model:
 
 - guided backpropagation: ``dL/dh = [h > 0] [dL/dh' > 0] dL/dh'`` (input ``h``, output ``h'``),

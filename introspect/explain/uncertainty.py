@@ -53,7 +53,7 @@ def voice(
     """VOICE uncertainty of the explanation of class P = ``target`` (default: the prediction).
 
     ``uncertainty`` is the population variance (over the N - 1 classes Q != P) of the
-    min-max normalized Contrast-CAMs "why P, rather than Q?" (METHOD.md §2); ``explanation``
+    min-max normalized Contrast-CAMs "why P, rather than Q?" (docs/guides/); ``explanation``
     is the normalized Grad-CAM "why P?". The threshold (in ``[0, 1)``) is applied to both maps
     on the same scale: the explanation as it is, the uncertainty min-max normalized per image
     (a raw variance never exceeds 1/4, so a raw threshold would depend on the number of

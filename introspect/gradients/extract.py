@@ -1,4 +1,4 @@
-"""Introspective gradient features ``r_x`` of a classifier's last linear layer (METHOD.md §1)."""
+"""Introspective gradient features ``r_x`` of a classifier's last linear layer (docs/concepts)"""
 
 from __future__ import annotations
 

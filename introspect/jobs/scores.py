@@ -1,5 +1,5 @@
 """The scores task of a finished run: OOD detection and prediction trust of every confidence
-score (METHOD.md §3), written as ``results.json`` and ``scores.md`` to an evaluation folder of
+score (docs/guides/), written as ``results.json`` and ``scores.md`` to an evaluation folder of
 the run (``<run>/evaluations/scores[-<tag>]``).
 
 In-distribution samples are the run's clean test split. OOD sets are the ``scores.ood`` sets

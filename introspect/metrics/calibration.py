@@ -6,7 +6,7 @@ indices. States are registered with ``dist_reduce_fx`` ``"sum"`` or ``"cat"``, s
 synchronized across DDP processes.
 
 Confidence is the maximum probability of a row, the prediction its argmax (first index on ties,
-as ``torch.max``). Equal-width binning follows METHOD.md §1: ``n_bins`` bins with float64 edges
+as ``torch.max``). Equal-width binning follows docs/concepts.md: ``n_bins`` bins with float64 edges
 ``e_b = linspace(0, 1, n_bins + 1)[b]``; bin ``b`` is the right-closed interval ``(e_b, e_{b+1}]``,
 so the bins cover ``(0, 1]`` and a confidence of exactly 1 falls in the last bin. (torchmetrics'
 ``MulticlassCalibrationError`` uses left-closed bins ``[e_b, e_{b+1})`` plus an extra bin for a

@@ -1,4 +1,4 @@
-"""Out-of-distribution detection and trust metrics of confidence scores (METHOD.md §3).
+"""Out-of-distribution detection and trust metrics of confidence scores (docs/guides/scores.md).
 
 Scores are confidences: higher means more in-distribution / more trustworthy. In the detection
 metrics **in-distribution samples are the positive class** and a sample is predicted positive

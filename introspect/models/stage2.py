@@ -191,7 +191,7 @@ class StageTwoClassifier(L.LightningModule):
 
 
 class IntrospectiveClassifier(StageTwoClassifier):
-    """``H`` on introspective gradient features ``r_x`` (METHOD.md §1)."""
+    """``H`` on introspective gradient features ``r_x`` (docs/concepts.md)."""
 
     kind = "introspective"
 

@@ -1,4 +1,4 @@
-"""Confidence scores for OOD detection and prediction trust (METHOD.md §3).
+"""Confidence scores for OOD detection and prediction trust (docs/guides/scores.md).
 
 Every score is a confidence: higher = more in-distribution / more trustworthy; batched,
 ``(B,)`` tensors on the device of the inputs.

@@ -1,4 +1,4 @@
-"""Gradient-based confidence scores: GradNorm, Purview and GradTrust (METHOD.md §3).
+"""Gradient-based confidence scores: GradNorm, Purview and GradTrust (docs/guides/scores.md).
 
 Scores are confidences (higher = more in-distribution / more trustworthy) of shape ``(B,)``, on
 the device of the inputs. Last-layer gradients are per sample, in closed form: for a head

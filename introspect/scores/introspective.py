@@ -1,4 +1,4 @@
-"""Confidence scores of the introspective chain ``images -> backbone -> r_x -> H`` (METHOD.md §1).
+"""Confidence scores of the introspective chain ``images -> backbone -> r_x -> H`` (docs/concepts).
 
 ``introspect.gradients.extract_with_outputs`` computes ``r_x`` without autograd through the
 backbone (its outputs are detached), so it cannot carry an input gradient.

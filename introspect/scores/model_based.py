@@ -1,4 +1,4 @@
-"""Confidence scores that need the model: ODIN and Mahalanobis (METHOD.md §3, baselines).
+"""Confidence scores that need the model: ODIN and Mahalanobis (docs/guides/scores.md, baselines).
 
 Images are RGB in ``[0, 1]`` (the ``Backbone`` convention: normalization happens inside the
 model), so input perturbations of size ``eps`` are in pixel units. The reference codes of ODIN

@@ -1,4 +1,4 @@
-"""Confidence scores that are functions of the logits alone (METHOD.md §3, baselines).
+"""Confidence scores that are functions of the logits alone (docs/guides/scores.md, baselines).
 
 Every score maps logits ``(B, N)`` to a ``(B,)`` tensor on the same device and in the same dtype;
 higher means more in-distribution / more trustworthy.
