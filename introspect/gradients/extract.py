@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,16 +252,34 @@ def _head_gradients(
     """``(g, h, logits)`` of one forward pass, detached: the loss gradients at the head output
     ``(B, Q, *T, N)``, the head input ``(B, *T, D)`` and the model's logits."""
     check_options(loss, target, per_class, include_bias, None)
+
+    def gradients(logits: torch.Tensor) -> torch.Tensor:
+        return logit_gradients(logits, loss=loss, target=target, per_class=per_class)
+
+    return head_pass(model, images, head=head, include_bias=include_bias, gradients=gradients)
+
+
+def head_pass(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    head: str | nn.Module | None,
+    include_bias: bool,
+    gradients: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g, h, outputs)`` of one forward pass, detached: ``gradients(outputs)`` (``(B, Q, N)``
+    loss gradients at the model's detached outputs) pulled back to the head output
+    (``(B, Q, *T, N_head)``), the head input ``(B, *T, D)`` and the outputs."""
     linear = resolve_head(model, head, images[:1])
     if include_bias and linear.bias is None:
         raise ValueError("include_bias=True but the head has no bias; set include_bias=False")
     with torch.inference_mode(False):
         x = images.clone() if images.is_inference() else images
-        h, z_head, logits = _forward_with_leaf_head(model, linear, x)
-        g_logits = logit_gradients(logits.detach(), loss=loss, target=target, per_class=per_class)
+        h, z_head, outputs = _forward_with_leaf_head(model, linear, x)
+        g_outputs = gradients(outputs.detach())
         with torch.enable_grad():
-            delta = _pull_back(logits, z_head, g_logits)  # (B, Q, *T, N)
-    return delta.detach().to(h.dtype), h, logits.detach()
+            delta = _pull_back(outputs, z_head, g_outputs)  # (B, Q, *T, N)
+    return delta.detach().to(h.dtype), h, outputs.detach()
 
 
 def logit_gradients(
