@@ -136,7 +136,8 @@ def test_mahalanobis_detectors_equal_the_fitted_classes() -> None:
 def test_uncertainty_detectors_equal_their_functions() -> None:
     model, x = Tiny().eval(), _images()
     detector = create_detector("mc_dropout", model, samples=5, p=0.3, seed=2)
-    expected = MCDropout(5, 0.3, seed=2).scores(model, x, key=0, head=model.head)["mcd_bald"]
+    samples = MCDropout(5, 0.3, seed=2).sample_logits(model, x, key=0, head=model.head)
+    expected = -mutual_information(samples.softmax(-1))
     _close(detector.score(x), expected)
     members = [Tiny(seed=s).eval() for s in range(3)]
     with torch.no_grad():

@@ -229,7 +229,10 @@ class MCDropoutDetector(ModelDetector):
 
     def confidence(self, images: torch.Tensor) -> torch.Tensor:
         """The MC-dropout confidence; each call draws new masks (its ``key`` counts calls)."""
-        scores = self.dropout.scores(self.model, images, key=self.batches, head=self._head(images))
+        samples = self.dropout.sample_logits(
+            self.model, images, key=self.batches, head=self._head(images)
+        )
+        scores = self.dropout.scores(samples)
         self.batches += 1
         return scores[f"mcd_{self.measure}"]
 
