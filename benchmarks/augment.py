@@ -34,7 +34,7 @@ from introspect.config import load_config
 from introspect.data.augment import augment_batches, build_batch_augmentation, to_uint8
 from introspect.data.images import IndexedDataset, SeededTransformDataset
 from introspect.data.seeding import derive_seed
-from introspect.gradients.cache import iter_features
+from introspect.gradients.batches import iter_features
 from introspect.stages.heads import feature_options
 from introspect.stages.stage1 import build_backbone, build_data
 

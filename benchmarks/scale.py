@@ -29,7 +29,8 @@ from torch import nn
 
 from introspect.data.batches import IndexedBatches
 from introspect.gradients import extract
-from introspect.gradients.cache import FeatureCache, features_of, iter_features
+from introspect.gradients.batches import features_of, iter_features
+from introspect.gradients.cache import FeatureCache
 from introspect.models.stage2 import IntrospectiveClassifier
 
 

@@ -13,11 +13,19 @@ from introspect.gradients import (
     GradientFactors,
     Standardizer,
     extract,
-    extract_factors,
+    extract_features,
     factor_linear,
 )
 from introspect.models.bilinear import LowRankBilinear
 from tests.test_gradients import N, ScaledLogits, SmallCNN, TokenHead, TwoLayerHead
+
+
+def factors_of(model: nn.Module, x: torch.Tensor, **options: object) -> GradientFactors:
+    """The rank-one factors ``extract_features`` returns without materializing."""
+    factors = extract_features(model, x, materialize=False, **options).factors
+    assert factors is not None
+    return factors
+
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -65,7 +73,7 @@ def test_materialize_equals_extract(model_name: str, loss: str, target: str) -> 
         std = Standardizer().fit(extract(model, fit_x, normalize="none", **fit_options))
         for normalize, standardizer in (("none", None), ("l2", None), ("standardize", std)):
             expected = extract(model, x, normalize=normalize, standardizer=standardizer, **options)
-            factors = extract_factors(
+            factors = factors_of(
                 model, x, normalize=normalize, standardizer=standardizer, **options
             )
             assert factors.num_features == expected.shape[1]
@@ -77,7 +85,7 @@ def test_materialize_equals_extract(model_name: str, loss: str, target: str) -> 
 def test_l2_scale_is_the_product_of_the_factor_norms() -> None:
     model = _model("cnn")
     x = _images()
-    factors = extract_factors(model, x, include_bias=True, normalize="l2")
+    factors = factors_of(model, x, include_bias=True, normalize="l2")
     raw = extract(model, x, include_bias=True, normalize="none")
     assert _rel(factors.scale, 1.0 / torch.linalg.vector_norm(raw, dim=1)) <= TOL
 
@@ -86,15 +94,15 @@ def test_per_class_stack_follows_from_the_softmax() -> None:
     """For CE, the gradient for target e_q at the logits is p - e_q."""
     model = _model("two_layer_head")
     x = _images()
-    factors = extract_factors(model, x, per_class=True, normalize="none")
+    factors = factors_of(model, x, per_class=True, normalize="none")
     p = torch.softmax(model(x), dim=1).detach()
     assert _rel(factors.g, p[:, None, :] - torch.eye(N)) <= TOL
 
 
 def test_token_head_is_refused_with_the_fix() -> None:
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match="use extract"):
-        extract_factors(TokenHead().eval(), _images())
+    with pytest.raises(ValueError, match="materialize=True"):
+        factors_of(TokenHead().eval(), _images())
 
 
 def _factors(per_class: bool, include_bias: bool, normalize: str) -> GradientFactors:
@@ -103,7 +111,7 @@ def _factors(per_class: bool, include_bias: bool, normalize: str) -> GradientFac
     std = _standardizer(model, per_class=per_class, include_bias=include_bias)
     if normalize != "standardize":
         std = None
-    return extract_factors(
+    return factors_of(
         model, x, per_class=per_class, include_bias=include_bias, normalize=normalize,
         standardizer=std,
     )  # fmt: skip

@@ -493,11 +493,11 @@ def test_cache_holds_factors_within_the_byte_bound(tmp_path: Path) -> None:
     on_disk = sum(p.stat().st_size for p in _entry(tmp_path).glob("shard-*.pt"))
     assert 4 * (n + d) < on_disk / N_TRAIN <= 4 * (n + d) + 64
     assert tensors["grad"].shape == (N_TRAIN, n) and tensors["penult"].shape == (N_TRAIN, d)
-    # The factors are those of extract_factors on the same images (unnormalized).
-    from introspect.gradients import extract_factors
+    # The factors are those of extract_features on the same images (unnormalized).
+    from tests.test_factors import factors_of
 
     images = torch.stack([dm.split("train")[i][0] for i in range(8)])
-    factors = extract_factors(backbone, images, head=backbone.head, normalize="none")
+    factors = factors_of(backbone, images, head=backbone.head, normalize="none")
     assert torch.allclose(tensors["grad"][:8], factors.g[:, 0], rtol=1e-5, atol=1e-7)
     assert torch.allclose(tensors["penult"][:8], factors.h, rtol=1e-5, atol=1e-7)
 

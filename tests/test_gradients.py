@@ -17,7 +17,7 @@ from introspect.gradients import (
     FeatureSpec,
     Standardizer,
     extract,
-    extract_with_outputs,
+    extract_features,
     feature_dim,
     per_sample_grads,
 )
@@ -234,13 +234,16 @@ def test_ce_all_ones_closed_form() -> None:
     _assert_rel(per_class.sum(1), expected)
 
 
-def test_extract_with_outputs_returns_head_input_and_logits_of_the_same_pass() -> None:
+def test_extract_features_returns_head_input_and_logits_of_the_same_pass() -> None:
     model = _build(SmallCNN)
     x = _images()
     with torch.no_grad():
         h = model.features(x)
         z = model(x)
-    feats, h_out, z_out = extract_with_outputs(model, x, loss="bce", include_bias=True)
+    out = extract_features(model, x, loss="bce", include_bias=True)
+    feats, h_out, z_out = out.features, out.h, out.logits
+    assert out.factors is not None
+    _assert_rel(out.factors.materialize(), feats)
     _assert_rel(h_out, h)
     _assert_rel(z_out, z)
     _assert_rel(feats, extract(model, x, loss="bce", include_bias=True))

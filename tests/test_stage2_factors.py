@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from introspect.config import ConfigError, load_config
 from introspect.data.batches import IndexedBatches
-from introspect.gradients import extract_factors
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.stages.heads import check_head_size
+from tests.test_factors import factors_of
 from tests.test_gradients import N, SmallCNN
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -41,7 +41,7 @@ def _setup(normalize: str, per_class: bool = False, include_bias: bool = True, r
     options = {"normalize": normalize, "per_class": per_class, "include_bias": include_bias}
     x = torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     extraction = {**options, "normalize": "none" if normalize == "standardize" else normalize}
-    factors = extract_factors(backbone, x, head=backbone.fc, **extraction)
+    factors = factors_of(backbone, x, head=backbone.fc, **extraction)
     torch.manual_seed(1)
     head = IntrospectiveClassifier(
         backbone, feature_options=options, num_classes=N, in_dim=factors.num_features,

@@ -163,8 +163,7 @@ def test_head_input_dropout_reuses_one_backbone_pass() -> None:
         _, h = backbone.forward_features(x)
     mc = MCDropout(16, 0.2)
     assert mc.passes_needed(backbone) == 1
-    mc.sample_logits(backbone, x, penultimate=h)
-    mc.scores(backbone, x, penultimate=h)
+    mc.scores(mc.sample_logits(backbone, x, penultimate=h))
     assert counter.calls == 1  # only the pass above
     mc.sample_logits(backbone, x)  # without h: one pass of its own
     assert counter.calls == 2
@@ -189,7 +188,7 @@ def test_mc_dropout_scores_are_negated_bald_and_expected_entropy() -> None:
     backbone, x = _backbone(), _images()
     mc = MCDropout(8, 0.4, seed=9)
     probs = mc.sample_logits(backbone, x, key=3).softmax(-1)
-    scores = mc.scores(backbone, x, key=3)
+    scores = mc.scores(mc.sample_logits(backbone, x, key=3))
     torch.testing.assert_close(scores["mcd_bald"], -mutual_information(probs))
     torch.testing.assert_close(scores["mcd_expected_entropy"], -expected_entropy(probs))
 

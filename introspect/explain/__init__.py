@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 # Names -> defining submodule, imported on first use: the command-line front ends check
 # their arguments before torch is imported.
 _EXPORTS = {
+    "Explainer": "explainers",
     "ExplanationError": "errors",
+    "MapExplainer": "explainers",
+    "create_explainer": "explainers",
+    "list_explainers": "explainers",
     "Faithfulness": "faithfulness",
     "MAP_METHODS": "methods",
     "Patches": "network",
@@ -73,6 +77,12 @@ if TYPE_CHECKING:
         gradcam_plus_plus,
     )
     from introspect.explain.errors import ExplanationError
+    from introspect.explain.explainers import (
+        Explainer,
+        MapExplainer,
+        create_explainer,
+        list_explainers,
+    )
     from introspect.explain.faithfulness import (
         Faithfulness,
         curve_auc,
@@ -123,8 +133,16 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
+    "Explainer",
     "ExplanationError",
+    "MapExplainer",
+    "create_explainer",
+    "list_explainers",
     "Faithfulness",
     "MAP_METHODS",
     "Patches",

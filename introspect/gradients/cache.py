@@ -1,4 +1,4 @@
-"""Per-split feature extraction and its on-disk cache: checksummed shards and a manifest per
+"""The on-disk feature cache (storage only): checksummed shards and a manifest per
 entry, keyed by weights, feature options and data recipe, resumable shard by shard.
 
 An entry ``<root>/<key>/`` holds:
@@ -8,7 +8,7 @@ An entry ``<root>/<key>/`` holds:
   ``FIELDS``: the rank-one factors of the unnormalized last-layer gradient feature (``grad``:
   the loss gradients at the head output, ``Q·N`` values; ``penult``: the head input ``h``,
   ``D`` values) and the label, i.e. ``4·(N + D) + 8`` bytes per sample by default instead of
-  the ``4·N·D`` of the materialized feature (``features_of`` rebuilds the factors);
+  the ``4·N·D`` of the materialized feature (``batches.features_of`` rebuilds the factors);
 * ``shard-NNNNN.json``: that shard's record (index, start, stop, file, file size, SHA-256 and
   the dtype and per-sample shape of every field), written right after the shard by the process
   that extracted it, so any number of processes fill an entry without sharing a file;
@@ -37,17 +37,13 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
-from introspect.gradients.extract import extract_factors_with_outputs
-from introspect.gradients.factors import GradientFactors
 
 FIELDS = ("grad", "penult", "labels")
 # Layout and meaning of an entry; bumped when either changes, so older entries are rebuilt.
@@ -126,44 +122,6 @@ def cache_key(payload: Mapping[str, Any]) -> str:
     """A stable hex key of a JSON-serializable description."""
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def iter_features(
-    backbone: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    feature_options: Mapping[str, Any],
-    device: torch.device | str = "cpu",
-    desc: str = "features",
-    total: int | None = None,
-    progress: bool = True,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """The cached ``FIELDS`` (on CPU) of each batch as it is read, from one forward pass per
-    batch: the unnormalized gradient factors (``feature_options`` without ``normalize``, which
-    ``features_of`` applies) and the labels. ``backbone`` must expose its ``head`` module."""
-    options = {k: v for k, v in feature_options.items() if k != "normalize"}
-    for images, labels in tqdm(batches, desc=desc, total=total, leave=False, disable=not progress):
-        images = images.to(device, non_blocking=True)
-        factors, _ = extract_factors_with_outputs(
-            backbone, images, head=backbone.head, normalize="none", **options
-        )
-        values = (factors.g.reshape(len(factors), -1), factors.h, labels)
-        yield {k: v.detach().cpu() for k, v in zip(FIELDS, values, strict=True)}
-
-
-def features_of(
-    tensors: Mapping[str, torch.Tensor], *, num_classes: int, normalize: str, include_bias: bool
-) -> GradientFactors:
-    """The gradient factors of loaded cache ``tensors`` (views, no copy), normalized as
-    ``normalize`` (``"standardize"`` is left to the head: the factors come unnormalized)."""
-    grad = tensors["grad"]
-    g = grad.view(len(grad), -1, num_classes)
-    return GradientFactors.from_parts(
-        g,
-        tensors["penult"],
-        include_bias=include_bias,
-        normalize="none" if normalize == "standardize" else normalize,
-    )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from introspect.gradients.normalize import (
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One feature recipe; ``extract(model, images, **dataclasses.asdict(spec))`` computes it.
+    """One feature recipe; ``extract_features(model, images, **dataclasses.asdict(spec))``
+    computes it.
 
     ``params=None`` means the last linear layer (closed form); otherwise the names or module
     prefixes of the parameters whose per-sample gradients form the feature.
@@ -81,7 +83,35 @@ def feature_dim(spec: FeatureSpec, num_classes: int, in_features: int, has_bias:
     return block * (num_classes if spec.per_class else 1)
 
 
-def extract(
+@dataclass(frozen=True)
+class IntrospectiveFeatures:
+    """What one extraction pass gives for a batch of ``B`` images.
+
+    - ``h``: the head input (``(B, D)``, or ``(B, *T, D)`` for a head applied per token);
+      ``None`` on the ``params`` path;
+    - ``logits``: the model's output ``(B, N)``;
+    - ``factors``: the rank-one ``GradientFactors`` of the features (``None`` on the ``params``
+      path and for a head applied per token);
+    - ``features``: the materialized, normalized rows ``(B, F)`` (``None`` when not asked for).
+
+    All tensors are detached.
+    """
+
+    h: torch.Tensor | None
+    logits: torch.Tensor
+    factors: GradientFactors | None
+    features: torch.Tensor | None
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Softmax of the logits, ``(B, N)``."""
+        return torch.softmax(self.logits, dim=-1)
+
+    def __len__(self) -> int:
+        return self.logits.shape[0]
+
+
+def extract_features(
     model: nn.Module,
     images: torch.Tensor,
     *,
@@ -93,12 +123,14 @@ def extract(
     head: str | nn.Module | None = None,
     standardizer: Standardizer | None = None,
     params: Sequence[str] | str | None = None,
-) -> torch.Tensor:
-    """Gradient features of ``images``, one row per image: ``(B, F)``.
+    materialize: bool = True,
+) -> IntrospectiveFeatures:
+    """Gradient features of ``images`` with the head input and logits of the same forward pass.
 
-    Row ``i`` is the gradient of ``loss(z_i, target_i)`` w.r.t. the weight ``W`` (``N x D``) of
-    the head (the last ``nn.Linear`` executed, or ``head``: a module or attribute path) when only
-    sample ``i`` is backpropagated, flattened row-major; ``z`` are the model's output logits.
+    Feature row ``i`` is the gradient of ``loss(z_i, target_i)`` w.r.t. the weight ``W``
+    (``N x D``) of the head (the last ``nn.Linear`` executed, or ``head``: a module or attribute
+    path) when only sample ``i`` is backpropagated, flattened row-major; ``z`` are the model's
+    output logits.
 
     - ``loss``: ``"ce"`` (cross-entropy with a probability target), ``"mse"`` or ``"bce"``
       (BCE-with-logits); the last two are averaged over the N classes.
@@ -113,60 +145,36 @@ def extract(
       fitted on training features extracted with ``normalize="none"``).
     - ``params``: instead of the head, the per-sample gradients of these parameters (names or
       module prefixes, see ``per_sample_grads``); needs a real backward per sample, and
-      ``head``/``include_bias`` do not apply.
+      ``head``/``include_bias`` do not apply; gives ``features`` and ``logits`` only.
+    - ``materialize``: build the ``(B, F)`` rows; with ``False`` only the rank-one ``factors``
+      (``N + D`` values per image) are returned, which ``factors.materialize()`` expands.
 
     The head gradient takes one forward pass and no backward through the backbone (it is the
     outer product of the loss gradient at the head output with the head input). It works under
-    ``torch.no_grad``/``torch.inference_mode``, returns detached features, and neither modifies
+    ``torch.no_grad``/``torch.inference_mode``, returns detached tensors, and neither modifies
     parameters nor gives them a ``.grad``. The model's train/eval mode is left as it is: use eval
     mode, since BatchNorm in training mode mixes the samples of a batch (and updates its running
     statistics). Operations between the head and the output must act on each sample separately.
     """
-    if params is None:
-        return extract_with_outputs(
-            model,
-            images,
-            loss=loss,
-            target=target,
-            per_class=per_class,
-            include_bias=include_bias,
-            normalize=normalize,
-            head=head,
-            standardizer=standardizer,
-        )[0]
     check_options(loss, target, per_class, include_bias, params)
     check_normalize(normalize, standardizer)
-    if head is not None:
-        raise ValueError(
-            "head and params both given: params selects the parameters itself; drop one"
+    if params is not None:
+        if head is not None:
+            raise ValueError(
+                "head and params both given: params selects the parameters itself; drop one"
+            )
+        if not materialize:
+            raise ValueError(
+                "params= features have no rank-one factors; set materialize=True or drop params"
+            )
+        raw = _params_features(
+            model, images, params=params, loss=loss, target=target, per_class=per_class
         )
-    raw = _params_features(
-        model, images, params=params, loss=loss, target=target, per_class=per_class
-    )
-    return normalize_features(raw, normalize, standardizer)
-
-
-def extract_with_outputs(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    loss: str = "ce",
-    target: str | torch.Tensor = "ones",
-    per_class: bool = False,
-    include_bias: bool = False,
-    normalize: str = "l2",
-    head: str | nn.Module | None = None,
-    standardizer: Standardizer | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features, head input, logits)`` of ``images`` from the same single forward pass.
-
-    ``features`` equals ``extract(model, images, ...)`` with the same options (last-layer path
-    only); the head input is the penultimate activation ``h`` and the logits are the model's
-    output, both detached, so a caller needing all three runs the backbone once.
-    """
-    check_options(loss, target, per_class, include_bias, None)
-    check_normalize(normalize, standardizer)
-    raw, h, logits = _head_features(
+        with torch.inference_mode(False), torch.no_grad():
+            logits = model(images.clone() if images.is_inference() else images).detach()
+        features = normalize_features(raw, normalize, standardizer)
+        return IntrospectiveFeatures(None, logits, None, features)
+    g, h, logits = _head_gradients(
         model,
         images,
         loss=loss,
@@ -175,7 +183,33 @@ def extract_with_outputs(
         include_bias=include_bias,
         head=head,
     )
-    return normalize_features(raw, normalize, standardizer), h, logits
+    rank_one = h.ndim == 2 and g.ndim == 3
+    if not rank_one and not materialize:
+        raise ValueError(
+            f"the head input has shape {tuple(h.shape)}: a head applied per token is not rank "
+            "one; set materialize=True for its materialized features"
+        )
+    factors = (
+        GradientFactors.from_parts(
+            g, h, include_bias=include_bias, normalize=normalize, standardizer=standardizer
+        )
+        if rank_one
+        else None
+    )
+    features = (
+        normalize_features(_outer(g, h, include_bias), normalize, standardizer)
+        if materialize
+        else None
+    )
+    return IntrospectiveFeatures(h, logits, factors, features)
+
+
+def extract(model: nn.Module, images: torch.Tensor, **options: Any) -> torch.Tensor:
+    """The materialized feature rows ``(B, F)`` of ``extract_features(model, images,
+    **options)`` (same options)."""
+    features = extract_features(model, images, materialize=True, **options).features
+    assert features is not None
+    return features
 
 
 def _params_features(
@@ -205,30 +239,6 @@ def _params_features(
     return torch.cat(blocks, dim=1)
 
 
-def _head_features(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    loss: str,
-    target: str | torch.Tensor,
-    per_class: bool,
-    include_bias: bool,
-    head: str | nn.Module | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unnormalized last-layer gradient features (closed form from one forward pass), with the
-    head input and the logits of that pass (all detached)."""
-    delta, h, logits = _head_gradients(
-        model,
-        images,
-        loss=loss,
-        target=target,
-        per_class=per_class,
-        include_bias=include_bias,
-        head=head,
-    )
-    return _outer(delta, h, include_bias), h, logits
-
-
 def _head_gradients(
     model: nn.Module,
     images: torch.Tensor,
@@ -242,82 +252,34 @@ def _head_gradients(
     """``(g, h, logits)`` of one forward pass, detached: the loss gradients at the head output
     ``(B, Q, *T, N)``, the head input ``(B, *T, D)`` and the model's logits."""
     check_options(loss, target, per_class, include_bias, None)
+
+    def gradients(logits: torch.Tensor) -> torch.Tensor:
+        return logit_gradients(logits, loss=loss, target=target, per_class=per_class)
+
+    return head_pass(model, images, head=head, include_bias=include_bias, gradients=gradients)
+
+
+def head_pass(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    head: str | nn.Module | None,
+    include_bias: bool,
+    gradients: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g, h, outputs)`` of one forward pass, detached: ``gradients(outputs)`` (``(B, Q, N)``
+    loss gradients at the model's detached outputs) pulled back to the head output
+    (``(B, Q, *T, N_head)``), the head input ``(B, *T, D)`` and the outputs."""
     linear = resolve_head(model, head, images[:1])
     if include_bias and linear.bias is None:
         raise ValueError("include_bias=True but the head has no bias; set include_bias=False")
     with torch.inference_mode(False):
         x = images.clone() if images.is_inference() else images
-        h, z_head, logits = _forward_with_leaf_head(model, linear, x)
-        g_logits = logit_gradients(logits.detach(), loss=loss, target=target, per_class=per_class)
+        h, z_head, outputs = _forward_with_leaf_head(model, linear, x)
+        g_outputs = gradients(outputs.detach())
         with torch.enable_grad():
-            delta = _pull_back(logits, z_head, g_logits)  # (B, Q, *T, N)
-    return delta.detach().to(h.dtype), h, logits.detach()
-
-
-def extract_factors(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    loss: str = "ce",
-    target: str | torch.Tensor = "ones",
-    per_class: bool = False,
-    include_bias: bool = False,
-    normalize: str = "l2",
-    head: str | nn.Module | None = None,
-    standardizer: Standardizer | None = None,
-) -> GradientFactors:
-    """The rank-one factors of ``extract(model, images, ...)`` (same last-layer options):
-    ``extract_factors(...).materialize()`` equals ``extract(...)``, from ``N + D`` values per
-    image (``Q·N + D`` with ``per_class``) instead of ``F``.
-
-    The head input must be one vector per image (``(B, D)``): a head applied per token gives a
-    sum of outer products, which only ``extract`` computes.
-    """
-    return extract_factors_with_outputs(
-        model,
-        images,
-        loss=loss,
-        target=target,
-        per_class=per_class,
-        include_bias=include_bias,
-        normalize=normalize,
-        head=head,
-        standardizer=standardizer,
-    )[0]
-
-
-def extract_factors_with_outputs(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    loss: str = "ce",
-    target: str | torch.Tensor = "ones",
-    per_class: bool = False,
-    include_bias: bool = False,
-    normalize: str = "l2",
-    head: str | nn.Module | None = None,
-    standardizer: Standardizer | None = None,
-) -> tuple[GradientFactors, torch.Tensor]:
-    """``(factors, logits)`` of ``images`` from one forward pass (see ``extract_factors``)."""
-    check_normalize(normalize, standardizer)
-    g, h, logits = _head_gradients(
-        model,
-        images,
-        loss=loss,
-        target=target,
-        per_class=per_class,
-        include_bias=include_bias,
-        head=head,
-    )
-    if h.ndim != 2 or g.ndim != 3:
-        raise ValueError(
-            f"the head input has shape {tuple(h.shape)}: a head applied per token is not rank "
-            "one; use extract() for its materialized features"
-        )
-    factors = GradientFactors.from_parts(
-        g, h, include_bias=include_bias, normalize=normalize, standardizer=standardizer
-    )
-    return factors, logits
+            delta = _pull_back(outputs, z_head, g_outputs)  # (B, Q, *T, N)
+    return delta.detach().to(h.dtype), h, outputs.detach()
 
 
 def logit_gradients(

@@ -10,12 +10,12 @@ then normalized as every feature (``none``, ``l2`` or ``standardize``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from introspect.backbones.head import resolve_head
-from introspect.gradients.extract import _forward_with_leaf_head, _outer, _pull_back
+from introspect.gradients.extract import _outer, head_pass
 from introspect.gradients.normalize import Standardizer, check_normalize, normalize_features
 
 
@@ -57,42 +57,28 @@ def extract_regression_with_outputs(
     """
     check_normalize(normalize, standardizer)
     levels = contrast_tensor(contrasts)
-    linear = resolve_head(model, head, images[:1])
-    if include_bias and linear.bias is None:
-        raise ValueError("include_bias=True but the head has no bias; set include_bias=False")
-    with torch.inference_mode(False):
-        x = images.clone() if images.is_inference() else images
-        h, z_head, scores = _forward_with_leaf_head(model, linear, x)
+
+    def gradients(scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[1] != 1:
             raise ValueError(
                 f"a quality model outputs one score per image, got {scores.shape[1]} outputs; "
                 "give the model a single-output head"
             )
-        g = score_gradients(scores.detach(), levels)
-        with torch.enable_grad():
-            delta = _pull_back(scores, z_head, g)
-        raw = _outer(delta, h, include_bias)
-    return normalize_features(raw.detach(), normalize, standardizer), h, scores.detach()
+        return score_gradients(scores, levels)
+
+    delta, h, scores = head_pass(
+        model, images, head=head, include_bias=include_bias, gradients=gradients
+    )
+    raw = _outer(delta, h, include_bias)
+    return normalize_features(raw, normalize, standardizer), h, scores
 
 
 def extract_regression(
     model: nn.Module,
     images: torch.Tensor,
     contrasts: Sequence[float] | torch.Tensor,
-    *,
-    include_bias: bool = False,
-    normalize: str = "l2",
-    head: str | nn.Module | None = None,
-    standardizer: Standardizer | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """The regression introspective features ``(B, K * D [+ K])`` of ``images``; see
-    ``extract_regression_with_outputs``."""
-    return extract_regression_with_outputs(
-        model,
-        images,
-        contrasts,
-        include_bias=include_bias,
-        normalize=normalize,
-        head=head,
-        standardizer=standardizer,
-    )[0]
+    ``extract_regression_with_outputs`` (same options)."""
+    return extract_regression_with_outputs(model, images, contrasts, **options)[0]

@@ -24,7 +24,7 @@ from introspect.backbones import Backbone
 from introspect.data import ImageDataModule
 from introspect.data.images import TransformDataset
 from introspect.data.seeding import derive_seed
-from introspect.gradients import extract_with_outputs
+from introspect.gradients import extract
 from introspect.jobs.job import plain_config, run_job
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
@@ -134,7 +134,7 @@ class RunLearner:
         feats, labels = [], []
         for images, y in self.dm.loader(labelled, batch_size=cfg.active.batch_size):
             with torch.no_grad():
-                raw, _, _ = extract_with_outputs(
+                raw = extract(
                     backbone,
                     images.to(self.device),
                     head=backbone.head,

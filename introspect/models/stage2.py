@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from introspect.gradients import extract_factors_with_outputs, extract_with_outputs
+from introspect.gradients import extract_features
 from introspect.gradients.factors import GradientFactors, factor_linear, feature_moments
 from introspect.gradients.normalize import normalize_features
 from introspect.models.bilinear import LowRankBilinear
@@ -225,13 +225,15 @@ class IntrospectiveClassifier(StageTwoClassifier):
         self, images: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(raw features, penultimate activations, backbone logits)`` from one forward pass."""
-        return extract_with_outputs(
+        out = extract_features(
             self.backbone,
             images,
             head=getattr(self.backbone, "head", None),
             normalize=self.extraction_normalize(),
             **self.feature_options,
         )
+        assert out.features is not None and out.h is not None
+        return out.features, out.h, out.logits
 
     def inputs_with_outputs(
         self, images: torch.Tensor
@@ -241,14 +243,16 @@ class IntrospectiveClassifier(StageTwoClassifier):
         without materializing), else the raw features."""
         if self.feature_options.get("params") is not None:
             return self.features_with_outputs(images)
-        factors, logits = extract_factors_with_outputs(
+        out = extract_features(
             self.backbone,
             images,
             head=getattr(self.backbone, "head", None),
             normalize=self.extraction_normalize(),
+            materialize=False,
             **self.feature_options,
         )
-        return factors, factors.h, logits
+        assert out.factors is not None
+        return out.factors, out.factors.h, out.logits
 
 
 def _low_rank_layer(

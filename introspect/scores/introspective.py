@@ -1,6 +1,6 @@
 """Confidence scores of the introspective chain ``images -> backbone -> r_x -> H`` (docs/concepts).
 
-``introspect.gradients.extract_with_outputs`` computes ``r_x`` without autograd through the
+``introspect.gradients.extract_features`` computes ``r_x`` without autograd through the
 backbone (its outputs are detached), so it cannot carry an input gradient.
 ``introspective_features`` recomputes the same features as a differentiable function of the
 images, from the closed form

@@ -81,13 +81,14 @@ def score_batch(
             "nll": nll(logits),
         }
         if mc_dropout is not None:
-            scores |= mc_dropout.scores(
+            samples = mc_dropout.sample_logits(
                 backbone,
                 x,
                 penultimate=penultimate,
                 key=mc_key,
                 head=resolve_head(backbone, head or getattr(backbone, "head", None), x[:1]),
             )
+            scores |= mc_dropout.scores(samples)
         if purview:
             norms = purview_features(backbone, x)
             scores["purview"] = purview_score(norms, "final")

@@ -23,14 +23,13 @@ from introspect.data.batches import IndexedBatches, ZippedBatches
 from introspect.data.images import IndexedDataset
 from introspect.data.samplers import block_bounds
 from introspect.data.seeding import RngStream, derive_seed
+from introspect.gradients.batches import features_of, iter_features
 from introspect.gradients.cache import (
     CacheError,
     FeatureCache,
     InconsistentEntry,
     Problems,
     cache_key,
-    features_of,
-    iter_features,
     summarize,
     weights_digest,
 )

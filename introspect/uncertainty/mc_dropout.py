@@ -104,18 +104,11 @@ class MCDropout:
         keep = torch.rand(h.shape, generator=gen, device=h.device, dtype=h.dtype) >= self.p
         return h * keep / (1.0 - self.p)
 
-    def scores(
-        self,
-        backbone: nn.Module,
-        images: torch.Tensor,
-        *,
-        penultimate: torch.Tensor | None = None,
-        key: int = 0,
-        head: nn.Linear | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Confidence scores (higher = more certain) of the MC-dropout samples: ``mcd_bald``
-        (negated mutual information) and ``mcd_expected_entropy`` (negated), ``(B,)`` each."""
-        logits = self.sample_logits(backbone, images, penultimate=penultimate, key=key, head=head)
+    @staticmethod
+    def scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Confidence scores (higher = more certain) of sampled logits ``(S, B, N)`` (from
+        ``sample_logits``): ``mcd_bald`` (negated mutual information) and
+        ``mcd_expected_entropy`` (negated), ``(B,)`` each."""
         probs = logits.softmax(-1)
         return {
             "mcd_bald": -mutual_information(probs),
