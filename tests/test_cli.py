@@ -50,6 +50,7 @@ def _python(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 # -- discovery ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_help_lists_groups_experiments_and_sections() -> None:
     proc = _python(["train.py", "--help"])
     assert proc.returncode == 0
@@ -74,6 +75,7 @@ def test_first_line_keeps_abbreviations_whole(tmp_path: Path) -> None:
     assert first_line(path) == "A ResNet (He et al. 2016, e.g. CIFAR)."
 
 
+@pytest.mark.slow
 def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path: Path) -> None:
     args = [*TINY, f"run.root={tmp_path}", "stage2.head.epochs=7"]
     proc = _python(["train.py", "--cfg", *args])
@@ -85,12 +87,14 @@ def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []  # no run directory
 
 
+@pytest.mark.slow
 def test_cfg_reports_a_bad_key_in_one_line() -> None:
     proc = _python(["train.py", "--cfg", "stage2.hed.epochs=3"])
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Did you mean 'head'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_python_m_introspect_dispatches_to_both_commands() -> None:
     listing = _python(["-m", "introspect"])
     assert listing.returncode == 2
@@ -174,6 +178,7 @@ def test_jobs_get_their_own_directories_under_the_sweep(tmp_path: Path) -> None:
 # -- local sweep end to end -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_multirun_runs_every_job_and_compares_them(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = _python(
@@ -210,6 +215,7 @@ def test_local_multirun_runs_every_job_and_compares_them(tmp_path: Path) -> None
 # -- SLURM: the generated submission ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_slurm_launcher_submits_one_job_array(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     bin_dir = tmp_path / "bin"
