@@ -125,6 +125,7 @@ def test_heads_trained_on_the_calibration_split_are_not_tempered(tmp_path: Path)
     assert calibration_skips(_cfg(tmp_path), build_data(cfg), heads, tmp_path) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -150,6 +151,7 @@ def test_bad_baseline_settings_fail_at_load(args: list[str], message: str) -> No
         load_config(args)
 
 
+@pytest.mark.slow
 def test_ensemble_checkpoints_default_the_backbone_to_the_first_member() -> None:
     cfg = load_config(
         [

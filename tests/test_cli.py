@@ -153,6 +153,7 @@ def test_expand_is_the_cartesian_product_in_order() -> None:
         expand(["run.seed=0,,1"])
 
 
+@pytest.mark.slow
 def test_a_bad_combination_stops_the_sweep_before_any_job(tmp_path: Path) -> None:
     with pytest.raises(SweepError, match=r"job 1 .*stage2.augment=augmx.*Did you mean 'augmix'"):
         plan_sweep(["stage2.augment=none,augmx", f"sweep.dir={tmp_path / 's'}"], CONFIGS)
@@ -165,6 +166,7 @@ def test_a_bad_combination_stops_the_sweep_before_any_job(tmp_path: Path) -> Non
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_jobs_get_their_own_directories_under_the_sweep(tmp_path: Path) -> None:
     sweep = plan_sweep(
         ["run.seed=0,1", "stage2.augment=none,augmix", f"sweep.dir={tmp_path}"], CONFIGS

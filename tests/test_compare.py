@@ -148,6 +148,7 @@ def test_figures_name_runs_and_split_in_percent(runs, tmp_path: Path) -> None:
     assert {ax.get_ylabel() for ax in fig.axes} == {"accuracy (%)", "ECE (%)"}
 
 
+@pytest.mark.slow
 def test_default_output_folder_is_beside_the_runs(runs, tmp_path: Path) -> None:
     report = compare(runs["a"], wandb=False)
     assert report["out_dir"] == tmp_path.resolve() / "comparison"
