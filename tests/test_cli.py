@@ -110,6 +110,18 @@ def test_python_m_introspect_dispatches_to_both_commands() -> None:
     assert _python(["-m", "introspect", "trian"]).returncode == 2
 
 
+def test_python_m_introspect_lists_and_refuses_in_process(capsys) -> None:
+    """The fast subset's check of ``introspect.__main__`` (the subprocess test runs it too)."""
+    from introspect.__main__ import COMMANDS, main
+
+    assert main([]) == 2 and main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"  {command} " in listing for command in COMMANDS)
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown command 'trian'")
+
+
 def test_console_scripts_are_declared() -> None:
     import tomllib
 
