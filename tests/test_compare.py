@@ -322,8 +322,10 @@ def _severity_run(root: Path, name: str, seed: int, backbone: str, severities: l
     return run
 
 
-@pytest.mark.parametrize("severities", [[3], [1, 5], [1, 3, 5], [1, 2, 3, 4, 5]])
-@pytest.mark.parametrize("n_backbones", [1, 4])
+@pytest.mark.parametrize(
+    ("severities", "n_backbones"),
+    [([3], 1), ([1, 5], 1), ([1, 3, 5], 1), ([1, 2, 3, 4, 5], 1), ([3], 4), ([1, 2, 3, 4, 5], 4)],
+)
 def test_severity_curves_fit_any_number_of_severities_and_runs(
     tmp_path: Path, severities: list[int], n_backbones: int
 ) -> None:
@@ -337,7 +339,7 @@ def test_severity_curves_fit_any_number_of_severities_and_runs(
     paths = [
         _severity_run(tmp_path, f"a-rather-long-run-directory-name-{b}-seed{s}", s, n, severities)
         for b, n in enumerate(names)
-        for s in range(3)
+        for s in range(2)
     ]
     fig = severity_curves(tmp_path / "c.png", group_runs([load_run(p) for p in paths]))
     assert_drawn_inside(fig)
