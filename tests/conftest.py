@@ -56,3 +56,25 @@ def run_two_process_script(tmp_path: Path, script: str) -> dict:
         [sys.executable, str(path), str(port), str(out)], check=True, env=env, timeout=120
     )
     return json.loads(out.read_text())
+
+
+def assert_drawn_inside(fig) -> None:
+    """Every title, label, tick label and legend of ``fig``, as drawn, lies inside the figure
+    (nothing clipped at its edges)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text()]
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    boxes += [("legend", legend.get_window_extent(renderer)) for legend in legends]
+    boxes.append(("everything drawn", fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)))
+    for name, box in boxes:
+        assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1, f"{name!r} is clipped left/right"
+        assert box.y0 >= page.y0 - 1 and box.y1 <= page.y1 + 1, f"{name!r} is clipped top/bottom"

@@ -241,6 +241,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, single_thread):
     return cfg, Path(cfg.run.dir), run_active(cfg)
 
 
+@pytest.mark.slow
 def test_active_json_holds_every_curve_round_and_area(finished) -> None:
     cfg, run_dir, results = finished
     saved = json.loads((run_dir / "active.json").read_text())
@@ -322,6 +323,7 @@ def _curves(cfg, dm, dataset, monkeypatch, passes: list[tuple[int, int]]):
     return run_curves(learner, pool, schedule, ["margin", "badge"], ["introspective"], seed=0)
 
 
+@pytest.mark.slow
 def test_unacquired_labels_never_change_the_run(tmp_path: Path, monkeypatch, single_thread) -> None:
     from introspect.stages.stage1 import build_data
 
@@ -403,6 +405,7 @@ def _fake_run(root: Path, seed: int, accs: dict[str, float]) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_compare_pools_seeds_of_active_runs(tmp_path: Path, monkeypatch) -> None:
     import wandb
 
@@ -494,6 +497,7 @@ def test_acquisition_table_holds_the_evaluated_network_fixed() -> None:
     assert table["margin"]["INT"]["clean"]["int_aulc"][0] == pytest.approx(it_a.mean() + 0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warm", [True, False])
 def test_stage1_starts_from_the_previous_round_only_when_warm(
     tmp_path: Path, monkeypatch, single_thread, warm: bool

@@ -33,6 +33,7 @@ class Killed(RuntimeError):
     pass
 
 
+@pytest.mark.slow
 def test_a_killed_active_run_resumes_to_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread
 ) -> None:
@@ -88,6 +89,7 @@ def test_a_killed_active_run_resumes_to_the_uninterrupted_result(
     assert (run_dir / "logs" / "resume-1" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_schedule(tmp_path: Path, monkeypatch, single_thread) -> None:
     from introspect.config import ConfigError
     from introspect.jobs import active as active_run

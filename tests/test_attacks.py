@@ -98,6 +98,7 @@ def test_pgd_random_start_is_seeded_and_stays_in_the_ball() -> None:
     assert (a - x).abs().max() <= eps + 1e-12 and a.min() >= 0 and a.max() <= 1
 
 
+@pytest.mark.slow
 def test_cw_matches_torchattacks() -> None:
     # torchattacks masks the logits with zeros, which is C&W's margin only for positive logits:
     # the offset makes them positive without changing the attack. It also stops the whole batch
@@ -113,6 +114,7 @@ def test_cw_matches_torchattacks() -> None:
         assert (net(ours[changed]).argmax(1) != y[changed]).all()
 
 
+@pytest.mark.slow
 def test_cw_eps_bounds_the_distance_and_search_helps() -> None:
     net, (x, y) = _net(), _batch(16)
     free = cw_l2(net, x, y, c=0.05, steps=30, lr=0.02)
@@ -127,6 +129,7 @@ def test_cw_eps_bounds_the_distance_and_search_helps() -> None:
         assert fooled > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_every_attack_is_per_sample_and_in_range(name: str) -> None:
     net, (x, y) = _net(), _batch(6)

@@ -98,6 +98,7 @@ def _single_op_params(n: int, op: int, magnitude: float) -> AugMixParams:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", AUGMIX_OPS)
 def test_each_operation_alone_equals_torchvision_per_image(op: str) -> None:
     images = _images(6)
@@ -112,6 +113,7 @@ def test_each_operation_alone_equals_torchvision_per_image(op: str) -> None:
         assert torch.equal(out, ref), (op, magnitude)
 
 
+@pytest.mark.slow
 def test_augmix_equals_the_per_image_reference_for_random_choices() -> None:
     images = _images(40, size=24)
     gen = torch.Generator().manual_seed(1)
@@ -217,6 +219,7 @@ def _split_features(cfg, dm, backbone, root: Path) -> dict[str, torch.Tensor]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_augmix_features_do_not_depend_on_batch_size_or_on_two_halves(
     tmp_path: Path, monkeypatch
 ) -> None:

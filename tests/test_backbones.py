@@ -54,6 +54,7 @@ def test_small_cifar_resnets_are_registered_with_their_depth() -> None:
         assert len(weighted) == depth and b.feature_dim == 64
 
 
+@pytest.mark.slow
 def test_cifar_resnet_parameter_counts_and_depth() -> None:
     published = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
     for depth, rounded in published.items():
@@ -104,6 +105,7 @@ def test_torchvision_resnet18_at_32px(cifar_stem: bool, spatial: int) -> None:
     torch.testing.assert_close(b.normalize.mean, torch.tensor([0.485, 0.456, 0.406]))
 
 
+@pytest.mark.slow
 def test_torchvision_non_resnet() -> None:
     b = load_backbone("mobilenet_v3_small", num_classes=5, input_size=(3, 32, 32))
     assert b.head_path == "net.classifier.3"
@@ -124,6 +126,7 @@ def test_small_cnn_shapes_and_size() -> None:
     assert big.input_size == (3, 32, 32) and big.num_classes == 3
 
 
+@pytest.mark.slow
 def test_small_cnn_learns_digits() -> None:
     torch.manual_seed(0)
     images, labels = load_digits(return_X_y=True)
@@ -158,6 +161,7 @@ def test_import_path_model_with_two_layer_head() -> None:
     assert seq.head_path == "net.7" and seq.feature_dim == 100 and seq.num_classes == 4
 
 
+@pytest.mark.slow
 def test_forward_features_returns_head_input() -> None:
     torch.manual_seed(0)
     b = load_backbone("cifar_resnet20").eval()
@@ -331,6 +335,7 @@ def test_pretrained_offline_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         load_backbone("resnet18", pretrained=True)
 
 
+@pytest.mark.slow
 def test_pretrained_with_new_class_count(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     torch.manual_seed(0)
     import torchvision

@@ -38,6 +38,7 @@ def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
 
 
+@pytest.mark.slow
 def test_every_split_and_the_summary_hold_every_baseline_head(finished) -> None:
     _, run_dir, results = finished
     on_disk = json.loads((run_dir / "results.json").read_text())
@@ -53,6 +54,7 @@ def test_every_split_and_the_summary_hold_every_baseline_head(finished) -> None:
     assert "introspective+TS vs control+TS" in table
 
 
+@pytest.mark.slow
 def test_temperatures_are_fitted_on_the_val_split(finished) -> None:
     cfg, run_dir, results = finished
     temps = results["run"]["temperatures"]
@@ -76,6 +78,7 @@ def test_temperatures_are_fitted_on_the_val_split(finished) -> None:
         assert results["splits"]["clean"][f"{head}_ts"]["nll"] == pytest.approx(nll, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_trained_ensemble_members_are_saved_and_reloaded(finished) -> None:
     cfg, run_dir, results = finished
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -99,6 +102,7 @@ def test_trained_ensemble_members_are_saved_and_reloaded(finished) -> None:
             )
 
 
+@pytest.mark.slow
 def test_heads_trained_on_the_calibration_split_are_not_tempered(tmp_path: Path) -> None:
     heads = ["introspective", "control"]
     cfg = _cfg(tmp_path, "stage2.splits=[train,val]")
@@ -121,6 +125,7 @@ def test_heads_trained_on_the_calibration_split_are_not_tempered(tmp_path: Path)
     assert calibration_skips(_cfg(tmp_path), build_data(cfg), heads, tmp_path) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -146,6 +151,7 @@ def test_bad_baseline_settings_fail_at_load(args: list[str], message: str) -> No
         load_config(args)
 
 
+@pytest.mark.slow
 def test_ensemble_checkpoints_default_the_backbone_to_the_first_member() -> None:
     cfg = load_config(
         [

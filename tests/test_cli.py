@@ -50,6 +50,7 @@ def _python(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 # -- discovery ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_help_lists_groups_experiments_and_sections() -> None:
     proc = _python(["train.py", "--help"])
     assert proc.returncode == 0
@@ -74,6 +75,7 @@ def test_first_line_keeps_abbreviations_whole(tmp_path: Path) -> None:
     assert first_line(path) == "A ResNet (He et al. 2016, e.g. CIFAR)."
 
 
+@pytest.mark.slow
 def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path: Path) -> None:
     args = [*TINY, f"run.root={tmp_path}", "stage2.head.epochs=7"]
     proc = _python(["train.py", "--cfg", *args])
@@ -85,12 +87,14 @@ def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []  # no run directory
 
 
+@pytest.mark.slow
 def test_cfg_reports_a_bad_key_in_one_line() -> None:
     proc = _python(["train.py", "--cfg", "stage2.hed.epochs=3"])
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Did you mean 'head'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_python_m_introspect_dispatches_to_both_commands() -> None:
     listing = _python(["-m", "introspect"])
     assert listing.returncode == 2
@@ -104,6 +108,18 @@ def test_python_m_introspect_dispatches_to_both_commands() -> None:
     for sub in ("compare", "scores", "explain", "explain-eval", "explain-network"):
         assert f"evaluate.py {sub}" in evaluate_help.stdout
     assert _python(["-m", "introspect", "trian"]).returncode == 2
+
+
+def test_python_m_introspect_lists_and_refuses_in_process(capsys) -> None:
+    """The fast subset's check of ``introspect.__main__`` (the subprocess test runs it too)."""
+    from introspect.__main__ import COMMANDS, main
+
+    assert main([]) == 2 and main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"  {command} " in listing for command in COMMANDS)
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown command 'trian'")
 
 
 def test_console_scripts_are_declared() -> None:
@@ -149,6 +165,7 @@ def test_expand_is_the_cartesian_product_in_order() -> None:
         expand(["run.seed=0,,1"])
 
 
+@pytest.mark.slow
 def test_a_bad_combination_stops_the_sweep_before_any_job(tmp_path: Path) -> None:
     with pytest.raises(SweepError, match=r"job 1 .*stage2.augment=augmx.*Did you mean 'augmix'"):
         plan_sweep(["stage2.augment=none,augmx", f"sweep.dir={tmp_path / 's'}"], CONFIGS)
@@ -161,6 +178,7 @@ def test_a_bad_combination_stops_the_sweep_before_any_job(tmp_path: Path) -> Non
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_jobs_get_their_own_directories_under_the_sweep(tmp_path: Path) -> None:
     sweep = plan_sweep(
         ["run.seed=0,1", "stage2.augment=none,augmix", f"sweep.dir={tmp_path}"], CONFIGS
@@ -174,6 +192,7 @@ def test_jobs_get_their_own_directories_under_the_sweep(tmp_path: Path) -> None:
 # -- local sweep end to end -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_multirun_runs_every_job_and_compares_them(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = _python(
@@ -210,6 +229,7 @@ def test_local_multirun_runs_every_job_and_compares_them(tmp_path: Path) -> None
 # -- SLURM: the generated submission ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_slurm_launcher_submits_one_job_array(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     bin_dir = tmp_path / "bin"

@@ -148,6 +148,7 @@ def test_figures_name_runs_and_split_in_percent(runs, tmp_path: Path) -> None:
     assert {ax.get_ylabel() for ax in fig.axes} == {"accuracy (%)", "ECE (%)"}
 
 
+@pytest.mark.slow
 def test_default_output_folder_is_beside_the_runs(runs, tmp_path: Path) -> None:
     report = compare(runs["a"], wandb=False)
     assert report["out_dir"] == tmp_path.resolve() / "comparison"
@@ -301,3 +302,53 @@ def test_no_table1_without_stage1_recipes(runs, tmp_path: Path) -> None:
     report = compare([*runs["a"], *runs["b"]], tmp_path / "out", wandb=False)
     assert not (tmp_path / "out" / "table1.md").exists()
     assert "Table 1" not in report["markdown"]
+
+
+def _severity_run(root: Path, name: str, seed: int, backbone: str, severities: list[int]) -> Path:
+    """A finished run with every head of a full evaluation at ``severities``."""
+    from introspect.stages.evaluation import HEADS as ALL_HEADS
+
+    run = root / name
+    run.mkdir(parents=True)
+    metrics = {h: {"acc": 0.5 + 0.01 * i + 0.001 * seed, "ece": 0.05 + 0.002 * i}
+               for i, h in enumerate(ALL_HEADS)}  # fmt: skip
+    splits = {"clean": {"num_samples": 10, **metrics}}
+    splits |= {f"fog/{s}": {"num_samples": 10, **metrics} for s in severities}
+    config = _config(seed, backbone)
+    config["eval"]["severities"] = severities
+    results = {"run": {"config": config}, "splits": splits, "summary": metrics,
+               "by_severity": {str(s): metrics for s in severities}}  # fmt: skip
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("severities", "n_backbones"),
+    [([3], 1), ([1, 5], 1), ([1, 3, 5], 1), ([1, 2, 3, 4, 5], 1), ([3], 4), ([1, 2, 3, 4, 5], 4)],
+)
+def test_severity_curves_fit_any_number_of_severities_and_runs(
+    tmp_path: Path, severities: list[int], n_backbones: int
+) -> None:
+    """Title, panel titles and the legend are drawn inside the figure; each head has its own
+    x position at every severity (one severity does not stack every head on one point)."""
+    from introspect.jobs.compare import group_runs, load_run, severity_curves
+    from introspect.stages.evaluation import HEADS as ALL_HEADS
+    from tests.conftest import assert_drawn_inside
+
+    names = [f"cifar_resnet20_with_a_long_backbone_name_{b}" for b in range(n_backbones)]
+    paths = [
+        _severity_run(tmp_path, f"a-rather-long-run-directory-name-{b}-seed{s}", s, n, severities)
+        for b, n in enumerate(names)
+        for s in range(2)
+    ]
+    fig = severity_curves(tmp_path / "c.png", group_runs([load_run(p) for p in paths]))
+    assert_drawn_inside(fig)
+    assert " ".join(fig.get_suptitle().split()).startswith("runs a-rather-long")
+    legend = fig.legends[0]
+    assert len(legend.get_texts()) == len(ALL_HEADS)
+    assert {t.get_text() for t in legend.get_texts()} >= {"introspective + TS", "MC dropout"}
+    for ax in fig.axes:
+        xs = [x for line in ax.get_lines() for x in line.get_xdata()]
+        assert len(set(xs)) == len(ALL_HEADS) * len(severities)  # no two series share an x
+        low, high = ax.get_xlim()
+        assert low < min(xs) and max(xs) < high

@@ -30,6 +30,7 @@ def test_group_choice_and_dotlist_override() -> None:
     assert cfg.stage1.optim.lr == 0.5
 
 
+@pytest.mark.slow
 def test_every_shipped_group_option_and_experiment_validates() -> None:
     for group in GROUPS:
         options = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
@@ -113,6 +114,7 @@ def test_choices_table_matches_schema_defaults() -> None:
         assert values and all(v in valid for v in values), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", ["resnet20", "resnet56"])
 def test_full_training_set_experiments_point_at_the_shared_data(
     net: str, shared_data: Path, monkeypatch

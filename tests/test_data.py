@@ -630,6 +630,7 @@ def test_augmix_output_is_a_quantized_image() -> None:
 # -------------------------------------------------------------------------- real data
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_cifar10_jpeg_archive(shared_data: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
@@ -649,6 +650,7 @@ def test_real_cifar10_jpeg_archive(shared_data: Path, tmp_path: Path) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_lossless_npz(shared_data: Path) -> None:
     train = shared_data / "cifar10-train-lossless-5170.npz"

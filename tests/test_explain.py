@@ -525,6 +525,49 @@ def test_figure_is_a_png(net: TinyNet, images: torch.Tensor, tmp_path: Path) -> 
         explanation_figure(net, images, ["cat"], tmp_path / "x.png")
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_figure_has_a_colour_bar_a_title_and_fits(
+    net: TinyNet, images: torch.Tensor, tmp_path: Path, monkeypatch, rows: int
+) -> None:
+    """The map figures name the run, each image and each method, give the map scale in a
+    colour bar, and draw every title inside the figure."""
+    from introspect.explain import figure as module
+    from introspect.explain.methods import MAP_METHODS
+    from tests.conftest import assert_drawn_inside
+
+    drawn = []
+    save = module._save
+    monkeypatch.setattr(module, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    names = [f"test image {i}" for i in range(rows)]
+    title = "run a-rather-long-run-directory-name-2026-12-07-seed0"
+    classes = ["cat", "dog", "ship", "frog"]
+    explanation_figure(
+        net, images[:rows], classes, tmp_path / "p.png", title=title, image_names=names
+    )
+    methods = {k: MAP_METHODS[k] for k in ("gradcam", "vanilla_gradient")}
+    module.methods_figure(
+        net, images[:rows], classes, tmp_path / "m.png", methods, title=title, image_names=names
+    )
+    assert len(drawn) == 2
+    for fig, method_names in zip(
+        drawn,
+        (("Grad-CAM", "Contrast-CAM", "Counterfactual-CAM"), ("gradcam", "vanilla gradient")),
+        strict=True,
+    ):
+        assert_drawn_inside(fig)
+        heading = " ".join(fig.get_suptitle().split())
+        assert heading.startswith(title)
+        bars = [ax for ax in fig.axes if ax.get_ylabel() == "map value (min-max normalized)"]
+        assert len(bars) == 1 and bars[0].get_ylim() == (0.0, 1.0)
+        titles = [ax.get_title() for ax in fig.axes]
+        for i, name in enumerate(names):
+            assert titles[i * (len(titles) - 1) // rows].startswith(name)
+        for method in method_names:
+            assert sum(t.startswith(method) for t in titles) >= rows
+    with pytest.raises(ValueError, match="one name per image"):
+        explanation_figure(net, images, classes, tmp_path / "x.png", image_names=["one"])
+
+
 def _call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = explain_main(argv)
     out, err = capsys.readouterr()

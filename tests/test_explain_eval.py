@@ -283,6 +283,7 @@ def test_explain_eval_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert _call([], capsys)[0] == 2 and _call(["--help"], capsys)[0] == 0
 
 
+@pytest.mark.slow
 def test_argument_errors_come_before_torch_is_imported(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -371,6 +371,7 @@ def test_superpixels_and_lime_options(net: PoolNet, images: torch.Tensor) -> Non
 # ---- real images -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_released_resnet20_agrees_with_the_reference_libraries(shared_data: Path) -> None:
     from captum.attr import IntegratedGradients

@@ -210,6 +210,7 @@ def test_introspection_contrasts_are_contrast_cams_for_every_class() -> None:
         torch.testing.assert_close(maps[q : q + 1], contrast_cam(net, x, target=p, contrast=q))
 
 
+@pytest.mark.slow
 def test_explain_commands_draw_figures_of_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

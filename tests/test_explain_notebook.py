@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "explanations.ipynb"
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_explanations_notebook_executes(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

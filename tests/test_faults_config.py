@@ -102,6 +102,7 @@ def _one_line(err: str) -> str:
 # --- defect 3: interpolations of saved configs and records are never resolved ------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [[], ["scores"], ["explain"]])
 def test_a_planted_interpolation_is_refused_and_never_resolved(
     finished: Path, tmp_path: Path, monkeypatch, capsys, command: list[str]
@@ -118,6 +119,7 @@ def test_a_planted_interpolation_is_refused_and_never_resolved(
     assert _files_holding(tmp_path, SECRET) == []
 
 
+@pytest.mark.slow
 def test_an_interpolation_in_a_list_element_is_found(finished: Path, tmp_path: Path) -> None:
     run_dir = _copy(finished, tmp_path)
     _edit_config(run_dir, **{"eval.corruptions": ["contrast", "${oc.env:HOME}"]})
@@ -141,6 +143,7 @@ def test_resume_compares_a_planted_interpolation_without_resolving_it(
     assert "data.root holds an interpolation" in message and SECRET not in message
 
 
+@pytest.mark.slow
 def test_compare_refuses_a_record_with_an_interpolation(
     finished: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -197,6 +200,7 @@ def _planted_logger_run(finished: Path, tmp_path: Path, name: str = "copy") -> P
     return run_dir
 
 
+@pytest.mark.slow
 def test_compare_never_takes_wandb_settings_from_a_record(
     finished: Path, tmp_path: Path, wandb_init: _WandbRecorder
 ) -> None:
@@ -230,6 +234,7 @@ def test_compare_of_active_runs_never_takes_wandb_settings_from_a_record(
     assert (call["mode"], call["entity"]) == ("offline", None)
 
 
+@pytest.mark.slow
 def test_a_loaded_run_config_takes_its_logger_from_the_command_line(
     finished: Path, tmp_path: Path
 ) -> None:
@@ -242,6 +247,7 @@ def test_a_loaded_run_config_takes_its_logger_from_the_command_line(
     assert given.wandb and given.entity == "mine" and given.wandb_mode == "offline"
 
 
+@pytest.mark.slow
 def test_reevaluation_never_sends_a_record_online(
     finished: Path, tmp_path: Path, monkeypatch, wandb_init: _WandbRecorder
 ) -> None:
@@ -417,6 +423,7 @@ def test_every_float_field_refuses_nan_and_infinity(
             _validate(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arg", ["stage1.optim.lr=nan", "stage1.optim.lr=inf",
                                  "backbone.mean=[nan,0,0]", "backbone.std=[1,inf,1]",
                                  "trainer.limit_train_batches=.nan"])  # fmt: skip
@@ -429,6 +436,7 @@ def test_train_refuses_non_finite_values_before_any_work(tmp_path: Path, capsys,
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_saved_non_finite_value_is_refused(finished: Path, tmp_path: Path) -> None:
     run_dir = _copy(finished, tmp_path)
     _edit_config(run_dir, **{"stage1.optim.lr": math.nan})
@@ -455,6 +463,7 @@ BAD_TRAINER = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arg", "key"), BAD_TRAINER, ids=[a for a, _ in BAD_TRAINER])
 def test_bad_lightning_trainer_values_are_refused_before_any_run_directory(
     tmp_path: Path, capsys, arg: str, key: str
@@ -492,6 +501,7 @@ def test_values_lightning_accepts_are_kept(arg: str) -> None:
     load_config(arg.split())
 
 
+@pytest.mark.slow
 def test_a_bad_precision_stops_train_before_heavy_imports(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = subprocess.run(

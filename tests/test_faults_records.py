@@ -147,6 +147,7 @@ def _evaluate(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
 # --- 9. records carry a digest ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_record_carries_the_digest_of_its_content_and_files(finished: Path) -> None:
     from introspect.runs.integrity import check_record, content_sha256, file_sha256
 
@@ -164,6 +165,7 @@ def test_a_record_carries_the_digest_of_its_content_and_files(finished: Path) ->
     assert check_record(finished / "results.json", finished) == "verified"
 
 
+@pytest.mark.slow
 def test_compare_refuses_an_edited_record_and_flags_it_with_allow_modified(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,6 +188,7 @@ def test_compare_refuses_an_edited_record_and_flags_it_with_allow_modified(
     assert "(modified)" in (out / "comparison.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["checkpoints/stage1-best.ckpt", "stage2/introspective.pt"])
 def test_a_tampered_checkpoint_or_head_is_detected(
     finished: Path, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
@@ -202,6 +205,7 @@ def test_a_tampered_checkpoint_or_head_is_detected(
     assert rc == 2 and f"{name} is missing" in err
 
 
+@pytest.mark.slow
 def test_a_record_without_digest_is_used_and_marked_unverified(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -218,6 +222,7 @@ def test_a_record_without_digest_is_used_and_marked_unverified(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [[], ["scores"]])
 def test_evaluate_and_scores_refuse_an_edited_record_before_any_work(
     finished: Path, tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
@@ -231,6 +236,7 @@ def test_evaluate_and_scores_refuse_an_edited_record_before_any_work(
     assert not (edited / "evaluations").exists()
 
 
+@pytest.mark.slow
 def test_reevaluation_with_allow_modified_flags_its_table_and_record(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -251,6 +257,7 @@ def test_reevaluation_with_allow_modified_flags_its_table_and_record(
     assert check_record(out / "results.json", edited) == "verified"
 
 
+@pytest.mark.slow
 def test_scores_with_allow_modified_flag_their_table(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -294,6 +301,7 @@ def _imagefolder_args(tree: Path, tmp: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_stops_the_run_before_its_directory_or_is_skipped_and_counted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -320,6 +328,7 @@ def test_a_corrupt_image_stops_the_run_before_its_directory_or_is_skipped_and_co
     assert "skipping 2 unreadable image file(s)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_stray_label_is_refused_unless_num_classes_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -345,6 +354,7 @@ def test_a_stray_label_is_refused_unless_num_classes_says_so(
 # --- 11. faults end in one line -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("point", "stage", "resume"),
     [
@@ -374,6 +384,7 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes(
     assert _status(run_dir)["state"] == "complete"
 
 
+@pytest.mark.slow
 def test_a_corrupt_head_file_ends_in_one_line(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -401,6 +412,7 @@ def test_a_corrupt_head_file_ends_in_one_line(
     assert _lines(err)[-1].startswith(f"error: stage-2 head {control} cannot be loaded")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["sigint-stage1", "sigint-stage2"])
 def test_sigint_is_recorded_as_interrupted_with_one_line(tmp_path: Path, point: str) -> None:
     run_dir = tmp_path / "run"
@@ -441,6 +453,7 @@ def test_a_ddp_stop_hints_resume_only_where_a_run_directory_exists(
 # --- kill -9 at more points of every stage ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("point", "stage"),
     [

@@ -123,6 +123,7 @@ def run(race: tuple[list[subprocess.Popen[str]], Path], tmp_path: Path) -> Path:
 # --- 1. overwrite deletes a run of ours and nothing else -----------------------------------
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_a_folder_of_user_files(tmp_path: Path) -> None:
     folder = tmp_path / "thesis"
     (folder / "chapters").mkdir(parents=True)
@@ -179,6 +180,7 @@ def test_a_run_name_is_one_folder_name(tmp_path: Path, name: str) -> None:
         check_run_dir(cfg)
 
 
+@pytest.mark.slow
 def test_a_bad_run_name_is_one_line_before_any_work(tmp_path: Path) -> None:
     proc = _light("train", *QUICK, f"run.root={tmp_path / 'runs'}", "run.name=../../x")
     assert "must be one plain folder name" in _one_line(proc)
@@ -189,6 +191,7 @@ def test_a_bad_run_name_is_one_line_before_any_work(tmp_path: Path) -> None:
 # --- 2. one process per run directory and per evaluation -------------------------------------
 
 
+@pytest.mark.slow
 def test_two_trainings_racing_for_one_directory_admit_one(
     race: tuple[list[subprocess.Popen[str]], Path],
 ) -> None:
@@ -203,6 +206,7 @@ def test_two_trainings_racing_for_one_directory_admit_one(
     assert not (run_dir / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_held_run_directory_refuses_train_naming_the_holder(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     with acquire_lock(run_dir, "test"):
@@ -213,6 +217,7 @@ def test_a_held_run_directory_refuses_train_naming_the_holder(tmp_path: Path) ->
     assert not run_dir.exists()  # the lock made the folder and took it away
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "folder"),
     [([], "t"), (["scores"], "scores-t"), (["explain-eval"], "explain-t")],
@@ -240,6 +245,7 @@ def test_a_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
     acquire_lock(tmp_path / "x", "folder x").release()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_notice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -257,6 +263,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_notice(
         acquire_lock(folder, "folder x")
 
 
+@pytest.mark.slow
 def test_an_evaluation_takes_over_the_lock_of_a_killed_one(run: Path) -> None:
     out = run / "evaluations" / "t"
     out.mkdir(parents=True)
@@ -271,6 +278,7 @@ def test_an_evaluation_takes_over_the_lock_of_a_killed_one(run: Path) -> None:
 # --- 5. writes stay inside the run -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("link", ["evaluations", "evaluations/t"])
 def test_a_symlinked_evaluation_folder_is_refused(run: Path, tmp_path: Path, link: str) -> None:
     outside = tmp_path / "outside"
@@ -282,6 +290,7 @@ def test_a_symlinked_evaluation_folder_is_refused(run: Path, tmp_path: Path, lin
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("link", ["logs", "checkpoints", "stage2"])
 def test_resume_refuses_a_symlinked_output_folder(run: Path, tmp_path: Path, link: str) -> None:
     update_status(run, state="running")
@@ -302,6 +311,7 @@ def _plant(run: Path, **paths: str) -> None:
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
 
 
+@pytest.mark.slow
 def test_saved_cache_folders_are_not_created_by_a_reevaluation(run: Path, tmp_path: Path) -> None:
     planted = {
         "eval__cache_dir": str(tmp_path / "planted-eval-cache"),
@@ -318,6 +328,7 @@ def test_saved_cache_folders_are_not_created_by_a_reevaluation(run: Path, tmp_pa
     assert [p for p in planted.values() if Path(p).exists()] == []
 
 
+@pytest.mark.slow
 def test_saved_paths_are_replaced_unless_the_command_line_gives_them(
     run: Path, tmp_path: Path
 ) -> None:
@@ -350,6 +361,7 @@ def test_saved_paths_are_replaced_unless_the_command_line_gives_them(
 # --- 6. no command replaces a record ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", ["results.json", "config.yaml", "checkpoints/stage1-best.ckpt"])
 def test_explain_out_never_replaces_a_record(run: Path, record: str) -> None:
     before = (run / record).read_bytes()
@@ -360,6 +372,7 @@ def test_explain_out_never_replaces_a_record(run: Path, record: str) -> None:
     assert (run / record).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_explain_out_replaces_an_existing_file_only_when_asked(run: Path, tmp_path: Path) -> None:
     target = tmp_path / "figure.png"
     target.write_bytes(b"my own figure")
@@ -376,6 +389,7 @@ def test_explain_out_replaces_an_existing_file_only_when_asked(run: Path, tmp_pa
     assert target.read_bytes()[:4] == b"\x89PNG" and not (tmp_path / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_explain_network_keeps_existing_figures_unless_asked(run: Path, tmp_path: Path) -> None:
     folder = tmp_path / "figures"
     folder.mkdir()

@@ -456,6 +456,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_two_processes_agree_on_recomputing_an_inconsistent_entry(
     tiny, tmp_path: Path, reference, capfd
 ) -> None:

@@ -339,6 +339,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_ddp_sync_over_two_processes_equals_one_process(tmp_path) -> None:
     synced = run_two_process_script(tmp_path, DDP_SCRIPT)
     g = torch.Generator().manual_seed(0)
@@ -483,3 +484,41 @@ def test_reliability_grid_writes_png(tmp_path) -> None:
     titles = [ax.get_title() for ax in fig.axes[:3]]
     for title, name in zip(titles, panels, strict=True):
         assert name in title
+
+
+@pytest.mark.parametrize("n_panels", [1, 2, 8])
+def test_reliability_grid_draws_titles_and_legend_inside_the_figure(n_panels: int) -> None:
+    from tests.conftest import assert_drawn_inside
+
+    panels = {
+        f"head number {i} with a long name": random_batch(50, 10, seed=i) for i in range(n_panels)
+    }
+    title = "run a-rather-long-run-directory-name-2026-12-07-seed0: 15 corruption cells pooled"
+    fig = reliability_grid(panels, n_bins=10, title=title)
+    assert_drawn_inside(fig)
+    assert " ".join(fig.get_suptitle().split()) == title
+
+
+def test_reliability_panels_of_a_run_name_the_heads_in_words(tmp_path, monkeypatch) -> None:
+    import introspect.stages.evaluate as evaluate_module
+    from introspect.metrics import ExpectedCalibrationError
+
+    probs, target = random_batch(100, 10, seed=3)
+    metric = ExpectedCalibrationError(n_bins=15)
+    metric.update(probs, target)
+    sums = metric.bin_sums()
+    heads = ("feedforward", "feedforward_ts", "introspective_ts", "mc_dropout")
+    splits = ["clean", "fog/1", "fog/5"]
+    bins = {split: {h: sums for h in heads} for split in splits}
+    drawn = []
+    grid = evaluate_module.reliability_grid
+
+    def capture(panels, **kwargs):
+        drawn.append(list(panels))
+        return grid(panels, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "reliability_grid", capture)
+    paths = evaluate_module._reliability_plots(bins, splits, tmp_path, "r1")
+    assert [p.name for p in paths] == ["reliability_clean.png", "reliability_corrupted.png"]
+    words = ["feed-forward", "feed-forward + TS", "introspective + TS", "MC dropout"]
+    assert drawn == [words, words]

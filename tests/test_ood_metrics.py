@@ -240,6 +240,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_streaming_metrics_synchronize_with_an_empty_process(tmp_path: Path) -> None:
     synced = run_two_process_script(tmp_path, DDP_SCRIPT)
     g = torch.Generator().manual_seed(0)

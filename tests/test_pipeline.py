@@ -62,6 +62,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory):
     return cfg, Path(cfg.run.dir), results
 
 
+@pytest.mark.slow
 def test_results_json_has_every_split_head_and_metric(finished) -> None:
     cfg, run_dir, results = finished
     on_disk = json.loads((run_dir / "results.json").read_text())
@@ -100,6 +101,7 @@ def test_results_json_has_every_split_head_and_metric(finished) -> None:
     assert (run_dir / "table.md").is_file() and (run_dir / "reliability_clean.png").is_file()
 
 
+@pytest.mark.slow
 def test_clean_metrics_match_a_direct_computation(finished) -> None:
     cfg, run_dir, results = finished
     dm = build_data(cfg)
@@ -123,6 +125,7 @@ def test_clean_metrics_match_a_direct_computation(finished) -> None:
     assert clean["introspective"]["acc"] == pytest.approx(intro_acc, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) -> None:
     cfg = _cfg(tmp_path, "stage2.control=false", "eval.corruptions=[]")
     snapshots = {}
@@ -221,6 +224,7 @@ def test_failed_run_leaves_no_results_json(tmp_path: Path, monkeypatch) -> None:
     assert not (Path(cfg.run.dir) / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_py_reevaluates_on_other_splits(finished) -> None:
     cfg, run_dir, results = finished
     training_log = (run_dir / "logs" / "metrics.csv").read_text()
@@ -247,6 +251,7 @@ def test_evaluate_py_reevaluates_on_other_splits(finished) -> None:
                 )
 
 
+@pytest.mark.slow
 def test_class_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "backbone.num_classes=3")
     with pytest.raises(pipeline.PipelineError, match="backbone.num_classes=3.*10 classes"):
@@ -311,6 +316,7 @@ def test_overwriting_run_that_fails_leaves_no_stale_results(tmp_path: Path, monk
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_channels_last_frozen_network_matches_the_default_format(
     finished, tmp_path: Path, monkeypatch
 ) -> None:

@@ -277,6 +277,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_proxy_run_end_to_end_and_its_explanation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -313,6 +314,7 @@ def test_proxy_run_end_to_end_and_its_explanation(
     assert "quality run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quality_config_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,6 +33,7 @@ CASES: list[tuple[str, str, dict[str, Any], float, str, int]] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 @pytest.mark.parametrize("name, file, options, accuracy, head_path, dim", CASES)
 def test_released_checkpoint_accuracy(

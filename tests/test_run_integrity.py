@@ -113,6 +113,7 @@ def _saved_run(tmp_path: Path, **backbone: object) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [[], ["scores"], ["explain"]])
 def test_a_run_directory_cannot_run_code(tmp_path: Path, command: list[str]) -> None:
     marker = tmp_path / "pwned"
@@ -151,6 +152,7 @@ def test_code_import_is_honoured_when_given_on_the_command_line(tmp_path: Path) 
 # --- 2. one run per directory ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_directory_is_refused_before_any_work(reference: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
     proc = _python(
@@ -168,6 +170,7 @@ def test_a_second_run_in_the_same_directory_is_refused_before_any_work(reference
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_overwrite_clears_the_directory_first(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -190,6 +193,7 @@ def test_overwrite_clears_the_directory_first(tmp_path: Path) -> None:
 # --- 3. re-evaluation keeps the record --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reevaluation_goes_to_its_own_folder_and_never_rewrites_the_run(reference: Path) -> None:
     record = (reference / "results.json").read_bytes()
     overrides = ["eval.corruptions=[contrast]", "eval.severities=[5]"]
@@ -209,6 +213,7 @@ def test_reevaluation_goes_to_its_own_folder_and_never_rewrites_the_run(referenc
     assert _results(out) == again
 
 
+@pytest.mark.slow
 def test_compare_still_pools_a_reevaluated_run(reference: Path, tmp_path: Path) -> None:
     from introspect.jobs.compare import compare
 
@@ -227,6 +232,7 @@ def test_compare_still_pools_a_reevaluated_run(reference: Path, tmp_path: Path) 
         assert mean == pytest.approx(summary[head]["acc"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_evaluate_tag_must_be_a_folder_name(reference: Path) -> None:
     proc = _python([str(REPO / "evaluate.py"), f"run={reference}", "tag=../x"])
     assert proc.returncode == 2 and "plain folder name" in proc.stderr
@@ -235,6 +241,7 @@ def test_evaluate_tag_must_be_a_folder_name(reference: Path) -> None:
 # --- 5. group choices on a finished run --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_takes_group_choices_like_train(reference: Path) -> None:
     cfg = load_run_config(reference, ["trainer=ddp_cpu", "trainer.log_every_n_steps=3"])
     assert cfg.trainer.devices == 2 and cfg.trainer.strategy == "ddp"
@@ -246,6 +253,7 @@ def test_evaluate_takes_group_choices_like_train(reference: Path) -> None:
         load_run_config(reference, ["data=digits"])
 
 
+@pytest.mark.slow
 def test_reevaluation_on_two_processes_equals_one(reference: Path) -> None:
     proc = _python([str(REPO / "evaluate.py"), f"run={reference}", "trainer=ddp_cpu", "tag=ddp"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -310,6 +318,7 @@ def test_each_range_rejects_a_value_outside_it(path: str) -> None:
         load_config([f"{path}={value}"])
 
 
+@pytest.mark.slow
 def test_negative_epochs_stop_before_any_work(tmp_path: Path) -> None:
     proc = _train(*TINY, "stage1.epochs=-1", f"run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
@@ -319,6 +328,7 @@ def test_negative_epochs_stop_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
@@ -350,6 +360,7 @@ def test_path_errors_come_before_heavy_imports(
 # --- resume, status, provenance ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["stage1", "stage2", "evaluation"])
 def test_a_killed_run_resumes_to_the_uninterrupted_results(
     reference: Path, tmp_path: Path, stage: str
@@ -387,6 +398,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(
     assert not (run_dir / ".partial-evaluation").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_a_complete_run_and_an_empty_directory(
     reference: Path, tmp_path: Path
 ) -> None:
@@ -414,6 +426,7 @@ def test_resume_refuses_a_changed_config_a_complete_run_and_an_empty_directory(
         check_run_dir(load_config([*TINY, f"run.dir={tmp_path / 'x'}", "run.resume=true"]))
 
 
+@pytest.mark.slow
 def test_a_run_made_before_a_schema_addition_resumes_while_it_stays_at_its_default(
     reference: Path, tmp_path: Path
 ) -> None:
@@ -448,6 +461,7 @@ def test_partial_evaluation_survives_a_schema_addition_at_its_default() -> None:
     assert config_digest(load_config([*TINY, "eval.severities=[2]"])) != config_digest(cfg)
 
 
+@pytest.mark.slow
 def test_status_records_a_failure_and_compare_skips_unfinished_runs(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -468,6 +482,7 @@ def test_status_records_a_failure_and_compare_skips_unfinished_runs(
     assert "skipping" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_results_record_their_provenance(reference: Path) -> None:
     import lightning
     import torch

@@ -240,6 +240,7 @@ def test_official_source_in_a_config(tmp_path: Path) -> None:
     assert list(splits) == ["clean", "snow/1", "snow/3"] and len(splits["snow/3"]) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_experiment_splits_and_jpeg_accuracy(shared_data: Path) -> None:
     """The cifar10_resnet20 splits: the 1,017 exact test images halved into a calibration
@@ -264,6 +265,7 @@ def test_real_experiment_splits_and_jpeg_accuracy(shared_data: Path) -> None:
     assert abs(100 * correct / 10000 - 81.03) <= 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["cifar10_resnet20", "cifar10_resnet4b_adv"])
 def test_real_experiments_without_the_data_stop_with_the_path(
     experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,6 +73,7 @@ def test_fast_dev_run_trains_and_tests(tmp_path: Path) -> None:
     assert changed, "one training step should have updated the backbone"
 
 
+@pytest.mark.slow
 def test_stage1_learns_synthetic_data_and_keeps_checkpoints(tmp_path: Path) -> None:
     cfg = load_config(
         [
@@ -95,6 +97,7 @@ def test_stage1_learns_synthetic_data_and_keeps_checkpoints(tmp_path: Path) -> N
     assert (run_dir / "logs" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_train_py_reports_config_errors_without_traceback() -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "data.batchsize=3"],

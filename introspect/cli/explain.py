@@ -400,8 +400,19 @@ def _explain(
     labels = [int(label) for _, label in samples]
     layer = options.get("layer") or None
     out = Path(options["out"])  # checked and filled in by _prepare_explain
+    title = f"run {run_dir.name}"
+    names = [f"{split} image {i}" for i in wanted]
     if figure == "paradigms":
-        path = explanation_figure(backbone, images, dm.class_names, out, layer=layer, labels=labels)
+        path = explanation_figure(
+            backbone,
+            images,
+            dm.class_names,
+            out,
+            layer=layer,
+            labels=labels,
+            title=title,
+            image_names=names,
+        )
     elif figure == "methods":
         path = methods_figure(
             backbone,
@@ -412,6 +423,8 @@ def _explain(
             layer=layer,
             options=method_options,
             labels=labels,
+            title=title,
+            image_names=names,
         )
     elif figure == "prototypes":
         from introspect.explain.prototypes import prototype_figure

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -23,6 +25,7 @@ from introspect.explain.core import (
 )
 from introspect.explain.layers import LayerSpec
 from introspect.explain.uncertainty import VoiceEvaluation, VoiceResult
+from introspect.metrics.layout import fit_suptitle
 
 
 def display_image(image: torch.Tensor) -> np.ndarray:
@@ -50,15 +53,18 @@ def explanation_figure(
     layer: LayerSpec = None,
     contrasts: int = 2,
     labels: Sequence[int] | torch.Tensor | None = None,
+    title: str = "",
+    image_names: Sequence[str] | None = None,
 ) -> Path:
     """Write a PNG explaining the model's prediction P on each image and return its path.
 
-    One row per image; columns: the input (titled with P, its probability and, when
-    ``labels`` are given, the true class), Grad-CAM "why P?", Contrast-CAM "why P, rather
-    than Q?" for the ``contrasts`` next most likely classes Q (at most N - 1), and
-    Counterfactual-CAM "why not P?", each overlaid on the image. ``class_names`` holds at
-    least one name per class; ``layer`` is the explained layer as for
-    :func:`~introspect.explain.gradcam`. Parent folders of ``path`` are created.
+    One row per image; columns: the input (titled with its name from ``image_names``, P, its
+    probability and, when ``labels`` are given, the true class), Grad-CAM "why P?",
+    Contrast-CAM "why P, rather than Q?" for the ``contrasts`` next most likely classes Q (at
+    most N - 1), and Counterfactual-CAM "why not P?", each overlaid on the image and titled
+    with its method; a colour bar gives the map scale and ``title`` (e.g. the run) heads the
+    figure. ``class_names`` holds at least one name per class; ``layer`` is the explained
+    layer as for :func:`~introspect.explain.gradcam`. Parent folders of ``path`` are created.
     """
     check_images(images)
     if isinstance(contrasts, bool) or not isinstance(contrasts, int) or contrasts < 0:
@@ -72,32 +78,36 @@ def explanation_figure(
         )
     if labels is not None and len(labels) != len(images):
         raise ExplanationError(f"give one label per image: {len(labels)} for {len(images)}")
+    if image_names is not None and len(image_names) != len(images):
+        raise ExplanationError(f"give one name per image: {len(image_names)} for {len(images)}")
     ranking = probs.argsort(dim=1, descending=True)
     predicted = ranking[:, 0]
     name = [[str(class_names[int(c)]) for c in row] for row in ranking]
 
-    why = [f"why {n[0]}?" for n in name]
+    why = [f"Grad-CAM\nwhy {n[0]}?" for n in name]
     columns = [(why, gradcam(model, images, layer, predicted))]
     for k in range(1, min(contrasts, probs.shape[1] - 1) + 1):
-        why_rather = [f"why {n[0]},\nrather than {n[k]}?" for n in name]
+        why_rather = [f"Contrast-CAM\nwhy {n[0]}, not {n[k]}?" for n in name]
         columns.append(
             (why_rather, contrast_cam(model, images, layer, predicted, contrast=ranking[:, k]))
         )
-    why_not = [f"why not {n[0]}?" for n in name]
+    why_not = [f"Counterfactual-CAM\nwhy not {n[0]}?" for n in name]
     columns.append((why_not, counterfactual_cam(model, images, layer, predicted)))
 
     rows, cols = len(images), len(columns) + 1
-    fig = Figure(figsize=(2.2 * cols, 2.5 * rows))
+    fig = Figure(figsize=(2.2 * cols + 0.8, 2.7 * rows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i in range(rows):
         picture = display_image(images[i])
         gray = "gray" if picture.ndim == 2 else None
-        title = f"P = {name[i][0]} ({float(probs[i, predicted[i]]):.0%})"
+        heading = f"P = {name[i][0]} ({float(probs[i, predicted[i]]):.0%})"
         if labels is not None:
-            title += f"\ntrue: {class_names[int(labels[i])]}"
+            heading += f"\ntrue: {class_names[int(labels[i])]}"
+        if image_names is not None:
+            heading = f"{image_names[i]}\n{heading}"
         axes[i, 0].imshow(picture, cmap=gray)
-        axes[i, 0].set_title(title, fontsize=8)
+        axes[i, 0].set_title(heading, fontsize=8)
         for j, (titles, maps) in enumerate(columns, start=1):
             axes[i, j].imshow(picture, cmap=gray)
             heat = maps[i].detach().float().cpu().numpy()
@@ -105,11 +115,21 @@ def explanation_figure(
             axes[i, j].set_title(titles[i], fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=100)
-    return out
+    _map_colorbar(fig, axes)
+    fit_suptitle(fig, _heading(title, "Grad-CAM, Contrast-CAM and Counterfactual-CAM"))
+    return _save(fig, path)
+
+
+def _heading(title: str, what: str) -> str:
+    return f"{title}: {what}" if title else what
+
+
+def _map_colorbar(fig: Figure, axes: Any) -> None:
+    """A colour bar beside ``axes`` for the overlaid maps (min-max normalized to [0, 1])."""
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet")
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.6, aspect=30)
+    bar.set_label("map value (min-max normalized)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
 
 
 def _overlay(ax: Any, picture: np.ndarray, heat: torch.Tensor, title: str) -> None:
@@ -119,7 +139,8 @@ def _overlay(ax: Any, picture: np.ndarray, heat: torch.Tensor, title: str) -> No
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=100)
@@ -136,10 +157,14 @@ def methods_figure(
     layer: LayerSpec = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     labels: Sequence[int] | torch.Tensor | None = None,
+    title: str = "",
+    image_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write a PNG with one row per image: the input (titled with the prediction P) and the
-    map of every method in ``methods`` (name -> map function, called with ``layer``, P and
-    ``options[name]``) overlaid on it; return its path."""
+    """Write a PNG with one row per image: the input (titled with its name from
+    ``image_names`` and the prediction P) and the map of every method in ``methods`` (name ->
+    map function, called with ``layer``, P and ``options[name]``) overlaid on it and titled
+    with the method, a colour bar of the map scale and ``title`` (e.g. the run) above them;
+    return its path."""
     check_images(images)
     if not methods:
         raise ExplanationError("give at least one method to draw")
@@ -156,21 +181,27 @@ def methods_figure(
         name: method(model, images, layer, predicted.to(images.device), **options.get(name, {}))
         for name, method in methods.items()
     }
+    if image_names is not None and len(image_names) != len(images):
+        raise ExplanationError(f"give one name per image: {len(image_names)} for {len(images)}")
     rows, cols = len(images), len(maps) + 1
-    fig = Figure(figsize=(1.7 * cols, 1.9 * rows))
+    fig = Figure(figsize=(1.7 * cols + 0.8, 2.0 * rows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i in range(rows):
         picture = display_image(images[i])
-        title = f"P = {class_names[int(predicted[i])]} ({float(probs[i, predicted[i]]):.0%})"
+        heading = f"P = {class_names[int(predicted[i])]} ({float(probs[i, predicted[i]]):.0%})"
         if labels is not None:
-            title += f"\ntrue: {class_names[int(labels[i])]}"
+            heading += f"\ntrue: {class_names[int(labels[i])]}"
+        if image_names is not None:
+            heading = f"{image_names[i]}\n{heading}"
         axes[i, 0].imshow(picture, cmap="gray" if picture.ndim == 2 else None)
-        axes[i, 0].set_title(title, fontsize=8)
+        axes[i, 0].set_title(heading, fontsize=8)
         for j, (name, heat) in enumerate(maps.items(), start=1):
             _overlay(axes[i, j], picture, heat[i], name.replace("_", " "))
     for ax in axes.flat:
         ax.axis("off")
+    _map_colorbar(fig, axes)
+    fit_suptitle(fig, _heading(title, f"{len(maps)} explanation methods"))
     return _save(fig, path)
 
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from introspect.config.loader import leaf_paths
 from introspect.data.shifted import is_cell
+from introspect.metrics.layout import fit_legend, fit_suptitle, fit_text
 from introspect.metrics.paired import PairedDifference
 from introspect.report.compare_active import compare_active
 from introspect.report.differences import (
@@ -403,19 +404,21 @@ def scatter(
 
 def severity_curves(path: Path, groups: Sequence[Group]) -> Figure | None:
     """Accuracy and ECE (mean over corruptions, ± seed std) against severity, one column per
-    group and one line per head; returns None (and writes nothing) without severities."""
+    group and one line per head (side by side at each severity, so one severity shows every
+    head too); returns None (and writes nothing) without severities."""
     with_sev = [g for g in groups if g.runs[0].results.get("by_severity")]
     if not with_sev:
         return None
-    fig = Figure(figsize=(max(4.5, 4 * len(with_sev)), 6.5))
+    fig = Figure(figsize=(max(6.0, 4 * len(with_sev)), 6.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(with_sev), squeeze=False)
+    dodge = 0.6 / len(HEADS)  # the heads side by side within 0.6 of a severity step
     for j, group in enumerate(with_sev):
         severities = sorted(group.runs[0].results["by_severity"], key=int)
-        x = [int(s) for s in severities]
+        x = np.asarray([int(s) for s in severities], dtype=np.float64)
         for row, metric in enumerate(METRICS):
             ax = axes[row][j]
-            for head in HEADS:
+            for k, head in enumerate(HEADS):
                 per_run = [
                     [r.results["by_severity"][s].get(head, {}).get(metric) for s in severities]
                     for r in group.runs
@@ -426,19 +429,20 @@ def severity_curves(path: Path, groups: Sequence[Group]) -> Figure | None:
                 std = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
                 marker, filled = _MARKERS[SHORT[head]]
                 ax.errorbar(
-                    x, arr.mean(0), yerr=std, marker=marker, capsize=3,
-                    linestyle="-" if filled else "--", label=SHORT_NAMES[SHORT[head]],
+                    x + (k - (len(HEADS) - 1) / 2) * dodge, arr.mean(0), yerr=std,
+                    marker=marker, capsize=3, linestyle="-" if filled else "--",
+                    label=SHORT_NAMES[SHORT[head]],
                 )  # fmt: skip
             ax.set_xticks(x)
+            ax.set_xlim(x[0] - 0.5, x[-1] + 0.5)
             ax.set_xlabel("severity")
             ax.set_ylabel("accuracy (%)" if metric == "acc" else "ECE (%)")
             ax.grid(alpha=0.3)
             if row == 0:
-                ax.set_title(group.label, fontsize=8)
+                fit_text(fig, ax.set_title(group.label, fontsize=8), within=ax)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.suptitle(f"{runs_title(with_sev)}: corruption cells of the test split, by severity")
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fit_suptitle(fig, f"{runs_title(with_sev)}: corruption cells of the test split, by severity")
+    fit_legend(fig, handles, labels, fontsize=7, frameon=False)
     fig.savefig(path, dpi=120)
     return fig
 

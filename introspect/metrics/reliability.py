@@ -24,6 +24,7 @@ from introspect.metrics.calibration import (
     equal_width_bin_index,
     validate_probs_target,
 )
+from introspect.metrics.layout import fit_legend, fit_suptitle, fit_text
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -97,7 +98,7 @@ def _draw(rel_ax: Axes, hist_ax: Axes, bins: dict, title: str) -> None:
     rel_ax.set_ylim(0, 1)
     rel_ax.set_ylabel("accuracy")
     heading = f"ECE = {100 * bins['ece']:.2f} %  (n = {bins['n']})"
-    rel_ax.set_title(f"{title}\n{heading}" if title else heading)
+    fit_text(rel_ax.figure, rel_ax.set_title(f"{title}\n{heading}" if title else heading), rel_ax)
 
     hist_ax.bar(
         left, bins["count"] / bins["n"], width=width, align="edge", color="tab:gray",
@@ -120,7 +121,7 @@ def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize="small")
+    fit_legend(fig, handles, labels, fontsize="small")
 
 
 def _finish(fig: Figure, path: str | Path | None) -> Figure:
@@ -180,6 +181,6 @@ def reliability_grid(
     for column, (name, bins) in enumerate(all_bins.items()):
         _draw(axes[0, column], axes[1, column], bins, name)
     if title:
-        fig.suptitle(title)
+        fit_suptitle(fig, title)
     _legend_below(fig, [axes[0, 0], axes[1, 0]])
     return _finish(fig, path)

@@ -37,6 +37,7 @@ from introspect.runs.status import write_json_atomic
 from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
 from introspect.stages.baselines import Baselines
 from introspect.stages.evaluation import (
+    WORDS,
     Evaluator,
     aggregate_by,
     format_table,
@@ -244,7 +245,7 @@ def _reliability_plots(
     if "clean" in names:
         path = run_dir / "reliability_clean.png"
         reliability_grid(
-            {h: bins_from_sums(**b) for h, b in bins["clean"].items()},
+            {WORDS.get(h, h): bins_from_sums(**b) for h, b in bins["clean"].items()},
             title=f"run {label}: clean test split",
             path=path,
         )
@@ -253,7 +254,7 @@ def _reliability_plots(
     if shifted:
         heads = bins[shifted[0]]
         pooled = {
-            h: bins_from_sums(
+            WORDS.get(h, h): bins_from_sums(
                 **{k: sum(bins[n][h][k] for n in shifted) for k in heads[h]}  # type: ignore[misc]
             )
             for h in heads

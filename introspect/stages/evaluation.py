@@ -42,6 +42,17 @@ SHORT = {
     "mc_dropout": "MCD",
     "ensemble": "ENS",
 }
+# Each head in words, for figure titles and legends.
+WORDS = {
+    "feedforward": "feed-forward",
+    "feedforward_ts": "feed-forward + TS",
+    "introspective": "introspective",
+    "introspective_ts": "introspective + TS",
+    "control": "control",
+    "control_ts": "control + TS",
+    "mc_dropout": "MC dropout",
+    "ensemble": "ensemble",
+}
 TABLE_METRICS = ("acc", "ece")
 
 
