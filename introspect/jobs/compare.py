@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from introspect.config.loader import leaf_paths
-from introspect.data.shifted import is_cell
+from introspect.data.cells import is_cell
 from introspect.metrics.paired import PairedDifference
 from introspect.report.compare_active import compare_active, is_active_run
 from introspect.report.differences import (
@@ -42,6 +42,7 @@ from introspect.report.experiments import (
     mean_std,
     recipe,
 )
+from introspect.report.names import HEADS, SHORT
 from introspect.report.table1 import stage1_recipe_of, table1_markdown
 from introspect.runs.integrity import (
     MODIFIED,
@@ -53,7 +54,6 @@ from introspect.runs.integrity import (
 )
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
-from introspect.stages.evaluation import HEADS, SHORT
 
 SHORT_NAMES = {
     "FF": "feed-forward",

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from introspect.attacks import ATTACKS
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule
+from introspect.data.cells import is_cell
 from introspect.data.module import SPLITS
 from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
-from introspect.data.shifted import is_cell
 from introspect.detect import LayerMahalanobis, default_layers, layer_features
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier

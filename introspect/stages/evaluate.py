@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from introspect.data import ImageDataModule
+from introspect.data.cells import is_cell
 from introspect.data.samplers import ContiguousSampler
-from introspect.data.shifted import is_cell
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
 from introspect.report.differences import (
