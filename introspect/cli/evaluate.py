@@ -235,6 +235,7 @@ def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
         print(f"error: {missing[0]} is not a run directory", file=sys.stderr)
         return 2
     from introspect.jobs.compare import CompareError, compare
+    from introspect.report.console import console_table
 
     try:
         report = compare(
@@ -243,7 +244,7 @@ def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(report["markdown"])
+    print(console_table(report["markdown"]))
     print(f"wrote {report['out_dir']}")
     return 0
 

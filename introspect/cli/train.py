@@ -109,7 +109,9 @@ def _sweep(argv: list[str], *, show: bool = False) -> int:
     manifest = launch(sweep)
     failed = [j for j in manifest["jobs"] if j["state"].startswith("failed")]
     if manifest.get("compare"):
-        print(manifest["compare"]["markdown"])
+        from introspect.report.console import console_table
+
+        print(console_table(manifest["compare"]["markdown"]))
     for job in failed:
         print(f"[sweep] job {job['index']} {job['state']}: {job['run_dir']}", file=sys.stderr)
     print(f"sweep directory: {sweep.directory}")

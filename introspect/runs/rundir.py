@@ -406,15 +406,16 @@ def build_loggers(cfg: DictConfig, run_dir: Path, *, csv_version: str = "") -> l
     A CSV logger replaces the ``metrics.csv`` of its folder, so every job logs under its own
     ``csv_version`` (re-evaluations under their own folder, resumed runs as ``resume-K``).
     """
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers import WandbLogger
 
+    from introspect.runs.csvlog import LongCSVLogger
     from introspect.runs.distributed import is_global_zero
 
     loggers: list[Logger] = []
     if not is_global_zero():
         return loggers
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=csv_version))
+        loggers.append(LongCSVLogger(save_dir=str(run_dir), name="logs", version=csv_version))
     if cfg.logger.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
         if cfg.logger.wandb_mode != "online":

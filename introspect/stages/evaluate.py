@@ -18,6 +18,7 @@ from introspect.data.cells import is_cell
 from introspect.data.samplers import ContiguousSampler
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
+from introspect.report.console import console_lines, console_table
 from introspect.report.differences import (
     PREDICTIONS,
     accuracy_differences,
@@ -224,8 +225,8 @@ def evaluate_and_report(
     write_predictions(out_dir / PREDICTIONS, per_image)
     write_sealed(out_dir / "results.json", results, run_dir or out_dir, beside=[PREDICTIONS])
     partial.clear()
-    print(table)
-    print(verdict(results))
+    print(console_table(table))
+    print(console_lines(verdict(results)))
     return results
 
 
