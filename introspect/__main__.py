@@ -1,4 +1,5 @@
-"""``python -m introspect {train,evaluate,compare,scores,explain,explain-eval,explain-network}``."""
+"""``python -m introspect {train,evaluate,compare,scores,explain,explain-eval,explain-network}``;
+``python -m introspect --completion bash|zsh`` prints a shell completion script."""
 
 from __future__ import annotations
 
@@ -20,8 +21,22 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
         listing = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
-        print(f"usage: python -m introspect COMMAND [args]; COMMAND --help for more\n{listing}")
+        print(
+            "usage: python -m introspect COMMAND [args]; COMMAND --help for more\n"
+            f"       python -m introspect --completion bash|zsh  (shell completion)\n{listing}"
+        )
         return 0 if argv else 2
+    if argv[0] == "--completion":
+        from introspect.cli.completion import SHELLS, completion_script
+
+        if len(argv) != 2 or argv[1] not in SHELLS:
+            print(
+                f"error: give the shell: python -m introspect --completion {'|'.join(SHELLS)}",
+                file=sys.stderr,
+            )
+            return 2
+        print(completion_script(argv[1], list(COMMANDS)), end="")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; one of {', '.join(COMMANDS)}", file=sys.stderr)

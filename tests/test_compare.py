@@ -177,7 +177,9 @@ def test_command_line(runs, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
     rc = evaluate.main(["compare", *map(str, runs["a"]), "--out", str(out), "--no-wandb"])
     assert rc == 0 and (out / "comparison.md").is_file()
-    assert "| run (backbone · stage-2 recipe) |" in capsys.readouterr().out
+    shown = capsys.readouterr().out  # the console form: aligned, within 100 columns
+    assert "(backbone · stage-2 recipe)" in shown and "|" not in shown
+    assert max(map(len, shown.splitlines())) <= 100
     assert evaluate.main(["compare", str(tmp_path / "missing")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

@@ -24,7 +24,9 @@ from introspect.data.samplers import ContiguousSampler
 from introspect.gradients.cache import FeatureCache
 from introspect.jobs.train import reevaluate
 from introspect.metrics import ExpectedCalibrationError, bins_from_sums, reliability_bins
+from introspect.report.console import console_table
 from introspect.runs import distributed
+from introspect.runs.csvlog import read_long_csv
 from introspect.runs.distributed import launch, trainer_strategy, world_size
 from introspect.stages.stage1 import build_data
 
@@ -139,7 +141,9 @@ def test_two_processes_run_every_stage_and_count_each_sample_once(ddp_run) -> No
     tmp, run_dir, proc = ddp_run
     output = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in output and "MEMBER: 2/2" in output
-    assert proc.stdout.count("run directory:") == 1 and proc.stdout.count("| clean |") == 1
+    assert proc.stdout.count("run directory:") == 1
+    table = (run_dir / "table.md").read_text().split("\n\n")[0]
+    assert proc.stdout.count(console_table(table)) == 1  # printed once, by rank zero
     results = json.loads((run_dir / "results.json").read_text())
     assert results["run"]["config"]["trainer"]["devices"] == 2
     dm = build_data(load_run_config(run_dir))
@@ -154,7 +158,7 @@ def test_two_processes_run_every_stage_and_count_each_sample_once(ddp_run) -> No
     assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     for name in ("checkpoints/stage1-best.ckpt", "stage2/introspective.pt", "stage2/control.pt"):
         assert (run_dir / name).is_file(), name
-    logged = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0]
+    logged = {name for _, name, _ in read_long_csv(run_dir / "logs" / "metrics.csv")}
     for kind in ("feedforward", "introspective", "control"):
         assert f"{kind}/train/loss" in logged and f"{kind}/val/acc" in logged
     manifests = [json.loads(p.read_text()) for p in (tmp / "cache").glob("*/manifest.json")]

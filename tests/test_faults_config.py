@@ -295,6 +295,8 @@ CODE_SITES = {
     "introspect/backbones/registry.py": ("backbone.name", "backbone.ensemble_checkpoints[].name"),
     "introspect/backbones/checkpoint.py": ("backbone.trust_checkpoint",),
     "introspect/explain/__init__.py": (),
+    "introspect/data/__init__.py": (),  # imports its own submodules on first use
+    "introspect/metrics/__init__.py": (),  # the same
     "introspect/runs/provenance.py": (),
 }
 _CODE_CALLS = re.compile(

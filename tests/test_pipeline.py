@@ -17,6 +17,7 @@ from introspect.config import load_config, load_run_config
 from introspect.gradients import extract
 from introspect.jobs import train as pipeline
 from introspect.jobs.train import run
+from introspect.runs.csvlog import read_long_csv
 from introspect.stages.stage1 import build_backbone, build_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,7 +277,6 @@ def test_bad_evaluation_cells_fail_before_any_work(tmp_path: Path, override: str
 
 
 def test_logs_reach_csv_and_offline_wandb(tmp_path: Path, monkeypatch) -> None:
-    import csv
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
@@ -289,9 +289,7 @@ def test_logs_reach_csv_and_offline_wandb(tmp_path: Path, monkeypatch) -> None:
     )
     results = run(cfg)
     run_dir = Path(cfg.run.dir)
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    logged = {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
+    logged = {name: value for _, name, value in read_long_csv(run_dir / "logs" / "metrics.csv")}
     for split in ("clean", "contrast/3"):
         for head in ("feedforward", "introspective", "control"):
             key = f"eval/{split}/{head}/acc"

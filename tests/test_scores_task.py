@@ -19,6 +19,7 @@ from introspect.config.schema import ScoresConfig
 from introspect.jobs import scores as scores_mod
 from introspect.jobs.scores import UniformNoise, score_run, seeded_subset
 from introspect.jobs.train import run
+from introspect.runs.csvlog import read_long_csv
 from introspect.scores import energy, msp
 from introspect.stages.heads import load_heads
 from introspect.stages.stage1 import build_backbone, build_data
@@ -111,7 +112,7 @@ def test_scores_writes_ood_and_trust_beside_the_run_record(scored) -> None:
     assert ood["settings"]["max_samples"] == 2000 and ood["settings"]["purview"] is False
     markdown = (scored["out"] / "scores.md").read_text()
     assert "| int_odin |" in markdown and "same AUROC" in markdown and "corrupted AUAC" in markdown
-    logged = (scored["out"] / "logs" / "metrics.csv").read_text().splitlines()[0]
+    logged = {name for _, name, _ in read_long_csv(scored["out"] / "logs" / "metrics.csv")}
     assert "scores/ood/msp/gray/auroc" in logged and "scores/trust/int_msp/other/aufc" in logged
     # The run's own training log is kept.
     assert (run_dir / "logs" / "metrics.csv").read_bytes() == scored["train_log"]

@@ -14,12 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 import introspect.data.corruptions as corruptions_mod
 from introspect.config import ConfigError, load_config
 from introspect.data import DataError
+from introspect.data.cells import is_cell
 from introspect.data.corruptions import corrupt
 from introspect.data.shifted import (
     CorruptedDataset,
     cell_seed,
     corrupted_splits,
-    is_cell,
     load_official,
 )
 from introspect.stages.splits import evaluation_splits

@@ -215,11 +215,15 @@ def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
+    if not paths:
+        print("error: give at least one run directory to compare", file=sys.stderr)
+        return 2
     missing = [p for p in paths if not Path(p).expanduser().is_dir()]
-    if missing:  # before the heavy imports below
+    if missing:  # before the imports below
         print(f"error: {missing[0]} is not a run directory", file=sys.stderr)
         return 2
     from introspect.jobs.compare import CompareError, compare
+    from introspect.report.console import console_table
 
     try:
         report = compare(
@@ -228,7 +232,7 @@ def compare_main(argv: list[str], *, allow_modified: bool = False) -> int:
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(report["markdown"])
+    print(console_table(report["markdown"]))
     print(f"wrote {report['out_dir']}")
     return 0
 

@@ -1,16 +1,25 @@
 """python -m introspect train [experiment=NAME] [group=option ...] [a.b=value ...]
-       python -m introspect train --cfg [overrides]      print the composed config, run nothing
-       python -m introspect train -m key=a,b ['key2=range(0,3)'] [launcher=slurm launcher.k=v]
-                                                          [sweep.dir=PATH]
+       python -m introspect train --cfg job [overrides]  print the composed config, run nothing
+       python -m introspect train -m key=a,b ['key2=range(0,3)'] [launcher=local launcher.jobs=N]
+                                 [launcher=slurm launcher.k=v] [sweep.dir=PATH] [--cfg job]
+       python -m introspect --completion bash|zsh         print a shell completion script
+
+Overrides follow Hydra: a.b=value sets a key, +a.b=value adds one that has no value yet (e.g.
++eval.extra.jpeg.source=npz), ++a.b=value adds or sets, ~a.b deletes a mapping entry or resets a
+field to its default (~a.b=value: only if it holds that value), ~group drops a group's option.
+--cfg (or -c; "--cfg job" and "--cfg all" alike) prints the composed config; with -m, the config
+of every job of the sweep. sweep.* and launcher settings apply to -m only and are ignored, with a
+note, without it.
 
 Train stage 1 (or load the backbone), extract the introspective features, train stage 2 and the
 control, evaluate every head on the clean, shifted and corrupted splits; prints the run
 directory. ``train.py`` and ``introspect-train`` are the same command.
 
 Multirun (-m / --multirun): every combination of the comma-separated values runs as its own job
-in <sweep.dir>/<n>_<values> (default sweep.dir: runs/sweeps/<date-time>), one after another
-(launcher=local) or as a SLURM job array through submitit (launcher=slurm; options in
-configs/launcher/slurm.yaml). Every job's config is validated before the first starts; the
+in <sweep.dir>/<n>_<values> (default sweep.dir: runs/sweeps/<date-time>): N at a time as local
+processes (launcher=local launcher.jobs=N; default 1, one after another), or as a SLURM job
+array through submitit (launcher=slurm; options in configs/launcher/slurm.yaml). Every job's
+config is validated before the first starts; the
 finished jobs are compared into the sweep directory (comparison.md/.csv and plots).
 """
 
@@ -35,7 +44,53 @@ def usage() -> str:
     return f"{__doc__}\n{describe_configs(config_dir)}\n\nSweep launchers (with -m): {launchers}"
 
 
-def _sweep(argv: list[str]) -> int:
+_CFG_FLAGS = ("--cfg", "-c")
+_CFG_KINDS = ("job", "all")
+
+
+def split_cfg_flag(argv: list[str]) -> tuple[bool, list[str]]:
+    """Whether ``argv`` asks to print the config (``--cfg``, ``-c``, ``--cfg job|all``,
+    ``--cfg=job``), and the remaining arguments; ``ConfigError`` for another kind."""
+    show = False
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        flag, eq, kind = arg.partition("=")
+        if flag not in _CFG_FLAGS:
+            rest.append(arg)
+            continue
+        show = True
+        if not eq:
+            following = next(args, None)
+            if following is None or "=" in following or following.startswith("-"):
+                if following is not None:
+                    rest.append(following)
+                continue
+            kind = following
+        if kind not in _CFG_KINDS:
+            raise ConfigError(
+                f"--cfg {kind}: this command has no {kind!r} config (no Hydra runtime); "
+                "write --cfg job (or --cfg) to print the job's config"
+            )
+    return show, rest
+
+
+_SWEEP_KEYS = ("sweep.", "launcher")
+
+
+def drop_sweep_settings(argv: list[str]) -> list[str]:
+    """``argv`` without the ``sweep.*`` and ``launcher`` settings, which a single run ignores
+    (a note on stderr names them)."""
+    ignored = [a for a in argv if a.lstrip("+~").startswith(_SWEEP_KEYS)]
+    if ignored:
+        print(
+            f"note: ignored without -m (sweep settings): {' '.join(ignored)}",
+            file=sys.stderr,
+        )
+    return [a for a in argv if a not in ignored]
+
+
+def _sweep(argv: list[str], *, show: bool = False) -> int:
     from introspect.jobs.sweep import SweepError, launch, plan_sweep
 
     try:
@@ -43,11 +98,22 @@ def _sweep(argv: list[str]) -> int:
     except (SweepError, ConfigError) as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
+    if show:
+        from omegaconf import OmegaConf
+
+        for job in sweep.jobs:
+            what = " ".join(job.varied) or "(no sweep)"
+            print(f"# job {job.index + 1}/{len(sweep.jobs)}: {what}")
+            cfg = load_config(job.argv(), config_dir=default_config_dir())
+            print(OmegaConf.to_yaml(cfg), end="")
+        return 0
     print(f"[sweep] {len(sweep.jobs)} job(s) in {sweep.directory} ({sweep.launcher.name})")
     manifest = launch(sweep)
     failed = [j for j in manifest["jobs"] if j["state"].startswith("failed")]
     if manifest.get("compare"):
-        print(manifest["compare"]["markdown"])
+        from introspect.report.console import console_table
+
+        print(console_table(manifest["compare"]["markdown"]))
     for job in failed:
         print(f"[sweep] job {job['index']} {job['state']}: {job['run_dir']}", file=sys.stderr)
     print(f"sweep directory: {sweep.directory}")
@@ -59,10 +125,14 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
+    try:
+        show, argv = split_cfg_flag(argv)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     if any(a in ("-m", "--multirun") for a in argv):
-        return _sweep([a for a in argv if a not in ("-m", "--multirun")])
-    show = "--cfg" in argv
-    argv = [a for a in argv if a != "--cfg"]
+        return _sweep([a for a in argv if a not in ("-m", "--multirun")], show=show)
+    argv = drop_sweep_settings(argv)
     try:
         cfg = load_config(argv)
         if show:

@@ -17,10 +17,11 @@ LAUNCHERS = ("local", "slurm")
 
 @dataclass
 class LauncherConfig:
-    """Where the jobs of a sweep run: ``local`` (one after another here) or ``slurm`` (a job
-    array submitted with submitit)."""
+    """Where the jobs of a sweep run: ``local`` (``jobs`` processes at a time here) or ``slurm``
+    (a job array submitted with submitit)."""
 
     name: str = "local"
+    jobs: int = 1
     partition: str | None = None
     timeout_min: int = 60
     cpus_per_task: int = 2
@@ -33,6 +34,7 @@ class LauncherConfig:
 
 
 LAUNCHER_RANGES: dict[str, Range] = {
+    "jobs": Range(1),
     "timeout_min": Range(1),
     "cpus_per_task": Range(1),
     "gpus_per_node": Range(0),

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from introspect.config.baselines import baseline_config_error, resolve_ensemble_config
+from introspect.config.overrides import Override, OverrideError, parse_override, several_values
 from introspect.config.schema import CHOICES, GROUPS, RANGES, Config
 
 
@@ -281,9 +282,51 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
     """Compose the root default, ``experiment=NAME``, ``group=option`` and ``a.b=value`` arguments.
 
     Precedence (later wins): schema defaults, chosen group files, root ``config.yaml`` body,
-    experiment body, command-line dotlist. Raises ``ConfigError`` before any work on an unknown
-    key, a wrong type, a missing required value or an invalid choice.
+    experiment body, command-line overrides. As in Hydra, ``+a.b=value`` adds a key that has no
+    value yet, ``++a.b=value`` adds or overrides, ``~a.b`` (or ``~a.b=value``, only if it holds
+    that value) deletes an entry of a mapping or resets a schema field to its default, and
+    ``~group`` drops the group's option. Raises ``ConfigError`` before any work on an unknown
+    key, a wrong type, a missing required value or an invalid choice; a failing ``key=a,b``
+    gets the hint to sweep it with ``-m``.
     """
+    try:
+        return _compose(args, config_dir)
+    except ConfigError as err:
+        swept = [a for a in args if not a.startswith("~") and several_values(a)]
+        if not swept:
+            raise
+        raise ConfigError(
+            f"{err}. {swept[0]!r} gives several values: add -m to run each as its own job "
+            f"(a sweep), or write a list as {swept[0].partition('=')[0]}=[...]"
+        ) from None
+
+
+def _delete(cfg: DictConfig, schema: DictConfig, key: str, value: str | None) -> None:
+    """``~key[=value]`` on the composed ``cfg``: an entry of an open mapping is removed, a field
+    of the schema gets its default back; ``ConfigError`` for an unknown key or another value."""
+    parent_path, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        valid = list(parent.keys()) if isinstance(parent, DictConfig) else []
+        where = f"under {parent_path!r}" if parent_path else "at the top level"
+        raise ConfigError(
+            f"~{key}: no key {key!r} to delete. {_suggest(leaf, map(str, valid))} (keys {where})"
+        )
+    if value is not None:
+        expected = OmegaConf.from_dotlist([f"v={value}"]).v
+        if parent[leaf] != expected:
+            raise ConfigError(
+                f"~{key}={value}: {key} holds {parent[leaf]!r}, not {value!r}; write ~{key} to "
+                "delete it whatever its value"
+            )
+    if leaf in _schema_keys(schema, parent_path):
+        default = OmegaConf.select(schema, key)
+        parent[leaf] = default
+        return
+    del parent[leaf]
+
+
+def _compose(args: Sequence[str], config_dir: Path | str | None) -> DictConfig:
     config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
     root_file = config_dir / "config.yaml"
     if not root_file.is_file():
@@ -294,17 +337,32 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
 
     experiment: str | None = None
     group_args: dict[str, str] = {}
+    dropped: set[str] = set()
+    added_groups: dict[str, str] = {}
     dotlist: list[str] = []
+    added: list[str] = []
+    deletions: list[Override] = []
     for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"argument {arg!r} is not of the form key=value (e.g. data=digits)")
-        if key == "experiment":
+        try:
+            override = parse_override(arg)
+        except OverrideError as err:
+            raise ConfigError(str(err)) from None
+        key, value = override.key, override.value
+        if override.kind == "delete":
+            if key in GROUPS and value is None:
+                dropped.add(key)
+            elif key == "experiment" and value is None:
+                experiment = None
+            else:
+                deletions.append(override)
+        elif key == "experiment":
             experiment = value
         elif key in GROUPS:
-            group_args[key] = value
+            (added_groups if override.kind == "add" else group_args)[key] = str(value)
         else:
-            dotlist.append(arg)
+            dotlist.append(override.dotlist())
+            if override.kind == "add":
+                added.append(key)
 
     layers: list[tuple[str, DictConfig]] = []
     exp_body: DictConfig | None = None
@@ -317,7 +375,16 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
             )
         exp_defaults, exp_body = _split_defaults(_read_yaml(path), str(path), config_dir)
         choices.update(exp_defaults)
+    for group, option in added_groups.items():
+        if choices.get(group) is not None:
+            raise ConfigError(
+                f"+{group}={option}: {group} already has the option {choices[group]!r}; choose "
+                f"another with {group}={option} (no +)"
+            )
+    choices.update(added_groups)
     choices.update(group_args)
+    for group in dropped:
+        choices.pop(group, None)
 
     for group in GROUPS:
         option = choices.get(group)
@@ -341,6 +408,13 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
     cfg = schema
     required: set[str] = set()
     for source, layer in layers:
+        if source == "command line":
+            for key in added:
+                if OmegaConf.select(cfg, key, default=None) is not None:
+                    raise ConfigError(
+                        f"+{key}: {key} already has a value; override it with {key}=VALUE (no "
+                        f"+), or ++{key}=VALUE to add or override"
+                    )
         cfg = _merge(cfg, layer, source, schema)
         # Merging "???" onto a default keeps the default, so required values are tracked here:
         # a "???" marks a path required until a later layer gives it a value.
@@ -350,6 +424,9 @@ def load_config(args: Sequence[str] = (), *, config_dir: Path | str | None = Non
             else:
                 required.discard(path)
     cfg.experiment = experiment
+    for deletion in deletions:
+        _delete(cfg, schema, deletion.key, deletion.value)
+        required.discard(deletion.key)
 
     missing = sorted(set(OmegaConf.missing_keys(cfg)) | required)
     if missing:

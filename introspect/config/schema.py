@@ -5,6 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+# Names of the corruptions ``eval.corruptions`` may list (the CIFAR-10-C benchmark, its held-out
+# four, the CURE-TSR additions): checked here so that a typo fails before torch is imported;
+# tests/test_cli_torch_free.py checks them against ``introspect.data.corruptions.ALL_NAMES``.
+CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+    "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
+    "elastic_transform", "pixelate", "jpeg_compression",
+    "speckle_noise", "gaussian_blur", "spatter", "saturate",
+    "decolorization", "overexposure", "underexposure", "haze", "lens_blur", "dirty_lens",
+    "codec_error",
+)  # fmt: skip
+
 # Fields whose value must be one of a fixed set: dotted path -> valid values.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("digits", "cifar10", "cifar100", "imagefolder", "npz", "synthetic"),
@@ -27,6 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage2.head.optim.name": ("sgd", "adamw"),
     "stage2.head.optim.schedule": ("cosine", "none"),
     "eval.source": ("generated", "official"),
+    "eval.corruptions": CORRUPTIONS,
     "eval.calibration_split": ("val", "train", "none"),
     "data.val_from": ("train", "test"),
     "task": ("classification", "quality"),

@@ -171,12 +171,6 @@ def split_names(corruptions: Sequence[str], severities: Sequence[int]) -> list[s
     return [f"{c}/{s}" for c in corruptions for s in severities]
 
 
-def is_cell(split: str) -> bool:
-    """Whether ``split`` names a ``<corruption>/<severity>`` cell."""
-    name, sep, severity = split.partition("/")
-    return bool(sep and name and severity.isdigit())
-
-
 def check_cells(corruptions: Sequence[str], severities: Sequence[int]) -> None:
     """Raise ``DataError`` naming the fix unless every ``<corruption>/<severity>`` cell can run.
 

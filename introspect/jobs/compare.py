@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from introspect.config.loader import leaf_paths
-from introspect.data.shifted import is_cell
+from introspect.data.cells import is_cell
 from introspect.metrics.layout import fit_legend, fit_suptitle, fit_text
 from introspect.metrics.paired import PairedDifference
 from introspect.report.compare_active import compare_active
@@ -41,6 +41,7 @@ from introspect.report.experiments import (
     mean_std,
     recipe,
 )
+from introspect.report.names import HEADS, SHORT
 from introspect.report.table1 import stage1_recipe_of, table1_markdown
 from introspect.runs.finished import (
     FinishedRun,
@@ -51,7 +52,6 @@ from introspect.runs.finished import (
 from introspect.runs.integrity import MODIFIED, records_notes, seals_beside
 from introspect.runs.status import describe as describe_status
 from introspect.runs.status import read_status
-from introspect.stages.evaluation import HEADS, SHORT
 
 SHORT_NAMES = {
     "FF": "feed-forward",

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from introspect.attacks import ATTACKS
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule
+from introspect.data.cells import is_cell
 from introspect.data.module import SPLITS
 from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
-from introspect.data.shifted import is_cell
 from introspect.detect import LayerMahalanobis, default_layers, layer_features
 from introspect.jobs.job import job_loggers, plain_config, with_stage1_checkpoint
 from introspect.metrics.ood import ood_metrics
@@ -37,7 +37,7 @@ from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.runs.errors import PipelineError
 from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import results_header
-from introspect.runs.trainer import resolve_device
+from introspect.runs.trainer import console_is_terminal, resolve_device
 from introspect.scores import (
     Mahalanobis,
     PurviewDetector,
@@ -225,7 +225,7 @@ class SetScorer:
         s = self.cfg.scores
         parts: dict[str, list[torch.Tensor]] = {}
         loader = self.dm.loader(dataset, batch_size=s.batch_size)
-        progress = self.cfg.trainer.enable_progress_bar
+        progress = self.cfg.trainer.enable_progress_bar and console_is_terminal()
         for index, (images, labels) in enumerate(
             tqdm(loader, desc=f"scores {name}", disable=not progress)
         ):
@@ -376,7 +376,7 @@ def _detector_features(
     of ``scores.detect.lid_reference`` seeded training images as the LID reference."""
     d, s = cfg.scores.detect, cfg.scores
     layers = list(d.layers) if d.layers else default_layers(backbone)
-    hide = not cfg.trainer.enable_progress_bar
+    hide = not (cfg.trainer.enable_progress_bar and console_is_terminal())
     loader = dm.loader(train, batch_size=s.batch_size)
     gaussians = LayerMahalanobis(dm.num_classes, layers).fit(
         backbone, tqdm(loader, desc="scores layer mahalanobis fit", disable=hide)
@@ -477,7 +477,7 @@ def _score_all(
     with torch.inference_mode(False):
         train = dm.split("train")
         fit_loader = dm.loader(train, batch_size=s.batch_size)
-        hide = not cfg.trainer.enable_progress_bar
+        hide = not (cfg.trainer.enable_progress_bar and console_is_terminal())
         mahalanobis = Mahalanobis(dm.num_classes).fit(
             backbone, tqdm(fit_loader, desc="scores mahalanobis fit", disable=hide)
         )

@@ -24,11 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, load_config
 from introspect.config.launcher import load_launcher
+from introspect.config.overrides import OverrideError, split_values
 from introspect.report.experiments import WandbTarget
 from introspect.runs.rundir import check_run_dir
 from introspect.runs.status import write_json_atomic
-
-_RANGE = re.compile(r"^range\((-?\d+),\s*(-?\d+)(?:,\s*(-?\d+))?\)$")
 
 
 class SweepError(ValueError):
@@ -62,37 +61,6 @@ class Sweep:
     wandb: WandbTarget | None = None
 
 
-def split_values(value: str) -> list[str]:
-    """The values of one sweep override: ``a,b`` -> ``[a, b]``, ``range(0,3)`` -> 0, 1, 2;
-    commas inside brackets, braces or quotes belong to the value."""
-    found = _RANGE.match(value.strip())
-    if found:
-        start, stop, step = (int(g) if g is not None else None for g in found.groups())
-        if step == 0:
-            raise SweepError(f"range step must not be 0 in {value!r}")
-        return [str(v) for v in range(start, stop, step or 1)]  # type: ignore[arg-type]
-    parts: list[str] = []
-    depth, quote, current = 0, "", []
-    for char in value:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current))
-    if any(not p for p in parts):
-        raise SweepError(f"empty value in sweep {value!r}; write key=a,b,c")
-    return parts
-
-
 def expand(args: Sequence[str]) -> list[tuple[list[str], list[str]]]:
     """Every combination of the sweep overrides in ``args`` (later keys vary fastest), as
     ``(all overrides, the varied ones)``."""
@@ -100,9 +68,15 @@ def expand(args: Sequence[str]) -> list[tuple[list[str], list[str]]]:
     axes: list[list[str]] = []
     for arg in args:
         key, sep, value = arg.partition("=")
+        if arg.startswith("~") and not sep:
+            fixed.append(arg)  # a deletion: the same in every job
+            continue
         if not sep or not key:
             raise SweepError(f"argument {arg!r} is not of the form key=value (e.g. run.seed=0,1)")
-        values = split_values(value)
+        try:
+            values = split_values(value)
+        except OverrideError as err:
+            raise SweepError(str(err)) from None
         if len(values) == 1:
             fixed.append(arg)
         else:
@@ -194,13 +168,50 @@ def run_job(argv: Sequence[str]) -> int:
     return subprocess.run([sys.executable, "-m", "introspect", "train", *argv], env=env).returncode
 
 
+def job_log(sweep: Sweep, job: Job) -> Path:
+    """Where a job launched in parallel writes its console output: ``<sweep>/<job dir>.log``."""
+    return sweep.directory / f"{job.run_dir.name}.log"
+
+
 def _launch_local(sweep: Sweep, states: dict[int, Any], record: Path) -> None:
-    for job in sweep.jobs:
-        what = " ".join(job.varied) or "(no sweep)"
-        print(f"[sweep] job {job.index + 1}/{len(sweep.jobs)}: {what}", flush=True)
-        code = run_job(job.argv())
-        states[job.index] = "complete" if code == 0 else f"failed (exit {code})"
-        write_json_atomic(record, _manifest(sweep, states))
+    """Run the jobs as ``launcher.jobs`` processes at a time (each its own run directory and
+    lock); one at a time they share this console, in parallel each writes its own log."""
+    parallel = int(sweep.launcher.jobs)
+    command = [sys.executable, "-m", "introspect", "train"]
+    pending = list(sweep.jobs)
+    running: dict[int, tuple[subprocess.Popen[bytes], Any]] = {}
+    total = len(sweep.jobs)
+    while pending or running:
+        while pending and len(running) < parallel:
+            job = pending.pop(0)
+            what = " ".join(job.varied) or "(no sweep)"
+            if parallel == 1:
+                print(f"[sweep] job {job.index + 1}/{total}: {what}", flush=True)
+                code = run_job(job.argv())
+                states[job.index] = "complete" if code == 0 else f"failed (exit {code})"
+                write_json_atomic(record, _manifest(sweep, states))
+                continue
+            log = job_log(sweep, job).open("wb")
+            print(
+                f"[sweep] job {job.index + 1}/{total} started: {what} (log: {log.name})", flush=True
+            )
+            process = subprocess.Popen(
+                [*command, *job.argv()], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            )
+            running[job.index] = (process, log)
+            states[job.index] = "running"
+            write_json_atomic(record, _manifest(sweep, states))
+        for index, (process, log) in list(running.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            log.close()
+            del running[index]
+            states[index] = "complete" if code == 0 else f"failed (exit {code})"
+            print(f"[sweep] job {index + 1}/{total} {states[index]}", flush=True)
+            write_json_atomic(record, _manifest(sweep, states))
+        if running:
+            time.sleep(0.2)
 
 
 def slurm_executor(sweep: Sweep) -> Any:

@@ -1,92 +1,71 @@
 """Calibration metrics, OOD-detection and trust metrics (torchmetrics, DDP-synchronized),
 paired bootstrap intervals of differences, reliability diagrams and image-quality agreement
-metrics (OR, RMSE, PLCC, SRCC, KRCC)."""
+metrics (OR, RMSE, PLCC, SRCC, KRCC).
 
-from introspect.metrics.calibration import (
-    AdaptiveCalibrationError,
-    BrierScore,
-    ExpectedCalibrationError,
-    MaxCalibrationError,
-    NegativeLogLikelihood,
-    validate_probs_target,
-)
-from introspect.metrics.collection import ClassificationMetrics, classification_metrics
-from introspect.metrics.ood import (
-    OODMetrics,
-    TrustMetrics,
-    area_under_trust_curve,
-    auac,
-    aufc,
-    aupr_in,
-    aupr_out,
-    auroc,
-    detection_error,
-    fpr_at_tpr,
-    ood_metrics,
-    percentile_grid,
-    roc_curve,
-    trust_curve,
-)
-from introspect.metrics.paired import (
-    PairedDifference,
-    paired_auroc_difference,
-    paired_mean_difference,
-    verdict,
-)
-from introspect.metrics.quality import (
-    krcc,
-    logistic_mapping,
-    outlier_ratio,
-    plcc,
-    rmse,
-    srcc,
-)
-from introspect.metrics.reliability import (
-    bins_from_sums,
-    reliability_bins,
-    reliability_diagram,
-    reliability_grid,
-)
-from introspect.metrics.temperature import fit_temperature, temper, temperature_nll
+The names below are imported on first use, so that importing one torch-free submodule
+(e.g. ``introspect.metrics.paired``) does not import torch."""
 
-__all__ = [
-    "AdaptiveCalibrationError",
-    "BrierScore",
-    "ClassificationMetrics",
-    "ExpectedCalibrationError",
-    "MaxCalibrationError",
-    "NegativeLogLikelihood",
-    "OODMetrics",
-    "PairedDifference",
-    "TrustMetrics",
-    "area_under_trust_curve",
-    "auac",
-    "aufc",
-    "aupr_in",
-    "aupr_out",
-    "auroc",
-    "bins_from_sums",
-    "classification_metrics",
-    "detection_error",
-    "fit_temperature",
-    "fpr_at_tpr",
-    "krcc",
-    "logistic_mapping",
-    "ood_metrics",
-    "outlier_ratio",
-    "paired_auroc_difference",
-    "paired_mean_difference",
-    "plcc",
-    "percentile_grid",
-    "rmse",
-    "roc_curve",
-    "srcc",
-    "temper",
-    "temperature_nll",
-    "trust_curve",
-    "reliability_bins",
-    "reliability_diagram",
-    "reliability_grid",
-    "validate_probs_target",
-    "verdict",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> the submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    "AdaptiveCalibrationError": "introspect.metrics.calibration",
+    "BrierScore": "introspect.metrics.calibration",
+    "ClassificationMetrics": "introspect.metrics.collection",
+    "ExpectedCalibrationError": "introspect.metrics.calibration",
+    "MaxCalibrationError": "introspect.metrics.calibration",
+    "NegativeLogLikelihood": "introspect.metrics.calibration",
+    "OODMetrics": "introspect.metrics.ood",
+    "PairedDifference": "introspect.metrics.paired",
+    "TrustMetrics": "introspect.metrics.ood",
+    "area_under_trust_curve": "introspect.metrics.ood",
+    "auac": "introspect.metrics.ood",
+    "aufc": "introspect.metrics.ood",
+    "aupr_in": "introspect.metrics.ood",
+    "aupr_out": "introspect.metrics.ood",
+    "auroc": "introspect.metrics.ood",
+    "bins_from_sums": "introspect.metrics.reliability",
+    "classification_metrics": "introspect.metrics.collection",
+    "detection_error": "introspect.metrics.ood",
+    "fit_temperature": "introspect.metrics.temperature",
+    "fpr_at_tpr": "introspect.metrics.ood",
+    "krcc": "introspect.metrics.quality",
+    "logistic_mapping": "introspect.metrics.quality",
+    "ood_metrics": "introspect.metrics.ood",
+    "outlier_ratio": "introspect.metrics.quality",
+    "paired_auroc_difference": "introspect.metrics.paired",
+    "paired_mean_difference": "introspect.metrics.paired",
+    "percentile_grid": "introspect.metrics.ood",
+    "plcc": "introspect.metrics.quality",
+    "reliability_bins": "introspect.metrics.reliability",
+    "reliability_diagram": "introspect.metrics.reliability",
+    "reliability_grid": "introspect.metrics.reliability",
+    "rmse": "introspect.metrics.quality",
+    "roc_curve": "introspect.metrics.ood",
+    "srcc": "introspect.metrics.quality",
+    "temper": "introspect.metrics.temperature",
+    "temperature_nll": "introspect.metrics.temperature",
+    "trust_curve": "introspect.metrics.ood",
+    "validate_probs_target": "introspect.metrics.calibration",
+    "verdict": "introspect.metrics.paired",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, imported or not."""
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -414,15 +414,16 @@ def build_loggers(
     A CSV logger replaces the ``metrics.csv`` of its folder, so every job logs under its own
     ``csv_version`` (re-evaluations under their own folder, resumed runs as ``resume-K``).
     """
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers import WandbLogger
 
+    from introspect.runs.csvlog import LongCSVLogger
     from introspect.runs.distributed import is_global_zero
 
     loggers: list[Logger] = []
     if not is_global_zero():
         return loggers
     if settings.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=csv_version))
+        loggers.append(LongCSVLogger(save_dir=str(run_dir), name="logs", version=csv_version))
     if settings.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
         if settings.wandb_mode != "online":

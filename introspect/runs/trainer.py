@@ -25,9 +25,14 @@ _LIBRARY_LOGGERS = (
 )
 
 
+def is_advert(message: str) -> bool:
+    """Whether a Lightning log message is an advert ("💡 Tip: ... try installing ...")."""
+    return message.lstrip("💡 ").startswith("Tip:")
+
+
 class _OncePerProcess(logging.Filter):
     """Let each distinct informational message through once per process (Lightning prints its
-    accelerator banner and tips for every Trainer; a run builds several)."""
+    accelerator banner for every Trainer; a run builds several) and drop its adverts."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,7 +42,7 @@ class _OncePerProcess(logging.Filter):
         if record.levelno > logging.INFO:
             return True
         message = record.getMessage()
-        if message in self.seen:
+        if message in self.seen or is_advert(message):
             return False
         self.seen.add(message)
         return True
@@ -47,7 +52,7 @@ _ONCE = _OncePerProcess()
 
 
 def quiet_library_banners() -> None:
-    """Show Lightning's banners and tips at most once per process (idempotent)."""
+    """Show Lightning's banners at most once per process and its adverts never (idempotent)."""
     for name in _LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         if _ONCE not in logger.filters:

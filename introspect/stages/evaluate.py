@@ -14,16 +14,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from introspect.data import ImageDataModule
+from introspect.data.cells import is_cell
 from introspect.data.samplers import ContiguousSampler
-from introspect.data.shifted import is_cell
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier
+from introspect.report.console import console_lines, console_table
 from introspect.report.differences import (
     PREDICTIONS,
     accuracy_differences,
     read_predictions,
     write_predictions,
 )
+from introspect.report.names import WORDS
 from introspect.runs.distributed import (
     broadcast_from_zero,
     global_rank,
@@ -37,7 +39,6 @@ from introspect.runs.status import write_json_atomic
 from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
 from introspect.stages.baselines import Baselines
 from introspect.stages.evaluation import (
-    WORDS,
     Evaluator,
     aggregate_by,
     format_table,
@@ -225,8 +226,8 @@ def evaluate_and_report(
     write_predictions(out_dir / PREDICTIONS, per_image)
     write_sealed(out_dir / "results.json", results, run_dir or out_dir, beside=[PREDICTIONS])
     partial.clear()
-    print(table)
-    print(verdict(results))
+    print(console_table(table))
+    print(console_lines(verdict(results)))
     return results
 
 
