@@ -100,10 +100,26 @@ def test_bad_inputs_raise() -> None:
         temper(z, 0.0)
 
 
-def test_fit_on_ten_thousand_logits_is_fast() -> None:
-    """Generous bound (the issue asks < 1 s on 2 cores; measured ~10 ms, see
-    benchmarks/temperature.py): 10,000 x 10 logits in under 1 s even on a busy machine."""
+def test_fit_on_ten_thousand_logits_is_faster_than_a_scalar_search() -> None:
+    """10,000 x 10 logits: the fit takes no longer than scipy's bounded scalar search of the same
+    NLL over log T, timed side by side in this process (measured ~0.2x; best of three each)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
     logits, labels = _overconfident(10_000, 10, 11, 5.0)
-    start = time.perf_counter()
-    fit_temperature(logits, labels)
-    assert time.perf_counter() - start < 1.0
+    z, y = logits.double().numpy(), labels.numpy()
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float(np.mean(logsumexp(s, axis=1) - s[np.arange(len(y)), y]))
+
+    ours, reference = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        t_ours = float(fit_temperature(logits, labels))
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        found = minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded")
+        reference.append(time.perf_counter() - start)
+    assert t_ours == pytest.approx(float(np.exp(found.x)), rel=1e-3)
+    assert min(ours) <= min(reference)
