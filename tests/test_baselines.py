@@ -12,6 +12,7 @@ import torch
 import introspect.stages.heads as stage2_mod
 from introspect.config import ConfigError, load_config, load_run_config
 from introspect.jobs import train as pipeline
+from introspect.jobs.settings import feature_options, head_recipe
 from introspect.jobs.train import run
 from introspect.metrics import fit_temperature
 from introspect.stages.baselines import calibration_skips
@@ -64,7 +65,9 @@ def test_temperatures_are_fitted_on_the_val_split(finished) -> None:
     cfg2 = load_run_config(run_dir)
     cfg2.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
     backbone = build_backbone(cfg2, dm.num_classes, dm.image_shape).eval()
-    heads = stage2_mod.load_heads(cfg2, backbone, run_dir, dm.num_classes)
+    heads = stage2_mod.load_heads(
+        backbone, run_dir, dm.num_classes, head=head_recipe(cfg2), features=feature_options(cfg2)
+    )
     logits, _ = head_logits(backbone, heads, x)
     for head, t in temps.items():
         assert t == pytest.approx(fit_temperature(logits[head], y), rel=1e-6)

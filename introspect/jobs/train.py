@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from introspect.config import ConfigError
 from introspect.data import DataError
 from introspect.jobs.active import ActiveError, run_active
 from introspect.jobs.quality import run_quality
+from introspect.jobs.settings import feature_options, head_recipe, stage2_settings
 from introspect.quality import QualityDataError
 from introspect.runs.distributed import (
     barrier,
@@ -37,7 +39,7 @@ from introspect.runs.rundir import (
     prepare_run_dir,
 )
 from introspect.runs.status import mark_stage_done, now, update_status
-from introspect.runs.trainer import resolve_device
+from introspect.runs.trainer import build_trainer, resolve_device
 from introspect.stages.baselines import prepare_baselines
 from introspect.stages.evaluate import evaluate_and_report
 from introspect.stages.heads import check_head_size, load_heads, stage2
@@ -94,7 +96,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))  # checked before any work
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
-    check_head_size(cfg, backbone)
+    if cfg.stage2.enabled:
+        check_head_size(backbone, head_recipe(cfg), feature_options(cfg))
     launch(cfg)  # after the checks above: a bad configuration fails before processes start
     run_dir = prepare_run_dir(cfg)
     zero = is_global_zero()
@@ -107,7 +110,11 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         if zero:
             mark_stage_done(run_dir, "stage1")
             update_status(run_dir, stage="stage2")
-        heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
+        heads = {}
+        if cfg.stage2.enabled:
+            trainer = partial(build_trainer, cfg, run_dir, loggers=loggers)
+            device = resolve_device(cfg)
+            heads = stage2(stage2_settings(cfg), dm, backbone, run_dir, trainer, device)
         if zero:
             mark_stage_done(run_dir, "stage2")
             update_status(run_dir, stage="evaluation")
@@ -193,7 +200,9 @@ def reevaluate(
     cfg.backbone.checkpoint = checkpoint
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
-    heads = load_heads(cfg, backbone, run_dir, dm.num_classes)
+    heads = load_heads(
+        backbone, run_dir, dm.num_classes, head=head_recipe(cfg), features=feature_options(cfg)
+    )
     launch(cfg)
     if is_global_zero():
         out_dir.mkdir(parents=True, exist_ok=True)
