@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from introspect.runs.rundir import config_digest
+from introspect.runs.trainer import resolve_device
+from introspect.stages.baselines import CalibrationPlan, trained_here
+from introspect.stages.evaluate import ReportOptions
 from introspect.stages.options import (
     FeatureOptions,
     HeadRecipe,
     Stage2Settings,
     TrainingData,
 )
+from introspect.uncertainty import MCDropout
 
 # Data fields that change which images a split holds (not how they are batched or loaded).
 _DATA_IDENTITY = (
@@ -72,3 +78,37 @@ def stage2_settings(cfg: DictConfig) -> Stage2Settings:
         progress=bool(cfg.trainer.enable_progress_bar),
         gradient_clip_val=cfg.trainer.gradient_clip_val,
     )
+
+
+def report_options(cfg: DictConfig) -> ReportOptions:
+    """What ``stages.evaluate.evaluate_and_report`` takes from ``cfg`` (``run``, ``eval``,
+    ``trainer``, ``data``), the resolved configuration included."""
+    return ReportOptions(
+        config=_plain(cfg),
+        digest=config_digest(cfg),
+        run_name=cfg.run.name,
+        run_dir=str(cfg.run.dir) if cfg.run.dir else None,
+        seed=cfg.run.seed,
+        device=str(resolve_device(cfg)),
+        batch_size=cfg.eval.batch_size,
+        n_bins=cfg.eval.n_bins,
+        progress=bool(cfg.trainer.enable_progress_bar),
+        skip_bad_files=bool(cfg.data.get("skip_bad_files")),
+    )
+
+
+def calibration_plan(cfg: DictConfig, run_dir: Path) -> CalibrationPlan:
+    """Where the run in ``run_dir`` fits its temperatures (``eval.calibration_split``)."""
+    return CalibrationPlan(
+        split=cfg.eval.calibration_split,
+        stage2_splits=tuple(cfg.stage2.splits),
+        trained_here=trained_here(cfg.backbone.checkpoint, run_dir),
+        val_fraction=cfg.data.val_fraction,
+        batch_size=cfg.eval.batch_size,
+    )
+
+
+def mc_dropout(cfg: DictConfig) -> MCDropout | None:
+    """The MC-dropout baseline of ``cfg.eval.mc_dropout`` (none with 0 samples)."""
+    mc = cfg.eval.mc_dropout
+    return MCDropout(mc.samples, mc.p, seed=mc.seed) if mc.samples > 0 else None

@@ -22,7 +22,14 @@ from introspect.config import ConfigError
 from introspect.data import DataError
 from introspect.jobs.active import ActiveError, run_active
 from introspect.jobs.quality import run_quality
-from introspect.jobs.settings import feature_options, head_recipe, stage2_settings
+from introspect.jobs.settings import (
+    calibration_plan,
+    feature_options,
+    head_recipe,
+    mc_dropout,
+    report_options,
+    stage2_settings,
+)
 from introspect.quality import QualityDataError
 from introspect.runs.distributed import (
     barrier,
@@ -40,7 +47,7 @@ from introspect.runs.rundir import (
 )
 from introspect.runs.status import mark_stage_done, now, update_status
 from introspect.runs.trainer import build_trainer, resolve_device
-from introspect.stages.baselines import prepare_baselines
+from introspect.stages.baselines import ensemble_members, prepare_baselines
 from introspect.stages.evaluate import evaluate_and_report
 from introspect.stages.heads import check_head_size, load_heads, stage2
 from introspect.stages.splits import evaluation_splits
@@ -119,11 +126,18 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             mark_stage_done(run_dir, "stage2")
             update_status(run_dir, stage="evaluation")
         baselines = prepare_baselines(
-            cfg, dm, backbone, heads, run_dir, train=True, device=resolve_device(cfg)
+            calibration_plan(cfg, run_dir),
+            dm,
+            backbone,
+            heads,
+            mc_dropout=mc_dropout(cfg),
+            ensemble=partial(ensemble_members, cfg, dm, run_dir, train=True),
+            device=resolve_device(cfg),
         )
         results = evaluate_and_report(
-            cfg, dm, backbone, heads, splits, run_dir, loggers, started=start, baselines=baselines
-        )
+            report_options(cfg), dm, backbone, heads, splits, run_dir, loggers,
+            partial(build_trainer, cfg, run_dir), started=start, baselines=baselines,
+        )  # fmt: skip
         for logger in loggers:
             logger.finalize("success")
     except BaseException as err:
@@ -208,17 +222,24 @@ def reevaluate(
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     baselines = prepare_baselines(
-        cfg, dm, backbone, heads, run_dir, train=False, device=resolve_device(cfg)
+        calibration_plan(cfg, run_dir),
+        dm,
+        backbone,
+        heads,
+        mc_dropout=mc_dropout(cfg),
+        ensemble=partial(ensemble_members, cfg, dm, run_dir, train=False),
+        device=resolve_device(cfg),
     )
     loggers = build_loggers(cfg, out_dir)
     results = evaluate_and_report(
-        cfg,
+        report_options(cfg),
         dm,
         backbone,
         heads,
         splits,
         out_dir,
         loggers,
+        partial(build_trainer, cfg, out_dir),
         started=start,
         extra_run_info={"evaluation_of": str(run_dir)} | ({"note": note} if note else {}),
         baselines=baselines,
