@@ -31,6 +31,7 @@ from introspect.data.augment import (
 )
 from introspect.data.images import IndexedDataset, SeededTransformDataset
 from introspect.gradients.cache import FeatureCache, weights_digest
+from introspect.jobs.settings import stage2_settings
 from introspect.stages.stage1 import build_backbone, build_data
 
 BILINEAR = InterpolationMode.BILINEAR
@@ -214,7 +215,7 @@ TINY = ["data=synthetic", "data.num_samples=120", "data.image_size=16"]
 
 def _split_features(cfg, dm, backbone, root: Path) -> dict[str, torch.Tensor]:
     return stage2_mod.split_features(
-        cfg, dm, backbone, "train", "augmix", 1,
+        dm, backbone, "train", "augmix", 1, settings=stage2_settings(cfg),
         cache=FeatureCache(root), digest=weights_digest(backbone),
     )  # fmt: skip
 

@@ -12,6 +12,7 @@ import torch
 import introspect.stages.heads as stage2_mod
 from introspect.config import ConfigError, load_config, load_run_config
 from introspect.jobs import train as pipeline
+from introspect.jobs.settings import calibration_plan, feature_options, head_recipe
 from introspect.jobs.train import run
 from introspect.metrics import fit_temperature
 from introspect.stages.baselines import calibration_skips
@@ -66,7 +67,9 @@ def test_temperatures_are_fitted_on_the_val_split(finished) -> None:
     cfg2 = load_run_config(run_dir)
     cfg2.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
     backbone = build_backbone(cfg2, dm.num_classes, dm.image_shape).eval()
-    heads = stage2_mod.load_heads(cfg2, backbone, run_dir, dm.num_classes)
+    heads = stage2_mod.load_heads(
+        backbone, run_dir, dm.num_classes, head=head_recipe(cfg2), features=feature_options(cfg2)
+    )
     logits, _ = head_logits(backbone, heads, x)
     for head, t in temps.items():
         assert t == pytest.approx(fit_temperature(logits[head], y), rel=1e-6)
@@ -107,22 +110,27 @@ def test_heads_trained_on_the_calibration_split_are_not_tempered(tmp_path: Path)
     heads = ["introspective", "control"]
     cfg = _cfg(tmp_path, "stage2.splits=[train,val]")
     dm = build_data(cfg)
-    skipped = calibration_skips(cfg, dm, heads, tmp_path)
+    skipped = calibration_skips(calibration_plan(cfg, tmp_path), dm, heads)
     assert set(skipped) == set(heads)
     assert "trained on the val split" in skipped["introspective"]
     # No validation split: nothing can be tempered, and the reason names the key.
     cfg = _cfg(tmp_path, "data.val_fraction=0")
-    skipped = calibration_skips(cfg, build_data(cfg), heads, tmp_path)
+    skipped = calibration_skips(calibration_plan(cfg, tmp_path), build_data(cfg), heads)
     assert set(skipped) == {"feedforward", *heads}
     assert "data.val_fraction=0" in skipped["feedforward"]
     # Calibrating on train: the feed-forward network trained here saw it, the heads too.
     cfg = _cfg(tmp_path, "eval.calibration_split=train")
-    assert set(calibration_skips(cfg, build_data(cfg), heads, tmp_path)) == {"feedforward", *heads}
+    assert set(calibration_skips(calibration_plan(cfg, tmp_path), build_data(cfg), heads)) == {
+        "feedforward",
+        *heads,
+    }
     cfg = _cfg(tmp_path, "eval.calibration_split=none")
-    assert calibration_skips(cfg, build_data(cfg), heads, tmp_path)["control"] == (
-        "eval.calibration_split=none"
+    assert calibration_skips(calibration_plan(cfg, tmp_path), build_data(cfg), heads)[
+        "control"
+    ] == ("eval.calibration_split=none")
+    assert (
+        calibration_skips(calibration_plan(_cfg(tmp_path), tmp_path), build_data(cfg), heads) == {}
     )
-    assert calibration_skips(_cfg(tmp_path), build_data(cfg), heads, tmp_path) == {}
 
 
 @pytest.mark.slow

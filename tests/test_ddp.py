@@ -509,6 +509,7 @@ def run(rank, world, port, out):
     from introspect.config import load_config
     from introspect.jobs.active import Models, RunLearner
     from introspect.stages.stage1 import build_backbone, build_data
+    from introspect.jobs.settings import feature_options, head_recipe
     from introspect.stages.heads import build_head
 
     cfg = load_config({tiny!r})
@@ -516,7 +517,10 @@ def run(rank, world, port, out):
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     backbone.load_state_dict(torch.load({backbone_path!r}, weights_only=True))
     state = torch.load({head_path!r}, weights_only=True)
-    head = build_head(cfg, "introspective", backbone, state["feature_mean"].shape[0], 10)
+    head = build_head(
+        "introspective", backbone, state["feature_mean"].shape[0], 10,
+        head=head_recipe(cfg), features=feature_options(cfg),
+    )
     head.load_head_state(state)
     learner = RunLearner(cfg, dm, Path({tmp!r}), torch.device("cpu"), dm.split("test"))
     train = dm.split("train")
@@ -541,6 +545,7 @@ def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single
     """Active learning's pool scoring: each process scores its block, all get every output."""
     from introspect.active.pool import LabelPool, initial_indices
     from introspect.jobs.active import Models, RunLearner
+    from introspect.jobs.settings import feature_options, head_recipe
     from introspect.stages.heads import build_head
     from introspect.stages.stage1 import build_backbone
     from tests.conftest import run_two_process_script
@@ -550,7 +555,14 @@ def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single
     cfg = load_config(tiny)
     dm = build_data(cfg)
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
-    head = build_head(cfg, "introspective", backbone, 10 * backbone.feature_dim, 10).eval()
+    head = build_head(
+        "introspective",
+        backbone,
+        10 * backbone.feature_dim,
+        10,
+        head=head_recipe(cfg),
+        features=feature_options(cfg),
+    ).eval()
     torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
     torch.save(head.head_state(), tmp_path / "head.pt")
     script = DDP_SCORING.format(

@@ -64,7 +64,7 @@ elif where == "kill-stage1-first-batch":  # before any checkpoint exists
     FeedForwardClassifier.on_train_batch_start = lambda self, batch, i: os._exit(9)
 elif where == "kill-stage2-before-heads":  # features extracted, no head trained or saved
     import introspect.stages.heads as s2
-    s2._fit_heads = lambda *args: os._exit(9)
+    s2._train_together = lambda *args: os._exit(9)
 elif where == "kill-evaluation-before-record":  # every split evaluated, no results.json yet
     import introspect.stages.evaluate as report
     report.write_sealed = lambda path, record, run_dir, beside=(): os._exit(9)

@@ -20,6 +20,7 @@ from introspect.gradients.cache import (
     ShardPlan,
     weights_digest,
 )
+from introspect.jobs.settings import feature_options, stage2_settings
 from introspect.stages.stage1 import build_backbone, build_data
 
 # 200 images: 40 test, 16 val, 144 train = shards of 2 batches of 16: four of 32 and one of 16.
@@ -47,7 +48,7 @@ def _features(tiny, root: Path, augment: str = "none") -> dict[str, torch.Tensor
     cache = FeatureCache(root)
     digest = weights_digest(backbone)
     return stage2_mod.split_features(
-        cfg, dm, backbone, "train", augment, 0, cache=cache, digest=digest
+        dm, backbone, "train", augment, 0, settings=stage2_settings(cfg), cache=cache, digest=digest
     )
 
 
@@ -79,7 +80,7 @@ def test_manifest_describes_every_shard(tiny, tmp_path: Path) -> None:
     assert manifest["complete"] and manifest["key"] == entry.name
     recipe = manifest["recipe"]
     assert recipe["backbone"] == weights_digest(backbone)
-    assert recipe["features"] == stage2_mod.feature_options(cfg)
+    assert recipe["features"] == feature_options(cfg).extraction()
     assert recipe["split"] == "train" and recipe["data"]["num_samples"] == 200
     assert (manifest["num_samples"], manifest["shard_size"], manifest["num_shards"]) == (
         N_TRAIN,
@@ -423,6 +424,7 @@ def run(rank, world, port, out):
     import introspect.stages.heads as stage2_mod
     from introspect.config import load_config
     from introspect.gradients.cache import FeatureCache, weights_digest
+    from introspect.jobs.settings import stage2_settings
     from introspect.stages.stage1 import build_backbone, build_data
 
     cfg = load_config({tiny!r})
@@ -440,7 +442,8 @@ def run(rank, world, port, out):
     stage2_mod.iter_features = counting
     cache = FeatureCache({root!r})
     tensors = stage2_mod.split_features(
-        cfg, dm, backbone, "train", cache=cache, digest=weights_digest(backbone)
+        dm, backbone, "train", settings=stage2_settings(cfg), cache=cache,
+        digest=weights_digest(backbone),
     )
     torch.save(tensors, out + f".rank{{rank}}.pt")
     counts = [None] * world
@@ -509,7 +512,12 @@ def test_load_fills_one_preallocated_tensor_without_concatenating(
     first = _features(tiny, tmp_path)
     cfg, dm, backbone = tiny
     second = stage2_mod.split_features(
-        cfg, dm, backbone, "val", cache=FeatureCache(tmp_path), digest=weights_digest(backbone)
+        dm,
+        backbone,
+        "val",
+        settings=stage2_settings(cfg),
+        cache=FeatureCache(tmp_path),
+        digest=weights_digest(backbone),
     )
     keys = {json.loads((p / "manifest.json").read_text())["recipe"]["split"]: p.name
             for p in tmp_path.iterdir()}  # fmt: skip

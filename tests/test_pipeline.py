@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ import introspect.stages.heads as stage2_mod
 from introspect.config import load_config, load_run_config
 from introspect.gradients import extract
 from introspect.jobs import train as pipeline
+from introspect.jobs.settings import feature_options, head_recipe, stage2_settings
 from introspect.jobs.train import run
 from introspect.runs.csvlog import read_long_csv
+from introspect.runs.trainer import build_trainer
 from introspect.stages.stage1 import build_backbone, build_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +36,12 @@ TINY = [
     "eval.severities=[1,5]",
     "trainer.enable_progress_bar=false",
 ]
+
+
+def _stage2(cfg, dm, backbone, run_dir: Path):
+    """Stage 2 as the train job calls it."""
+    trainer = partial(build_trainer, cfg, run_dir, loggers=[])
+    return stage2_mod.stage2(stage2_settings(cfg), dm, backbone, run_dir, trainer)
 
 
 def _cfg(tmp_path: Path, *extra: str):
@@ -109,7 +118,9 @@ def test_clean_metrics_match_a_direct_computation(finished) -> None:
     cfg2 = load_run_config(run_dir)
     cfg2.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
     backbone = build_backbone(cfg2, dm.num_classes, dm.image_shape).eval()
-    heads = stage2_mod.load_heads(cfg2, backbone, run_dir, dm.num_classes)
+    heads = stage2_mod.load_heads(
+        backbone, run_dir, dm.num_classes, head=head_recipe(cfg2), features=feature_options(cfg2)
+    )
     test = dm.split("test")
     x = torch.stack([test[i][0] for i in range(len(test))])
     y = torch.as_tensor([int(test[i][1]) for i in range(len(test))])
@@ -132,9 +143,9 @@ def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) ->
     snapshots = {}
     original = stage2_mod.stage2
 
-    def spy(cfg, dm, backbone, run_dir, loggers):
+    def spy(settings, dm, backbone, run_dir, trainer, device):
         snapshots["before"] = {k: v.clone() for k, v in backbone.state_dict().items()}
-        heads = original(cfg, dm, backbone, run_dir, loggers)
+        heads = original(settings, dm, backbone, run_dir, trainer, device)
         snapshots["after"] = backbone.state_dict()
         snapshots["grad"] = [p.requires_grad for p in backbone.parameters()]
         snapshots["training"] = backbone.training
@@ -171,21 +182,21 @@ def test_feature_cache_is_reused_and_keyed(tmp_path: Path, extractions: list[str
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    _stage2(cfg, dm, backbone, run_dir)
     assert len(calls) == 2  # train and val extracted once
-    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    _stage2(cfg, dm, backbone, run_dir)
     assert len(calls) == 2  # both from the cache
     cfg.stage2.features.include_bias = True
-    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    _stage2(cfg, dm, backbone, run_dir)
     assert len(calls) == 4  # other feature options: extracted again
     with torch.no_grad():
         next(backbone.parameters()).add_(0.01)
-    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    _stage2(cfg, dm, backbone, run_dir)
     assert len(calls) == 6  # other weights: extracted again
     # a truncated cache shard is detected and recomputed
     for f in (tmp_path / "cache").glob("*/shard-*.pt"):
         f.write_bytes(f.read_bytes()[:100])
-    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    _stage2(cfg, dm, backbone, run_dir)
     assert len(calls) == 8
 
 
@@ -203,7 +214,7 @@ def test_augmented_recipe_extracts_each_pass(tmp_path: Path, extractions: list[s
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    stage2_mod.stage2(cfg, dm, backbone, run_dir, [])
+    _stage2(cfg, dm, backbone, run_dir)
     # (clean + 2 noisy passes) x (train, val); no separate validation when val is trained on
     assert sorted(calls) == sorted(
         f"features {s}/{a}/{k}"
@@ -323,13 +334,13 @@ def test_channels_last_frozen_network_matches_the_default_format(
     formats: dict[bool, bool] = {}
     original = stage2_mod.stage2
 
-    def spy(cfg, dm, backbone, run_dir, loggers):
+    def spy(settings, dm, backbone, run_dir, trainer, device):
         conv = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
-        formats[cfg.trainer.channels_last] = (
+        formats[run_dir.name == "run-True"] = (
             conv.weight.is_contiguous(memory_format=torch.channels_last)
             and not conv.weight.is_contiguous()
         )
-        return original(cfg, dm, backbone, run_dir, loggers)
+        return original(settings, dm, backbone, run_dir, trainer, device)
 
     monkeypatch.setattr(pipeline, "stage2", spy)
     results = {}

@@ -47,14 +47,14 @@ elif where == "stage2":  # after the introspective head was saved, before the co
         return save(obj, path)
     s2._save_atomic = killing_save
 elif where == "evaluation":  # after two of the three split groups were evaluated
-    import introspect.stages.evaluate as report
-    Evaluator, made = report.Evaluator, []
+    import introspect.stages.evaluation as evaluation
+    Evaluator, made = evaluation.Evaluator, []
     def killing_evaluator(*args, **kwargs):
         made.append(1)
         if len(made) == 3:
             os._exit(9)
         return Evaluator(*args, **kwargs)
-    report.Evaluator = killing_evaluator
+    evaluation.Evaluator = killing_evaluator
 elif where == "fail":  # an ordinary error in stage 2
     import introspect.stages.heads as s2
     def failing(*args, **kwargs):

@@ -18,6 +18,7 @@ from introspect.config import load_config, load_run_config
 from introspect.config.schema import ScoresConfig
 from introspect.jobs import scores as scores_mod
 from introspect.jobs.scores import UniformNoise, score_run, seeded_subset
+from introspect.jobs.settings import feature_options, head_recipe
 from introspect.jobs.train import run
 from introspect.runs.csvlog import read_long_csv
 from introspect.scores import energy, msp
@@ -123,7 +124,10 @@ def _reload(run_dir: Path):
     cfg.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
     dm = build_data(cfg)
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
-    intro = load_heads(cfg, backbone, run_dir, dm.num_classes)["introspective"]
+    heads = load_heads(
+        backbone, run_dir, dm.num_classes, head=head_recipe(cfg), features=feature_options(cfg)
+    )
+    intro = heads["introspective"]
     test = dm.split("test")
     x = torch.stack([test[i][0] for i in range(len(test))])
     y = torch.as_tensor([int(test[i][1]) for i in range(len(test))])

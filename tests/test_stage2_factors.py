@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from introspect.config import ConfigError, load_config
+from introspect.config import ConfigError
 from introspect.data.batches import IndexedBatches
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.stages.heads import check_head_size
+from introspect.stages.options import FeatureOptions, HeadRecipe
 from tests.test_factors import factors_of
 from tests.test_gradients import N, SmallCNN
 
@@ -100,14 +101,11 @@ def _backbone(classes: int, inputs: int) -> nn.Module:
 def test_oversize_full_first_layer_stops_before_work_naming_rank() -> None:
     imagenet = _backbone(1000, 2048)  # 2,048,000 features x 256 = 524 M weights
     with pytest.raises(ConfigError, match=r"stage2\.head\.rank=r"):
-        check_head_size(load_config([]), imagenet)
-    check_head_size(load_config(["stage2.head.rank=8"]), imagenet)  # fits
-    check_head_size(load_config([]), _backbone(10, 64))  # CIFAR ResNet-20: 163,840 weights
+        check_head_size(imagenet, HeadRecipe(), FeatureOptions())
+    check_head_size(imagenet, HeadRecipe(rank=8), FeatureOptions())  # fits
+    check_head_size(_backbone(10, 64), HeadRecipe(), FeatureOptions())  # CIFAR ResNet-20
     with pytest.raises(ConfigError, match="normalize"):
-        check_head_size(
-            load_config(["stage2.head.rank=8", "stage2.features.normalize=standardize"]),
-            imagenet,
-        )
+        check_head_size(imagenet, HeadRecipe(rank=8), FeatureOptions(normalize="standardize"))
 
 
 def test_indexed_batches_draw_what_the_tensor_dataloader_draws() -> None:

@@ -26,6 +26,7 @@ from introspect.data.images import TransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients import extract
 from introspect.jobs.job import plain_config, run_job
+from introspect.jobs.settings import feature_options, head_recipe
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.models.stage2 import IntrospectiveClassifier
@@ -145,7 +146,10 @@ class RunLearner:
             labels.append(y)
         x, y = torch.cat(feats), torch.cat(labels)
         L.seed_everything(derive_seed(cfg.run.seed, tag, "head"), workers=True, verbose=False)
-        head = build_head(cfg, "introspective", backbone, x.shape[1], self.dm.num_classes)
+        head = build_head(
+            "introspective", backbone, x.shape[1], self.dm.num_classes,
+            head=head_recipe(cfg), features=feature_options(cfg),
+        )  # fmt: skip
         assert isinstance(head, IntrospectiveClassifier)
         head.fit_standardizer(x)
         head_loader = DataLoader(
@@ -172,8 +176,9 @@ class RunLearner:
         backbone = self.new_backbone()
         backbone.load_state_dict(state["backbone"])
         head = build_head(
-            self.cfg, "introspective", backbone, int(state["in_dim"]), self.dm.num_classes
-        )
+            "introspective", backbone, int(state["in_dim"]), self.dm.num_classes,
+            head=head_recipe(self.cfg), features=feature_options(self.cfg),
+        )  # fmt: skip
         assert isinstance(head, IntrospectiveClassifier)
         head.load_head_state(state["head"])
         head.eval().to(self.device)

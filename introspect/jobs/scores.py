@@ -32,6 +32,7 @@ from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
 from introspect.detect import LayerMahalanobis, default_layers, layer_features
 from introspect.jobs.job import job_loggers, plain_config, with_stage1_checkpoint
+from introspect.jobs.settings import feature_options, head_recipe
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.runs.errors import PipelineError
@@ -601,7 +602,10 @@ def score_run(
     sets = score_sets(cfg, dm, device)  # every data source opened before any work
     cfg = with_stage1_checkpoint(cfg, run_dir)
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
-    intro = load_heads(cfg, backbone, run_dir, dm.num_classes).get("introspective")
+    heads = load_heads(
+        backbone, run_dir, dm.num_classes, head=head_recipe(cfg), features=feature_options(cfg)
+    )
+    intro = heads.get("introspective")
     if intro is not None:
         assert isinstance(intro, IntrospectiveClassifier)
         intro = intro.eval().to(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,19 @@ from torch import nn
 from introspect.jobs.active import run_active
 from introspect.jobs.job import job_loggers, run_job, with_stage1_checkpoint
 from introspect.jobs.quality import run_quality
+from introspect.jobs.settings import (
+    calibration_plan,
+    feature_options,
+    head_recipe,
+    mc_dropout,
+    report_options,
+    stage2_settings,
+)
 from introspect.runs.distributed import barrier, is_global_zero, launch
 from introspect.runs.errors import PipelineError
 from introspect.runs.rundir import lock_run_dir
-from introspect.runs.trainer import resolve_device
-from introspect.stages.baselines import prepare_baselines
+from introspect.runs.trainer import build_trainer, resolve_device
+from introspect.stages.baselines import ensemble_members, prepare_baselines
 from introspect.stages.evaluate import evaluate_and_report
 from introspect.stages.heads import check_head_size, load_heads, stage2
 from introspect.stages.splits import evaluation_splits
@@ -60,7 +69,8 @@ def run_two_stage(cfg: DictConfig) -> dict[str, Any]:
     dm = build_data(cfg)
     splits = evaluation_splits(cfg, dm, resolve_device(cfg))  # checked before any work
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
-    check_head_size(cfg, backbone)
+    if cfg.stage2.enabled:
+        check_head_size(backbone, head_recipe(cfg), feature_options(cfg))
     launch(cfg)  # after the checks above: a bad configuration fails before processes start
     with run_job(cfg, started=start) as job:
         run_dir, loggers = job.run_dir, job.loggers
@@ -68,19 +78,30 @@ def run_two_stage(cfg: DictConfig) -> dict[str, Any]:
             stage1(cfg, dm, backbone, run_dir, loggers)
             frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
         with job.stage("stage2"):
-            heads = stage2(cfg, dm, backbone, run_dir, loggers) if cfg.stage2.enabled else {}
+            heads = {}
+            if cfg.stage2.enabled:
+                trainer = partial(build_trainer, cfg, run_dir, loggers=loggers)
+                settings = stage2_settings(cfg)
+                heads = stage2(settings, dm, backbone, run_dir, trainer, resolve_device(cfg))
         with job.stage("evaluation"):
             baselines = prepare_baselines(
-                cfg, dm, backbone, heads, run_dir, train=True, device=resolve_device(cfg)
+                calibration_plan(cfg, run_dir),
+                dm,
+                backbone,
+                heads,
+                mc_dropout=mc_dropout(cfg),
+                ensemble=partial(ensemble_members, cfg, dm, run_dir, train=True),
+                device=resolve_device(cfg),
             )
             results = evaluate_and_report(
-                cfg,
+                report_options(cfg),
                 dm,
                 backbone,
                 heads,
                 splits,
                 run_dir,
                 loggers,
+                partial(build_trainer, cfg, run_dir),
                 started=start,
                 baselines=baselines,
             )
@@ -123,23 +144,32 @@ def reevaluate(
     cfg = with_stage1_checkpoint(cfg, run_dir)
     backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
     frozen_memory_format(backbone, channels_last=cfg.trainer.channels_last)
-    heads = load_heads(cfg, backbone, run_dir, dm.num_classes)
+    heads = load_heads(
+        backbone, run_dir, dm.num_classes, head=head_recipe(cfg), features=feature_options(cfg)
+    )
     launch(cfg)
     if is_global_zero():
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     baselines = prepare_baselines(
-        cfg, dm, backbone, heads, run_dir, train=False, device=resolve_device(cfg)
+        calibration_plan(cfg, run_dir),
+        dm,
+        backbone,
+        heads,
+        mc_dropout=mc_dropout(cfg),
+        ensemble=partial(ensemble_members, cfg, dm, run_dir, train=False),
+        device=resolve_device(cfg),
     )
     loggers = job_loggers(cfg, out_dir)
     results = evaluate_and_report(
-        cfg,
+        report_options(cfg),
         dm,
         backbone,
         heads,
         splits,
         out_dir,
         loggers,
+        partial(build_trainer, cfg, out_dir),
         started=start,
         extra_run_info={"evaluation_of": str(run_dir)} | ({"note": note} if note else {}),
         baselines=baselines,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from introspect.metrics.temperature import fit_temperature
 from introspect.models.stage2 import StageTwoClassifier, freeze
 from introspect.runs.distributed import broadcast_from_zero, is_global_zero
 from introspect.runs.errors import PipelineError
-from introspect.stages.evaluation import head_logits
+from introspect.stages.evaluation import head_logits_of
 from introspect.stages.stage1 import build_backbone, stage1
 from introspect.uncertainty import MCDropout
 
@@ -94,77 +94,81 @@ class Baselines:
         return lines
 
 
-def _trained_here(cfg: DictConfig, run_dir: Path) -> bool:
-    """Whether the feed-forward network was trained by this run (not a configured checkpoint)."""
-    ckpt = cfg.backbone.checkpoint
-    if ckpt is None:
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Where temperatures are fitted: the ``split`` of the data module (``none``: nowhere),
+    the splits the stage-2 heads were trained on, whether the feed-forward network was
+    trained by this run (then not on its train split), the data's ``val_fraction`` (named
+    when the val split is empty) and the batch size of the pass."""
+
+    split: str = "val"
+    stage2_splits: tuple[str, ...] = ("train",)
+    trained_here: bool = True
+    val_fraction: float = 0.1
+    batch_size: int = 256
+
+
+def trained_here(checkpoint: str | None, run_dir: Path) -> bool:
+    """Whether the feed-forward network was trained by the run in ``run_dir`` (no configured
+    ``checkpoint``, or one of the run's own)."""
+    if checkpoint is None:
         return True
-    return Path(str(ckpt)).expanduser().resolve().parent == (run_dir / "checkpoints").resolve()
+    return (
+        Path(str(checkpoint)).expanduser().resolve().parent == (run_dir / "checkpoints").resolve()
+    )
 
 
 def calibration_skips(
-    cfg: DictConfig, dm: ImageDataModule, head_names: list[str], run_dir: Path
+    plan: CalibrationPlan, dm: ImageDataModule, head_names: list[str]
 ) -> dict[str, str]:
     """``{head: reason}`` for every head of ``["feedforward", *head_names]`` that cannot be
-    tempered on ``eval.calibration_split``."""
-    split = cfg.eval.calibration_split
+    tempered on ``plan.split``."""
+    split = plan.split
     heads = ["feedforward", *head_names]
     if split == "none":
         return {h: "eval.calibration_split=none" for h in heads}
     if len(dm.split(split)) == 0:  # type: ignore[arg-type]
         reason = f"the {split} split is empty, so there is no calibration split"
         if split == "val":
-            reason += f" (data.val_fraction={cfg.data.val_fraction})"
+            reason += f" (data.val_fraction={plan.val_fraction})"
         return {h: reason for h in heads}
     skipped: dict[str, str] = {}
-    if split == "train" and _trained_here(cfg, run_dir):
+    if split == "train" and plan.trained_here:
         skipped["feedforward"] = "the feed-forward network was trained on the train split"
     for h in head_names:
-        if split in cfg.stage2.splits:
+        if split in plan.stage2_splits:
             skipped[h] = (
                 f"the {h} head was trained on the {split} split "
-                f"(stage2.splits={list(cfg.stage2.splits)})"
+                f"(stage2.splits={list(plan.stage2_splits)})"
             )
     return skipped
 
 
 def fit_temperatures(
-    cfg: DictConfig,
+    plan: CalibrationPlan,
     dm: ImageDataModule,
     backbone: nn.Module,
     heads: Mapping[str, StageTwoClassifier],
-    run_dir: Path,
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Temperatures of every head that may be tempered, fitted on ``eval.calibration_split``
-    with one backbone pass per batch, and the calibration record (split, samples, skipped heads
-    with reasons, seconds). Every process computes them on the whole split; rank zero's values
+    """Temperatures of every head that may be tempered, fitted on ``plan.split`` with one
+    backbone pass per batch, and the calibration record (split, samples, skipped heads with
+    reasons, seconds). Every process computes them on the whole split; rank zero's values
     are used by all."""
-    split = cfg.eval.calibration_split
-    skipped = calibration_skips(cfg, dm, list(heads), run_dir)
+    skipped = calibration_skips(plan, dm, list(heads))
     wanted = [h for h in ["feedforward", *heads] if h not in skipped]
-    record: dict[str, Any] = {"split": split, "num_samples": 0, "skipped": skipped}
+    record: dict[str, Any] = {"split": plan.split, "num_samples": 0, "skipped": skipped}
     if not wanted:
         return {}, record
     started = time.perf_counter()
-    dataset = dm.split(split)
-    backbone.eval().to(device)
-    for head in heads.values():
-        head.eval().to(device)
-    logits: dict[str, list[torch.Tensor]] = {h: [] for h in wanted}
-    labels: list[torch.Tensor] = []
-    for images, y in dm.loader(dataset, batch_size=cfg.eval.batch_size):
-        out, _ = head_logits(backbone, heads, images.to(device))
-        for h in wanted:
-            logits[h].append(out[h].detach().cpu())
-        labels.append(y)
-    target = torch.cat(labels)
+    loader = dm.loader(dm.split(plan.split), batch_size=plan.batch_size)
+    logits, target = head_logits_of(backbone, heads, loader, device)
     pass_seconds = time.perf_counter() - started
     temperatures: dict[str, float] = {}
     fit_seconds: dict[str, float] = {}
     for h in wanted:
         t0 = time.perf_counter()
-        temperatures[h] = fit_temperature(torch.cat(logits[h]), target)
+        temperatures[h] = fit_temperature(logits[h], target)
         fit_seconds[h] = round(time.perf_counter() - t0, 4)
     temperatures = broadcast_from_zero(temperatures)
     record |= {
@@ -259,21 +263,20 @@ def _resolved(path: str | None) -> str | None:
 
 
 def prepare_baselines(
-    cfg: DictConfig,
+    plan: CalibrationPlan,
     dm: ImageDataModule,
     backbone: nn.Module,
     heads: Mapping[str, StageTwoClassifier],
-    run_dir: Path,
     *,
-    train: bool,
+    mc_dropout: MCDropout | None = None,
+    ensemble: Callable[[], tuple[list[nn.Module], bool, list[str]]] | None = None,
     device: torch.device | str = "cpu",
 ) -> Baselines:
-    """Fit the temperatures, set up MC dropout and the ensemble (trained when ``train`` and
-    ``stage1.ensemble > 1``, else loaded); print what was fitted and what was skipped."""
-    temperatures, calibration = fit_temperatures(cfg, dm, backbone, heads, run_dir, device)
-    mc = cfg.eval.mc_dropout
-    mc_dropout = MCDropout(mc.samples, mc.p, seed=mc.seed) if mc.samples > 0 else None
-    members, with_backbone, labels = ensemble_members(cfg, dm, run_dir, train=train)
+    """Fit the temperatures, then set up the ensemble (``ensemble``, e.g. ``ensemble_members``
+    bound to its arguments, trains or loads the members); gather them with MC dropout; print
+    what was fitted and what was skipped."""
+    temperatures, calibration = fit_temperatures(plan, dm, backbone, heads, device)
+    members, with_backbone, labels = ensemble() if ensemble is not None else ([], True, [])
     baselines = Baselines(
         temperatures=temperatures,
         calibration=calibration,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from introspect.data import ImageDataModule
@@ -34,17 +35,17 @@ from introspect.runs.distributed import (
 )
 from introspect.runs.integrity import file_sha256, write_sealed
 from introspect.runs.provenance import provenance
-from introspect.runs.rundir import config_digest
 from introspect.runs.status import write_json_atomic
-from introspect.runs.trainer import TenthLines, build_trainer, console_is_terminal, resolve_device
+from introspect.runs.trainer import TenthLines, console_is_terminal
 from introspect.stages.baselines import Baselines
 from introspect.stages.evaluation import (
-    Evaluator,
-    aggregate_by,
+    EvaluationResult,
+    FittedHeads,
+    evaluate,
     format_table,
-    summarize,
     verdict,
 )
+from introspect.stages.options import TrainerFactory
 
 PARTIAL_DIR = ".partial-evaluation"
 # A split evaluated: its results entry, reliability bin sums and per-image records.
@@ -117,14 +118,81 @@ def split_groups(names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class ReportOptions:
+    """What an evaluation records and how it runs, besides the models and splits: the run's
+    name, configured directory (``None``: the output directory), seed and resolved
+    configuration (recorded in ``results.json``), the configuration's digest (which partial
+    results belong to it), the evaluation device, batch size and ECE bins, whether progress is
+    shown and whether bad files were skipped (their count is recorded)."""
+
+    config: Mapping[str, Any]
+    digest: str
+    run_name: str | None = None
+    run_dir: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 256
+    n_bins: int = 15
+    progress: bool = False
+    skip_bad_files: bool = False
+
+    def label(self, out_dir: Path) -> str:
+        """How figures name the run: its name or directory (and the evaluation's tag)."""
+        run_dir = Path(self.run_dir) if self.run_dir else out_dir
+        name = self.run_name or run_dir.name
+        return name if out_dir == run_dir else f"{name} ({out_dir.name})"
+
+
+def _evaluate_groups(
+    options: ReportOptions, dm: ImageDataModule, fitted: FittedHeads,
+    splits: Mapping[str, Dataset], out_dir: Path, trainer: TrainerFactory,
+    baselines: Baselines | None,
+) -> dict[str, Done]:  # fmt: skip
+    """``{split: (entry, bins, per_image)}`` of every split: saved partial results where there
+    are some, else ``evaluation.evaluate`` a group at a time (each process its contiguous
+    block of every split), saved as each group is done."""
+    names = list(splits)
+    partial = PartialResults(out_dir / PARTIAL_DIR, options.digest)
+    done = broadcast_from_zero(partial.load(names) if is_global_zero() else None)
+    assert done is not None
+    # On a terminal Lightning's bar; otherwise a line per tenth of the splits, not per loader.
+    bar = options.progress and console_is_terminal()
+    runner = trainer(inference_mode=False, use_distributed_sampler=False, enable_progress_bar=bar)
+    rank, world = global_rank(), world_size()
+    todo = [n for n in names if n not in done]
+    lines = TenthLines("evaluated splits", len(todo) if options.progress else 0)
+    extra = baselines.evaluator_kwargs() if baselines is not None else {}
+    extra.pop("temperatures", None)  # carried by ``fitted``
+    for group in split_groups(todo):
+        loaders = {
+            n: dm.loader(
+                splits[n],
+                batch_size=options.batch_size,
+                sampler=ContiguousSampler(len(splits[n]), rank, world),  # type: ignore[arg-type]
+            )
+            for n in group
+        }
+        result = evaluate(
+            fitted, loaders, num_classes=dm.num_classes, n_bins=options.n_bins, trainer=runner,
+            **extra,
+        )  # fmt: skip
+        if is_global_zero():
+            partial.save(result.splits, result.bins, result.per_image)
+            lines.advance(len(group))
+        done.update({n: (result.splits[n], result.bins[n], result.per_image[n]) for n in group})
+    return done
+
+
 def evaluate_and_report(
-    cfg: DictConfig,
+    options: ReportOptions,
     dm: ImageDataModule,
     backbone: torch.nn.Module,
     heads: dict[str, StageTwoClassifier],
     splits: dict[str, Dataset],
     out_dir: Path,
     loggers: list[Logger],
+    trainer: TrainerFactory,
     *,
     started: float | None = None,
     extra_run_info: dict[str, Any] | None = None,
@@ -132,9 +200,10 @@ def evaluate_and_report(
     run_dir: Path | None = None,
     note: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every head on every split of ``splits`` (see ``runs.splits``); write
+    """Evaluate every head on every split of ``splits`` (see ``stages.splits``) with
+    ``evaluation.evaluate`` (``trainer`` builds the test trainer from keyword overrides); write
     ``predictions.npz`` (per image: label and whether each head was right, see
-    ``runs.differences``), ``results.json`` (with the paired bootstrap intervals of the
+    ``report.differences``), ``results.json`` (with the paired bootstrap intervals of the
     accuracy differences; sealed against the checkpoints and heads of ``run_dir``, default
     ``out_dir``, and ``predictions.npz``: see ``runs.integrity``), ``table.md`` and plots to
     ``out_dir``; log everything.
@@ -144,80 +213,49 @@ def evaluate_and_report(
     final ``results.json`` is written, so a rerun of an interrupted evaluation skips the splits
     already done. In a multi-process run every process evaluates its contiguous block of each
     split and returns the synchronized results; only rank zero writes and logs. ``baselines``
-    adds the tempered twins, MC dropout and the ensemble (see ``runs.baselines``).
+    adds the tempered twins, MC dropout and the ensemble (see ``stages.baselines``).
     """
-
+    temperatures = baselines.temperatures if baselines is not None else {}
+    fitted = FittedHeads(backbone, heads, dict(temperatures))
+    done = _evaluate_groups(options, dm, fitted, splits, out_dir, trainer, baselines)
     names = list(splits)
-    partial = PartialResults(out_dir / PARTIAL_DIR, config_digest(cfg))
-    done = broadcast_from_zero(partial.load(names) if is_global_zero() else None)
-    assert done is not None
-    # Each process evaluates one contiguous block of every split, none padded with repeats.
-    # On a terminal Lightning's bar; otherwise a line per tenth of the splits, not per loader.
-    bar = bool(cfg.trainer.enable_progress_bar) and console_is_terminal()
-    trainer = build_trainer(
-        cfg, out_dir, loggers=False, inference_mode=False, use_distributed_sampler=False,
-        enable_progress_bar=bar,
-    )  # fmt: skip
-    rank, world = global_rank(), world_size()
-    todo = [n for n in names if n not in done]
-    lines = TenthLines("evaluated splits", len(todo) if cfg.trainer.enable_progress_bar else 0)
-    for group in split_groups(todo):
-        evaluator = Evaluator(
-            backbone,
-            heads,
-            group,
-            num_classes=dm.num_classes,
-            n_bins=cfg.eval.n_bins,
-            **(baselines.evaluator_kwargs() if baselines is not None else {}),
-        )
-        loaders = [
-            dm.loader(
-                splits[n],
-                batch_size=cfg.eval.batch_size,
-                sampler=ContiguousSampler(len(splits[n]), rank, world),  # type: ignore[arg-type]
-            )
-            for n in group
-        ]
-        trainer.test(evaluator, dataloaders=loaders, verbose=False)
-        # Lightning moved the module to the CPU; synchronize where the process group works.
-        evaluator.to(trainer.strategy.root_device)
-        group_results, group_bins = evaluator.collect()
-        group_images = evaluator.correctness()
-        if is_global_zero():
-            partial.save(group_results, group_bins, group_images)
-        done.update({n: (group_results[n], group_bins[n], group_images[n]) for n in group})
-        if is_global_zero():
-            lines.advance(len(group))
     split_results = {n: done[n][0] for n in names}
-    bins = {n: done[n][1] for n in names}
     per_image = {n: done[n][2] for n in names}
-
     results: dict[str, Any] = {
         "run": {
-            "name": cfg.run.name,
+            "name": options.run_name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "seed": cfg.run.seed,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "provenance": provenance(resolve_device(cfg), world_size=world),
+            "seed": options.seed,
+            "config": dict(options.config),
+            "provenance": provenance(torch.device(options.device), world_size=world_size()),
             **(extra_run_info or {}),
         },
-        "splits": split_results,
-        "summary": summarize(split_results),
-        "by_corruption": aggregate_by(split_results, 0),
-        "by_severity": aggregate_by(split_results, 1),
+        **EvaluationResult(split_results).as_dict(),
         "differences": accuracy_differences(per_image),
     }
     if baselines is not None:
         results["run"] |= baselines.provenance()
-    if cfg.data.get("skip_bad_files"):
+    if options.skip_bad_files:
         results["run"]["skipped_bad_files"] = len(dm.bad_files)
     if started is not None:
         results["run"]["seconds"] = round(time.perf_counter() - started, 2)
-    if not is_global_zero():
-        return results
+    if is_global_zero():
+        bins = {n: done[n][1] for n in names}
+        _write_report(results, bins, per_image, out_dir, options.label(out_dir), loggers,
+                      baselines=baselines, run_dir=run_dir, note=note)  # fmt: skip
+    return results
 
+
+def _write_report(
+    results: dict[str, Any], bins: dict[str, Any], per_image: dict[str, Any], out_dir: Path,
+    label: str, loggers: list[Logger], *, baselines: Baselines | None, run_dir: Path | None,
+    note: str | None,
+) -> None:  # fmt: skip
+    """``table.md``, plots, logs, ``predictions.npz`` and, last, the sealed ``results.json``;
+    print the table and the verdict."""
+    names = list(results["splits"])
     table = format_table(results) + (f"\n\n{note}" if note else "")
-    plots = _reliability_plots(bins, names, out_dir, run_label(cfg, out_dir))
+    plots = _reliability_plots(bins, names, out_dir, label)
     notes = "\n".join(baselines.notes()) + "\n" if baselines is not None else ""
     (out_dir / "table.md").write_text(table + "\n\n" + verdict(results) + "\n" + notes)
     _log(loggers, results, plots)
@@ -225,17 +263,9 @@ def evaluate_and_report(
     # per-image records written before it.
     write_predictions(out_dir / PREDICTIONS, per_image)
     write_sealed(out_dir / "results.json", results, run_dir or out_dir, beside=[PREDICTIONS])
-    partial.clear()
+    PartialResults(out_dir / PARTIAL_DIR, "").clear()
     print(console_table(table))
     print(console_lines(verdict(results)))
-    return results
-
-
-def run_label(cfg: DictConfig, out_dir: Path) -> str:
-    """How figures name the run: ``run.name`` or its directory (and the evaluation's tag)."""
-    run_dir = Path(cfg.run.dir) if cfg.run.dir else out_dir
-    name = cfg.run.name or run_dir.name
-    return name if out_dir == run_dir else f"{name} ({out_dir.name})"
 
 
 def _reliability_plots(

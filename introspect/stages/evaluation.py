@@ -1,20 +1,23 @@
-"""Evaluate the feed-forward, introspective and control heads on every evaluation split."""
+"""Evaluate the feed-forward, introspective and control heads (and the baselines) on any
+DataLoaders: ``evaluate`` returns an ``EvaluationResult`` that prints as the run's table."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from torchmetrics import CatMetric, SumMetric
 
 from introspect.data.cells import is_cell
 from introspect.data.seeding import derive_seed
 from introspect.metrics import classification_metrics
-from introspect.metrics.temperature import temper
+from introspect.metrics.temperature import fit_temperature, temper
 from introspect.models.stage2 import IntrospectiveClassifier, StageTwoClassifier
 from introspect.report.differences import LABELS, PAIRS
 from introspect.report.names import HEADS, SHORT
@@ -107,6 +110,17 @@ class Evaluator(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         images, labels = batch
+        if torch.is_inference_mode_enabled():
+            # Under a trainer's inference mode: the introspective features need autograd.
+            with torch.inference_mode(False), torch.enable_grad():
+                self._test_batch(images.clone(), labels.clone(), batch_idx, dataloader_idx)
+        else:
+            self._test_batch(images, labels, batch_idx, dataloader_idx)
+
+    def _test_batch(
+        self, images: torch.Tensor, labels: torch.Tensor, batch_idx: int, dataloader_idx: int
+    ) -> None:
+        """Update every head's metrics and per-image records with one batch."""
         # One backbone pass per batch for the feed-forward, stage-2 and tempered heads.
         logits, penult = head_logits(self.backbone, self.heads, images)
         probs = {name: z.softmax(-1) for name, z in logits.items()}
@@ -247,3 +261,142 @@ def verdict(results: Mapping[str, Any]) -> str:
                 f"ECE {d_ece:+.2f} pp ({'better' if d_ece < 0 else 'worse'} calibrated)"
             )
     return "\n".join(out)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def head_logits_of(
+    backbone: nn.Module,
+    heads: Mapping[str, StageTwoClassifier],
+    loader: DataLoader,
+    device: torch.device | str | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``({"feedforward": logits, <head>: logits, ...}, labels)`` of every batch of ``loader``
+    (on the CPU, in its order), one backbone pass per batch on ``device`` (default: the
+    backbone's)."""
+    device = device or _device_of(backbone)
+    backbone.eval().to(device)
+    for head in heads.values():
+        head.eval().to(device)
+    logits: dict[str, list[torch.Tensor]] = {}
+    labels: list[torch.Tensor] = []
+    with torch.inference_mode(False), torch.enable_grad():
+        for images, y in loader:
+            out, _ = head_logits(backbone, heads, images.to(device))
+            for name, z in out.items():
+                logits.setdefault(name, []).append(z.detach().cpu())
+            labels.append(y.cpu())
+    return {k: torch.cat(v) for k, v in logits.items()}, torch.cat(labels)
+
+
+def fit_head_temperatures(
+    backbone: nn.Module,
+    heads: Mapping[str, StageTwoClassifier],
+    loader: DataLoader,
+    *,
+    names: Sequence[str] | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Temperature (minimizing the NLL) of the feed-forward network and every head of
+    ``heads`` (only ``names`` when given) on the images of ``loader``."""
+    logits, labels = head_logits_of(backbone, heads, loader, device)
+    wanted = list(names) if names is not None else ["feedforward", *heads]
+    return {h: fit_temperature(logits[h], labels) for h in wanted}
+
+
+@dataclass
+class FittedHeads:
+    """A frozen stage-1 network, the stage-2 heads on it (name -> head) and the temperatures
+    fitted for any of them (``"feedforward"`` included), as ``fit_heads`` returns them."""
+
+    backbone: nn.Module
+    heads: dict[str, StageTwoClassifier]
+    temperatures: dict[str, float] = field(default_factory=dict)
+
+    def predict(
+        self, loader: DataLoader, device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Logits of every head on ``loader``'s images (``feedforward``, the heads, and
+        ``<head>_ts`` for every fitted temperature) and their ``labels``, in loader order."""
+        logits, labels = head_logits_of(self.backbone, self.heads, loader, device)
+        for name, t in self.temperatures.items():
+            logits[f"{name}_ts"] = temper(logits[name], t)
+        return {h: logits[h] for h in HEADS if h in logits} | {LABELS: labels}
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of every head per split (``splits[split][head]``: ``acc``, ``ece``, ``nll``...
+    and ``num_samples``), the reliability bin sums and the per-image correctness records
+    (``Evaluator.collect`` and ``Evaluator.correctness``). ``str`` gives the run's table."""
+
+    splits: dict[str, dict[str, Any]]
+    bins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_image: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean of every head's metrics over the corruption cells (see ``summarize``)."""
+        return summarize(self.splits)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``splits``, ``summary``, ``by_corruption`` and ``by_severity``, as in a run's
+        ``results.json``."""
+        return {
+            "splits": self.splits,
+            "summary": self.summary(),
+            "by_corruption": aggregate_by(self.splits, 0),
+            "by_severity": aggregate_by(self.splits, 1),
+        }
+
+    def table(self) -> str:
+        """The markdown table the CLI prints (``format_table``)."""
+        return format_table(self.as_dict())
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def evaluate(
+    fitted: FittedHeads,
+    loaders: Mapping[str, DataLoader],
+    *,
+    num_classes: int | None = None,
+    n_bins: int = 15,
+    mc_dropout: MCDropout | None = None,
+    ensemble: Sequence[nn.Module] = (),
+    ensemble_with_backbone: bool = True,
+    trainer: L.Trainer | None = None,
+) -> EvaluationResult:
+    """Accuracy, ECE, NLL (and the rest of ``metrics.classification_metrics``) of the
+    feed-forward network, every head of ``fitted`` and their tempered twins, plus MC dropout
+    and the ensemble when given, on every loader of ``loaders`` (split or corruption-cell name
+    -> DataLoader of ``(images, labels)``, cells named ``<corruption>/<severity>``).
+
+    ``trainer`` runs the test loop (default: one quiet device, the backbone's); under its
+    inference mode the introspective features are still computed with autograd.
+    """
+    names = list(loaders)
+    evaluator = Evaluator(
+        fitted.backbone,
+        fitted.heads,
+        names,
+        num_classes=num_classes or int(fitted.backbone.head.weight.shape[0]),
+        n_bins=n_bins,
+        temperatures=fitted.temperatures,
+        mc_dropout=mc_dropout,
+        ensemble=ensemble,
+        ensemble_with_backbone=ensemble_with_backbone,
+    )
+    if trainer is None:
+        accelerator = "gpu" if _device_of(fitted.backbone).type == "cuda" else "cpu"
+        trainer = L.Trainer(
+            accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, inference_mode=False,
+        )  # fmt: skip
+    trainer.test(evaluator, dataloaders=[loaders[n] for n in names], verbose=False)
+    # Lightning moved the module to the CPU; synchronize where the process group works.
+    evaluator.to(trainer.strategy.root_device)
+    results, bins = evaluator.collect()
+    return EvaluationResult(results, bins, evaluator.correctness())

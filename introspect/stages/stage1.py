@@ -192,6 +192,35 @@ def set_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _fit_feedforward(
+    trainer: L.Trainer,
+    model: FeedForwardClassifier,
+    dm: ImageDataModule,
+    resume_from: str | None,
+    *,
+    on_device: torch.device | None,
+    batch_size: int,
+    augment: tuple[str, ...],
+    noise_std: float,
+) -> None:
+    """Fit ``model`` on ``dm``'s train split (validated on its val split), from the checkpoint
+    ``resume_from`` when given; with ``on_device``, from the whole split held on that device
+    and augmented there in batches of ``batch_size``."""
+    if on_device is None:
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
+        return
+    images, labels = load_split(dm.split("train"), on_device)
+    batches = DeviceBatches(
+        images, labels, batch_size=batch_size, augment=augment, noise_std=noise_std
+    )
+    trainer.fit(
+        model,
+        train_dataloaders=batches,
+        val_dataloaders=dm.val_dataloader(),
+        ckpt_path=resume_from,
+    )
+
+
 def stage1(
     cfg: DictConfig,
     dm: ImageDataModule,
@@ -253,24 +282,12 @@ def stage1(
         with warnings.catch_warnings():
             # The SimCLR pre-training and ensemble members share the folder, by design.
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
-            if cfg.data.on_device:
-                images, labels = load_split(dm.split("train"), resolve_device(cfg))
-                batches = DeviceBatches(
-                    images,
-                    labels,
-                    batch_size=cfg.data.batch_size,
-                    augment=recipe.augment,
-                    noise_std=cfg.stage1.noise_std,
-                )
-                trainer.fit(
-                    model,
-                    train_dataloaders=batches,
-                    val_dataloaders=dm.val_dataloader(),
-                    ckpt_path=resume_from,
-                )
-                del images, labels, batches
-            else:
-                trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
+            on_device = resolve_device(cfg) if cfg.data.on_device else None
+            _fit_feedforward(
+                trainer, model, dm, resume_from, on_device=on_device,
+                batch_size=cfg.data.batch_size, augment=recipe.augment,
+                noise_std=cfg.stage1.noise_std,
+            )  # fmt: skip
         best = Path(ckpt.best_model_path) if ckpt.best_model_path else best
     if best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)
