@@ -9,6 +9,11 @@ The public API, imported on first use (``import introspect`` itself loads no tor
 - ``IntrospectiveClassifier`` / ``ProbeClassifier``: the stage-2 heads (LightningModules) on
   the introspective features and on the penultimate activations (the control);
   ``FeedForwardClassifier`` is the stage-1 classifier;
+- ``fit_heads(backbone, train_loader, val_loader, ...) -> FittedHeads``: extracts the
+  features, trains the introspective and control heads and fits the temperatures (the command
+  line's stage 2 is this call; ``HeadRecipe`` / ``FeatureOptions`` are its options);
+  ``evaluate(fitted, {split: loader}) -> EvaluationResult``: accuracy, ECE, NLL of FF / INT /
+  CTL and their +TS twins per split or corruption cell, printing as the run's table;
 - ``create_detector(name, model, ...)``: every confidence score and detector behind one
   ``Detector`` protocol (``fit(loader)``, ``score(batch)``, higher = more in-distribution);
 - ``create_explainer(name, model, layer=...)``: every map method behind one ``Explainer``
@@ -28,6 +33,12 @@ __version__ = "0.1.0"
 # Public name -> the module defining it, imported on first access (PEP 562).
 _EXPORTS = {
     "Detector": "introspect.detect.detectors",
+    "EvaluationResult": "introspect.stages.evaluation",
+    "FeatureOptions": "introspect.stages.options",
+    "FittedHeads": "introspect.stages.heads",
+    "HeadRecipe": "introspect.stages.options",
+    "evaluate": "introspect.stages.evaluation",
+    "fit_heads": "introspect.stages.heads",
     "Explainer": "introspect.explain.explainers",
     "FeedForwardClassifier": "introspect.models.feedforward",
     "GradientFactors": "introspect.gradients.factors",
@@ -59,6 +70,9 @@ if TYPE_CHECKING:
     from introspect.gradients.introspector import Introspector
     from introspect.models.feedforward import FeedForwardClassifier
     from introspect.models.stage2 import IntrospectiveClassifier, ProbeClassifier
+    from introspect.stages.evaluation import EvaluationResult, evaluate
+    from introspect.stages.heads import FittedHeads, fit_heads
+    from introspect.stages.options import FeatureOptions, HeadRecipe
 
 
 def __getattr__(name: str) -> Any:
@@ -78,9 +92,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Detector",
+    "EvaluationResult",
     "Explainer",
+    "FeatureOptions",
     "FeedForwardClassifier",
+    "FittedHeads",
     "GradientFactors",
+    "HeadRecipe",
     "IntrospectiveClassifier",
     "IntrospectiveFeatures",
     "Introspector",
@@ -88,8 +106,10 @@ __all__ = [
     "__version__",
     "create_detector",
     "create_explainer",
+    "evaluate",
     "extract",
     "extract_features",
+    "fit_heads",
     "list_detectors",
     "list_explainers",
 ]
