@@ -13,12 +13,12 @@ from introspect.backbones import load_backbone
 
 ROBUST_RESNET_NORM = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2471, 0.2435, 0.2616)}
 
-# name, checkpoint, options, accuracy (%) on cifar10-test-lossless-1017 from the data README,
+# name, checkpoint, options, accuracy (%) on cifar10-test-lossless-1017 (published with the checkpoints),
 # head path, feature dimension
 CASES: list[tuple[str, str, dict[str, Any], float, str, int]] = [
     ("cifar_resnet20", "cifar_resnet/resnet20-12fca82f.th", {}, 91.64, "net.linear", 64),
     ("cifar_resnet56", "cifar_resnet/resnet56-4bfd9763.th", {}, 92.72, "net.linear", 64),
-    # Registered names carry their normalization (the data README's values) ...
+    # Registered names carry their normalization (the published values) ...
     ("robust_resnet4b", "robust_small/resnet4b.pth", {}, 77.29, "net.linear2", 100),
     ("robust_cnn_a", "robust_small/cifar_cnn_a_adv.model", {}, 66.67, "net.7", 100),
     # ... and the import-path route with the normalization given explicitly.
