@@ -13,7 +13,8 @@ from introspect.backbones import load_backbone
 
 ROBUST_RESNET_NORM = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2471, 0.2435, 0.2616)}
 
-# name, checkpoint, options, accuracy (%) on cifar10-test-lossless-1017 (published with the checkpoints),
+# name, checkpoint, options, accuracy (%) on cifar10-test-lossless-1017 (as published with the
+# checkpoints),
 # head path, feature dimension
 CASES: list[tuple[str, str, dict[str, Any], float, str, int]] = [
     ("cifar_resnet20", "cifar_resnet/resnet20-12fca82f.th", {}, 91.64, "net.linear", 64),
