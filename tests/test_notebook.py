@@ -67,4 +67,6 @@ def test_notebooks_are_stored_with_their_outputs(name: str) -> None:
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
     outputs = [o for cell in code for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert [o for o in outputs if "image/png" in o.get("data", {})]
+    assert [o for o in outputs if o.output_type == "stream"]
+    if name != "bring_your_own_model.ipynb":  # it prints accuracies and an AUROC, draws nothing
+        assert [o for o in outputs if "image/png" in o.get("data", {})]

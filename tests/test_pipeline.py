@@ -274,16 +274,18 @@ def test_class_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("eval.corruptions=[gausian_noise]", r"gausian_noise.*valid: gaussian_noise"),
+        ("eval.corruptions=[gausian_noise]", r"gausian_noise.*Did you mean 'gaussian_noise'"),
         ("eval.corruptions=[contrast,contrast]", r"more than once"),
     ],
 )
 def test_bad_evaluation_cells_fail_before_any_work(tmp_path: Path, override: str, message) -> None:
+    from introspect.config import ConfigError
     from introspect.data import DataError
 
-    cfg = _cfg(tmp_path, override)
-    with pytest.raises(DataError, match=message):
-        run(cfg)
+    # A misspelt corruption stops when the config is composed; a repeated one when the
+    # evaluation splits are checked; both before any run directory exists.
+    with pytest.raises((ConfigError, DataError), match=message):
+        run(_cfg(tmp_path, override))
     assert not (tmp_path / "run").exists()
 
 
@@ -330,7 +332,9 @@ def test_channels_last_frozen_network_matches_the_default_format(
     finished, tmp_path: Path, monkeypatch
 ) -> None:
     cfg0, run_dir0, _ = finished
-    checkpoint = pipeline.stage1_checkpoint(cfg0, run_dir0)
+    from introspect.stages.stage1 import stage1_checkpoint
+
+    checkpoint = stage1_checkpoint(cfg0, run_dir0)
     formats: dict[bool, bool] = {}
     original = stage2_mod.stage2
 

@@ -179,7 +179,8 @@ def test_nll_and_mc_dropout_trust_scores(scored) -> None:
     assert trust["nll"]["clean"]["auac"] == pytest.approx(trust["msp"]["clean"]["auac"])
     # MC-dropout scores of the in-distribution batch (one batch, key of its first batch) rank
     # the feed-forward predictions.
-    mc = MCDropout(3, 0.1, seed=0).scores(backbone, x, key=derive_seed("in_distribution", 0))
+    mcd = MCDropout(3, 0.1, seed=0)
+    mc = mcd.scores(mcd.sample_logits(backbone, x, key=derive_seed("in_distribution", 0)))
     for name in ("mcd_bald", "mcd_expected_entropy"):
         want = _brute_auac(mc[name].numpy(), correct)
         assert trust[name]["clean"]["auac"] == pytest.approx(want, abs=1e-6)
