@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "bring_your_own_model.ipynb"
@@ -26,6 +27,7 @@ def api_lines(nb: nbformat.NotebookNode) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_bring_your_own_model_executes(tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert api_lines(nb) < 30

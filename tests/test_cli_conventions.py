@@ -123,6 +123,7 @@ def test_launcher_jobs_is_validated() -> None:
         load_launcher("local", ["launcher.jobs=0"], CONFIGS)
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_two_jobs_in_parallel(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = _python(

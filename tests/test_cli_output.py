@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -145,6 +146,7 @@ def test_adverts_are_recognized() -> None:
     assert not is_advert("GPU available: False, used: False")
 
 
+@pytest.mark.slow
 def test_a_redirected_run_log_has_no_carriage_returns_or_adverts(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     tiny = [

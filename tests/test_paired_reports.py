@@ -59,6 +59,7 @@ def _scope_arrays(arrays: dict[str, np.ndarray], splits: list[str], scope: str, 
     return correct, strata
 
 
+@pytest.mark.slow
 def test_predictions_give_the_accuracy_of_every_split_and_head(seeds: list[Path]) -> None:
     for run in seeds:
         results = _results(run)
@@ -117,6 +118,7 @@ def test_differences_are_the_paired_bootstrap_of_the_predictions_file(seeds: lis
             ), (name, interval)
 
 
+@pytest.mark.slow
 def test_two_processes_keep_the_images_and_heads_paired(seeds: list[Path]) -> None:
     run = seeds[0]
     proc = _python([str(REPO / "evaluate.py"), f"run={run}", "trainer=ddp_cpu", "tag=ddp"])
