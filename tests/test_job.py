@@ -67,6 +67,8 @@ def test_run_job_marks_the_run_complete_with_every_stage(tmp_path: Path) -> None
     assert status["state"] == "complete" and status["stage"] is None
     assert status["stages_done"] == ["stage1", "stage2", "evaluation"]
     assert set(status["stage_seconds"]) == {"stage1", "stage2", "evaluation"}
+    # The whole run lasts at least as long as its stages together (the printed total is this).
+    assert status["seconds"] >= sum(status["stage_seconds"].values())
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 

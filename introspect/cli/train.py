@@ -164,18 +164,21 @@ def main(argv: list[str]) -> int:
             raise
         return code
     if is_global_zero():
-        print(f"run directory: {cfg.run.dir} ({results['run']['seconds']:.1f} s{_stages(cfg)})")
+        print(f"run directory: {cfg.run.dir} ({_timing(cfg, results['run']['seconds'])})")
     return 0
 
 
-def _stages(cfg: DictConfig) -> str:
-    """``; stage1 1.2 s, stage2 3.4 s, ...`` from the run's ``status.json`` (empty without)."""
+def _timing(cfg: DictConfig, recorded: float) -> str:
+    """``14.1 s; stage1 1.2 s, stage2 3.4 s, ...``: the run's whole time and each stage's from
+    its ``status.json`` (the whole time until the record was written, ``recorded``, without)."""
     from introspect.runs.status import read_status
 
-    seconds = (read_status(str(cfg.run.dir)) or {}).get("stage_seconds", {})
+    status = read_status(str(cfg.run.dir)) or {}
+    seconds = status.get("stage_seconds", {})
+    total = f"{status.get('seconds', recorded):.1f} s"
     if not seconds:
-        return ""
-    return "; " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
+        return total
+    return total + "; " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
 
 
 def entry() -> None:
