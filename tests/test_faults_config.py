@@ -295,8 +295,7 @@ CODE_SITES = {
     "introspect/backbones/registry.py": ("backbone.name", "backbone.ensemble_checkpoints[].name"),
     "introspect/backbones/checkpoint.py": ("backbone.trust_checkpoint",),
     "introspect/explain/__init__.py": (),
-    "introspect/data/__init__.py": (),  # imports its own submodules on first use
-    "introspect/metrics/__init__.py": (),  # the same
+    "introspect/lazy.py": (),  # imports a package's own submodules on first use
     "introspect/__init__.py": (),  # imports the public API's fixed modules on first use
     "introspect/runs/provenance.py": (),
 }

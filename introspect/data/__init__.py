@@ -5,8 +5,7 @@ The names below are imported on first use, so that importing one torch-free subm
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from introspect.lazy import lazy_exports
 
 # Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
@@ -21,16 +20,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import the submodule that defines ``name`` on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The public names, imported or not."""
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -84,15 +84,7 @@ def run_two_stage(cfg: DictConfig) -> dict[str, Any]:
                 settings = stage2_settings(cfg)
                 heads = stage2(settings, dm, backbone, run_dir, trainer, resolve_device(cfg))
         with job.stage("evaluation"):
-            baselines = prepare_baselines(
-                calibration_plan(cfg, run_dir),
-                dm,
-                backbone,
-                heads,
-                mc_dropout=mc_dropout(cfg),
-                ensemble=partial(ensemble_members, cfg, dm, run_dir, train=True),
-                device=resolve_device(cfg),
-            )
+            baselines = _baselines(cfg, dm, backbone, heads, run_dir, train=True)
             results = evaluate_and_report(
                 report_options(cfg),
                 dm,
@@ -114,6 +106,22 @@ JOBS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "active": run_active,
     "quality": run_quality,
 }
+
+
+def _baselines(
+    cfg: DictConfig, dm: Any, backbone: nn.Module, heads: dict, run_dir: Path, *, train: bool
+) -> Any:
+    """The run's calibration baselines (temperatures, MC dropout, ensemble; members trained
+    here with ``train``, else loaded)."""
+    return prepare_baselines(
+        calibration_plan(cfg, run_dir),
+        dm,
+        backbone,
+        heads,
+        mc_dropout=mc_dropout(cfg),
+        ensemble=partial(ensemble_members, cfg, dm, run_dir, train=train),
+        device=resolve_device(cfg),
+    )
 
 
 def frozen_memory_format(backbone: nn.Module, *, channels_last: bool) -> None:
@@ -151,15 +159,7 @@ def reevaluate(
     if is_global_zero():
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier()
-    baselines = prepare_baselines(
-        calibration_plan(cfg, run_dir),
-        dm,
-        backbone,
-        heads,
-        mc_dropout=mc_dropout(cfg),
-        ensemble=partial(ensemble_members, cfg, dm, run_dir, train=False),
-        device=resolve_device(cfg),
-    )
+    baselines = _baselines(cfg, dm, backbone, heads, run_dir, train=False)
     loggers = job_loggers(cfg, out_dir)
     results = evaluate_and_report(
         report_options(cfg),
