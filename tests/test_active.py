@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from introspect.active.heuristics import (
+    STRATEGIES,
     acquire,
     badge_factors,
     bald,
@@ -142,7 +143,7 @@ def test_acquire_is_deterministic_for_a_seed_and_picks_distinct_images() -> None
     logits = torch.randn(30, 10, generator=gen)
     hidden = torch.randn(30, 16, generator=gen)
     mc = torch.randn(8, 30, 10, generator=gen)
-    for strategy in ("random", "entropy", "least_confidence", "margin", "bald", "badge"):
+    for strategy in STRATEGIES:
         picks = [
             acquire(
                 strategy,

@@ -82,3 +82,10 @@ def test_corruption_names_match_the_registry() -> None:
     from introspect.data.corruptions import ALL_NAMES
 
     assert CORRUPTIONS == ALL_NAMES
+
+
+def test_active_strategies_match_the_registry() -> None:
+    from introspect.active.heuristics import STRATEGIES
+    from introspect.config.schema import CHOICES
+
+    assert CHOICES["active.strategies"] == STRATEGIES

@@ -1,6 +1,8 @@
 """Pool-based active learning: acquisition functions, the label-gated pool and the round loop."""
 
+from introspect.active.batchbald import BatchBALD, batchbald
 from introspect.active.heuristics import (
+    MC_STRATEGIES,
     STRATEGIES,
     acquire,
     badge_factors,
@@ -13,7 +15,10 @@ from introspect.active.heuristics import (
 from introspect.active.pool import LabelPool, shard_indices
 
 __all__ = [
+    "MC_STRATEGIES",
     "STRATEGIES",
+    "BatchBALD",
+    "batchbald",
     "LabelPool",
     "acquire",
     "badge_factors",

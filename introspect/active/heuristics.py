@@ -7,6 +7,8 @@ or the introspective head), so the same function serves both sources:
 - ``least_confidence``: ``1 - max p``;
 - ``margin``: ``-(p₍₁₎ - p₍₂₎)``, the negated gap between the two largest probabilities;
 - ``bald``: mutual information of ``S`` MC-dropout samples (predictive minus expected entropy);
+- ``batchbald``: the greedy batch of largest joint mutual information of the MC-dropout
+  samples (``active.batchbald``);
 - ``badge``: k-means++ seeding on the gradient embeddings at the predicted label,
   ``(p - e_ŷ) hᵀ`` with ``h`` the input of the classifier's last linear layer (the closed form
   of ``gradients.extract`` with a one-hot target), kept factorized as ``(g, h)``;
@@ -17,10 +19,15 @@ from __future__ import annotations
 
 import torch
 
+from introspect.active.batchbald import batchbald
 from introspect.gradients.extract import logit_gradients
 from introspect.uncertainty.measures import mutual_information
 
-STRATEGIES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "badge")
+STRATEGIES: tuple[str, ...] = (
+    "random", "entropy", "least_confidence", "margin", "bald", "badge", "batchbald",
+)  # fmt: skip
+# The strategies that score MC-dropout samples of the acquiring classifier.
+MC_STRATEGIES: tuple[str, ...] = ("bald", "batchbald")
 
 
 def _check_probs(probs: torch.Tensor) -> None:
@@ -126,7 +133,8 @@ def acquire(
 
     ``logits`` ``(B, N)`` are the acquiring classifier's outputs, ``hidden`` ``(B, D)`` the input
     of its last linear layer (``badge``), ``mc_logits`` ``(S, B, N)`` its MC-dropout samples
-    (``bald``); ``generator`` seeds ``random`` and ``badge``.
+    (``MC_STRATEGIES``); ``generator`` seeds ``random``, ``badge`` and ``batchbald``'s sampled
+    configurations.
     """
     n = logits.shape[0]
     if strategy == "random":
@@ -135,10 +143,13 @@ def acquire(
         if hidden is None:
             raise ValueError("badge needs the input of the last linear layer (hidden)")
         return kmeans_pp(*badge_factors(logits, hidden), k, generator=generator)
-    if strategy == "bald":
+    if strategy in MC_STRATEGIES:
         if mc_logits is None:
-            raise ValueError("bald needs MC-dropout samples (mc_logits)")
-        return top_k(bald(mc_logits.double().softmax(-1)), k)
+            raise ValueError(f"{strategy} needs MC-dropout samples (mc_logits)")
+        samples = mc_logits.double().softmax(-1)
+        if strategy == "batchbald":
+            return batchbald(samples, k, generator=generator).indices
+        return top_k(bald(samples), k)
     probs = logits.double().softmax(-1)
     scores = {"entropy": entropy, "least_confidence": least_confidence, "margin": margin}
     if strategy not in scores:

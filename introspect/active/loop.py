@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from introspect.active.heuristics import acquire
+from introspect.active.heuristics import MC_STRATEGIES, acquire
 from introspect.active.pool import LabelPool
 from introspect.data.seeding import derive_seed
 
@@ -94,7 +94,7 @@ def select(
         k,
         logits=outputs[f"{prefix}_logits"],
         hidden=outputs.get(f"{prefix}_hidden"),
-        mc_logits=outputs[f"{prefix}_mc"].transpose(0, 1) if strategy == "bald" else None,
+        mc_logits=outputs[f"{prefix}_mc"].transpose(0, 1) if strategy in MC_STRATEGIES else None,
         generator=gen,
     )
     return picked.tolist()
@@ -181,7 +181,7 @@ def run_curves(
                 on_round(strategy, source, entry)
         for r in range(len(rounds), schedule.rounds + 1):
             tag = f"{key}/round{r}"
-            outs = learner.outputs(models, mine, mc=strategy == "bald", key=tag)
+            outs = learner.outputs(models, mine, mc=strategy in MC_STRATEGIES, key=tag)
             positions = select(
                 strategy, source, outs, schedule.per_round, seed=derive_seed(seed, tag)
             )

@@ -53,7 +53,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "haarpsi", "mdsi", "dss",
     ),
     "quality.mapping": ("logistic5", "logistic4", "none"),
-    "active.strategies": ("random", "entropy", "least_confidence", "margin", "bald", "badge"),
+    "active.strategies": (
+        "random", "entropy", "least_confidence", "margin", "bald", "badge", "batchbald",
+    ),
     "active.sources": ("feedforward", "introspective"),
     # Lightning 2.x pass-through fields (tests/test_faults_config.py checks these against the
     # installed Lightning), checked here so that a typo fails before any work.
@@ -724,8 +726,8 @@ class ActiveConfig:
       the feed-forward network's or the introspective head's outputs (``random`` once).
     - ``warm_start``: stage 1 continues from the previous round's weights instead of starting
       from its initial weights.
-    - ``mc_samples``/``mc_p``: MC-dropout samples for BALD, dropout at the input of the
-      acquiring classifier's last linear layer.
+    - ``mc_samples``/``mc_p``: MC-dropout samples for BALD and BatchBALD, dropout at the input
+      of the acquiring classifier's last linear layer.
     - ``noise_std``/``noise_seed``: the Gaussian-noise test split (i.i.d. N(0, σ²) per pixel,
       clipped to [0, 1]) evaluated beside the clean one.
     - ``batch_size``: images per batch when scoring the pool and evaluating.
