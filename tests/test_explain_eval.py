@@ -224,6 +224,7 @@ def test_explain_eval_writes_a_record_once(
         "steps=8",
         "batch_size=3",
         "method.rise.masks=20",
+        "sanity_n=3",
     ]
     code, out, err = _call(argv, capsys)
     assert code == 0, err
@@ -238,17 +239,27 @@ def test_explain_eval_writes_a_record_once(
     assert len(results["voice"]["iou"]) == 5
     assert (folder / "voice.png").is_file() and "| gradcam |" in (folder / "explain.md").read_text()
     assert "| gradcam |" in out and str(folder / "results.json") in out
+    # the sanity checks: a model-independent map keeps ρ = 1 however many layers are random
+    sanity = results["sanity"]
+    assert sanity["images"] == 3 and list(sanity["methods"]) == ["gradcam", "rise", "random"]
+    steps = sanity["methods"]["random"]["randomization"]
+    assert len(steps) >= 2 and all(step["spearman"] == pytest.approx(1.0) for step in steps)
+    assert steps[-1]["randomized"] > steps[0]["randomized"] == 1
+    assert all(row["max_sensitivity"] >= 0 for row in sanity["methods"].values())
+    assert "## Sanity checks" in out and "| rise |" in out.split("## Sanity checks")[1]
     # the same evaluation again is refused: a record is never replaced
     code, out, err = _call(argv, capsys)
     assert code == 2 and "already holds results" in err and err.count("\n") == 1
     # a corruption cell goes to its own folder, without VOICE when asked
     cell = [f"run={run_dir}", "methods=gradcam", "n=4", "cell=gaussian_noise/3", "voice=false"]
+    cell.append("sanity=false")
     code, out, err = _call(cell, capsys)
     assert code == 0, err
     results = json.loads(
         (run_dir / "evaluations/explain-gaussian_noise-3/results.json").read_text()
     )
     assert results["settings"]["cell"] == "gaussian_noise/3" and results["voice"] is None
+    assert results["sanity"] is None and "Sanity" not in out
     # the data differ: another AUC than on the clean images
     clean = json.loads((folder / "results.json").read_text())["faithfulness"]["gradcam"]
     assert results["faithfulness"]["gradcam"]["deletion_auc"] != clean["deletion_auc"]
@@ -267,6 +278,8 @@ def test_explain_eval_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixtu
         ([f"run={run_dir}", "cell=fog/9"], "cell must be"),
         ([f"run={run_dir}", "threshold=2"], "threshold must be"),
         ([f"run={run_dir}", "voice=maybe"], "voice must be true or false"),
+        ([f"run={run_dir}", "sanity=maybe"], "sanity must be true or false"),
+        ([f"run={run_dir}", "sanity_n=0"], "sanity_n must be a positive integer"),
         ([f"run={run_dir}", "methods=[]", "voice=false"], "nothing to evaluate"),
         ([f"run={run_dir}", "methods=gradcam", "method.rise.masks=5"], "not evaluated"),
         ([f"run={run_dir}", "methods=rise", "method.rise.size=5"], "rise has no option size"),

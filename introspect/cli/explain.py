@@ -54,7 +54,7 @@ EVAL_USAGE = """\
 usage: explain-eval run=runs/<name> [methods=[gradcam,rise,...]] [n=64] [split=test]
                     [cell=<corruption>/<severity>] [layer=PATH] [steps=32] [voice=true]
                     [threshold=0.1] [batch_size=16] [method.<name>.<arg>=value ...]
-                    [tag=NAME] [a.b=value ...]
+                    [sanity=true] [sanity_n=8] [tag=NAME] [a.b=value ...]
 
 Faithfulness of every map method on the first n images of split (or of a corruption cell
 of the test split, e.g. cell=fog/3): mean deletion AUC (lower is better), insertion AUC
@@ -62,7 +62,8 @@ of the test split, e.g. cell=fog/3): mean deletion AUC (lower is better), insert
 voice=true, the VOICE IoU and SNR of correct and incorrect predictions and a figure.
 Results go to <run>/evaluations/explain[-<tag>]/ (results.json, explain.md, voice.png);
 an existing record is never replaced. method.<name>.<arg>=value passes keyword arguments
-to a method, e.g. method.rise.masks=500 method.lime.samples=200.
+to a method, e.g. method.rise.masks=500 method.lime.samples=200. With sanity=true, each
+method's model-parameter randomization and max-sensitivity on the first sanity_n images.
 """
 
 NETWORK_USAGE = """\
@@ -115,6 +116,8 @@ EVAL_OPTIONS = (
     "voice",
     "threshold",
     "batch_size",
+    "sanity",
+    "sanity_n",
 )
 NETWORK_OPTIONS = ("run", "n", "split", "out", "overwrite", "layer", "channels", "k", "queries")
 # The figures explain-network writes into its folder.
@@ -502,6 +505,8 @@ def eval_options(argv: list[str]) -> tuple[dict[str, str], list[str], Any]:
         "threshold": threshold,
         "batch_size": _count("batch_size", options.get("batch_size", "16")),
         "method_options": method_options,
+        "sanity": _bool("sanity", options.get("sanity", "true")),
+        "sanity_n": _count("sanity_n", options.get("sanity_n", "8")),
     }
     return options, overrides, fields
 

@@ -37,6 +37,7 @@ from introspect.explain.network import (
 from introspect.explain.uncertainty import VoiceEvaluation, evaluate_voice, voice
 from introspect.jobs.job import plain_config, with_stage1_checkpoint
 from introspect.runs.integrity import seal
+from introspect.sanity import sanity_section
 
 
 @dataclass
@@ -53,6 +54,9 @@ class EvalOptions:
     threshold: float = 0.1
     batch_size: int = 16
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sanity: bool = True
+    sanity_n: int = 8
+    sanity_kw: dict[str, Any] = field(default_factory=dict)  # samples, radius, points, seed
 
 
 def check_method_options(method_options: Mapping[str, Mapping[str, Any]]) -> None:
@@ -177,6 +181,13 @@ def explain_eval(
     ]
     if table:
         parts += ["## Faithfulness", format_faithfulness(table)]
+    sanity = None
+    if methods and options.sanity:
+        images = torch.cat([b[0] for b in batches])[: options.sanity_n].to(device)
+        sanity, text = sanity_section(
+            backbone, images, methods, options.layer, options.method_options, **options.sanity_kw
+        )
+        parts += ["## Sanity checks", text]
     voice_section: dict[str, Any] | None = None
     if options.voice:
         voice_section = _voice_section(backbone, batches, dm.class_names, out_dir, options, device)
@@ -202,6 +213,7 @@ def explain_eval(
         },
         "faithfulness": table or None,
         "voice": voice_section,
+        "sanity": sanity,
     }
     write_record(out_dir / "results.json", seal(results, run_dir))
     return results

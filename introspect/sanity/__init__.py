@@ -10,7 +10,7 @@ from introspect.sanity.randomization import (
     ssim,
 )
 from introspect.sanity.robustness import max_sensitivity, uniform_noise
-from introspect.sanity.table import evaluate_sanity, format_sanity
+from introspect.sanity.table import evaluate_sanity, format_sanity, sanity_section
 
 __all__ = [
     "Randomization",
@@ -19,6 +19,7 @@ __all__ = [
     "max_sensitivity",
     "model_randomization",
     "randomizable_layers",
+    "sanity_section",
     "spearman",
     "ssim",
     "uniform_noise",

@@ -85,3 +85,47 @@ def format_sanity(table: Mapping[str, Mapping[str, Any]]) -> str:
         rhos = " | ".join(cell(step["spearman"]) for step in row["randomization"])
         lines.append(f"| {name} | {rhos} | {cell(row['max_sensitivity'])} |")
     return "\n".join(lines)
+
+
+def sanity_section(
+    model: nn.Module,
+    images: torch.Tensor,
+    methods: Mapping[str, MapMethod],
+    layer: str | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    points: int = 4,
+    samples: int = 4,
+    radius: float = 0.02,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> tuple[dict[str, Any], str]:
+    """The sanity checks of ``methods`` on ``images`` as a record (its settings and the
+    :func:`evaluate_sanity` table under ``"methods"``) and as markdown with a caption."""
+    table = evaluate_sanity(
+        model,
+        images,
+        methods,
+        layer=layer,
+        options=options,
+        points=points,
+        samples=samples,
+        radius=radius,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    record = {
+        "images": images.shape[0],
+        "order": "cascading",
+        "samples": samples,
+        "radius": radius,
+        "seed": seed,
+        "methods": table,
+    }
+    caption = (
+        f"On the first {images.shape[0]} images: Spearman ρ between each map and the trained "
+        "network's as its layers are re-initialized from the output down (cascading; lower = "
+        "the map depends on the learned weights), and the max-sensitivity ‖map(x+δ) − map(x)‖ "
+        f"/ ‖map(x)‖ over {samples} uniform δ with ‖δ‖∞ ≤ {radius:g} (lower = more robust)."
+    )
+    return record, caption + "\n\n" + format_sanity(table)
