@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pool", type=int, default=2000, help="BatchBALD's pool size")
     parser.add_argument("--skip-maps", action="store_true", help="only the BatchBALD comparison")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -136,7 +137,9 @@ def main() -> None:
             )
         )
 
-    probs = (2 * torch.randn(20, 2000, 10, generator=torch.Generator().manual_seed(0))).softmax(-1)
+    probs = (
+        2 * torch.randn(20, args.pool, 10, generator=torch.Generator().manual_seed(0))
+    ).softmax(-1)
     k, draws = 10, 500
     ours, ours_s = _timed(
         batchbald,
@@ -154,7 +157,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "check": "BatchBALD (S=20, pool=2000, classes=10, k=10, 500 draws per sample)",
+                "check": f"BatchBALD S=20 pool={args.pool} classes=10 k=10 draws=500",
                 "same_picks": sorted(np.flatnonzero(theirs).tolist())
                 == sorted(ours.indices.tolist()),
                 "max_abs_score_difference": float(
