@@ -18,6 +18,7 @@ LOWER = (
     "detect",
     "uncertainty",
     "explain",
+    "sanity",
     "models",
     "active",
     "quality",
