@@ -242,6 +242,7 @@ def test_explain_eval_writes_a_record_once(
     # the sanity checks: a model-independent map keeps ρ = 1 however many layers are random
     sanity = results["sanity"]
     assert sanity["images"] == 3 and list(sanity["methods"]) == ["gradcam", "rise", "random"]
+    assert (sanity["samples"], sanity["radius"], sanity["points"]) == (4, 0.02, 4)
     steps = sanity["methods"]["random"]["randomization"]
     assert len(steps) >= 2 and all(step["spearman"] == pytest.approx(1.0) for step in steps)
     assert steps[-1]["randomized"] > steps[0]["randomized"] == 1

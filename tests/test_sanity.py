@@ -124,6 +124,18 @@ def _quantus_explain(method, layer=None):
     return explain
 
 
+def _quantus(metric, net, images, target, reference, method, layer=None):
+    """Quantus ``metric`` of ``method``'s ``reference`` maps for ``target`` on ``images``."""
+    return metric(
+        model=net,
+        x_batch=images.numpy(),
+        y_batch=target.numpy(),
+        a_batch=reference[:, None].numpy(),
+        explain_func=_quantus_explain(method, layer),
+        device="cpu",
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "layer", "order"),
     [
@@ -151,14 +163,7 @@ def test_randomization_agrees_with_quantus_mprt(
         disable_warnings=True,
     )
     started = time.perf_counter()
-    theirs = metric(
-        model=net,
-        x_batch=images.numpy(),
-        y_batch=target.numpy(),
-        a_batch=reference[:, None].numpy(),
-        explain_func=_quantus_explain(method, layer),
-        device="cpu",
-    )
+    theirs = _quantus(metric, net, images, target, reference, method, layer)
     theirs_s = time.perf_counter() - started
     # Quantus lists the independent test bottom-up, the cascading one top-down like ours
     assert sorted(list(theirs)[1:]) == sorted(ours.layers)
@@ -192,14 +197,7 @@ def test_max_sensitivity_agrees_with_quantus(net: BatchNormNet, images: torch.Te
         nr_samples=samples, perturb_func=same_noise, lower_bound=radius, disable_warnings=True
     )
     started = time.perf_counter()
-    theirs = metric(
-        model=net,
-        x_batch=images.numpy(),
-        y_batch=target.numpy(),
-        a_batch=reference[:, None].numpy(),
-        explain_func=_quantus_explain(vanilla_gradient),
-        device="cpu",
-    )
+    theirs = _quantus(metric, net, images, target, reference, vanilla_gradient)
     theirs_s = time.perf_counter() - started
     assert np.allclose(ours.numpy(), np.asarray(theirs), rtol=1e-5, atol=0)
     print(f"max-sensitivity: ours {ours_s:.3f} s, Quantus {theirs_s:.3f} s")
@@ -228,3 +226,15 @@ def test_sanity_table(net: BatchNormNet, images: torch.Tensor) -> None:
     assert row["max_sensitivity"] > 0
     text = format_sanity(table)
     assert "ρ, 5 random" in text and "| vanilla_gradient |" in text
+
+
+def test_sanity_section_records_its_settings(net: BatchNormNet, images: torch.Tensor) -> None:
+    from introspect.sanity import sanity_section
+
+    record, text = sanity_section(
+        net, images[:2], {"vanilla_gradient": vanilla_gradient}, samples=2
+    )
+    assert (record["samples"], record["radius"], record["images"]) == (2, 0.02, 2)
+    assert "over 2 uniform δ" in text and "| vanilla_gradient |" in text
+    with pytest.raises(ExplanationError, match="unknown sanity settings"):
+        sanity_section(net, images, {"vanilla_gradient": vanilla_gradient}, nope=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from introspect.explain.core import ExplanationError
 from introspect.sanity.randomization import (
     MapMethod,
     even_steps,
@@ -93,35 +95,24 @@ def sanity_section(
     methods: Mapping[str, MapMethod],
     layer: str | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
-    *,
-    points: int = 4,
-    samples: int = 4,
-    radius: float = 0.02,
-    seed: int = 0,
-    batch_size: int = 64,
+    **settings: Any,
 ) -> tuple[dict[str, Any], str]:
     """The sanity checks of ``methods`` on ``images`` as a record (its settings and the
-    :func:`evaluate_sanity` table under ``"methods"``) and as markdown with a caption."""
-    table = evaluate_sanity(
-        model,
-        images,
-        methods,
-        layer=layer,
-        options=options,
-        points=points,
-        samples=samples,
-        radius=radius,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    record = {
-        "images": images.shape[0],
-        "order": "cascading",
-        "samples": samples,
-        "radius": radius,
-        "seed": seed,
-        "methods": table,
+    :func:`evaluate_sanity` table under ``"methods"``) and as markdown with a caption;
+    ``settings`` are :func:`evaluate_sanity`'s keyword arguments (``points``, ``samples``,
+    ``radius``, ``seed``, ``batch_size``)."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(evaluate_sanity).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("layer", "options")
     }
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ExplanationError(f"unknown sanity settings {unknown}; valid: {sorted(defaults)}")
+    settings = {**defaults, **settings}
+    table = evaluate_sanity(model, images, methods, layer=layer, options=options, **settings)
+    samples, radius = settings["samples"], settings["radius"]
+    record = {"images": images.shape[0], "order": "cascading", **settings, "methods": table}
     caption = (
         f"On the first {images.shape[0]} images: Spearman ρ between each map and the trained "
         "network's as its layers are re-initialized from the output down (cascading; lower = "
