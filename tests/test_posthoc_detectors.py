@@ -184,3 +184,23 @@ def test_posthoc_errors(setup) -> None:
         create_detector("knn", model, k=500).fit(loader)
     with pytest.raises(ValueError, match="labels >= 0"):
         create_detector("rmd", model).fit(loader[-1:])
+
+
+def test_fpr95_both_conventions_equal_sklearn_and_pytorch_ood() -> None:
+    """``fpr95_id`` is pytorch-ood's FPR95 (OOD positive, outlier scores); ``fpr95_ood`` the FPR
+    of OOD at 95 % ID recall, read off sklearn's ROC curve."""
+    from pytorch_ood.metrics.functional import fpr_at_tpr
+    from sklearn.metrics import roc_curve
+
+    from introspect.metrics.ood import fpr95_id, fpr95_ood
+
+    g = torch.Generator().manual_seed(0)
+    for n_in, n_out, shift in ((300, 200, 1.0), (97, 411, 0.3), (50, 50, 0.0)):
+        s_in = torch.randn(n_in, generator=g, dtype=torch.float64) + shift
+        s_out = (torch.randn(n_out, generator=g, dtype=torch.float64) * 2).round(decimals=1)
+        labels = torch.cat([torch.zeros(n_in), -torch.ones(n_out)]).long()
+        theirs = fpr_at_tpr(-torch.cat([s_in, s_out]), labels, 0.95)
+        assert float(fpr95_id(s_in, s_out)) == pytest.approx(float(theirs), abs=1e-12)
+        fpr, tpr, _ = roc_curve([1] * n_in + [0] * n_out, torch.cat([s_in, s_out]).numpy())
+        assert float(fpr95_ood(s_in, s_out)) == pytest.approx(fpr[(tpr >= 0.95).argmax()])
+        assert float(fpr95_id(s_in, s_out)) != float(fpr95_ood(s_in, s_out))

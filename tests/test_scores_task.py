@@ -103,7 +103,14 @@ def test_scores_writes_ood_and_trust_beside_the_run_record(scored) -> None:
     for by_set in ood["scores"].values():
         assert list(by_set) == ["same", "gray", "noise"]
         for metrics in by_set.values():
-            assert set(metrics) == {"auroc", "fpr95", "aupr_in", "aupr_out", "detection_error"}
+            assert set(metrics) == {
+                "auroc",
+                "fpr95_ood",
+                "fpr95_id",
+                "aupr_in",
+                "aupr_out",
+                "detection_error",
+            }
             assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert trust["num_samples"] == {"clean": 32, "other": 24, "corrupted": 64}
     assert list(trust["scores"]) == SCORES
@@ -145,7 +152,7 @@ def test_ood_metrics_match_sklearn_on_directly_computed_scores(scored, name: str
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     got = scored["after"]["ood"]["scores"][name]["same"]
     assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
-    assert got["fpr95"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-9)
+    assert got["fpr95_ood"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-9)
 
 
 def _brute_auac(s: np.ndarray, correct: np.ndarray) -> float:

@@ -65,7 +65,7 @@ from introspect.uncertainty import MCDropout
 NOISE = "noise"
 CORRUPTED = "corrupted"
 DETECTOR = "purview_detector_supervised"
-MARKDOWN_OOD_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
+MARKDOWN_OOD_METRICS = ("auroc", "fpr95_ood", "fpr95_id", "aupr_in", "aupr_out")
 TRUST_NOTE = (
     "Feed-forward scores rank the backbone's predictions, int_* scores the introspective "
     "head's predictions."
