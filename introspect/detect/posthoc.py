@@ -124,14 +124,19 @@ class PosthocDetector:
                 linear = self.source.linear(images)
         if linear is None:
             raise ValueError("fit needs in-distribution rows (labels >= 0) in loader")
+        return self.fit_features(
+            Fitted(torch.cat(zs), torch.cat(logits), torch.cat(labels), linear)
+        )
+
+    def fit_features(self, data: Fitted) -> PosthocDetector:
+        """Fit on in-distribution features already extracted; returns ``self``."""
         with torch.no_grad():
-            data = Fitted(torch.cat(zs), torch.cat(logits), torch.cat(labels), linear)
-            self.fit_features(data)
+            self._fit(data)
         self.fitted = True
         return self
 
-    def fit_features(self, data: Fitted) -> None:
-        """Fit the detector's statistics on in-distribution features."""
+    def _fit(self, data: Fitted) -> None:
+        """Fit the detector's statistics (nothing by default)."""
 
     def score(self, batch: Any) -> torch.Tensor:
         """``(B,)`` confidences of a batch (images, or a tuple led by them)."""
@@ -145,7 +150,8 @@ class PosthocDetector:
     def score_features(
         self, z: torch.Tensor, logits: torch.Tensor, linear: nn.Linear
     ) -> torch.Tensor:
-        """``(B,)`` confidences of features ``z`` with ``logits = linear(z)``."""
+        """``(B,)`` confidences of features ``z`` with ``logits = linear(z)`` (features already
+        extracted; ``score`` extracts them from images)."""
         raise NotImplementedError
 
 
@@ -181,7 +187,7 @@ class KNN(PosthocDetector):
         self.k = k
         self.bank: torch.Tensor | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         if len(data.z) < self.k:
             raise ValueError(f"KNN with k={self.k} needs at least {self.k} fitting rows")
         self.bank = F.normalize(data.z.double(), dim=1)
@@ -204,7 +210,7 @@ class ReAct(PosthocDetector):
         self.percentile = percentile
         self.threshold: float | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         self.threshold = quantile(data.z, self.percentile)
 
     def score_features(
@@ -260,7 +266,7 @@ class DICE(PosthocDetector):
         self.p = p
         self.weight: torch.Tensor | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         w = data.linear.weight.detach()
         contribution = data.z.mean(0)[None, :] * w
         self.weight = torch.where(contribution > quantile(contribution, self.p), w, 0)
@@ -280,7 +286,7 @@ class SHE(PosthocDetector):
         super().__init__(source)
         self.patterns: torch.Tensor | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         num_classes = data.logits.shape[1]
         correct = data.logits.argmax(1) == data.labels
         z, y = data.z[correct], data.labels[correct]
@@ -310,7 +316,7 @@ class RMD(PosthocDetector):
         self.background_mean: torch.Tensor | None = None
         self.background_precision: torch.Tensor | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         z, y = data.z.double(), data.labels
         num_classes = max(int(y.max()) + 1, data.logits.shape[1])
         counts = torch.bincount(y, minlength=num_classes)
@@ -350,7 +356,7 @@ class NNGuide(PosthocDetector):
         self.k = k
         self.bank: torch.Tensor | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         if len(data.z) < self.k:
             raise ValueError(f"NNGuide with k={self.k} needs at least {self.k} fitting rows")
         self.bank = F.normalize(data.z, dim=1) * energy(data.logits)[:, None]
@@ -372,7 +378,7 @@ class FDBD(PosthocDetector):
         super().__init__(source)
         self.mean: torch.Tensor | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         self.mean = data.z.mean(0)
 
     def score_features(
@@ -400,7 +406,7 @@ class ViM(PosthocDetector):
         self.residual: torch.Tensor | None = None
         self.alpha: float | None = None
 
-    def fit_features(self, data: Fitted) -> None:
+    def _fit(self, data: Fitted) -> None:
         w, b = data.linear.weight.detach().double(), data.linear.bias.detach().double()
         dim = data.z.shape[1]
         d = self.d if self.d is not None else dim // 2
