@@ -114,7 +114,14 @@ def test_supervised_detectors_never_score_their_training_samples() -> None:
     s_in, s_out = f_in[split_in.held_out, 1], f_out[split_out.held_out, 1]
     y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
     assert row["auroc"] == pytest.approx(roc_auc_score(y, torch.cat([s_in, s_out]).numpy()))
-    assert set(row) == {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy"}
+    assert set(row) == {
+        "auroc",
+        "aupr_in",
+        "aupr_out",
+        "fpr95_ood",
+        "fpr95_id",
+        "detection_accuracy",
+    }
 
 
 def test_detection_rows_pair_derived_sets_with_the_clean_halves() -> None:

@@ -73,7 +73,14 @@ def test_detection_sets_detectors_and_tables(detected) -> None:
     assert "purview_detector" in table  # scores.purview is on by default
     for by_set in table.values():
         for row in by_set.values():
-            assert set(row) == {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy"}
+            assert set(row) == {
+                "auroc",
+                "aupr_in",
+                "aupr_out",
+                "fpr95_ood",
+                "fpr95_id",
+                "detection_accuracy",
+            }
             assert all(0 <= v <= 1 for v in row.values())
     markdown = (detected["out"] / "scores.md").read_text()
     for heading in ("Adversarial detection", "Corrupted-input detection", "FF) against intro"):

@@ -83,13 +83,14 @@ def test_extreme_cases() -> None:
         "auroc": 1.0,
         "aupr_in": 1.0,
         "aupr_out": 1.0,
-        "fpr95": 0.0,
+        "fpr95_ood": 0.0,
+        "fpr95_id": 0.0,
         "detection_error": 0.0,
     }
     reversed_ = ood_metrics(s_out, s_in)
-    assert float(reversed_["auroc"]) == 0.0 and float(reversed_["fpr95"]) == 1.0
+    assert float(reversed_["auroc"]) == 0.0 and float(reversed_["fpr95_ood"]) == 1.0
     tied = ood_metrics(torch.ones(4), torch.ones(6))
-    assert float(tied["auroc"]) == 0.5 and float(tied["fpr95"]) == 1.0
+    assert float(tied["auroc"]) == 0.5 and float(tied["fpr95_ood"]) == 1.0
     assert float(tied["aupr_in"]) == pytest.approx(0.4)
     assert float(tied["detection_error"]) == 0.5
 
@@ -186,7 +187,14 @@ def test_ood_metric_accumulates_like_the_functions() -> None:
         metric.update(scores[chunk], is_in[chunk])
     metric.update(torch.tensor([]), torch.tensor([], dtype=torch.bool))  # an empty last batch
     result, expected = metric.compute(), ood_metrics(s_in, s_out)
-    assert set(result) == {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_error"}
+    assert set(result) == {
+        "auroc",
+        "aupr_in",
+        "aupr_out",
+        "fpr95_ood",
+        "fpr95_id",
+        "detection_error",
+    }
     assert all(torch.equal(result[k], expected[k]) for k in expected)
     metric.reset()
     metric.update(torch.tensor([1.0, 0.0]), torch.tensor([True, False]))

@@ -524,13 +524,20 @@ def test_tables_on_a_separable_toy_case() -> None:
     scores_out = {"grey": score_batch(model, x_out, purview=False)}
     table = ood_table(scores_in, scores_out)
     assert set(table) == set(scores_in)
-    assert set(table["msp"]["grey"]) == {"auroc", "fpr95", "aupr_in", "aupr_out", "detection_error"}
+    assert set(table["msp"]["grey"]) == {
+        "auroc",
+        "fpr95_ood",
+        "fpr95_id",
+        "aupr_in",
+        "aupr_out",
+        "detection_error",
+    }
     for name in ("msp", "max_logit", "energy", "gradnorm"):
         assert table[name]["grey"]["auroc"] > 0.99
-        assert table[name]["grey"]["fpr95"] < 0.05
+        assert table[name]["grey"]["fpr95_ood"] < 0.05
     text = format_ood_table(table)
     assert "In-distribution = positive" in text
-    assert "| score | grey AUROC | grey FPR@95TPR |" in text
+    assert "| score | grey AUROC | grey FPR(OOD)@95%ID | grey FPR(ID)@95%OOD |" in text
     assert text.count("\n| msp |") == 1
     with pytest.raises(ValueError, match="lacks"):
         ood_table(scores_in, {"grey": {"msp": scores_out["grey"]["msp"]}})

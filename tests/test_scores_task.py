@@ -12,8 +12,10 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score, roc_curve
+from torch.utils.data import TensorDataset
 
 import evaluate
+from introspect.backbones.head import resolve_head
 from introspect.config import load_config, load_run_config
 from introspect.config.schema import ScoresConfig
 from introspect.jobs import scores as scores_mod
@@ -22,6 +24,7 @@ from introspect.jobs.settings import feature_options, head_recipe
 from introspect.jobs.train import run
 from introspect.runs.csvlog import read_long_csv
 from introspect.scores import energy, msp
+from introspect.scores.model_based import logits_and_penultimate
 from introspect.stages.heads import load_heads
 from introspect.stages.stage1 import build_backbone, build_data
 
@@ -103,7 +106,14 @@ def test_scores_writes_ood_and_trust_beside_the_run_record(scored) -> None:
     for by_set in ood["scores"].values():
         assert list(by_set) == ["same", "gray", "noise"]
         for metrics in by_set.values():
-            assert set(metrics) == {"auroc", "fpr95", "aupr_in", "aupr_out", "detection_error"}
+            assert set(metrics) == {
+                "auroc",
+                "fpr95_ood",
+                "fpr95_id",
+                "aupr_in",
+                "aupr_out",
+                "detection_error",
+            }
             assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert trust["num_samples"] == {"clean": 32, "other": 24, "corrupted": 64}
     assert list(trust["scores"]) == SCORES
@@ -145,7 +155,7 @@ def test_ood_metrics_match_sklearn_on_directly_computed_scores(scored, name: str
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     got = scored["after"]["ood"]["scores"][name]["same"]
     assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
-    assert got["fpr95"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-9)
+    assert got["fpr95_ood"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-9)
 
 
 def _brute_auac(s: np.ndarray, correct: np.ndarray) -> float:
@@ -195,6 +205,7 @@ def test_nll_and_mc_dropout_trust_scores(scored) -> None:
         (["scores.max_samples=0"], "scores.max_samples"),
         (["scores.purview_detector=true", "scores.purview=false"], "scores.purview=true"),
         (["scores.ood.x.path=a.npz", "scores.ood.x.split=every"], "scores.ood.x.split"),
+        (["scores.posthoc=[knn,nope]"], "scores.posthoc: unknown detector(s) ['nope']"),
     ],
 )
 def test_user_errors_exit_2_and_leave_results_untouched(scored, capsys, args, message) -> None:
@@ -260,6 +271,41 @@ def test_purview_and_the_supervised_detector(scored, tmp_path: Path, one_thread)
         "noise": 6,
     }
     assert "supervised" in (folder / "scores.md").read_text()
+
+
+def test_posthoc_detectors_in_the_scores_task(scored, tmp_path: Path) -> None:
+    """``scores.posthoc`` detectors (through ``create_detector``) give pytorch-ood's AUROC."""
+    detector = pytest.importorskip("pytorch_ood.detector")
+    run_dir = tmp_path / "run"
+    shutil.copytree(scored["run_dir"], run_dir)
+    args = [
+        "scores.max_samples=12",
+        "scores.trust=false",
+        "scores.posthoc=[fdbd,gen_introspective]",
+    ]
+    table = score_run(load_run_config(run_dir, args), run_dir, tmp_path / "out")["ood"]["scores"]
+    backbone, intro, x, _ = _reload(run_dir)
+    keep = seeded_subset(TensorDataset(x), 12, 0, "in_distribution").indices  # type: ignore[attr-defined]
+    noise = UniformNoise(12, tuple(x.shape[1:]), 0)
+    images = torch.cat([x[keep], torch.stack([noise[i][0] for i in range(12)])])
+    train = build_data(load_run_config(run_dir)).split("train")
+    x_train = torch.stack([train[i][0] for i in range(len(train))])
+    with torch.no_grad():
+        linear = resolve_head(backbone, getattr(backbone, "head", None), x[:1])
+        fdbd = detector.fDBD(None, linear)
+        fdbd.to("cpu")
+        fdbd.fit_features(_penultimate(backbone, x_train))
+        theirs = {
+            "fdbd": -fdbd.predict_features(_penultimate(backbone, images)),
+            "int_gen": -detector.GEN(None).predict_logits(intro(images)),
+        }
+    truth = [1] * 12 + [0] * 12
+    for name, s in theirs.items():
+        assert table[name]["noise"]["auroc"] == pytest.approx(roc_auc_score(truth, s), abs=1e-9)
+
+
+def _penultimate(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return logits_and_penultimate(backbone, x)[1].flatten(1)
 
 
 def test_noise_images_and_subsets_are_seeded() -> None:

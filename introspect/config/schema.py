@@ -589,6 +589,10 @@ class ScoresConfig:
     - ``detectors``: the detection task: every challenging set (OOD, adversarial, corrupted)
       against the clean images, on held-out halves, with LID, Mahalanobis M(V)/M(P)/M(FE)/
       M(P+FE), the Purview detector (needs ``purview``) and the unsupervised scores (``detect``).
+    - ``posthoc``: post-hoc detectors of the detector registry (``introspect.detect``:
+      ``vim``, ``knn``, ``react``, ``ash``, ``dice``, ``gen``, ``she``, ``rmd``, ``nnguide``,
+      ``fdbd``, and each as ``<name>_introspective`` on the introspective head), fitted on the
+      training split and scored beside the other scores (``<name>``, ``int_<name>``).
     """
 
     ood: dict[str, SourceSplitConfig] = field(default_factory=dict)
@@ -608,6 +612,7 @@ class ScoresConfig:
     corruption_detection: bool = False
     detectors: bool = False
     detect: DetectConfig = field(default_factory=DetectConfig)
+    posthoc: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -21,10 +21,12 @@ import torch
 from torch import nn
 
 from introspect.backbones.head import resolve_head
+from introspect.detect.batch import images_of
 from introspect.detect.features import default_layers, layer_features
 from introspect.detect.lid import lid_features
 from introspect.detect.logistic import LogisticDetector
 from introspect.detect.mahalanobis import LayerMahalanobis
+from introspect.detect.posthoc import POSTHOC, IntrospectiveHidden, Penultimate
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.scores.gradient import (
     PurviewDetector,
@@ -58,14 +60,6 @@ class Detector(Protocol):
     def score(self, batch: Any) -> torch.Tensor:
         """``(B,)`` in-distribution confidences of a batch (images, or a tuple led by them)."""
         ...
-
-
-def images_of(batch: Any) -> torch.Tensor:
-    """The image tensor of a batch: the batch itself or its first element."""
-    images = batch if isinstance(batch, torch.Tensor) else batch[0]
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"a batch must be a tensor or a tuple led by one, got {type(batch)}")
-    return images
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -390,6 +384,26 @@ def _logits(fn: Callable[..., torch.Tensor], **fixed: Any) -> Callable[..., Dete
     return build
 
 
+def _posthoc(name: str) -> Callable[..., Detector]:
+    cls = POSTHOC[name]
+
+    def build(model: nn.Module, *, head: nn.Linear | None = None, **options: Any) -> Detector:
+        return cls(Penultimate(model, head), **options)
+
+    build.__doc__ = f"``{cls.__name__}`` on the penultimate features of ``model``."
+    return build
+
+
+def _posthoc_introspective(name: str) -> Callable[..., Detector]:
+    cls = POSTHOC[name]
+
+    def build(head: IntrospectiveClassifier, **options: Any) -> Detector:
+        return cls(IntrospectiveHidden(head), **options)
+
+    build.__doc__ = f"``{cls.__name__}`` on the hidden features of the introspective head."
+    return build
+
+
 # name -> factory(model=..., **options); see create_detector.
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "msp": _logits(msp),
@@ -411,6 +425,8 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "logistic": SupervisedDetector,
     "lid": lid_detector,
     "purview_detector": purview_detector,
+    **{name: _posthoc(name) for name in POSTHOC},
+    **{f"{name}_introspective": _posthoc_introspective(name) for name in POSTHOC},
 }
 
 
@@ -423,7 +439,10 @@ def create_detector(name: str, model: nn.Module | None = None, **options: Any) -
     """The detector registered as ``name``, built on ``model`` with ``options``.
 
     Most detectors take the classifier as ``model``; ``ensemble`` takes ``models=[...]``,
-    ``introspective`` a trained head as ``head=``, ``logistic`` a ``features=`` function.
+    ``introspective`` and the ``*_introspective`` post-hoc detectors a trained head as
+    ``head=``, ``logistic`` a ``features=`` function. The post-hoc detectors (``vim``,
+    ``knn``, ``react``, ``ash``, ``dice``, ``gen``, ``she``, ``rmd``, ``nnguide``, ``fdbd``;
+    ``detect.posthoc``) are fitted on ``(images, class labels)`` batches.
     Options are those of the detector's class (e.g. ``energy``: ``T``; ``mahalanobis``:
     ``num_classes``, ``eps``).
     """

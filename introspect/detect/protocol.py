@@ -42,12 +42,12 @@ def held_out_metrics(
 ) -> dict[str, float]:
     """Fit a detector with ``fit(in_rows, out_rows)`` (returns a scoring function, higher = more
     in-distribution) on the ``fit`` rows and return its detection metrics on the held-out rows
-    only: AUROC, AUPR-In/Out, FPR at 95 % TPR and detection accuracy (best threshold, equal
-    priors)."""
+    only: AUROC, AUPR-In/Out, FPR95 both ways (``fpr95_ood``, ``fpr95_id``) and detection
+    accuracy (best threshold, equal priors)."""
     score = fit(features_in[split_in.fit], features_out[split_out.fit])
     values = ood_metrics(
         score(features_in[split_in.held_out]), score(features_out[split_out.held_out])
     )
-    row = {m: float(values[m]) for m in ("auroc", "aupr_in", "aupr_out", "fpr95")}
+    row = {m: float(values[m]) for m in ("auroc", "aupr_in", "aupr_out", "fpr95_ood", "fpr95_id")}
     row["detection_accuracy"] = 1.0 - float(values["detection_error"])
     return row

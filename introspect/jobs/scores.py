@@ -30,7 +30,14 @@ from introspect.data.cells import is_cell
 from introspect.data.module import SPLITS
 from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
-from introspect.detect import LayerMahalanobis, default_layers, layer_features
+from introspect.detect import (
+    Detector,
+    LayerMahalanobis,
+    create_detector,
+    default_layers,
+    layer_features,
+)
+from introspect.detect.posthoc import POSTHOC
 from introspect.jobs.job import job_loggers, plain_config, with_stage1_checkpoint
 from introspect.jobs.settings import feature_options, head_recipe
 from introspect.metrics.ood import ood_metrics
@@ -65,7 +72,8 @@ from introspect.uncertainty import MCDropout
 NOISE = "noise"
 CORRUPTED = "corrupted"
 DETECTOR = "purview_detector_supervised"
-MARKDOWN_OOD_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
+INTROSPECTIVE_SUFFIX = "_introspective"
+MARKDOWN_OOD_METRICS = ("auroc", "fpr95_ood", "fpr95_id", "aupr_in", "aupr_out")
 TRUST_NOTE = (
     "Feed-forward scores rank the backbone's predictions, int_* scores the introspective "
     "head's predictions."
@@ -75,6 +83,35 @@ DETECTOR_NOTE = (
     "that set and of the in-distribution samples and evaluated on the other halves; it is not "
     "comparable with the unsupervised scores."
 )
+
+
+@dataclass(frozen=True)
+class ScoresSettings:
+    """What the scores task takes from a run's configuration (``scores.*``, the MC-dropout
+    settings, the run's name and whether progress bars show); built by ``from_config``."""
+
+    run_name: str
+    scores: DictConfig
+    mc_dropout: MCDropout | None
+    mc_dropout_note: str
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ScoresSettings:
+        """The settings of ``cfg``, checked first (``ConfigError`` names the key)."""
+        check_scores_config(cfg)
+        mc = cfg.eval.mc_dropout
+        return cls(
+            run_name=str(cfg.run.name),
+            scores=cfg.scores,
+            mc_dropout=MCDropout(mc.samples, mc.p, seed=mc.seed) if mc.samples > 0 else None,
+            mc_dropout_note=(
+                f"{mc.samples} samples, p={mc.p}, seed={mc.seed}"
+                if mc.samples > 0
+                else "off (eval.mc_dropout.samples=0; no mcd_* scores)"
+            ),
+            progress=bool(cfg.trainer.enable_progress_bar and console_is_terminal()),
+        )
 
 
 def check_scores_config(cfg: DictConfig) -> None:
@@ -104,6 +141,10 @@ def check_scores_config(cfg: DictConfig) -> None:
                 f"{where}: 'noise' is the synthetic noise set; rename the set or set "
                 "scores.noise=false"
             )
+    choices = [*POSTHOC, *(f"{name}{INTROSPECTIVE_SUFFIX}" for name in POSTHOC)]
+    unknown = [str(n) for n in s.posthoc if n not in choices]
+    if unknown:
+        raise ConfigError(f"scores.posthoc: unknown detector(s) {unknown}; choose from {choices}")
     unknown = [a for a in s.attacks if a not in ATTACKS]
     if unknown:
         raise ConfigError(
@@ -195,40 +236,64 @@ class ScoredSet:
         return int(self.labels.numel())
 
 
+def posthoc_detectors(
+    names: list[str],
+    backbone: torch.nn.Module,
+    intro: IntrospectiveClassifier | None,
+    loader: Any,
+) -> dict[str, Detector]:
+    """The post-hoc detectors ``names`` (``scores.posthoc``) built with ``create_detector`` and
+    fitted on ``loader``'s ``(images, labels)`` batches, by score name (``int_<name>`` for the
+    ones on the introspective head)."""
+    detectors: dict[str, Detector] = {}
+    for name in names:
+        if name.endswith(INTROSPECTIVE_SUFFIX):
+            if intro is None:
+                raise PipelineError(
+                    f"scores.posthoc: {name} needs the run's introspective head, which this run "
+                    "lacks; drop it from scores.posthoc"
+                )
+            key = "int_" + name.removesuffix(INTROSPECTIVE_SUFFIX)
+            detectors[key] = create_detector(name, head=intro).fit(loader)
+        else:
+            detectors[name] = create_detector(name, backbone).fit(loader)
+    return detectors
+
+
 class SetScorer:
     """Scores every batch of a set with ``score_batch`` (plus Purview from its norm vectors) and
     keeps only the per-sample vectors, on the CPU."""
 
     def __init__(
         self,
-        cfg: DictConfig,
+        opts: ScoresSettings,
         dm: ImageDataModule,
         backbone: torch.nn.Module,
         intro: IntrospectiveClassifier | None,
         mahalanobis: Mahalanobis,
         device: torch.device,
         detector_features: DetectorFeatures | None = None,
+        posthoc: dict[str, Detector] | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.opts = opts
+        self.posthoc = posthoc or {}
         self.dm = dm
         self.backbone = backbone
         self.intro = intro
         self.mahalanobis = mahalanobis
         self.device = device
         self.detector_features = detector_features
-        s = cfg.scores
+        s = opts.scores
         self.keep_norms = s.purview and (s.purview_detector or s.detectors)
-        mc = cfg.eval.mc_dropout
-        self.mc_dropout = MCDropout(mc.samples, mc.p, seed=mc.seed) if mc.samples > 0 else None
+        self.mc_dropout = opts.mc_dropout
 
     def __call__(self, name: str, dataset: Dataset, *, with_preds: bool) -> ScoredSet:
         """Score every image of ``dataset``; with ``with_preds`` also keep the predictions."""
-        s = self.cfg.scores
+        s = self.opts.scores
         parts: dict[str, list[torch.Tensor]] = {}
         loader = self.dm.loader(dataset, batch_size=s.batch_size)
-        progress = self.cfg.trainer.enable_progress_bar and console_is_terminal()
         for index, (images, labels) in enumerate(
-            tqdm(loader, desc=f"scores {name}", disable=not progress)
+            tqdm(loader, desc=f"scores {name}", disable=not self.opts.progress)
         ):
             x = images.to(self.device)
             batch = score_batch(
@@ -251,6 +316,7 @@ class SetScorer:
                 batch["purview_initial"] = purview_score(norms, "initial")
                 if self.keep_norms:
                     batch["norms"] = norms
+            batch |= {key: detector.score(x) for key, detector in self.posthoc.items()}
             if self.detector_features is not None:
                 batch |= {f"feature_{k}": v for k, v in self.detector_features(x).items()}
             batch["labels"] = labels
@@ -328,13 +394,13 @@ def format_trust_splits(table: dict[str, dict[str, dict[str, float]]], digits: i
 
 
 def _markdown(
-    cfg: DictConfig,
+    run_name: str,
     settings: dict[str, Any],
     ood: dict[str, Any] | None,
     trust: dict[str, Any] | None,
 ) -> str:
     shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "ood")
-    parts = [f"# Scores of run {cfg.run.name}", f"Settings (scores.*): {shown}."]
+    parts = [f"# Scores of run {run_name}", f"Settings (scores.*): {shown}."]
     if ood is not None:
         counts = ood["num_samples"]
         sizes = ", ".join(f"{k} {v}" for k, v in counts["ood_sets"].items())
@@ -367,7 +433,7 @@ def _flat(
 
 
 def _detector_features(
-    cfg: DictConfig,
+    opts: ScoresSettings,
     dm: ImageDataModule,
     backbone: torch.nn.Module,
     train: Dataset,
@@ -375,9 +441,9 @@ def _detector_features(
 ) -> DetectorFeatures:
     """Fit the per-layer Mahalanobis Gaussians on the training split and keep the activations
     of ``scores.detect.lid_reference`` seeded training images as the LID reference."""
-    d, s = cfg.scores.detect, cfg.scores
+    d, s = opts.scores.detect, opts.scores
     layers = list(d.layers) if d.layers else default_layers(backbone)
-    hide = not (cfg.trainer.enable_progress_bar and console_is_terminal())
+    hide = not opts.progress
     loader = dm.loader(train, batch_size=s.batch_size)
     gaussians = LayerMahalanobis(dm.num_classes, layers).fit(
         backbone, tqdm(loader, desc="scores layer mahalanobis fit", disable=hide)
@@ -465,7 +531,7 @@ class Scored:
 
 
 def _score_all(
-    cfg: DictConfig,
+    opts: ScoresSettings,
     dm: ImageDataModule,
     backbone: torch.nn.Module,
     intro: IntrospectiveClassifier | None,
@@ -474,22 +540,28 @@ def _score_all(
 ) -> Scored:
     """Fit Mahalanobis (and the detectors' features) on the train split, craft the attacks and
     score every set."""
-    s = cfg.scores
+    s = opts.scores
     with torch.inference_mode(False):
         train = dm.split("train")
         fit_loader = dm.loader(train, batch_size=s.batch_size)
-        hide = not (cfg.trainer.enable_progress_bar and console_is_terminal())
+        hide = not opts.progress
         mahalanobis = Mahalanobis(dm.num_classes).fit(
             backbone, tqdm(fit_loader, desc="scores mahalanobis fit", disable=hide)
         )
-        features = _detector_features(cfg, dm, backbone, train, device) if s.detectors else None
+        features = _detector_features(opts, dm, backbone, train, device) if s.detectors else None
         attacks = {
             f"{ADV_PREFIX}{a}": adversarial_set(
                 str(a), backbone, sets.in_dist, dm, s.attack, s.batch_size, device, not hide
             )
             for a in s.attacks
         }
-        scorer = SetScorer(cfg, dm, backbone, intro, mahalanobis, device, features)
+        posthoc = posthoc_detectors(
+            [str(n) for n in s.posthoc],
+            backbone,
+            intro,
+            fit_loader,
+        )
+        scorer = SetScorer(opts, dm, backbone, intro, mahalanobis, device, features, posthoc)
         scored_in = scorer("in_distribution", sets.in_dist, with_preds="clean" in sets.trust)
         scored_ood = {n: scorer(n, d, with_preds=False) for n, d in sets.ood.items()}
         challenging: dict[str, tuple[ScoredSet, torch.Tensor | None]] = {
@@ -510,17 +582,12 @@ def _score_all(
     return Scored(scored_in, scored_ood, challenging, scored_trust, stats, mahalanobis.count)
 
 
-def _settings(cfg: DictConfig, mahalanobis_count: int) -> dict[str, Any]:
+def _recorded_settings(opts: ScoresSettings, mahalanobis_count: int) -> dict[str, Any]:
     """``scores.*`` as recorded with the tables, with the Mahalanobis fit size and MC dropout."""
-    settings = OmegaConf.to_container(cfg.scores, resolve=True)
+    settings = OmegaConf.to_container(opts.scores, resolve=True)
     assert isinstance(settings, dict)
     settings["mahalanobis_fit_samples"] = mahalanobis_count
-    mc = cfg.eval.mc_dropout
-    settings["mc_dropout"] = (
-        f"{mc.samples} samples, p={mc.p}, seed={mc.seed}"
-        if mc.samples > 0
-        else "off (eval.mc_dropout.samples=0; no mcd_* scores)"
-    )
+    settings["mc_dropout"] = opts.mc_dropout_note
     return settings
 
 
@@ -595,8 +662,8 @@ def score_run(
     record was modified) goes at the top of ``scores.md``.
     """
     started = time.perf_counter()
-    check_scores_config(cfg)
-    s = cfg.scores
+    opts = ScoresSettings.from_config(cfg)
+    s = opts.scores
     device = resolve_device(cfg)
     dm = build_data(cfg)
     sets = score_sets(cfg, dm, device)  # every data source opened before any work
@@ -609,14 +676,14 @@ def score_run(
     if intro is not None:
         assert isinstance(intro, IntrospectiveClassifier)
         intro = intro.eval().to(device)
-    scored = _score_all(cfg, dm, backbone, intro, sets, device)
-    settings = _settings(cfg, scored.mahalanobis_count)
+    scored = _score_all(opts, dm, backbone, intro, sets, device)
+    settings = _recorded_settings(opts, scored.mahalanobis_count)
     ood = _ood_section(scored, settings, purview_detector=s.purview_detector, seed=s.seed)
     detection = None
     if s.attacks or s.corruption_detection or s.detectors:
         detection = _detection_section(scored, s.seed)
     trust = _trust_section(scored, settings, dm.num_classes)
-    markdown = (f"{note}\n\n" if note else "") + _markdown(cfg, settings, ood, trust)
+    markdown = (f"{note}\n\n" if note else "") + _markdown(opts.run_name, settings, ood, trust)
     if detection is not None:
         markdown += "\n" + detection_markdown(detection, ood["scores"] if ood else None) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,21 @@ def fpr_at_tpr(
     return fpr_curve[first]
 
 
+def fpr95_ood(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
+    """FPR95 with in-distribution as the positive class: the fraction of out-of-distribution
+    samples accepted at the threshold that keeps 95 % of the in-distribution samples."""
+    return fpr_at_tpr(scores_in, scores_out, 0.95)
+
+
+def fpr95_id(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
+    """FPR95 with out-of-distribution as the positive class (pytorch-ood's and OpenOOD's
+    convention): the fraction of in-distribution samples rejected at the threshold that rejects
+    95 % of the out-of-distribution samples."""
+    s_in = _check_scores(scores_in, "scores_in")
+    s_out = _check_scores(scores_out, "scores_out")
+    return fpr_at_tpr(-s_out, -s_in, 0.95)
+
+
 def detection_error(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
     """Minimum over thresholds of ``0.5 (1 - TPR) + 0.5 FPR``, in-distribution = positive
     (equal priors; the empty and the full selection, both 0.5, are among the thresholds)."""
@@ -118,13 +133,15 @@ def detection_error(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.
 
 
 def ood_metrics(scores_in: torch.Tensor, scores_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95`` (FPR at 95 % TPR) and ``detection_error``,
-    in-distribution = positive (``aupr_out`` swaps the roles, see its docstring)."""
+    """``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95_ood`` (FPR of OOD at 95 % ID recall),
+    ``fpr95_id`` (FPR of ID at 95 % OOD recall) and ``detection_error``, in-distribution =
+    positive (``aupr_out`` and ``fpr95_id`` swap the roles, see their docstrings)."""
     return {
         "auroc": auroc(scores_in, scores_out),
         "aupr_in": aupr_in(scores_in, scores_out),
         "aupr_out": aupr_out(scores_in, scores_out),
-        "fpr95": fpr_at_tpr(scores_in, scores_out, 0.95),
+        "fpr95_ood": fpr95_ood(scores_in, scores_out),
+        "fpr95_id": fpr95_id(scores_in, scores_out),
         "detection_error": detection_error(scores_in, scores_out),
     }
 

@@ -22,10 +22,11 @@ from introspect.scores.model_based import (
 from introspect.scores.output import energy, entropy, margin, max_logit, msp, nll
 from introspect.uncertainty import MCDropout
 
-OOD_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out", "detection_error")
+OOD_METRICS = ("auroc", "fpr95_ood", "fpr95_id", "aupr_in", "aupr_out", "detection_error")
 OOD_METRIC_LABELS = {
     "auroc": "AUROC",
-    "fpr95": "FPR@95TPR",
+    "fpr95_ood": "FPR(OOD)@95%ID",
+    "fpr95_id": "FPR(ID)@95%OOD",
     "aupr_in": "AUPR-In",
     "aupr_out": "AUPR-Out",
     "detection_error": "Det. err.",
@@ -116,8 +117,9 @@ def ood_table(
     """``table[score][ood_set][metric]`` for every score of ``scores_in`` (in-distribution
     scores by score name) and every OOD set of ``scores_out`` (``scores_out[ood_set][score]``).
 
-    Metrics (floats in ``[0, 1]``, in-distribution = positive class): ``auroc``, ``fpr95``,
-    ``aupr_in``, ``aupr_out`` (OOD = positive there), ``detection_error``.
+    Metrics (floats in ``[0, 1]``, in-distribution = positive class): ``auroc``, ``fpr95_ood``
+    (FPR of OOD at 95 % ID recall), ``fpr95_id`` (FPR of ID at 95 % OOD recall: OOD =
+    positive), ``aupr_in``, ``aupr_out`` (OOD = positive there), ``detection_error``.
     """
     for ood_set, by_score in scores_out.items():
         missing = [name for name in scores_in if name not in by_score]
@@ -155,8 +157,10 @@ def format_ood_table(
         for name, by_set in table.items()
     ]
     note = (
-        "In-distribution = positive class (AUPR-Out: OOD = positive). Values in %; AUROC and "
-        "AUPR higher is better, FPR@95TPR and detection error lower is better."
+        "In-distribution = positive class (AUPR-Out and FPR(ID)@95%OOD: OOD = positive). "
+        "FPR(OOD)@95%ID: OOD accepted when 95 % of ID is; FPR(ID)@95%OOD: ID rejected when 95 % "
+        "of OOD is. Values in %; AUROC and AUPR higher is better, FPRs and detection error "
+        "lower is better."
     )
     return note + "\n\n" + _markdown(header, rows)
 
