@@ -60,13 +60,22 @@ SHORT_NAMES = {
     "INT+TS": "introspective + TS",
     "CTL": "control",
     "CTL+TS": "control + TS",
+    "CTL(h,p)": "control on h and p",
+    "CTL(h,p)+TS": "control on h and p + TS",
     "MCD": "MC dropout",
     "ENS": "ensemble",
 }
 METRICS = ("acc", "ece")
 # Paired per-seed differences (head, baseline): introspection against the feed-forward network
-# and the control, untempered and tempered.
-DIFFS = (("INT", "FF"), ("INT", "CTL"), ("INT+TS", "FF+TS"), ("INT+TS", "CTL+TS"))
+# and the controls (on h, and on [h, p]), untempered and tempered.
+DIFFS = (
+    ("INT", "FF"),
+    ("INT", "CTL"),
+    ("INT", "CTL(h,p)"),
+    ("INT+TS", "FF+TS"),
+    ("INT+TS", "CTL+TS"),
+    ("INT+TS", "CTL(h,p)+TS"),
+)
 
 
 @dataclass
@@ -247,7 +256,8 @@ def markdown(
     intervals: Sequence[Intervals] | None = None,
 ) -> str:
     """Markdown, one table per scope (clean, mean over corruption cells, each extra split):
-    accuracy and ECE of every head and the differences INT-FF and INT-CTL, in %, as mean ±
+    accuracy and ECE of every head and the differences of ``DIFFS`` (INT-FF, INT-CTL...), in %,
+    as mean ±
     sample std over seeds; with ``intervals`` (one per group, see :func:`group_intervals`),
     then the 95 % interval and verdict of each accuracy difference (``—`` where there is
     none)."""
@@ -284,7 +294,8 @@ def markdown(
     cells = sorted({sum(is_cell(s) for s in g.runs[0].results["splits"]) for g in groups})
     lines.append(
         f"Values in %; mean ± sample std over seeds; corruption cells per run: "
-        f"{', '.join(map(str, cells))}; INT−FF / INT−CTL are per-seed differences (accuracy: "
+        f"{', '.join(map(str, cells))}; INT−FF / INT−CTL / INT−CTL(h,p) are per-seed differences "
+        "(CTL: the control on h; CTL(h,p): on h and the softmax output p; accuracy: "
         "higher is better; ECE: lower is better)."
     )
     if intervals is not None and any(ci for ci in cis):
@@ -345,6 +356,8 @@ _MARKERS = {
     "INT+TS": ("^", False),
     "CTL": ("s", True),
     "CTL+TS": ("s", False),
+    "CTL(h,p)": ("P", True),
+    "CTL(h,p)+TS": ("P", False),
     "MCD": ("D", True),
     "ENS": ("*", True),
 }

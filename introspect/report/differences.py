@@ -23,13 +23,15 @@ from introspect.metrics.paired import PairedDifference, paired_mean_difference
 PREDICTIONS = "predictions.npz"
 # The key of the labels among the per-image arrays of a split (no head is called so).
 LABELS = "labels"
-# Head minus baseline: introspection against the feed-forward network and the control,
-# untempered and tempered.
+# Head minus baseline: introspection against the feed-forward network and the controls (on h,
+# and on [h, p]), untempered and tempered.
 PAIRS = (
     ("introspective", "feedforward"),
     ("introspective", "control"),
+    ("introspective", "control_hp"),
     ("introspective_ts", "feedforward_ts"),
     ("introspective_ts", "control_ts"),
+    ("introspective_ts", "control_hp_ts"),
 )
 # The bootstrap of every reported interval: fixed, so records are deterministic.
 RESAMPLES, LEVEL, SEED = 10_000, 0.95, 0
