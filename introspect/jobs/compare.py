@@ -27,6 +27,7 @@ from introspect.report.differences import (
     PREDICTIONS,
     PredictionsError,
     as_record,
+    ece_differences,
     pair_differences,
     read_predictions,
     scopes,
@@ -188,11 +189,12 @@ def _predictions(run: FinishedRun) -> dict[str, dict[str, Any]] | None:
 
 
 def group_intervals(group: Group) -> tuple[Intervals, list[str]]:
-    """``({"<scope>/<head>-<baseline>/acc": PairedDifference}, notes)``: the accuracy difference
-    of every pair of ``DIFFS`` with its hierarchical paired bootstrap interval (seeds, then
-    images; corrupted cells pooled, stratified by cell), for each scope (``clean``,
-    ``corrupted``) in which every run of the group sealed ``predictions.npz`` with the same
-    labels. ``notes`` say why a group has none."""
+    """``({"<scope>/<head>-<baseline>/<acc|ece>": PairedDifference}, notes)``: the accuracy and
+    ECE differences of every pair of ``DIFFS`` with their hierarchical paired bootstrap
+    intervals (seeds, then images; corrupted cells pooled, stratified by cell; ECE where every
+    run recorded the heads' confidences), for each scope (``clean``, ``corrupted``) in which
+    every run of the group sealed ``predictions.npz`` with the same labels. ``notes`` say why a
+    group has none."""
     records = [_predictions(run) for run in group.runs]
     if any(r is None for r in records):
         return {}, []
@@ -216,6 +218,8 @@ def group_intervals(group: Group) -> tuple[Intervals, list[str]]:
         stacked = {h: np.stack([p[scope][0][h] for p in per_run]) for h in heads}
         for (head, base), diff in pair_differences(stacked, strata).items():
             intervals[f"{scope}/{SHORT[head]}-{SHORT[base]}/acc"] = diff
+        for (head, base), diff in ece_differences(stacked, strata).items():
+            intervals[f"{scope}/{SHORT[head]}-{SHORT[base]}/ece"] = diff
     return intervals, notes
 
 
@@ -225,8 +229,10 @@ def _ci(diff: PairedDifference | None) -> str:
 
 
 def _ci_keys(tables: Sequence[dict[str, tuple[float, float]]], scope: str) -> list[str]:
-    """The accuracy differences of ``scope`` that get an interval column."""
-    keys = [f"{scope}/{a}-{b}/acc" for a, b in DIFFS if scope in ("clean", "corrupted")]
+    """The accuracy and ECE differences of ``scope`` that get an interval column."""
+    if scope not in ("clean", "corrupted"):
+        return []
+    keys = [f"{scope}/{a}-{b}/{m}" for m in METRICS for a, b in DIFFS]
     return [k for k in keys if any(k in t for t in tables)]
 
 
@@ -278,7 +284,11 @@ def markdown(
             c.split("/", 1)[1].replace("/", " ").replace("-", "−").replace("ece", "ECE")
             for c in cols
         ]
-        names += [f"{c.split('/')[1].replace('-', '−')} acc {100 * LEVEL:g} % CI" for c in ci_cols]
+        names += [
+            f"{c.split('/')[1].replace('-', '−')} {c.split('/')[2].replace('ece', 'ECE')} "
+            f"{100 * LEVEL:g} % CI"
+            for c in ci_cols
+        ]
         lines += [
             f"**{_TITLES.get(scope, f'Split {scope}')}**",
             "",
@@ -300,8 +310,9 @@ def markdown(
     )
     if intervals is not None and any(ci for ci in cis):
         lines.append(
-            f"CI: {100 * LEVEL:g} % paired bootstrap interval of the accuracy difference (seeds, "
-            "then images; corruption cells pooled, stratified by cell) and its verdict."
+            f"CI: {100 * LEVEL:g} % paired bootstrap interval of the accuracy or ECE difference "
+            "(seeds, then images; corruption cells pooled, stratified by cell; ECE: the mean of "
+            "the cells' ECEs, recomputed on every resample) and its verdict."
         )
     return "\n".join(lines) + "\n"
 
