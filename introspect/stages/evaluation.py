@@ -102,9 +102,13 @@ class Evaluator(L.LightningModule):
         # whether each head's top-1 prediction is right and its top-1 confidence. Float, the
         # dtype torchmetrics gives a process without samples, so every process gathers tensors
         # of one dtype.
-        keys = [*self.head_names, *map(confidence_key, self.head_names), LABELS]
+        keys = [*self.head_names, LABELS]
         self.per_image = nn.ModuleList(
             nn.ModuleDict({k: CatMetric(nan_strategy="disable") for k in keys}) for _ in self.splits
+        )
+        self.confidences = nn.ModuleList(
+            nn.ModuleDict({h: CatMetric(nan_strategy="disable") for h in self.head_names})
+            for _ in self.splits
         )
 
     def test_step(
@@ -144,7 +148,7 @@ class Evaluator(L.LightningModule):
         for name, p in probs.items():
             self.metrics[dataloader_idx][name].update(p, labels)
             per_image[name].update((p.argmax(-1) == labels).float())
-            per_image[confidence_key(name)].update(p.amax(-1).float())
+            self.confidences[dataloader_idx][name].update(p.amax(-1).float())
         self.counts[dataloader_idx].update(torch.tensor(float(len(labels)), device=labels.device))
 
     def collect(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -173,8 +177,8 @@ class Evaluator(L.LightningModule):
             values = {k: m.compute().cpu().numpy() for k, m in self.per_image[i].items()}
             out[split] = {h: values[h].astype(np.uint8) for h in self.head_names}
             out[split] |= {
-                confidence_key(h): values[confidence_key(h)].astype(np.float32)
-                for h in self.head_names
+                confidence_key(h): m.compute().cpu().numpy().astype(np.float32)
+                for h, m in self.confidences[i].items()
             }
             out[split][LABELS] = values[LABELS].astype(np.int64)
         return out
