@@ -445,7 +445,7 @@ class Stage2Config:
 
     ``control``: also train the control head on the penultimate activations ``h``;
     ``control_hp``: also train the control head on ``[h, p]`` (``h`` normalized as the
-    control's, then the network's softmax output ``p``), the control for the gradient's form.
+    control's, then the network's softmax output ``p``), the control for the gradient's form;
     ``splits``: which splits of the data H is trained on (``train`` and/or ``val``);
     ``augment``: the augmentation applied to those images before feature extraction, with
     ``passes`` augmented copies of each split (``include_clean`` adds the un-augmented copy).
