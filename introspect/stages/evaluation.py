@@ -267,11 +267,12 @@ def verdict(results: Mapping[str, Any]) -> str:
             d_ece = 100 * (entry[head]["ece"] - entry[other]["ece"])
             intervals = differences.get(key, {}).get(f"{head}-{other}", {})
             name, versus = head.replace("_ts", "+TS"), other.replace("_ts", "+TS")
+            ece = _interval_text(intervals.get("ece"))
+            # Without an interval, the sign of the point difference says which is better.
+            ece = ece or f" ({'better' if d_ece < 0 else 'worse'} calibrated)"
             out.append(
                 f"{scope}: {name} vs {versus}: accuracy {d_acc:+.2f} pp"
-                f"{_interval_text(intervals.get('acc'))}, ECE {d_ece:+.2f} pp"
-                f"{_interval_text(intervals.get('ece'))} "
-                f"({'better' if d_ece < 0 else 'worse'} calibrated)"
+                f"{_interval_text(intervals.get('acc'))}, ECE {d_ece:+.2f} pp{ece}"
             )
     return "\n".join(out)
 
