@@ -45,7 +45,7 @@ def test_every_split_and_the_summary_hold_every_baseline_head(finished) -> None:
     on_disk = json.loads((run_dir / "results.json").read_text())
     for name, entry in on_disk["splits"].items():
         assert [h for h in HEADS if h in entry] == list(HEADS), name
-        for head in ("feedforward", "introspective", "control"):
+        for head in ("feedforward", "introspective", "control", "control_hp"):
             # A tempered twin keeps its head's predictions.
             assert entry[f"{head}_ts"]["acc"] == entry[head]["acc"]
     assert list(on_disk["summary"]) == list(HEADS)
@@ -59,7 +59,7 @@ def test_every_split_and_the_summary_hold_every_baseline_head(finished) -> None:
 def test_temperatures_are_fitted_on_the_val_split(finished) -> None:
     cfg, run_dir, results = finished
     temps = results["run"]["temperatures"]
-    assert set(temps) == {"feedforward", "introspective", "control"}
+    assert set(temps) == {"feedforward", "introspective", "control", "control_hp"}
     assert results["run"]["calibration"]["skipped"] == {}
     dm = build_data(cfg)
     x, y = _stack(dm.split("val"))

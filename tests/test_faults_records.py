@@ -158,6 +158,7 @@ def test_a_record_carries_the_digest_of_its_content_and_files(finished: Path) ->
         "checkpoints/stage1-best.ckpt",
         "checkpoints/stage1-last.ckpt",
         "stage2/control.pt",
+        "stage2/control_hp.pt",
         "stage2/introspective.pt",
     ]
     for name, digest in block["files"].items():

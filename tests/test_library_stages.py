@@ -86,7 +86,7 @@ def test_fitted_heads_see_the_autograd_features(parts, fitted) -> None:
     torch.testing.assert_close(
         outer / outer.norm(dim=1, keepdim=True), reference, rtol=1e-4, atol=1e-6
     )
-    assert set(fitted.heads) == {"introspective", "control"}
+    assert set(fitted.heads) == {"introspective", "control", "control_hp"}
 
 
 def test_temperatures_minimize_the_validation_nll(parts, fitted) -> None:
@@ -95,7 +95,7 @@ def test_temperatures_minimize_the_validation_nll(parts, fitted) -> None:
     with torch.no_grad():
         logits = {"feedforward": backbone(images), "control": fitted.heads["control"](images)}
     logits["introspective"] = fitted.heads["introspective"](images).detach()
-    assert set(fitted.temperatures) == {"feedforward", "introspective", "control"}
+    assert set(fitted.temperatures) == {"feedforward", "introspective", "control", "control_hp"}
     for name, z in logits.items():
         z = z.double()
 
@@ -174,7 +174,7 @@ def test_the_cli_stage_two_and_fit_heads_train_the_same_weights(parts, tmp_path:
         cache=tmp_path / "library-cache",
         cache_tag="synthetic",
     )
-    assert set(cli) == set(library.heads) == {"introspective", "control"}
+    assert set(cli) == set(library.heads) == {"introspective", "control", "control_hp"}
     for kind, head in cli.items():
         ours, theirs = head.head_state(), library.heads[kind].head_state()
         assert ours.keys() == theirs.keys()

@@ -11,6 +11,8 @@ from introspect.metrics.paired import (
     PairedDifference,
     _weighted_auroc,
     paired_auroc_difference,
+    paired_ece_difference,
+    paired_ece_differences,
     paired_mean_difference,
     verdict,
 )
@@ -189,3 +191,87 @@ def test_verdicts_follow_the_interval_and_the_metric_direction() -> None:
 def test_bad_input_is_refused(a, b, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         paired_mean_difference(a, b, **kwargs)
+
+
+def _ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """ECE with right-closed equal-width bins, one bin at a time (plain loop)."""
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        inside = (confidence > lo) & (confidence <= hi)
+        total += abs((confidence[inside] - correct[inside]).sum())
+    return total / len(confidence)
+
+
+def _two_heads(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    conf_a = rng.uniform(0.1, 1.0, n)
+    conf_b = np.clip(conf_a + rng.normal(0.05, 0.1, n), 0.1, 1.0)
+    shared = rng.random(n)
+    return conf_a, (shared < conf_a).astype(float), conf_b, (shared < 0.9 * conf_b).astype(float)
+
+
+def test_ece_difference_agrees_with_scipy_on_the_same_resamples() -> None:
+    rng = np.random.default_rng(4)
+    conf_a, hit_a, conf_b, hit_b = _two_heads(rng, 80)
+
+    def statistic(ca, ya, cb, yb, axis=-1):  # one ECE difference per resample, by the loop
+        rows = [np.atleast_2d(x) for x in (ca, ya, cb, yb)]
+        return np.array([_ece(*r[:2]) - _ece(*r[2:]) for r in zip(*rows, strict=True)])
+
+    scipy_result = stats.bootstrap(
+        (conf_a, hit_a, conf_b, hit_b), statistic, paired=True, vectorized=True,
+        method="percentile", n_resamples=999, confidence_level=0.9,
+        rng=np.random.default_rng(7),
+    )  # fmt: skip
+    ours = paired_ece_difference(conf_a, hit_a, conf_b, hit_b, resamples=999, level=0.9, seed=7)
+    assert ours.estimate == pytest.approx(_ece(conf_a, hit_a) - _ece(conf_b, hit_b), abs=1e-12)
+    # The same resamples (the same generator draws), so the same percentiles.
+    assert ours.low == pytest.approx(scipy_result.confidence_interval.low, abs=1e-12)
+    assert ours.high == pytest.approx(scipy_result.confidence_interval.high, abs=1e-12)
+    assert not ours.higher_is_better
+
+
+def test_stratified_seeded_ece_difference_matches_a_direct_loop() -> None:
+    rng = np.random.default_rng(5)
+    seeds, sizes = 2, (30, 20)
+    n = sum(sizes)
+    parts = [_two_heads(rng, n) for _ in range(seeds)]
+    conf_a, hit_a, conf_b, hit_b = (np.stack([p[i] for p in parts]) for i in range(4))
+    strata = np.repeat([0, 1], sizes)
+    resamples = 200
+    got = paired_ece_differences(
+        {"a": conf_a, "b": conf_b}, {"a": hit_a, "b": hit_b}, [("a", "b")],
+        strata=strata, resamples=resamples, seed=11,
+    )[("a", "b")]  # fmt: skip
+
+    # The same draws as a loop: per resample and stratum, image indices; then seeds.
+    def cell_mean_ece(conf, hit, index):  # mean over the strata of each stratum's ECE
+        return np.mean([_ece(conf[i], hit[i]) for i in index])
+
+    draws = np.random.default_rng(11)
+    starts = np.cumsum((0, *sizes))
+    index = [[] for _ in range(resamples)]
+    for c, size in enumerate(sizes):  # one chunk: every resample's draw of a stratum at once
+        picks = draws.integers(size, size=(resamples, size)) + starts[c]
+        for r in range(resamples):
+            index[r].append(picks[r])
+    per_seed = np.array(
+        [
+            [
+                cell_mean_ece(conf_a[s], hit_a[s], index[r])
+                - cell_mean_ece(conf_b[s], hit_b[s], index[r])
+                for s in range(seeds)
+            ]
+            for r in range(resamples)
+        ]
+    )
+    seed_picks = draws.integers(seeds, size=(resamples, seeds))
+    replicates = np.take_along_axis(per_seed, seed_picks, axis=1).mean(axis=1)
+    low, high = np.quantile(replicates, [0.025, 0.975])
+    cells = [np.arange(starts[c], starts[c + 1]) for c in range(len(sizes))]
+    observed = [
+        cell_mean_ece(conf_a[s], hit_a[s], cells) - cell_mean_ece(conf_b[s], hit_b[s], cells)
+        for s in range(seeds)
+    ]
+    assert got.estimate == pytest.approx(np.mean(observed), abs=1e-12)
+    assert (got.low, got.high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from introspect.jobs.compare import compare
-from introspect.metrics.paired import paired_mean_difference
+from introspect.metrics.paired import paired_ece_differences, paired_mean_difference
 from introspect.report.differences import read_predictions, write_predictions
 from introspect.report.experiments import CompareError
 from introspect.runs.integrity import (
@@ -27,8 +27,14 @@ from tests.test_run_integrity import REPO, _python, _results, _run_args, _train
 PAIRS = {
     "introspective-feedforward": ("introspective", "feedforward", "INT-FF"),
     "introspective-control": ("introspective", "control", "INT-CTL"),
+    "introspective-control_hp": ("introspective", "control_hp", "INT-CTL(h,p)"),
     "introspective_ts-feedforward_ts": ("introspective_ts", "feedforward_ts", "INT+TS-FF+TS"),
     "introspective_ts-control_ts": ("introspective_ts", "control_ts", "INT+TS-CTL+TS"),
+    "introspective_ts-control_hp_ts": (
+        "introspective_ts",
+        "control_hp_ts",
+        "INT+TS-CTL(h,p)+TS",
+    ),
 }
 
 
@@ -50,7 +56,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
 
 
 def _scope_arrays(arrays: dict[str, np.ndarray], splits: list[str], scope: str, head: str):
-    """(correct, strata) of ``head`` in ``scope``, built from the file's keys directly."""
+    """(correct, strata) of ``head`` (or a key like ``<head>.confidence``) in ``scope``, built
+    from the file's keys directly."""
     if scope == "clean":
         return arrays[f"clean/{head}"], None
     cells = sorted(s for s in splits if "/" in s)
@@ -65,8 +72,9 @@ def test_predictions_give_the_accuracy_of_every_split_and_head(seeds: list[Path]
         results = _results(run)
         arrays = _load(run / "predictions.npz")
         heads = [h for h in results["splits"]["clean"] if h != "num_samples"]
-        assert {"feedforward", "introspective_ts", "control_ts"} <= set(heads)
-        expected = {f"{s}/{h}" for s in results["splits"] for h in [*heads, "labels"]}
+        assert {"feedforward", "introspective_ts", "control_ts", "control_hp_ts"} <= set(heads)
+        keys = [*heads, *(f"{h}.confidence" for h in heads), "labels"]
+        expected = {f"{s}/{k}" for s in results["splits"] for k in keys}
         assert set(arrays) == expected
         for split, entry in results["splits"].items():
             n = entry["num_samples"]
@@ -78,6 +86,8 @@ def test_predictions_give_the_accuracy_of_every_split_and_head(seeds: list[Path]
                 # Exact: the count of right images is the one torchmetrics counted.
                 assert int(correct.sum()) == round(entry[head]["acc"] * n)
                 assert correct.mean() == pytest.approx(entry[head]["acc"], abs=1e-7)
+                confidence = arrays[f"{split}/{head}.confidence"]
+                assert confidence.dtype == np.float32 and confidence.shape == (n,)
         # The record seals the file beside it.
         seal = results[INTEGRITY]["beside"]
         assert seal == {"predictions.npz": file_sha256(run / "predictions.npz")}
@@ -109,6 +119,20 @@ def test_differences_are_the_paired_bootstrap_of_the_predictions_file(seeds: lis
             assert got["estimate"] == pytest.approx(
                 entry[head]["acc"] - entry[base]["acc"], abs=1e-9
             )
+            # ECE: both heads' ECEs recomputed on every resample of the file's images.
+            conf = {
+                h: _scope_arrays(arrays, splits, scope, f"{h}.confidence")[0] for h in (head, base)
+            }
+            hits = {h: _scope_arrays(arrays, splits, scope, h)[0] for h in (head, base)}
+            ece = paired_ece_differences(conf, hits, [(head, base)], strata=strata)[(head, base)]
+            assert diffs[scope][key]["ece"] == {
+                "estimate": ece.estimate,
+                "low": ece.low,
+                "high": ece.high,
+                "verdict": ece.verdict,
+            }
+            # The estimate is the difference of the record's ECEs (the mean over the cells).
+            assert ece.estimate == pytest.approx(entry[head]["ece"] - entry[base]["ece"], abs=1e-6)
             interval = f"[{100 * want.low:+.2f}, {100 * want.high:+.2f}] ({want.verdict})"
             name = f"{head} vs {base}".replace("_ts", "+TS")
             prefix = "clean" if scope == "clean" else "corrupted (mean of cells)"
@@ -167,6 +191,13 @@ def test_compare_adds_the_hierarchical_interval_of_every_difference(
             assert f"| {text} |" in report["markdown"]
             assert f"{key}_mean" in row  # the existing columns stay
     assert "INT−FF acc 95 % CI" in report["markdown"]
+    assert "INT−CTL(h,p) ECE 95 % CI" in report["markdown"]
+    for scope in ("clean", "corrupted"):
+        got = group["intervals"][f"{scope}/INT-CTL(h,p)/ece"]
+        assert got["low"] <= got["estimate"] <= got["high"]
+        assert group["table"][f"{scope}/INT-CTL(h,p)/ece"][0] == pytest.approx(
+            got["estimate"], abs=1e-6
+        )
 
 
 def _copy(run: Path, tmp_path: Path, name: str) -> Path:

@@ -445,6 +445,9 @@ class HeadConfig:
 class Stage2Config:
     """Stage 2: gradient features, the data recipe they are extracted from, the heads on top.
 
+    ``control``: also train the control head on the penultimate activations ``h``;
+    ``control_hp``: also train the control head on ``[h, p]`` (``h`` normalized as the
+    control's, then the network's softmax output ``p``), the control for the gradient's form;
     ``splits``: which splits of the data H is trained on (``train`` and/or ``val``);
     ``augment``: the augmentation applied to those images before feature extraction, with
     ``passes`` augmented copies of each split (``include_clean`` adds the un-augmented copy).
@@ -452,6 +455,7 @@ class Stage2Config:
 
     enabled: bool = True
     control: bool = True
+    control_hp: bool = True
     features: FeatureConfig = field(default_factory=FeatureConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     splits: list[str] = field(default_factory=lambda: ["train"])

@@ -27,6 +27,7 @@ from introspect.report.differences import (
     PREDICTIONS,
     PredictionsError,
     as_record,
+    ece_differences,
     pair_differences,
     read_predictions,
     scopes,
@@ -60,13 +61,22 @@ SHORT_NAMES = {
     "INT+TS": "introspective + TS",
     "CTL": "control",
     "CTL+TS": "control + TS",
+    "CTL(h,p)": "control on h and p",
+    "CTL(h,p)+TS": "control on h and p + TS",
     "MCD": "MC dropout",
     "ENS": "ensemble",
 }
 METRICS = ("acc", "ece")
 # Paired per-seed differences (head, baseline): introspection against the feed-forward network
-# and the control, untempered and tempered.
-DIFFS = (("INT", "FF"), ("INT", "CTL"), ("INT+TS", "FF+TS"), ("INT+TS", "CTL+TS"))
+# and the controls (on h, and on [h, p]), untempered and tempered.
+DIFFS = (
+    ("INT", "FF"),
+    ("INT", "CTL"),
+    ("INT", "CTL(h,p)"),
+    ("INT+TS", "FF+TS"),
+    ("INT+TS", "CTL+TS"),
+    ("INT+TS", "CTL(h,p)+TS"),
+)
 
 
 @dataclass
@@ -179,11 +189,12 @@ def _predictions(run: FinishedRun) -> dict[str, dict[str, Any]] | None:
 
 
 def group_intervals(group: Group) -> tuple[Intervals, list[str]]:
-    """``({"<scope>/<head>-<baseline>/acc": PairedDifference}, notes)``: the accuracy difference
-    of every pair of ``DIFFS`` with its hierarchical paired bootstrap interval (seeds, then
-    images; corrupted cells pooled, stratified by cell), for each scope (``clean``,
-    ``corrupted``) in which every run of the group sealed ``predictions.npz`` with the same
-    labels. ``notes`` say why a group has none."""
+    """``({"<scope>/<head>-<baseline>/<acc|ece>": PairedDifference}, notes)``: the accuracy and
+    ECE differences of every pair of ``DIFFS`` with their hierarchical paired bootstrap
+    intervals (seeds, then images; corrupted cells pooled, stratified by cell; ECE where every
+    run recorded the heads' confidences), for each scope (``clean``, ``corrupted``) in which
+    every run of the group sealed ``predictions.npz`` with the same labels. ``notes`` say why a
+    group has none."""
     records = [_predictions(run) for run in group.runs]
     if any(r is None for r in records):
         return {}, []
@@ -207,6 +218,8 @@ def group_intervals(group: Group) -> tuple[Intervals, list[str]]:
         stacked = {h: np.stack([p[scope][0][h] for p in per_run]) for h in heads}
         for (head, base), diff in pair_differences(stacked, strata).items():
             intervals[f"{scope}/{SHORT[head]}-{SHORT[base]}/acc"] = diff
+        for (head, base), diff in ece_differences(stacked, strata).items():
+            intervals[f"{scope}/{SHORT[head]}-{SHORT[base]}/ece"] = diff
     return intervals, notes
 
 
@@ -216,8 +229,10 @@ def _ci(diff: PairedDifference | None) -> str:
 
 
 def _ci_keys(tables: Sequence[dict[str, tuple[float, float]]], scope: str) -> list[str]:
-    """The accuracy differences of ``scope`` that get an interval column."""
-    keys = [f"{scope}/{a}-{b}/acc" for a, b in DIFFS if scope in ("clean", "corrupted")]
+    """The accuracy and ECE differences of ``scope`` that get an interval column."""
+    if scope not in ("clean", "corrupted"):
+        return []
+    keys = [f"{scope}/{a}-{b}/{m}" for m in METRICS for a, b in DIFFS]
     return [k for k in keys if any(k in t for t in tables)]
 
 
@@ -247,7 +262,8 @@ def markdown(
     intervals: Sequence[Intervals] | None = None,
 ) -> str:
     """Markdown, one table per scope (clean, mean over corruption cells, each extra split):
-    accuracy and ECE of every head and the differences INT-FF and INT-CTL, in %, as mean ±
+    accuracy and ECE of every head and the differences of ``DIFFS`` (INT-FF, INT-CTL...), in %,
+    as mean ±
     sample std over seeds; with ``intervals`` (one per group, see :func:`group_intervals`),
     then the 95 % interval and verdict of each accuracy difference (``—`` where there is
     none)."""
@@ -268,7 +284,11 @@ def markdown(
             c.split("/", 1)[1].replace("/", " ").replace("-", "−").replace("ece", "ECE")
             for c in cols
         ]
-        names += [f"{c.split('/')[1].replace('-', '−')} acc {100 * LEVEL:g} % CI" for c in ci_cols]
+        names += [
+            f"{c.split('/')[1].replace('-', '−')} {c.split('/')[2].replace('ece', 'ECE')} "
+            f"{100 * LEVEL:g} % CI"
+            for c in ci_cols
+        ]
         lines += [
             f"**{_TITLES.get(scope, f'Split {scope}')}**",
             "",
@@ -284,13 +304,15 @@ def markdown(
     cells = sorted({sum(is_cell(s) for s in g.runs[0].results["splits"]) for g in groups})
     lines.append(
         f"Values in %; mean ± sample std over seeds; corruption cells per run: "
-        f"{', '.join(map(str, cells))}; INT−FF / INT−CTL are per-seed differences (accuracy: "
+        f"{', '.join(map(str, cells))}; INT−FF / INT−CTL / INT−CTL(h,p) are per-seed differences "
+        "(CTL: the control on h; CTL(h,p): on h and the softmax output p; accuracy: "
         "higher is better; ECE: lower is better)."
     )
     if intervals is not None and any(ci for ci in cis):
         lines.append(
-            f"CI: {100 * LEVEL:g} % paired bootstrap interval of the accuracy difference (seeds, "
-            "then images; corruption cells pooled, stratified by cell) and its verdict."
+            f"CI: {100 * LEVEL:g} % paired bootstrap interval of the accuracy or ECE difference "
+            "(seeds, then images; corruption cells pooled, stratified by cell; ECE: the mean of "
+            "the cells' ECEs, recomputed on every resample) and its verdict."
         )
     return "\n".join(lines) + "\n"
 
@@ -345,6 +367,8 @@ _MARKERS = {
     "INT+TS": ("^", False),
     "CTL": ("s", True),
     "CTL+TS": ("s", False),
+    "CTL(h,p)": ("P", True),
+    "CTL(h,p)+TS": ("P", False),
     "MCD": ("D", True),
     "ENS": ("*", True),
 }

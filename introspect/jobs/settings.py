@@ -72,6 +72,7 @@ def stage2_settings(cfg: DictConfig) -> Stage2Settings:
         head=head_recipe(cfg),
         data=data,
         control=bool(s2.control),
+        control_hp=bool(s2.control_hp),
         seed=cfg.run.seed,
         cache_dir=s2.cache_dir,
         resume=bool(cfg.run.resume),

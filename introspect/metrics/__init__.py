@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "ood_metrics": "introspect.metrics.ood",
     "outlier_ratio": "introspect.metrics.quality",
     "paired_auroc_difference": "introspect.metrics.paired",
+    "paired_ece_difference": "introspect.metrics.paired",
+    "paired_ece_differences": "introspect.metrics.paired",
     "paired_mean_difference": "introspect.metrics.paired",
     "percentile_grid": "introspect.metrics.ood",
     "plcc": "introspect.metrics.quality",

@@ -8,6 +8,7 @@ several runs exist), so the variation both methods share cancels. NumPy only: no
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ import numpy as np
 __all__ = [
     "PairedDifference",
     "paired_auroc_difference",
+    "paired_ece_difference",
+    "paired_ece_differences",
     "paired_mean_difference",
     "verdict",
 ]
@@ -217,3 +220,122 @@ def paired_auroc_difference(
         )
     low, high = _interval(replicates, level)
     return PairedDifference(estimate, low, high, level, resamples)
+
+
+def equal_width_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each confidence among ``n_bins`` equal-width bins of ``(0, 1]``, right-closed
+    (``b`` with ``b/n_bins < c <= (b+1)/n_bins``; ``c <= 0`` falls in the first bin), the
+    binning of ``metrics.calibration.ExpectedCalibrationError``."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+
+
+def _binned_ece(weights: np.ndarray, bins: np.ndarray, gaps: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE of every set of predictions (``bins``, ``gaps`` = confidence - correct: (k, n)) under
+    every row of ``weights`` (r, n) (how often each image was drawn): per set, the sum over bins
+    of ``|sum of weight * gap|`` over the total weight; (r, k). One matrix product per group of
+    sets (their bin-scattered gaps, at most ``_CHUNK`` values)."""
+    k, n = bins.shape
+    out = np.empty((weights.shape[0], k))
+    step = max(1, _CHUNK // (n * n_bins))
+    rows = np.arange(n)
+    for first in range(0, k, step):
+        last = min(k, first + step)
+        scattered = np.zeros((n, (last - first) * n_bins))
+        for j in range(first, last):
+            scattered[rows, (j - first) * n_bins + bins[j]] = gaps[j]
+        per_bin = (weights @ scattered).reshape(weights.shape[0], last - first, n_bins)
+        out[:, first:last] = np.abs(per_bin).sum(axis=2)
+    return out / weights.sum(axis=1, keepdims=True)
+
+
+def paired_ece_differences(
+    confidence: Mapping[str, np.ndarray],
+    correct: Mapping[str, np.ndarray],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    strata: np.ndarray | None = None,
+    n_bins: int = 15,
+    resamples: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[tuple[str, str], PairedDifference]:
+    """ECE of head A minus ECE of head B for every pair ``(A, B)`` of ``pairs``, with paired
+    percentile bootstrap intervals (lower is better, so ``better`` means A is better calibrated).
+
+    ``confidence[head]``/``correct[head]``: each head's top-1 confidence and 1/0 correctness of
+    the same test images, ``(n,)``, or ``(seeds, n)`` for seeds scored on the same images. ECE:
+    ``n_bins`` equal-width bins (``equal_width_bins``), ``sum_b |sum_{i in b} (conf_i -
+    correct_i)| / n``; with ``strata`` (e.g. corruption cells) the mean over strata of each
+    stratum's ECE (the mean over cells a run reports). Every resample draws images with
+    replacement (within each stratum, keeping its size) and recomputes every head's ECE on that
+    one draw; with several seeds it then draws seeds with replacement (the estimate is the mean
+    over seeds).
+    Unstratified, with one seed and when the draw fits one chunk, the resamples are
+    ``default_rng(seed).integers(n, size=(resamples, n))``, those of ``scipy.stats.bootstrap``.
+    """
+    _check_level(level, resamples)
+    heads = list(dict.fromkeys(h for pair in pairs for h in pair))
+    missing = [h for h in heads if h not in confidence or h not in correct]
+    if missing:
+        raise ValueError(f"no confidence or correctness of heads {missing}")
+    conf = {h: np.atleast_2d(np.asarray(confidence[h], dtype=np.float64)) for h in heads}
+    hits = {h: np.atleast_2d(np.asarray(correct[h], dtype=np.float64)) for h in heads}
+    shape = conf[heads[0]].shape
+    if any(conf[h].shape != shape or hits[h].shape != shape for h in heads) or len(shape) != 2:
+        raise ValueError("every head needs confidences and correctness of the same images")
+    if not all(np.isfinite(conf[h]).all() for h in heads):
+        raise ValueError("confidences must be finite")
+    n_seeds, n = shape
+    # One row per (head, seed): its bin and gap (confidence - correct) on every image.
+    bins = np.concatenate([equal_width_bins(conf[h], n_bins) for h in heads])
+    gaps = np.concatenate([conf[h] - hits[h] for h in heads])
+    cells = _as_labels(strata, n, "strata")
+    members = [np.flatnonzero(cells == c) for c in range(int(cells.max()) + 1)]
+    parts = [(bins[:, where], gaps[:, where]) for where in members]
+    # The mean over strata of each stratum's ECE, as observed and on every resample.
+    estimate = sum(_binned_ece(np.ones((1, b.shape[1])), b, g, n_bins) for b, g in parts)
+    estimate = (estimate / len(parts)).reshape(len(heads), n_seeds)
+    rng = np.random.default_rng(seed)
+    replicated = np.zeros((resamples, len(heads) * n_seeds))
+    step = max(1, _CHUNK // (4 * max(where.size for where in members)))
+    for start in range(0, resamples, step):
+        stop = min(resamples, start + step)
+        for b, g in parts:
+            weights = _uniform_counts(b.shape[1], stop - start, rng)
+            replicated[start:stop] += _binned_ece(weights, b, g, n_bins)
+    replicated = (replicated / len(parts)).reshape(resamples, len(heads), n_seeds)
+    per_seed = {h: replicated[:, i] for i, h in enumerate(heads)}
+    estimates = {h: estimate[i] for i, h in enumerate(heads)}
+    picks = rng.integers(n_seeds, size=(resamples, n_seeds)) if n_seeds > 1 else None
+    out: dict[tuple[str, str], PairedDifference] = {}
+    for a, b in pairs:
+        diff = per_seed[a] - per_seed[b]
+        replicates = (
+            diff[:, 0] if picks is None else np.take_along_axis(diff, picks, axis=1).mean(axis=1)
+        )
+        low, high = _interval(replicates, level)
+        point = float((estimates[a] - estimates[b]).mean())
+        out[(a, b)] = PairedDifference(point, low, high, level, resamples, higher_is_better=False)
+    return out
+
+
+def paired_ece_difference(
+    conf_a: np.ndarray,
+    correct_a: np.ndarray,
+    conf_b: np.ndarray,
+    correct_b: np.ndarray,
+    *,
+    strata: np.ndarray | None = None,
+    n_bins: int = 15,
+    resamples: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """ECE of predictions A minus ECE of predictions B on the same images, with a paired
+    bootstrap interval (``paired_ece_differences`` of the one pair)."""
+    diffs = paired_ece_differences(
+        {"a": conf_a, "b": conf_b}, {"a": correct_a, "b": correct_b}, [("a", "b")],
+        strata=strata, n_bins=n_bins, resamples=resamples, level=level, seed=seed,
+    )  # fmt: skip
+    return diffs[("a", "b")]

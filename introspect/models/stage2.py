@@ -19,6 +19,10 @@ from introspect.models.bilinear import LowRankBilinear
 from introspect.models.mlp import MLP
 from introspect.models.optim import build_optimizer
 
+# The stage-2 heads a run can train, in table order: on the introspective gradient features, on
+# the penultimate activations h, and on h with the softmax output p.
+KINDS = ("introspective", "control", "control_hp")
+
 # Largest full first layer (features x first hidden width) of an introspective head; a larger
 # one needs stage2.head.rank (ImageNet with ResNet-50: 2,048,000 x 256 = 524 M weights).
 MAX_FULL_WEIGHTS = 50_000_000
@@ -295,3 +299,36 @@ class ProbeClassifier(StageTwoClassifier):
             with torch.no_grad():
                 _, penultimate = self.backbone.forward_features(images)
         return normalize_features(penultimate, self.extraction_normalize())
+
+
+def features_and_output(h: torch.Tensor, head: nn.Linear, normalize: str) -> torch.Tensor:
+    """``[n(h), softmax(head(h))]`` per row: the penultimate activations ``h`` normalized as the
+    control normalizes them (``normalize``: ``"l2"`` divides each row by its L2 norm, ``"none"``
+    leaves it), followed by the network's own softmax output ``p`` on them (never normalized),
+    ``D + N`` values per image."""
+    with torch.no_grad():
+        p = head(h.to(head.weight.device, head.weight.dtype)).softmax(-1)
+    return torch.cat([normalize_features(h, normalize), p.to(h.device, h.dtype)], dim=1)
+
+
+class ProbeWithOutputClassifier(ProbeClassifier):
+    """The control for the gradient's form: the same ``H`` and data recipe on ``[h, p]``, the
+    penultimate activations (normalized as the control's) concatenated with the backbone's
+    softmax output.
+
+    The introspective feature ``r_x = s·(N·p − 1)·hᵀ`` is a fixed function of ``h`` and ``p``;
+    a head on ``[h, p]`` sees the same information without the rank-one gradient form, so a gain
+    of the introspective head over this one is due to the form, not to what it is built from.
+    With ``normalize == "standardize"`` the whole ``[h, p]`` row is standardized.
+    """
+
+    kind = "control_hp"
+
+    def features(
+        self, images: torch.Tensor, *, penultimate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``features_and_output`` of ``images``' penultimate activations."""
+        if penultimate is None:
+            with torch.no_grad():
+                _, penultimate = self.backbone.forward_features(images)
+        return features_and_output(penultimate, self.backbone.head, self.extraction_normalize())

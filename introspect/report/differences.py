@@ -1,10 +1,11 @@
 """Per-image records of an evaluation (``predictions.npz``) and the paired bootstrap intervals of
-the accuracy differences read from them (``introspect.metrics.paired``).
+the accuracy and ECE differences read from them (``introspect.metrics.paired``).
 
 ``predictions.npz`` holds, for every evaluated split, the label of each test image
-(``<split>/labels``) and whether each head's top-1 prediction was right (``<split>/<head>``,
-1/0), in dataset order, so heads (and seeds evaluated on the same images) stay paired. NumPy
-only: no torch import.
+(``<split>/labels``), whether each head's top-1 prediction was right (``<split>/<head>``, 1/0)
+and its top-1 confidence (``<split>/<head>.confidence``, float32; records written before it
+existed lack it, and then have no ECE intervals), in dataset order, so heads (and seeds
+evaluated on the same images) stay paired. NumPy only: no torch import.
 """
 
 from __future__ import annotations
@@ -18,18 +19,28 @@ from typing import Any
 import numpy as np
 
 from introspect.data.cells import is_cell
-from introspect.metrics.paired import PairedDifference, paired_mean_difference
+from introspect.metrics.paired import (
+    PairedDifference,
+    paired_ece_differences,
+    paired_mean_difference,
+)
 
 PREDICTIONS = "predictions.npz"
 # The key of the labels among the per-image arrays of a split (no head is called so).
 LABELS = "labels"
-# Head minus baseline: introspection against the feed-forward network and the control,
-# untempered and tempered.
+# The suffix of a head's per-image top-1 confidences among the arrays of a split.
+CONFIDENCE = ".confidence"
+# Equal-width bins of every ECE (``metrics.classification_metrics``' default).
+N_BINS = 15
+# Head minus baseline: introspection against the feed-forward network and the controls (on h,
+# and on [h, p]), untempered and tempered.
 PAIRS = (
     ("introspective", "feedforward"),
     ("introspective", "control"),
+    ("introspective", "control_hp"),
     ("introspective_ts", "feedforward_ts"),
     ("introspective_ts", "control_ts"),
+    ("introspective_ts", "control_hp_ts"),
 )
 # The bootstrap of every reported interval: fixed, so records are deterministic.
 RESAMPLES, LEVEL, SEED = 10_000, 0.95, 0
@@ -109,16 +120,52 @@ def pair_differences(
     }
 
 
+def confidence_key(head: str) -> str:
+    """The key of ``head``'s per-image top-1 confidences among the arrays of a split."""
+    return f"{head}{CONFIDENCE}"
+
+
+def ece_differences(
+    arrays: Mapping[str, np.ndarray],
+    strata: np.ndarray | None,
+    pairs: Sequence[tuple[str, str]] = PAIRS,
+) -> dict[tuple[str, str], PairedDifference]:
+    """The ECE difference of every pair ``(head, baseline)`` whose heads both have correctness
+    and confidences in ``arrays`` (``(n,)`` or ``(seeds, n)``), with its paired bootstrap
+    interval (images resampled within ``strata``, both ECEs recomputed on each resample;
+    ``N_BINS`` bins, ``RESAMPLES``, ``LEVEL``, ``SEED``)."""
+    have = [
+        (h, b) for h, b in pairs if all(k in arrays and confidence_key(k) in arrays for k in (h, b))
+    ]
+    if not have:
+        return {}
+    heads = {k for pair in have for k in pair}
+    return paired_ece_differences(
+        {k: arrays[confidence_key(k)] for k in heads},
+        {k: arrays[k] for k in heads},
+        have,
+        strata=strata,
+        n_bins=N_BINS,
+        resamples=RESAMPLES,
+        level=LEVEL,
+        seed=SEED,
+    )
+
+
 def as_record(diff: PairedDifference) -> dict[str, Any]:
     """``{"estimate", "low", "high", "verdict"}`` of ``diff`` (fractions, not points)."""
     return {"estimate": diff.estimate, "low": diff.low, "high": diff.high, "verdict": diff.verdict}
 
 
-def accuracy_differences(per_image: PerImage) -> dict[str, Any]:
-    """The ``differences`` block of a record: ``{"resamples", "level", "seed", <scope>:
-    {"<head>-<baseline>": {"acc": as_record(...)}}}`` for the scopes of :func:`scopes`."""
-    out: dict[str, Any] = {"resamples": RESAMPLES, "level": LEVEL, "seed": SEED}
+def head_differences(per_image: PerImage) -> dict[str, Any]:
+    """The ``differences`` block of a record: ``{"resamples", "level", "seed", "n_bins",
+    <scope>: {"<head>-<baseline>": {"acc": as_record(...), "ece": as_record(...)}}}`` for the
+    scopes of :func:`scopes` (``ece`` where both heads have confidences)."""
+    out: dict[str, Any] = {"resamples": RESAMPLES, "level": LEVEL, "seed": SEED, "n_bins": N_BINS}
     for scope, (arrays, strata) in scopes(per_image).items():
         diffs = pair_differences(arrays, strata)
-        out[scope] = {f"{h}-{b}": {"acc": as_record(d)} for (h, b), d in diffs.items()}
+        block = {f"{h}-{b}": {"acc": as_record(d)} for (h, b), d in diffs.items()}
+        for (h, b), d in ece_differences(arrays, strata).items():
+            block[f"{h}-{b}"]["ece"] = as_record(d)
+        out[scope] = block
     return out

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 # Every head a run can evaluate, in table order: "<head>_ts" is the tempered twin of <head>
 # (logits / T, T fitted on the calibration split), "mc_dropout" the MC-dropout predictive mean of
-# the feed-forward network, "ensemble" the mean softmax of the stage-1 ensemble.
+# the feed-forward network, "ensemble" the mean softmax of the stage-1 ensemble. "control" is the
+# head on the penultimate activations h, "control_hp" the head on [h, softmax output p].
 HEADS = (
     "feedforward",
     "feedforward_ts",
@@ -12,6 +13,8 @@ HEADS = (
     "introspective_ts",
     "control",
     "control_ts",
+    "control_hp",
+    "control_hp_ts",
     "mc_dropout",
     "ensemble",
 )
@@ -22,6 +25,8 @@ SHORT = {
     "introspective_ts": "INT+TS",
     "control": "CTL",
     "control_ts": "CTL+TS",
+    "control_hp": "CTL(h,p)",
+    "control_hp_ts": "CTL(h,p)+TS",
     "mc_dropout": "MCD",
     "ensemble": "ENS",
 }
@@ -33,6 +38,8 @@ WORDS = {
     "introspective_ts": "introspective + TS",
     "control": "control",
     "control_ts": "control + TS",
+    "control_hp": "control on h and p",
+    "control_hp_ts": "control on h and p + TS",
     "mc_dropout": "MC dropout",
     "ensemble": "ensemble",
 }

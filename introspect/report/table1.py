@@ -50,8 +50,8 @@ def table1_markdown(
     """Markdown of the Table-1 layout for the groups (``labels``, their stage-1 ``recipes``,
     seed counts and ``compare.group_table`` tables) trained with a Table-1 recipe, in the
     seed's row order; None when no group has one. Columns: the seed's FF and INT accuracy,
-    ours (FF, INT, CTL, INT−FF) on the mean over the corruption cells, their ECE, and the
-    clean FF accuracy of the stage-1 network."""
+    ours (FF, INT, CTL, CTL(h,p), INT−FF; ``–`` for a head a run lacks) on the mean over the
+    corruption cells, their ECE, and the clean FF accuracy of the stage-1 network."""
     rows = [
         (recipe, label, n, table)
         for label, recipe, n, table in zip(labels, recipes, seeds, tables, strict=True)
@@ -65,15 +65,16 @@ def table1_markdown(
         "beside ours)**",
         "",
         "| recipe | run | seeds | seed FF acc | seed INT acc | seed INT−FF | FF acc | INT acc "
-        "| CTL acc | INT−FF acc | FF ECE | INT ECE | CTL ECE | INT−FF ECE | clean FF acc |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CTL acc | CTL(h,p) acc | INT−FF acc | FF ECE | INT ECE | CTL ECE | CTL(h,p) ECE "
+        "| INT−FF ECE | clean FF acc |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for recipe, label, n, t in rows:
         ff, intro = SEED_TABLE1[recipe]
         ours = [
             _pct(t.get(f"corrupted/{h}/{m}"), n, signed="-" in h)
             for m in ("acc", "ece")
-            for h in ("FF", "INT", "CTL", "INT-FF")
+            for h in ("FF", "INT", "CTL", "CTL(h,p)", "INT-FF")
         ]
         clean = _pct(t.get("clean/FF/acc"), n)
         lines.append(

@@ -22,7 +22,7 @@ from introspect.models.stage2 import StageTwoClassifier
 from introspect.report.console import console_lines, console_table
 from introspect.report.differences import (
     PREDICTIONS,
-    accuracy_differences,
+    head_differences,
     read_predictions,
     write_predictions,
 )
@@ -231,7 +231,7 @@ def evaluate_and_report(
             **(extra_run_info or {}),
         },
         **EvaluationResult(split_results).as_dict(),
-        "differences": accuracy_differences(per_image),
+        "differences": head_differences(per_image),
     }
     if baselines is not None:
         results["run"] |= baselines.provenance()

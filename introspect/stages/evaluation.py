@@ -19,7 +19,7 @@ from introspect.data.seeding import derive_seed
 from introspect.metrics import classification_metrics
 from introspect.metrics.temperature import fit_temperature, temper
 from introspect.models.stage2 import IntrospectiveClassifier, StageTwoClassifier
-from introspect.report.differences import LABELS, PAIRS
+from introspect.report.differences import LABELS, PAIRS, confidence_key
 from introspect.report.names import HEADS, SHORT
 from introspect.uncertainty import MCDropout, ensemble_probs
 
@@ -98,12 +98,17 @@ class Evaluator(L.LightningModule):
             nn.ModuleDict({h: base.clone() for h in self.head_names}) for _ in self.splits
         )
         self.counts = nn.ModuleList(SumMetric() for _ in self.splits)
-        # Per image, in dataset order (contiguous blocks gathered in rank order): the label and
-        # whether each head's top-1 prediction is right. Float, the dtype torchmetrics gives a
-        # process without samples, so every process gathers tensors of one dtype.
+        # Per image, in dataset order (contiguous blocks gathered in rank order): the label,
+        # whether each head's top-1 prediction is right and its top-1 confidence. Float, the
+        # dtype torchmetrics gives a process without samples, so every process gathers tensors
+        # of one dtype.
         keys = [*self.head_names, LABELS]
         self.per_image = nn.ModuleList(
             nn.ModuleDict({k: CatMetric(nan_strategy="disable") for k in keys}) for _ in self.splits
+        )
+        self.confidences = nn.ModuleList(
+            nn.ModuleDict({h: CatMetric(nan_strategy="disable") for h in self.head_names})
+            for _ in self.splits
         )
 
     def test_step(
@@ -143,6 +148,7 @@ class Evaluator(L.LightningModule):
         for name, p in probs.items():
             self.metrics[dataloader_idx][name].update(p, labels)
             per_image[name].update((p.argmax(-1) == labels).float())
+            self.confidences[dataloader_idx][name].update(p.amax(-1).float())
         self.counts[dataloader_idx].update(torch.tensor(float(len(labels)), device=labels.device))
 
     def collect(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -161,14 +167,19 @@ class Evaluator(L.LightningModule):
         return results, bins
 
     def correctness(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{split: {head: correct, "labels": labels}}`` over all processes, one entry per test
-        image in dataset order (the same order for every head, so heads stay paired): ``correct``
-        is 1 where the head's top-1 prediction is the label, else 0 (uint8); ``labels`` int64.
+        """``{split: {head: correct, confidence_key(head): confidence, "labels": labels}}`` over
+        all processes, one entry per test image in dataset order (the same order for every head,
+        so heads stay paired): ``correct`` is 1 where the head's top-1 prediction is the label,
+        else 0 (uint8); ``confidence`` its top-1 probability (float32); ``labels`` int64.
         Collective: call it on every process."""
         out: dict[str, dict[str, np.ndarray]] = {}
         for i, split in enumerate(self.splits):
             values = {k: m.compute().cpu().numpy() for k, m in self.per_image[i].items()}
             out[split] = {h: values[h].astype(np.uint8) for h in self.head_names}
+            out[split] |= {
+                confidence_key(h): m.compute().cpu().numpy().astype(np.float32)
+                for h, m in self.confidences[i].items()
+            }
             out[split][LABELS] = values[LABELS].astype(np.int64)
         return out
 
@@ -226,15 +237,21 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verdict(results: Mapping[str, Any]) -> str:
-    """One line per comparison: the introspective head minus the feed-forward head and minus
-    the control, and the same for their tempered twins when there are any, on the clean split
-    and on the corrupted cells (their mean).
+def _interval_text(interval: Mapping[str, Any] | None) -> str:
+    """`` [low, high] (verdict)`` in points from a record's interval, or nothing."""
+    if not interval:
+        return ""
+    return f" [{100 * interval['low']:+.2f}, {100 * interval['high']:+.2f}] ({interval['verdict']})"
 
-    The accuracy difference carries its 95 % paired bootstrap interval and verdict from the
-    record's ``differences`` block (clean split; corrupted cells pooled, stratified by cell)
-    where the record has one. The ECE difference is the point difference only, without an
-    interval."""
+
+def verdict(results: Mapping[str, Any]) -> str:
+    """One line per comparison of ``PAIRS``: the introspective head minus the feed-forward head
+    and minus the controls (on h, on [h, p]), and the same for their tempered twins when there
+    are any, on the clean split and on the corrupted cells (their mean).
+
+    The accuracy and ECE differences carry their 95 % paired bootstrap intervals and verdicts
+    from the record's ``differences`` block (clean split; corrupted cells pooled, stratified by
+    cell) where the record has them; otherwise the point difference only."""
     out = []
     differences = results.get("differences") or {}
     for scope, key, entry in (
@@ -248,17 +265,14 @@ def verdict(results: Mapping[str, Any]) -> str:
                 continue
             d_acc = 100 * (entry[head]["acc"] - entry[other]["acc"])
             d_ece = 100 * (entry[head]["ece"] - entry[other]["ece"])
-            interval = differences.get(key, {}).get(f"{head}-{other}", {}).get("acc")
-            ci = (
-                f" [{100 * interval['low']:+.2f}, {100 * interval['high']:+.2f}] "
-                f"({interval['verdict']})"
-                if interval
-                else ""
-            )
+            intervals = differences.get(key, {}).get(f"{head}-{other}", {})
             name, versus = head.replace("_ts", "+TS"), other.replace("_ts", "+TS")
+            ece = _interval_text(intervals.get("ece"))
+            # Without an interval, the sign of the point difference says which is better.
+            ece = ece or f" ({'better' if d_ece < 0 else 'worse'} calibrated)"
             out.append(
-                f"{scope}: {name} vs {versus}: accuracy {d_acc:+.2f} pp{ci}, "
-                f"ECE {d_ece:+.2f} pp ({'better' if d_ece < 0 else 'worse'} calibrated)"
+                f"{scope}: {name} vs {versus}: accuracy {d_acc:+.2f} pp"
+                f"{_interval_text(intervals.get('acc'))}, ECE {d_ece:+.2f} pp{ece}"
             )
     return "\n".join(out)
 

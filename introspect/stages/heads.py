@@ -1,4 +1,5 @@
-"""Stage 2: introspective features (cached), then the introspective and control heads.
+"""Stage 2: introspective features (cached), then the introspective and control heads (the
+control on the penultimate activations ``h``, and ``control_hp`` on ``[h, p]``).
 
 ``fit_heads`` is the one path that trains the heads, from plain DataLoaders (a library user)
 or from the features a run extracted and cached for its data recipe (``stage2``, the CLI).
@@ -41,10 +42,13 @@ from introspect.gradients.factors import GradientFactors
 from introspect.gradients.normalize import normalize_features
 from introspect.models.pair import HeadPair
 from introspect.models.stage2 import (
+    KINDS,
     MAX_FULL_WEIGHTS,
     IntrospectiveClassifier,
     ProbeClassifier,
+    ProbeWithOutputClassifier,
     StageTwoClassifier,
+    features_and_output,
 )
 from introspect.runs.distributed import (
     barrier,
@@ -213,10 +217,17 @@ def _load_everywhere(
 
 
 def head_inputs(
-    kind: str, tensors: Features, num_classes: int, features: FeatureOptions
+    kind: str,
+    tensors: Features,
+    num_classes: int,
+    features: FeatureOptions,
+    backbone: torch.nn.Module | None = None,
 ) -> torch.Tensor | GradientFactors:
-    """What head ``kind`` trains on: the gradient factors of the cached fields (introspective)
-    or the normalized penultimate activations (control)."""
+    """What head ``kind`` trains on: the gradient factors of the cached fields (introspective),
+    the normalized penultimate activations ``h`` (control: L2-normalized per row under
+    ``normalize=l2``, raw under ``none`` and ``standardize``, whose standardization the head
+    applies), or ``control_hp``'s ``[h normalized the same way, softmax(backbone.head(h))]``
+    (``models.stage2.features_and_output``; needs ``backbone``)."""
     if kind == "introspective":
         return features_of(
             dict(tensors),
@@ -224,10 +235,12 @@ def head_inputs(
             normalize=features.normalize,
             include_bias=features.include_bias,
         )
-    normalize = features.normalize
-    return normalize_features(
-        tensors["penult"], "none" if normalize == "standardize" else normalize
-    )
+    normalize = "none" if features.normalize == "standardize" else features.normalize
+    if kind == "control_hp":
+        if backbone is None:
+            raise ValueError("the control_hp head's inputs need the backbone (its softmax output)")
+        return features_and_output(tensors["penult"], backbone.head, normalize)
+    return normalize_features(tensors["penult"], normalize)
 
 
 def introspective_dim(backbone: torch.nn.Module, features: FeatureOptions) -> int:
@@ -264,7 +277,7 @@ def build_head(
     head: HeadRecipe,
     features: FeatureOptions,
 ) -> StageTwoClassifier:
-    """An untrained introspective or control head for ``backbone``."""
+    """An untrained head of ``kind`` (one of ``models.stage2.KINDS``) for ``backbone``."""
     common: dict[str, Any] = {
         "num_classes": num_classes,
         "in_dim": in_dim,
@@ -277,7 +290,8 @@ def build_head(
         return IntrospectiveClassifier(
             backbone, feature_options=features.as_dict(), rank=head.rank, **common
         )
-    return ProbeClassifier(backbone, normalize=features.normalize, **common)
+    probe = ProbeWithOutputClassifier if kind == "control_hp" else ProbeClassifier
+    return probe(backbone, normalize=features.normalize, **common)
 
 
 def loader_features(
@@ -356,7 +370,7 @@ def _prepare(
     ``train``, and its batches."""
     batches = {"batch_size": head.batch_size, "rank": global_rank(), "world": world_size(),
                "seed": seed}  # fmt: skip
-    x = head_inputs(kind, train, num_classes, features)
+    x = head_inputs(kind, train, num_classes, features, backbone)
     L.seed_everything(seed, workers=True, verbose=False)
     in_dim = introspective_dim(backbone, features) if kind == "introspective" else x.shape[1]
     model = build_head(kind, backbone, in_dim, num_classes, head=head, features=features)
@@ -366,7 +380,7 @@ def _prepare(
     train_batches = IndexedBatches(x, train["labels"], shuffle=True, **batches)
     val_batches = None
     if val is not None:
-        val_x = head_inputs(kind, val, num_classes, features)
+        val_x = head_inputs(kind, val, num_classes, features, backbone)
         val_batches = IndexedBatches(val_x, val["labels"], **batches)
     return _HeadToTrain(model, stream, train_batches, val_batches)
 
@@ -421,7 +435,7 @@ def fit_heads(
     *,
     head: HeadRecipe | None = None,
     features: FeatureOptions | None = None,
-    kinds: Sequence[str] = ("introspective", "control"),
+    kinds: Sequence[str] = KINDS,
     seed: int = 0,
     num_classes: int | None = None,
     cache: FeatureCache | str | Path | None = None,
@@ -431,7 +445,8 @@ def fit_heads(
     device: torch.device | str | None = None,
     calibrate: bool = True,
 ) -> FittedHeads:
-    """Train the introspective and control heads (``kinds``) on a frozen ``backbone``.
+    """Train the stage-2 heads ``kinds`` (of ``models.stage2.KINDS``: ``introspective``,
+    ``control`` on ``h``, ``control_hp`` on ``[h, p]``) on a frozen ``backbone``.
 
     ``train``/``val`` are DataLoaders of ``(images, labels)`` (features are extracted from
     them, and cached in ``cache`` under ``cache_tag`` when given) or features already
@@ -440,6 +455,9 @@ def fit_heads(
     is its validation data. With ``calibrate`` and a ``val`` DataLoader, the temperatures of
     the feed-forward network and of every head are fitted on ``val``.
     """
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown stage-2 head kinds {unknown}; choose among {list(KINDS)}")
     head = head or HeadRecipe()
     features = features or FeatureOptions()
     device = device or next(backbone.parameters()).device
@@ -499,6 +517,7 @@ def stage2(
     if "val" not in settings.data.splits and len(dm.split("val")) > 0:  # type: ignore[arg-type]
         val = split_features(dm, backbone, "val", **get)
     kinds = ["introspective"] + (["control"] if settings.control else [])
+    kinds += ["control_hp"] if settings.control_hp else []
     out_dir = run_dir / "stage2"
     if is_global_zero():
         out_dir.mkdir(exist_ok=True)
@@ -568,7 +587,7 @@ def load_heads(
 ) -> dict[str, StageTwoClassifier]:
     """The stage-2 heads saved in ``<run>/stage2/`` (none when stage 2 was switched off)."""
     heads: dict[str, StageTwoClassifier] = {}
-    for kind in ("introspective", "control"):
+    for kind in KINDS:
         path = run_dir / "stage2" / f"{kind}.pt"
         if path.is_file():
             heads[kind] = load_head(kind, backbone, path, num_classes, head=head, features=features)

@@ -98,6 +98,7 @@ class Stage2Settings:
     head: HeadRecipe = field(default_factory=HeadRecipe)
     data: TrainingData = field(default_factory=TrainingData)
     control: bool = True
+    control_hp: bool = True
     seed: int = 0
     cache_dir: str = "~/.cache/introspect/features"
     resume: bool = False
