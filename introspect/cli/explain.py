@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from introspect.jobs.quality import QualitySettings
 
 # A prepared command: the function taking its output's lock (None: nothing to lock), the run's
-# config and directory, the ``method.<name>.<arg>=`` options and the rest of its work's
-# arguments.
+# config and directory, the ``method.<name>.<arg>=`` options (checked before the run is
+# opened) and the rest of its work's arguments.
 Prepared = tuple[
     Callable[[], RunLock | None], DictConfig, Path, dict[str, dict[str, Any]], tuple[Any, ...]
 ]
@@ -262,8 +262,8 @@ def _main(
     trust_run: bool,
 ) -> int:
     """Print ``usage`` for no/help arguments; ``prepare`` (no torch), lock the output, check the
-    method options, open the run, then ``work(run, run_dir, method_options, *rest)``; user
-    errors print one line and give 2."""
+    method options, open the run, then ``work(run, run_dir, *rest)``; user errors print one
+    line and give 2."""
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(usage)
         return 0 if argv else 2
@@ -280,7 +280,7 @@ def _main(
             from introspect.jobs.explain import check_method_options, open_run
 
             check_method_options(method_options)
-            result = work(open_run(cfg, run_dir), run_dir, method_options, *rest)
+            result = work(open_run(cfg, run_dir), run_dir, *rest)
         except (ExplanationError, ConfigError, *USER_ERRORS) as err:
             return _fail(err)
     finally:
@@ -334,7 +334,7 @@ def _prepare_explain(argv: list[str], trust_run: bool) -> Prepared:
     options["out"] = str(out)
     _check_outputs(run_dir, [out], replace=replace)
     locker = _output_locker(run_dir, out.parent, [out], replace=replace)
-    return locker, cfg, run_dir, method_options, (options,)
+    return locker, cfg, run_dir, method_options, (options, method_options)
 
 
 def _default_figure(options: dict[str, str], run_dir: Path) -> Path:
@@ -378,8 +378,8 @@ def _quality_explain(options: dict[str, str], run_dir: Path, settings: QualitySe
 def _explain(
     run: ExplainedRun | QualitySettings,
     run_dir: Path,
-    method_options: dict[str, dict[str, Any]],
     options: dict[str, str],
+    method_options: dict[str, dict[str, Any]],
 ) -> Path:
     """Load the run's backbone, draw the figure, log it; return the figure's path."""
     import torch
@@ -560,13 +560,7 @@ def _refuse_quality(task: str, run_dir: Path, command: str) -> None:
         )
 
 
-def _eval(
-    run: ExplainedRun,
-    run_dir: Path,
-    method_options: dict[str, dict[str, Any]],
-    out_dir: Path,
-    fields: dict[str, Any],
-) -> Path:
+def _eval(run: ExplainedRun, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> Path:
     from introspect.jobs.explain import EvalOptions, explain_eval
 
     explain_eval(run, run_dir, out_dir, EvalOptions(**fields))
@@ -612,13 +606,7 @@ def _prepare_network(argv: list[str], trust_run: bool) -> Prepared:
     return locker, cfg, run_dir, {}, (out_dir, fields)
 
 
-def _network(
-    run: ExplainedRun,
-    run_dir: Path,
-    method_options: dict[str, dict[str, Any]],
-    out_dir: Path,
-    fields: dict[str, Any],
-) -> list[Path]:
+def _network(run: ExplainedRun, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> list[Path]:
     from introspect.jobs.explain import NetworkOptions, explain_network
 
     return explain_network(run, out_dir, NetworkOptions(**fields))
