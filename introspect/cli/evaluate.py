@@ -61,7 +61,6 @@ logger=... work as in train.py (e.g. trainer=ddp_cpu).
 from __future__ import annotations
 
 import sys
-from importlib import import_module
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -106,9 +105,9 @@ def _load_run(
 
 
 def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: str) -> bool:
-    """Run ``job(cfg, run_dir, out_dir, note=note)`` (``job`` names ``module.function`` of
-    ``introspect.jobs``, imported here) holding the lock of ``out_dir`` (taken before the heavy
-    imports; rank zero only); user errors are printed, giving False."""
+    """Run the job ``job`` (``reevaluate`` or ``scores``, imported here) on the run of
+    ``loaded`` holding the lock of ``out_dir`` (taken before the heavy imports; rank zero
+    only); user errors are printed, giving False."""
     from introspect.runs.lock import LockError
     from introspect.runs.rundir import is_secondary_process, lock_evaluation
 
@@ -124,8 +123,10 @@ def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: str) -> boo
     from introspect.jobs.errors import exit_code, quiet_library_warnings
 
     quiet_library_warnings()
-    module, _, name = job.partition(".")
-    run = getattr(import_module(f"introspect.jobs.{module}"), name)
+    if job == "scores":
+        from introspect.jobs.scores import score_run as run
+    else:
+        from introspect.jobs.train import reevaluate as run
     cfg, run_dir, out_dir, note = loaded
     try:
         run(cfg, run_dir, out_dir, note=note)
@@ -147,7 +148,7 @@ def reevaluate_main(
     loaded = _load_run(argv, trust_run=trust_run, allow_modified=allow_modified)
     if loaded is None:
         return 2
-    if not _run_job(loaded, "train.reevaluate"):
+    if not _run_job(loaded, "reevaluate"):
         return 2
     from introspect.runs.distributed import is_global_zero
 
@@ -163,7 +164,7 @@ def scores_main(argv: list[str], *, trust_run: bool = False, allow_modified: boo
     )
     if loaded is None:
         return 2
-    if not _run_job(loaded, "scores.score_run"):
+    if not _run_job(loaded, "scores"):
         return 2
     print(f"wrote {loaded[2] / 'results.json'}; tables in {loaded[2] / 'scores.md'}")
     return 0
