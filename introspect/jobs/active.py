@@ -100,13 +100,6 @@ class ActiveSettings:
         )
 
 
-def _feature_options(features: FeatureOptions) -> tuple[dict[str, Any], str]:
-    """``features`` without ``normalize``, and the normalization applied at extraction."""
-    opts = dataclasses.asdict(features)
-    normalize = opts.pop("normalize")
-    return opts, "none" if normalize == "standardize" else normalize
-
-
 class RunLearner:
     """Training, pool scoring and evaluation of an active run, as ``active.loop`` asks for them.
 
@@ -175,7 +168,7 @@ class RunLearner:
             trainer.fit(model, train_dataloaders=loader)
         backbone.eval().to(self.device)
 
-        opts, normalize = _feature_options(s.features)
+        opts = s.features.extraction()
         feats, labels = [], []
         for images, y in self.dm.loader(labelled, batch_size=s.active.batch_size):
             with torch.no_grad():
@@ -183,7 +176,6 @@ class RunLearner:
                     backbone,
                     images.to(self.device),
                     head=backbone.head,
-                    normalize=normalize,
                     **opts,
                 )
             feats.append(raw.cpu())
