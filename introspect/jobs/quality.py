@@ -74,14 +74,14 @@ class QualitySettings:
             backbone=OmegaConf.to_object(cfg.backbone),  # type: ignore[arg-type]
             features=feature_options(cfg),
             regressor=RegressorRecipe(
-                hidden=tuple(h.hidden),
-                dropout=h.dropout,
-                activation=h.activation,
-                epochs=h.epochs,
-                batch_size=h.batch_size,
-                lr=h.optim.lr,
-                weight_decay=h.optim.weight_decay,
-            ),
+                tuple(h.hidden),
+                h.dropout,
+                h.activation,
+                h.epochs,
+                h.batch_size,
+                h.optim.lr,
+                h.optim.weight_decay,
+            ),  # fmt: skip
             fit_splits=tuple(cfg.stage2.splits),
             control=bool(cfg.stage2.control),
             seed=cfg.run.seed,
