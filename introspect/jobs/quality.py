@@ -81,7 +81,7 @@ class QualitySettings:
                 h.batch_size,
                 h.optim.lr,
                 h.optim.weight_decay,
-            ),  # fmt: skip
+            ),
             fit_splits=tuple(cfg.stage2.splits),
             control=bool(cfg.stage2.control),
             seed=cfg.run.seed,
