@@ -233,6 +233,29 @@ TINY = [
 ]
 
 
+def make_learner(cfg, dm, run_dir: Path, test):
+    """The ``RunLearner`` that ``run_active`` builds for ``cfg`` (on the CPU)."""
+    from functools import partial
+
+    from introspect.jobs.active import ActiveSettings, RunLearner
+    from introspect.runs.trainer import build_trainer
+    from introspect.stages.stage1 import build_backbone
+
+    def trainer(epochs: int):
+        return build_trainer(
+            cfg,
+            run_dir,
+            max_epochs=epochs,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+        )
+
+    backbone = partial(build_backbone, cfg, dm.num_classes, dm.image_shape)
+    settings = ActiveSettings.from_config(cfg)
+    return RunLearner(settings, dm, torch.device("cpu"), test, backbone=backbone, trainer=trainer)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, single_thread):
     from introspect.jobs.active import run_active
@@ -306,9 +329,7 @@ def _curves(cfg, dm, dataset, monkeypatch, passes: list[tuple[int, int]]):
             assert seen == [len(images)]  # one backbone pass for features, logits, embeddings
 
     monkeypatch.setattr(active_run, "batch_outputs", counting)
-    learner = active_run.RunLearner(
-        cfg, dm, Path(cfg.run.dir), torch.device("cpu"), dm.split("test")
-    )
+    learner = make_learner(cfg, dm, Path(cfg.run.dir), dm.split("test"))
     outputs = learner.outputs
 
     def scored(models, pool, **kwargs):
@@ -516,7 +537,7 @@ def test_stage1_starts_from_the_previous_round_only_when_warm(
         return original(backbone, **kwargs)
 
     monkeypatch.setattr(active_run, "FeedForwardClassifier", recording)
-    learner = active_run.RunLearner(cfg, dm, tmp_path, torch.device("cpu"), dm.split("test"))
+    learner = make_learner(cfg, dm, tmp_path, dm.split("test"))
     train = dm.split("train")
     pool = LabelPool(train, initial_indices(len(train), 10, seed=0))
     first = learner.fit(pool, None, "round0")

@@ -507,8 +507,9 @@ def run(rank, world, port, out):
     from pathlib import Path
     from introspect.active.pool import LabelPool, initial_indices
     from introspect.config import load_config
-    from introspect.jobs.active import Models, RunLearner
+    from introspect.jobs.active import Models
     from introspect.stages.stage1 import build_backbone, build_data
+    from tests.test_active import make_learner
     from introspect.jobs.settings import feature_options, head_recipe
     from introspect.stages.heads import build_head
 
@@ -522,7 +523,7 @@ def run(rank, world, port, out):
         head=head_recipe(cfg), features=feature_options(cfg),
     )
     head.load_head_state(state)
-    learner = RunLearner(cfg, dm, Path({tmp!r}), torch.device("cpu"), dm.split("test"))
+    learner = make_learner(cfg, dm, Path({tmp!r}), dm.split("test"))
     train = dm.split("train")
     pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
     outs = learner.outputs(Models(backbone, head.eval()), pool, mc=False, key="k")
@@ -544,12 +545,12 @@ if __name__ == "__main__":
 def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single_thread) -> None:
     """Active learning's pool scoring: each process scores its block, all get every output."""
     from introspect.active.pool import LabelPool, initial_indices
-    from introspect.jobs.active import Models, RunLearner
+    from introspect.jobs.active import Models
     from introspect.jobs.settings import feature_options, head_recipe
     from introspect.stages.heads import build_head
     from introspect.stages.stage1 import build_backbone
     from tests.conftest import run_two_process_script
-    from tests.test_active import TINY
+    from tests.test_active import TINY, make_learner
 
     tiny = [*TINY, "active.batch_size=128", f"run.dir={tmp_path / 'run'}"]
     cfg = load_config(tiny)
@@ -574,7 +575,7 @@ def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single
     values = run_two_process_script(tmp_path, script)
     n = values["unlabelled"]
     assert values["passes"] == [n // 2, n - n // 2]  # each image through one backbone once
-    learner = RunLearner(cfg, dm, tmp_path, torch.device("cpu"), dm.split("test"))
+    learner = make_learner(cfg, dm, tmp_path, dm.split("test"))
     train = dm.split("train")
     pool = LabelPool(train, initial_indices(len(train), 10, seed=7))
     single = learner.outputs(Models(backbone, head), pool, mc=False, key="k")

@@ -286,6 +286,7 @@ def test_explain_eval_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixtu
         ([f"run={run_dir}", "methods=rise", "method.rise.size=5"], "rise has no option size"),
         ([f"run={run_dir}", "methods=gradcam", "cell=blurry/2"], "unknown corruption"),
         ([f"run={run_dir}", "methods=gradcam", "layer=nope"], "no layer 'nope'"),
+        ([f"run={run_dir}", "task=quality"], "is a quality run; explain-eval explains"),
         ([f"run={tmp_path / 'missing'}"], "does not exist"),
         (["n=3"], "run=runs/<name>"),
     ):

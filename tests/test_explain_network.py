@@ -247,3 +247,5 @@ def test_explain_commands_draw_figures_of_a_run(
     assert all(is_png(folder / f"{n}.png") for n in names)
     assert explain_network_main([f"run={run_dir}", "channels=a"]) == 2
     assert "channels must be" in capsys.readouterr().err
+    assert explain_network_main([f"run={run_dir}", "task=quality"]) == 2
+    assert "is a quality run; explain-network explains" in capsys.readouterr().err

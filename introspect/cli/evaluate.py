@@ -61,9 +61,7 @@ logger=... work as in train.py (e.g. trainer=ddp_cpu).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
@@ -106,9 +104,10 @@ def _load_run(
     return cfg, run_dir, out_dir, note
 
 
-def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: Callable[..., Any]) -> bool:
-    """Run ``job(cfg, run_dir, out_dir, note=note)`` holding the lock of ``out_dir`` (taken
-    before the heavy imports; rank zero only); user errors are printed, giving False."""
+def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: str) -> bool:
+    """Run the job ``job`` (``reevaluate`` or ``scores``, imported here) on the run of
+    ``loaded`` holding the lock of ``out_dir`` (taken before the heavy imports; rank zero
+    only); user errors are printed, giving False."""
     from introspect.runs.lock import LockError
     from introspect.runs.rundir import is_secondary_process, lock_evaluation
 
@@ -124,9 +123,13 @@ def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: Callable[..
     from introspect.jobs.errors import exit_code, quiet_library_warnings
 
     quiet_library_warnings()
+    if job == "scores":
+        from introspect.jobs.scores import score_run as run
+    else:
+        from introspect.jobs.train import reevaluate as run
     cfg, run_dir, out_dir, note = loaded
     try:
-        job(cfg, run_dir, out_dir, note=note)
+        run(cfg, run_dir, out_dir, note=note)
     except Exception as err:
         again = "run the same command again (it continues where it stopped)"
         if exit_code(err, out=out_dir, again=f"free space and {again}", stopped=2) is None:
@@ -145,13 +148,7 @@ def reevaluate_main(
     loaded = _load_run(argv, trust_run=trust_run, allow_modified=allow_modified)
     if loaded is None:
         return 2
-
-    def job(cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None) -> Any:
-        from introspect.jobs.train import reevaluate
-
-        return reevaluate(cfg, run_dir, out_dir, note=note)
-
-    if not _run_job(loaded, job):
+    if not _run_job(loaded, "reevaluate"):
         return 2
     from introspect.runs.distributed import is_global_zero
 
@@ -167,13 +164,7 @@ def scores_main(argv: list[str], *, trust_run: bool = False, allow_modified: boo
     )
     if loaded is None:
         return 2
-
-    def job(cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None) -> Any:
-        from introspect.jobs.scores import score_run
-
-        return score_run(cfg, run_dir, out_dir, note=note)
-
-    if not _run_job(loaded, job):
+    if not _run_job(loaded, "scores"):
         return 2
     print(f"wrote {loaded[2] / 'results.json'}; tables in {loaded[2] / 'scores.md'}")
     return 0

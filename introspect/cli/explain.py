@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -17,9 +17,16 @@ from introspect.config import ConfigError, load_run_config
 from introspect.explain.errors import ExplanationError
 from introspect.runs.lock import LockError, RunLock, acquire_lock
 
-# A prepared command: the function taking its output's lock (None: nothing to lock) and the
-# arguments of its work.
-Prepared = tuple[Callable[[], RunLock | None], tuple[Any, ...]]
+if TYPE_CHECKING:
+    from introspect.jobs.explain import ExplainedRun
+    from introspect.jobs.quality import QualitySettings
+
+# A prepared command: the function taking its output's lock (None: nothing to lock), the run's
+# config and directory, the ``method.<name>.<arg>=`` options (checked before the run is
+# opened) and the rest of its work's arguments.
+Prepared = tuple[
+    Callable[[], RunLock | None], DictConfig, Path, dict[str, dict[str, Any]], tuple[Any, ...]
+]
 
 USAGE = """\
 usage: explain run=runs/<name> [figure=paradigms|methods|introspection|quality] [n=8] [index=0]
@@ -257,13 +264,14 @@ def _main(
     *,
     trust_run: bool,
 ) -> int:
-    """Print ``usage`` for no/help arguments; ``prepare`` (no torch), lock the output, then
-    ``work``; user errors print one line and give 2."""
+    """Print ``usage`` for no/help arguments; ``prepare`` (no torch), lock the output, check the
+    method options, open the run, then ``work(run, run_dir, *rest)``; user errors print one
+    line and give 2."""
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(usage)
         return 0 if argv else 2
     try:
-        locker, prepared = prepare(argv, trust_run)
+        locker, cfg, run_dir, method_options, rest = prepare(argv, trust_run)
         lock = locker()
     except (ExplanationError, ConfigError, LockError) as err:
         return _fail(err)
@@ -272,7 +280,10 @@ def _main(
 
         quiet_library_warnings()
         try:
-            result = work(*prepared)
+            from introspect.jobs.explain import check_method_options, open_run
+
+            check_method_options(method_options)
+            result = work(open_run(cfg, run_dir), run_dir, *rest)
         except (ExplanationError, ConfigError, *USER_ERRORS) as err:
             return _fail(err)
     finally:
@@ -326,7 +337,7 @@ def _prepare_explain(argv: list[str], trust_run: bool) -> Prepared:
     options["out"] = str(out)
     _check_outputs(run_dir, [out], replace=replace)
     locker = _output_locker(run_dir, out.parent, [out], replace=replace)
-    return locker, (options, method_options, run_dir, cfg)
+    return locker, cfg, run_dir, method_options, (options, method_options)
 
 
 def _default_figure(options: dict[str, str], run_dir: Path) -> Path:
@@ -342,7 +353,7 @@ def _default_figure(options: dict[str, str], run_dir: Path) -> Path:
     }[figure]
 
 
-def _quality_explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) -> Path:
+def _quality_explain(options: dict[str, str], run_dir: Path, settings: QualitySettings) -> Path:
     """The Contrast-CAM figure of a quality run; returns its path."""
     import numpy as np
 
@@ -352,75 +363,97 @@ def _quality_explain(options: dict[str, str], run_dir: Path, cfg: DictConfig) ->
 
     n = _count("n", options.get("n", "4"))
     split = _split(options)
-    model, dataset, splits, _ = load_quality_run(cfg, run_dir)
+    model, dataset, splits, _ = load_quality_run(settings, run_dir)
     chosen = splits[split][:n].tolist()
-    levels = contrast_levels(list(cfg.quality.explain_contrasts), dataset.scores[splits["train"]])
+    q = settings.quality
+    levels = contrast_levels(list(q.explain_contrasts), dataset.scores[splits["train"]])
     return quality_figure(
         model,
         dataset.images(chosen),
-        [float(q) for q in np.asarray(levels)],
+        [float(v) for v in np.asarray(levels)],
         Path(options["out"]),
         layer=options.get("layer") or None,
         targets=[float(dataset.scores[i]) for i in chosen],
-        label=database_title(dataset, cfg.quality.label),
+        label=database_title(dataset, q.label),
     )
 
 
 def _explain(
+    run: ExplainedRun | QualitySettings,
+    run_dir: Path,
     options: dict[str, str],
     method_options: dict[str, dict[str, Any]],
-    run_dir: Path,
-    cfg: DictConfig,
 ) -> Path:
     """Load the run's backbone, draw the figure, log it; return the figure's path."""
     import torch
     from lightning.pytorch.loggers import WandbLogger
 
-    from introspect.explain.figure import explanation_figure, introspection_figure, methods_figure
-    from introspect.explain.methods import MAP_METHODS
-    from introspect.jobs.explain import _backbone, check_method_options
-    from introspect.jobs.job import job_loggers, with_stage1_checkpoint
-    from introspect.runs.trainer import resolve_device
-    from introspect.stages.stage1 import build_data
+    from introspect.jobs.quality import QualitySettings
 
+    if isinstance(run, QualitySettings):
+        return _quality_explain(options, run_dir, run)
     figure = options.get("figure", "paradigms")
-    if figure == "quality":
-        return _quality_explain(options, run_dir, cfg)
-    check_method_options(method_options)
     n = _count("n", options.get("n", "8"))
     index = _count("index", options.get("index", "0"), minimum=0)
     split = _split(options)
-    dm = build_data(cfg)
-    device = resolve_device(cfg)
-    cfg = with_stage1_checkpoint(cfg, run_dir)
-    backbone = _backbone(cfg, dm, device)
+    dm = run.dm
+    network = run.network()
     dataset = dm.split(split)
     wanted = [index] if figure == "introspection" else list(range(min(n, len(dataset))))
     if not wanted or wanted[-1] >= len(dataset):
         raise ExplanationError(f"the {split} split has {len(dataset)} images; pick fewer")
     samples = [dataset[i] for i in wanted]
-    images = torch.stack([image for image, _ in samples]).to(device)
+    images = torch.stack([image for image, _ in samples]).to(run.device)
     labels = [int(label) for _, label in samples]
+    names = [f"{split} image {i}" for i in wanted]
+    title = f"run {run_dir.name}"
+    path = _draw(
+        figure, network.backbone, images, labels, names, title, run, options, method_options
+    )
+    if run.wandb:
+        for logger in network.loggers():
+            if isinstance(logger, WandbLogger):
+                key = "explanations" if figure == "paradigms" else f"explanations/{figure}"
+                logger.log_image(key=key, images=[str(path)])
+                logger.finalize("success")
+    return path
+
+
+def _draw(
+    figure: str,
+    backbone: Any,
+    images: Any,
+    labels: list[int],
+    names: list[str],
+    title: str,
+    run: ExplainedRun,
+    options: dict[str, str],
+    method_options: dict[str, dict[str, Any]],
+) -> Path:
+    """Draw ``figure`` of ``images`` (the ``names`` images of the split, true ``labels``)
+    titled ``title``."""
+    from introspect.explain.figure import explanation_figure, introspection_figure, methods_figure
+    from introspect.explain.methods import MAP_METHODS
+
     layer = options.get("layer") or None
     out = Path(options["out"])  # checked and filled in by _prepare_explain
-    title = f"run {run_dir.name}"
-    names = [f"{split} image {i}" for i in wanted]
+    classes = run.dm.class_names
     if figure == "paradigms":
-        path = explanation_figure(
+        return explanation_figure(
             backbone,
             images,
-            dm.class_names,
+            classes,
             out,
             layer=layer,
             labels=labels,
             title=title,
             image_names=names,
         )
-    elif figure == "methods":
-        path = methods_figure(
+    if figure == "methods":
+        return methods_figure(
             backbone,
             images,
-            dm.class_names,
+            classes,
             out,
             MAP_METHODS,
             layer=layer,
@@ -429,24 +462,14 @@ def _explain(
             title=title,
             image_names=names,
         )
-    elif figure == "prototypes":
+    if figure == "prototypes":
         from introspect.explain.prototypes import prototype_figure
 
         k = _count("k", options.get("k", "3"))
-        path = prototype_figure(
-            backbone, images, dm.split("train"), dm.class_names, out, k=k, labels=labels
+        return prototype_figure(
+            backbone, images, run.dm.split("train"), classes, out, k=k, labels=labels
         )
-    else:
-        path = introspection_figure(
-            backbone, images[0], dm.class_names, out, layer=layer, label=labels[0]
-        )
-    if cfg.logger.wandb:
-        for logger in job_loggers(cfg, run_dir):
-            if isinstance(logger, WandbLogger):
-                key = "explanations" if figure == "paradigms" else f"explanations/{figure}"
-                logger.log_image(key=key, images=[str(path)])
-                logger.finalize("success")
-    return path
+    return introspection_figure(backbone, images[0], classes, out, layer=layer, label=labels[0])
 
 
 def explain_main(argv: list[str], *, trust_run: bool = False) -> int:
@@ -523,20 +546,29 @@ def _prepare_eval(argv: list[str], trust_run: bool) -> Prepared:
 
     options, overrides, fields = eval_options(argv)
     run_dir, cfg = _run_config(options, overrides, trust_run=trust_run)
+    _refuse_quality(cfg.task, run_dir, "explain-eval")
     out_dir = evaluation_dir(run_dir, _eval_tag(options, fields["cell"]))
 
     def lock() -> RunLock | None:
         return None if is_secondary_process() else lock_evaluation(run_dir, out_dir)
 
-    return lock, (cfg, run_dir, out_dir, fields)
+    return lock, cfg, run_dir, fields["method_options"], (out_dir, fields)
 
 
-def _eval(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> Path:
-    from introspect.jobs.explain import EvalOptions, check_method_options, explain_eval
+def _refuse_quality(task: str, run_dir: Path, command: str) -> None:
+    """``ExplanationError`` for a quality run (``task`` quality): ``command`` explains
+    classification runs."""
+    if task == "quality":
+        raise ExplanationError(
+            f"{run_dir} is a quality run; {command} explains classification runs only "
+            "(explain draws a quality run's figure)"
+        )
 
-    options = EvalOptions(**fields)
-    check_method_options(options.method_options)
-    explain_eval(cfg, run_dir, out_dir, options)
+
+def _eval(run: ExplainedRun, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> Path:
+    from introspect.jobs.explain import EvalOptions, explain_eval
+
+    explain_eval(run, run_dir, out_dir, EvalOptions(**fields))
     return out_dir / "results.json"
 
 
@@ -565,6 +597,7 @@ def _prepare_network(argv: list[str], trust_run: bool) -> Prepared:
         "queries": _count("queries", options.get("queries", "4")),
     }
     run_dir, cfg = _run_config(options, overrides, trust_run=trust_run)
+    _refuse_quality(cfg.task, run_dir, "explain-network")
     out = options.get("out")
     replace = _bool("overwrite", options.get("overwrite", "false"))
     if out:
@@ -575,13 +608,13 @@ def _prepare_network(argv: list[str], trust_run: bool) -> Prepared:
     _check_outputs(run_dir, [out_dir, *files], replace=True)  # the folder may exist
     _check_outputs(run_dir, files, replace=replace)
     locker = _output_locker(run_dir, out_dir, files, replace=replace)
-    return locker, (cfg, run_dir, out_dir, fields)
+    return locker, cfg, run_dir, {}, (out_dir, fields)
 
 
-def _network(cfg: DictConfig, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> list[Path]:
+def _network(run: ExplainedRun, run_dir: Path, out_dir: Path, fields: dict[str, Any]) -> list[Path]:
     from introspect.jobs.explain import NetworkOptions, explain_network
 
-    return explain_network(cfg, run_dir, out_dir, NetworkOptions(**fields))
+    return explain_network(run, out_dir, NetworkOptions(**fields))
 
 
 def explain_network_main(argv: list[str], *, trust_run: bool = False) -> int:

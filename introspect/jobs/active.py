@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,12 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from introspect.active.loop import Schedule, run_curves
 from introspect.active.pool import LabelPool, batch_outputs, initial_indices, shard_indices
 from introspect.backbones import Backbone
+from introspect.config.schema import ActiveConfig, Stage1Config
 from introspect.data import ImageDataModule
 from introspect.data.images import TransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients import extract
-from introspect.jobs.job import plain_config, run_job
+from introspect.jobs.job import Job, plain_config, run_job
 from introspect.jobs.settings import feature_options, head_recipe
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
@@ -42,6 +46,8 @@ from introspect.runs.provenance import results_header
 from introspect.runs.rundir import check_run_dir
 from introspect.runs.trainer import build_trainer, resolve_device
 from introspect.stages.heads import build_head
+from introspect.stages.options import FeatureOptions, HeadRecipe
+from introspect.stages.recipes import Recipe
 from introspect.stages.stage1 import build_backbone, build_data, stage1_recipe
 from introspect.uncertainty.mc_dropout import MCDropout
 
@@ -58,12 +64,40 @@ class Models:
     head: IntrospectiveClassifier
 
 
-def _feature_options(cfg: DictConfig) -> tuple[dict[str, Any], str]:
-    """``stage2.features`` without ``normalize``, and the normalization applied at extraction."""
-    opts = OmegaConf.to_container(cfg.stage2.features, resolve=True)
-    assert isinstance(opts, dict)
-    normalize = opts.pop("normalize")
-    return opts, "none" if normalize == "standardize" else normalize
+@dataclass(frozen=True)
+class ActiveSettings:
+    """What the active-learning job reads from a validated configuration: the ``active`` and
+    ``stage1`` sections, stage 1's resolved recipe, the introspective head's features and
+    recipe, and the plain values of ``stage2``, ``data``, ``eval`` and ``run`` it uses."""
+
+    active: ActiveConfig
+    stage1: Stage1Config
+    recipe: Recipe
+    features: FeatureOptions
+    head: HeadRecipe
+    stage2_augment: str
+    seed: int
+    split_seed: int
+    batch_size: int
+    n_bins: int
+    resume: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ActiveSettings:
+        """The settings of ``cfg`` (a validated configuration)."""
+        return cls(
+            active=OmegaConf.to_object(cfg.active),  # type: ignore[arg-type]
+            stage1=OmegaConf.to_object(cfg.stage1),  # type: ignore[arg-type]
+            recipe=stage1_recipe(cfg),
+            features=feature_options(cfg),
+            head=head_recipe(cfg),
+            stage2_augment=cfg.stage2.augment,
+            seed=cfg.run.seed,
+            split_seed=cfg.data.split_seed,
+            batch_size=cfg.data.batch_size,
+            n_bins=cfg.eval.n_bins,
+            resume=bool(cfg.run.resume),
+        )
 
 
 class RunLearner:
@@ -71,19 +105,24 @@ class RunLearner:
 
     Every process scores and evaluates its contiguous block of the images and gets everyone's
     outputs (``gather_from_all``), so each image passes through the backbone once per call.
+    ``backbone`` builds stage 1's untrained network; ``trainer(epochs)`` a quiet Lightning
+    trainer for one fit.
     """
 
     def __init__(
         self,
-        cfg: DictConfig,
+        settings: ActiveSettings,
         dm: ImageDataModule,
-        run_dir: Path,
         device: torch.device,
         test: Dataset,
+        *,
+        backbone: Callable[[], Backbone],
+        trainer: Callable[[int], L.Trainer],
     ) -> None:
-        self.cfg, self.dm, self.run_dir, self.device = cfg, dm, run_dir, device
-        a = cfg.active
-        self.mc = MCDropout(a.mc_samples, a.mc_p, seed=derive_seed(cfg.run.seed, "mc"))
+        self.settings, self.dm, self.device = settings, dm, device
+        self._build_backbone, self._build_trainer = backbone, trainer
+        a = settings.active
+        self.mc = MCDropout(a.mc_samples, a.mc_p, seed=derive_seed(settings.seed, "mc"))
         images, labels = _stack(test)
         gen = torch.Generator().manual_seed(a.noise_seed)
         noisy = (images + a.noise_std * torch.randn(images.shape, generator=gen)).clamp(0, 1)
@@ -94,74 +133,63 @@ class RunLearner:
     def new_backbone(self) -> Backbone:
         """Stage 1's initial weights (the same in every round and curve for a seed)."""
 
-        L.seed_everything(self.cfg.run.seed, workers=True, verbose=False)
-        return build_backbone(self.cfg, self.dm.num_classes, self.dm.image_shape)
+        L.seed_everything(self.settings.seed, workers=True, verbose=False)
+        return self._build_backbone()
 
     def fit(self, pool: LabelPool, previous: Models | None, tag: str) -> Models:
         """Stage 1, then the introspective head, trained on the pool's labelled images."""
 
-        cfg = self.cfg
-        if previous is not None and cfg.active.warm_start:
+        s = self.settings
+        if previous is not None and s.active.warm_start:
             backbone = copy.deepcopy(previous.backbone)
         else:
             backbone = self.new_backbone()
         for p in backbone.parameters():
             p.requires_grad_(True)
-        L.seed_everything(derive_seed(cfg.run.seed, tag, "stage1"), workers=True, verbose=False)
+        L.seed_everything(derive_seed(s.seed, tag, "stage1"), workers=True, verbose=False)
         model = FeedForwardClassifier(
             backbone,
             num_classes=self.dm.num_classes,
-            optim=dict(cfg.stage1.optim),
-            label_smoothing=cfg.stage1.label_smoothing,
-            adversarial=dict(cfg.stage1.adversarial) | {"enabled": stage1_recipe(cfg).adversarial},
-            jsd_weight=cfg.stage1.augmix_jsd,
+            optim=dataclasses.asdict(s.stage1.optim),
+            label_smoothing=s.stage1.label_smoothing,
+            adversarial=dataclasses.asdict(s.stage1.adversarial)
+            | {"enabled": s.recipe.adversarial},
+            jsd_weight=s.stage1.augmix_jsd,
         )
         labelled = pool.labelled_dataset()
         train: Dataset = labelled
         if self.dm.train_transform is not None:
             train = TransformDataset(labelled, self.dm.train_transform)
-        loader = self.dm.loader(train, shuffle=True, batch_size=cfg.data.batch_size)
-        quiet = {"enable_checkpointing": False, "num_sanity_val_steps": 0}
-        trainer = build_trainer(
-            cfg, self.run_dir, max_epochs=cfg.stage1.epochs, enable_progress_bar=False, **quiet
-        )
+        loader = self.dm.loader(train, shuffle=True, batch_size=s.batch_size)
+        trainer = self._build_trainer(s.stage1.epochs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*(num_workers|train_dataloader|log_every)")
             warnings.filterwarnings("ignore", message=r".*`validation_step` but have no")
             trainer.fit(model, train_dataloaders=loader)
         backbone.eval().to(self.device)
 
-        opts, normalize = _feature_options(cfg)
+        opts = s.features.extraction()
         feats, labels = [], []
-        for images, y in self.dm.loader(labelled, batch_size=cfg.active.batch_size):
+        for images, y in self.dm.loader(labelled, batch_size=s.active.batch_size):
             with torch.no_grad():
                 raw = extract(
                     backbone,
                     images.to(self.device),
                     head=backbone.head,
-                    normalize=normalize,
                     **opts,
                 )
             feats.append(raw.cpu())
             labels.append(y)
         x, y = torch.cat(feats), torch.cat(labels)
-        L.seed_everything(derive_seed(cfg.run.seed, tag, "head"), workers=True, verbose=False)
+        L.seed_everything(derive_seed(s.seed, tag, "head"), workers=True, verbose=False)
         head = build_head(
             "introspective", backbone, x.shape[1], self.dm.num_classes,
-            head=head_recipe(cfg), features=feature_options(cfg),
+            head=s.head, features=s.features,
         )  # fmt: skip
         assert isinstance(head, IntrospectiveClassifier)
         head.fit_standardizer(x)
-        head_loader = DataLoader(
-            TensorDataset(x, y), batch_size=cfg.stage2.head.batch_size, shuffle=True
-        )
-        trainer = build_trainer(
-            cfg,
-            self.run_dir,
-            max_epochs=cfg.stage2.head.epochs,
-            enable_progress_bar=False,
-            **quiet,
-        )
+        head_loader = DataLoader(TensorDataset(x, y), batch_size=s.head.batch_size, shuffle=True)
+        trainer = self._build_trainer(s.head.epochs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|num_workers)")
             warnings.filterwarnings("ignore", message=r".*(train_dataloader|log_every)")
@@ -177,7 +205,7 @@ class RunLearner:
         backbone.load_state_dict(state["backbone"])
         head = build_head(
             "introspective", backbone, int(state["in_dim"]), self.dm.num_classes,
-            head=head_recipe(self.cfg), features=feature_options(self.cfg),
+            head=self.settings.head, features=self.settings.features,
         )  # fmt: skip
         assert isinstance(head, IntrospectiveClassifier)
         head.load_head_state(state["head"])
@@ -192,7 +220,7 @@ class RunLearner:
         n = len(images)  # type: ignore[arg-type]
         block = shard_indices(n, global_rank(), world_size())
         parts: list[dict[str, torch.Tensor]] = []
-        size = self.cfg.active.batch_size
+        size = self.settings.active.batch_size
         loader = self.dm.loader(Subset(images, block), batch_size=size)
         for start, batch in zip(range(block.start, block.stop, size), loader, strict=True):
             batch = batch.to(self.device)
@@ -221,7 +249,7 @@ class RunLearner:
             outs = self._sharded(models, _TensorImages(images), mc=False, key=split)
             for head, prefix in (("feedforward", "ff"), ("introspective", "int")):
                 probs = outs[f"{prefix}_logits"].double().softmax(-1)
-                ece = ExpectedCalibrationError(self.cfg.eval.n_bins)
+                ece = ExpectedCalibrationError(self.settings.n_bins)
                 ece.update(probs, self.test_labels)
                 acc = (probs.argmax(-1) == self.test_labels).double().mean()
                 out[head][split] = {"acc": float(acc), "ece": float(ece.compute())}
@@ -302,9 +330,9 @@ def _stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images), torch.cat(labels)
 
 
-def check_active(cfg: DictConfig, pool_size: int) -> Schedule:
-    """The schedule of ``cfg.active``; ``ActiveError`` naming the fix when it cannot run."""
-    a = cfg.active
+def check_active(settings: ActiveSettings, pool_size: int) -> Schedule:
+    """The schedule of ``settings.active``; ``ActiveError`` naming the fix when it cannot run."""
+    a = settings.active
     if not a.strategies:
         raise ActiveError("active.strategies is empty; name at least one acquisition function")
     if not a.sources and any(s != "random" for s in a.strategies):
@@ -316,7 +344,7 @@ def check_active(cfg: DictConfig, pool_size: int) -> Schedule:
             f"the schedule labels {need} images (active.initial + active.per_round x "
             f"active.rounds) but the pool (the train split) holds {pool_size}; lower one of them"
         )
-    if cfg.stage2.features.per_class or cfg.stage2.augment != "none":
+    if settings.features.per_class or settings.stage2_augment != "none":
         raise ActiveError(
             "active runs train the introspective head on the labelled images' plain features; "
             "set stage2.augment=none and stage2.features.per_class=false"
@@ -341,17 +369,18 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     check_run_dir(cfg)
-    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    if stage1_recipe(cfg).contrastive:
+    settings = ActiveSettings.from_config(cfg)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    if settings.recipe.contrastive:
         raise ActiveError(
-            f"stage1.recipe={cfg.stage1.recipe} (SimCLR pre-training) is not available in active "
-            "learning; pick another stage1.recipe"
+            f"stage1.recipe={settings.stage1.recipe} (SimCLR pre-training) is not available in "
+            "active learning; pick another stage1.recipe"
         )
     dm = build_data(cfg)
-    a = cfg.active
-    train = _subset(dm.split("train"), a.pool_size, seed=cfg.data.split_seed, name="pool")
-    test = _subset(dm.split("test"), a.test_size, seed=cfg.data.split_seed, name="test")
-    schedule = check_active(cfg, len(train))  # type: ignore[arg-type]
+    a, split_seed = settings.active, settings.split_seed
+    train = _subset(dm.split("train"), a.pool_size, seed=split_seed, name="pool")
+    test = _subset(dm.split("test"), a.test_size, seed=split_seed, name="test")
+    schedule = check_active(settings, len(train))  # type: ignore[arg-type]
     build_backbone(cfg, dm.num_classes, dm.image_shape)  # class counts checked before any work
     launch(cfg)
     device = resolve_device(cfg)
@@ -361,31 +390,26 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     lightning_log.setLevel(logging.WARNING)
     try:
         with run_job(cfg, started=started) as job, job.stage("active"):
-            learner = RunLearner(cfg, dm, job.run_dir, device, test)
-            store = RoundStore(
-                job.run_dir / "active_rounds", learner, resume=bool(cfg.run.resume), write=job.write
-            )
-            initial = initial_indices(
-                len(train),  # type: ignore[arg-type]
-                a.initial,
-                seed=derive_seed(cfg.run.seed, "initial"),
-            )
-            curves = run_curves(
-                learner,
-                LabelPool(train, initial),
-                schedule,
-                list(a.strategies),
-                list(a.sources),
-                seed=cfg.run.seed,
-                on_round=RoundLog(job.loggers, verbose=job.write),
-                progress=store,
-            )
+
+            def trainer(epochs: int) -> L.Trainer:
+                return build_trainer(
+                    cfg,
+                    job.run_dir,
+                    max_epochs=epochs,
+                    enable_progress_bar=False,
+                    enable_checkpointing=False,
+                    num_sanity_val_steps=0,
+                )
+
+            backbone = partial(build_backbone, cfg, dm.num_classes, dm.image_shape)
+            learner = RunLearner(settings, dm, device, test, backbone=backbone, trainer=trainer)
+            curves, initial, store = _run_curves(settings, learner, train, schedule, job)
             header = results_header(
                 cfg.run.name,
                 plain_config(cfg),
                 device=device,
                 world_size=world_size(),
-                seed=cfg.run.seed,
+                seed=settings.seed,
                 started=started,
                 pool_size=len(train),  # type: ignore[arg-type]
                 initial=initial,
@@ -398,6 +422,33 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     finally:
         lightning_log.setLevel(level)
     return results
+
+
+def _run_curves(
+    settings: ActiveSettings, learner: RunLearner, train: Dataset, schedule: Schedule, job: Job
+) -> tuple[list[dict[str, Any]], list[int], RoundStore]:
+    """Every learning curve of the run (continued from ``active_rounds`` on ``run.resume``),
+    the round-0 labelled indices and the store that recorded the rounds."""
+    a = settings.active
+    store = RoundStore(
+        job.run_dir / "active_rounds", learner, resume=settings.resume, write=job.write
+    )
+    initial = initial_indices(
+        len(train),  # type: ignore[arg-type]
+        a.initial,
+        seed=derive_seed(settings.seed, "initial"),
+    )
+    curves = run_curves(
+        learner,
+        LabelPool(train, initial),
+        schedule,
+        list(a.strategies),
+        list(a.sources),
+        seed=settings.seed,
+        on_round=RoundLog(job.loggers, verbose=job.write),
+        progress=store,
+    )
+    return curves, initial, store
 
 
 class RoundLog:

@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from introspect.explain.network import (
     tsne_figure,
 )
 from introspect.explain.uncertainty import VoiceEvaluation, evaluate_voice, voice
-from introspect.jobs.job import plain_config, with_stage1_checkpoint
+from introspect.jobs.quality import QualitySettings
 from introspect.runs.integrity import seal
 from introspect.sanity import sanity_section
 
@@ -98,17 +98,81 @@ def write_record(path: Path, obj: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _backbone(cfg: DictConfig, dm: Any, device: torch.device) -> torch.nn.Module:
-    """The finished run's stage-1 network (``cfg`` from ``with_stage1_checkpoint``), in eval
-    mode on ``device``."""
-    from introspect.stages.stage1 import build_backbone
+@dataclass(frozen=True)
+class CorruptionSource:
+    """How corruption cells of the test split are generated (the run's ``eval`` settings)."""
 
-    return build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
+    seed: int = 0
+    chunk_size: int = 256
+    cache_dir: str | None = None
 
 
-def eval_dataset(cfg: DictConfig, dm: Any, split: str, cell: str | None, n: int) -> Dataset:
+@dataclass(frozen=True)
+class Network:
+    """A finished run's stage-1 network in eval mode on the run's device, the run's
+    configuration as plain values naming that network's checkpoint (what records keep) and
+    its loggers (built on demand)."""
+
+    backbone: torch.nn.Module
+    config: dict[str, Any]
+    loggers: Callable[[], list[Any]]
+
+
+@dataclass(frozen=True)
+class ExplainedRun:
+    """A finished classification run opened for explanation: its data module, device and the
+    ``run``, ``eval``, ``trainer`` and ``logger`` values the explanation jobs read;
+    ``network()`` loads its stage-1 network (``PipelineError`` when the run has none)."""
+
+    dm: Any
+    device: torch.device
+    network: Callable[[], Network]
+    name: str
+    seed: int
+    corruptions: CorruptionSource
+    progress: bool
+    wandb: bool
+
+
+def open_run(cfg: DictConfig, run_dir: Path) -> ExplainedRun | QualitySettings:
+    """The finished run in ``run_dir`` whose configuration is ``cfg``, opened for the
+    explanation jobs; a quality run (``task: quality``) gives its ``QualitySettings``."""
+    if cfg.task == "quality":
+        return QualitySettings.from_config(cfg)
+    from introspect.jobs import job
+    from introspect.runs.trainer import resolve_device
+    from introspect.stages.stage1 import build_backbone, build_data
+
+    device = resolve_device(cfg)
+    dm = build_data(cfg)
+
+    def network() -> Network:
+        with_checkpoint = job.with_stage1_checkpoint(cfg, run_dir)
+        backbone = build_backbone(with_checkpoint, dm.num_classes, dm.image_shape)
+        return Network(
+            backbone.eval().to(device),
+            job.plain_config(with_checkpoint),
+            lambda: job.job_loggers(with_checkpoint, run_dir),
+        )
+
+    e = cfg.eval
+    return ExplainedRun(
+        dm=dm,
+        device=device,
+        network=network,
+        name=cfg.run.name,
+        seed=int(cfg.run.seed),
+        corruptions=CorruptionSource(e.seed, e.chunk_size, e.cache_dir),
+        progress=bool(cfg.trainer.enable_progress_bar),
+        wandb=bool(cfg.logger.wandb),
+    )
+
+
+def eval_dataset(
+    dm: Any, split: str, cell: str | None, n: int, corruptions: CorruptionSource
+) -> Dataset:
     """The first ``n`` images of ``split``, or of the corruption ``cell`` (``name/severity``)
-    generated from the test split with the run's ``eval`` settings."""
+    generated from the test split as ``corruptions`` says."""
     from introspect.data.shifted import CorruptedDataset, check_cells
 
     dataset = dm.split(split)
@@ -119,9 +183,9 @@ def eval_dataset(cfg: DictConfig, dm: Any, split: str, cell: str | None, n: int)
             dm.split("test"),
             name,
             int(severity),
-            seed=cfg.eval.seed,
-            chunk_size=cfg.eval.chunk_size,
-            cache_dir=cfg.eval.cache_dir,
+            seed=corruptions.seed,
+            chunk_size=corruptions.chunk_size,
+            cache_dir=corruptions.cache_dir,
         )
     if len(dataset) == 0:
         raise ExplanationError(f"the {cell or split} split has no images")
@@ -140,26 +204,23 @@ def _voice_examples(evaluation: VoiceEvaluation) -> list[int]:
 
 
 def explain_eval(
-    cfg: DictConfig, run_dir: Path, out_dir: Path, options: EvalOptions
+    run: ExplainedRun, run_dir: Path, out_dir: Path, options: EvalOptions
 ) -> dict[str, Any]:
     """Measure every method's deletion and insertion AUC and seconds per image, and the VOICE
     scores of correct and incorrect predictions, on the first ``options.n`` images; write
     ``explain.md``, ``voice.png`` and (last, atomically) ``results.json`` to ``out_dir``."""
     from introspect.runs.provenance import results_header
-    from introspect.runs.trainer import resolve_device
-    from introspect.stages.stage1 import build_data
 
     started = time.perf_counter()
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
-    dataset = eval_dataset(cfg, dm, options.split, options.cell, options.n)
-    cfg = with_stage1_checkpoint(cfg, run_dir)
-    backbone = _backbone(cfg, dm, device)
+    device, dm = run.device, run.dm
+    dataset = eval_dataset(dm, options.split, options.cell, options.n, run.corruptions)
+    network = run.network()
+    backbone = network.backbone
     batches = _batches(dm, dataset, options.batch_size)
     where = options.cell or options.split
     available = MAP_METHODS | REFERENCES
     methods = {name: available[name] for name in options.methods}
-    show = cfg.trainer.enable_progress_bar
+    show = run.progress
     table: dict[str, dict[str, float]] = {}
     if methods:
         table = evaluate_faithfulness(
@@ -174,7 +235,7 @@ def explain_eval(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [
-        f"# Explanations of run {cfg.run.name}",
+        f"# Explanations of run {run.name}",
         f"{len(dataset)} images of {where}; layer {options.layer or '(each method default)'}; "
         f"{options.steps} deletion/insertion steps (deletion to each image's mean colour, "
         "insertion from the blurred image; probability of the predicted class).",
@@ -196,7 +257,7 @@ def explain_eval(
     (out_dir / "explain.md").write_text(markdown)
     print(markdown)
     header = results_header(
-        cfg.run.name, plain_config(cfg), device=device, started=started, evaluation_of=str(run_dir)
+        run.name, network.config, device=device, started=started, evaluation_of=str(run_dir)
     )
     results = {
         "run": header,
@@ -281,21 +342,14 @@ class NetworkOptions:
     batch_size: int = 128
 
 
-def explain_network(
-    cfg: DictConfig, run_dir: Path, out_dir: Path, options: NetworkOptions
-) -> list[Path]:
+def explain_network(run: ExplainedRun, out_dir: Path, options: NetworkOptions) -> list[Path]:
     """Draw the run's first-layer filters, the activations of ``options.layer`` for the first
     image, the top patches of ``options.channels``, nearest neighbours of the first
     ``options.queries`` images and a t-SNE of the first ``options.n`` images of the split, into
     ``out_dir``; return the figures' paths."""
-    from introspect.runs.trainer import resolve_device
-    from introspect.stages.stage1 import build_data
-
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
-    dataset = eval_dataset(cfg, dm, options.split, None, options.n)
-    cfg = with_stage1_checkpoint(cfg, run_dir)
-    backbone = _backbone(cfg, dm, device)
+    device, dm = run.device, run.dm
+    dataset = eval_dataset(dm, options.split, None, options.n, run.corruptions)
+    backbone = run.network().backbone
     batches = _batches(dm, dataset, options.batch_size)
     names = dm.class_names
     first = batches[0][0][:1].to(device)
@@ -324,6 +378,6 @@ def explain_network(
             neighbour_titles=[[names[int(label[j])] for j in row] for row in index.tolist()],
         )
     )
-    embedding = tsne_embedding(feats.features, seed=int(cfg.run.seed))
+    embedding = tsne_embedding(feats.features, seed=run.seed)
     paths.append(tsne_figure(embedding, label, names, out_dir / "tsne.png"))
     return paths

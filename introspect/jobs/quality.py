@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from introspect.backbones import load_backbone
 from introspect.config import ConfigError
+from introspect.config.schema import BackboneConfig, QualityConfig
 from introspect.gradients.normalize import Standardizer, normalize_features
 from introspect.jobs.job import plain_config, run_job
+from introspect.jobs.settings import feature_options
 from introspect.metrics.quality import krcc, outlier_ratio, plcc, rmse, srcc
 from introspect.quality import (
     FULL_REFERENCE,
@@ -34,6 +36,7 @@ from introspect.quality.introspection import (
 from introspect.quality.model import QualityModel, QualityTraining, train_quality_model
 from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import results_header
+from introspect.stages.options import FeatureOptions
 
 METRICS = ("or", "rmse", "plcc", "srcc", "krcc")
 TITLES = {
@@ -47,9 +50,48 @@ HEADS = {"feedforward": "FF", "introspective": "INT", "control": "CTL"}
 CHECKPOINT = "checkpoints/quality.pt"
 
 
-def check_quality_config(cfg: DictConfig) -> None:
+@dataclass(frozen=True)
+class QualitySettings:
+    """What the quality job reads from a validated configuration: the ``quality`` and
+    ``backbone`` sections, the introspective features, the regressors' recipe
+    (``stage2.head``), the splits they are fitted on, and the seeds."""
+
+    quality: QualityConfig
+    backbone: BackboneConfig
+    features: FeatureOptions
+    regressor: RegressorRecipe
+    fit_splits: tuple[str, ...]
+    control: bool
+    seed: int
+    split_seed: int
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> QualitySettings:
+        """The settings of ``cfg`` (a validated configuration)."""
+        h = cfg.stage2.head
+        return cls(
+            quality=OmegaConf.to_object(cfg.quality),  # type: ignore[arg-type]
+            backbone=OmegaConf.to_object(cfg.backbone),  # type: ignore[arg-type]
+            features=feature_options(cfg),
+            regressor=RegressorRecipe(
+                tuple(h.hidden),
+                h.dropout,
+                h.activation,
+                h.epochs,
+                h.batch_size,
+                h.optim.lr,
+                h.optim.weight_decay,
+            ),
+            fit_splits=tuple(cfg.stage2.splits),
+            control=bool(cfg.stage2.control),
+            seed=cfg.run.seed,
+            split_seed=cfg.data.split_seed,
+        )
+
+
+def check_quality_settings(settings: QualitySettings) -> None:
     """``ConfigError`` for settings of the quality task that cannot work (before any work)."""
-    q = cfg.quality
+    q = settings.quality
     if q.database != "proxy" and q.path is None:
         raise ConfigError(
             f"quality.database={q.database} reads a released database: set quality.path to it"
@@ -71,13 +113,13 @@ def check_quality_config(cfg: DictConfig) -> None:
             )
     if not q.contrasts:
         raise ConfigError("quality.contrasts is empty; give the contrast levels q' (fractions)")
-    if cfg.backbone.checkpoint is not None:
+    if settings.backbone.checkpoint is not None:
         raise ConfigError("the quality task trains its model; set backbone.checkpoint=null")
 
 
-def build_quality_set(cfg: DictConfig) -> QualitySet:
+def build_quality_set(settings: QualitySettings) -> QualitySet:
     """The configured quality set."""
-    q = cfg.quality
+    q = settings.quality
     return load_quality_set(
         q.database,
         q.path,
@@ -87,14 +129,22 @@ def build_quality_set(cfg: DictConfig) -> QualitySet:
         image_size=q.image_size,
         label=q.label,
         cache_dir=q.cache_dir,
-        seed=cfg.data.split_seed,
+        seed=settings.split_seed,
     )
 
 
-def build_quality_model(cfg: DictConfig) -> QualityModel:
-    """A fresh quality model: the backbone ``cfg.backbone`` with a one-score head."""
-    b = cfg.backbone
-    patch = cfg.quality.train.patch_size
+def quality_splits(settings: QualitySettings, dataset: QualitySet) -> dict[str, np.ndarray]:
+    """The train, val and test image indices of ``dataset``, split by reference content."""
+    q = settings.quality
+    return split_by_reference(
+        dataset.reference_index, q.val_fraction, q.test_fraction, settings.split_seed
+    )
+
+
+def build_quality_model(settings: QualitySettings) -> QualityModel:
+    """A fresh quality model: the backbone ``settings.backbone`` with a one-score head."""
+    b = settings.backbone
+    patch = settings.quality.train.patch_size
     backbone = load_backbone(
         b.name,
         num_classes=1,
@@ -105,19 +155,6 @@ def build_quality_model(cfg: DictConfig) -> QualityModel:
         kwargs=dict(b.kwargs),
     )
     return QualityModel(backbone)
-
-
-def _recipe(cfg: DictConfig) -> RegressorRecipe:
-    h = cfg.stage2.head
-    return RegressorRecipe(
-        hidden=tuple(h.hidden),
-        dropout=h.dropout,
-        activation=h.activation,
-        epochs=h.epochs,
-        batch_size=h.batch_size,
-        lr=h.optim.lr,
-        weight_decay=h.optim.weight_decay,
-    )
 
 
 def _agreement(
@@ -197,37 +234,35 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
     """Run the quality job end to end and return its results (also ``results.json``,
     ``table.md`` and ``scatter.png`` in the run directory)."""
     start = time.perf_counter()
-    check_quality_config(cfg)
-    torch.manual_seed(cfg.run.seed)
-    np.random.seed(cfg.run.seed)
-    q = cfg.quality
-    dataset = build_quality_set(cfg)
-    splits = split_by_reference(
-        dataset.reference_index, q.val_fraction, q.test_fraction, cfg.data.split_seed
-    )
-    model = build_quality_model(cfg)
+    settings = QualitySettings.from_config(cfg)
+    check_quality_settings(settings)
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    dataset = build_quality_set(settings)
+    splits = quality_splits(settings, dataset)
+    model = build_quality_model(settings)
     with run_job(cfg, started=start, loggers=False) as job:
         timings: dict[str, float] = {"data": time.perf_counter() - start}
         with job.stage("stage1"):
-            t = q.train
+            t = settings.quality.train
             recipe = QualityTraining(
                 t.epochs, t.batch_size, t.patch_size, t.patches, t.lr, t.weight_decay
             )
             losses = train_quality_model(
-                model, dataset, splits["train"].tolist(), recipe, seed=cfg.run.seed, device=CPU
+                model, dataset, splits["train"].tolist(), recipe, seed=settings.seed, device=CPU
             )
         timings["stage1"] = job.stage_seconds["stage1"]
         with job.stage("stage2"):
-            fitted = _fit_heads(cfg, model, dataset, splits)
+            fitted = _fit_heads(settings, model, dataset, splits)
             _save_checkpoint(job.run_dir / CHECKPOINT, model, fitted)
         timings["stage2"] = job.stage_seconds["stage2"]
         with job.stage("evaluation"):
-            results = _evaluate(cfg, dataset, splits, fitted, job.run_dir, timings)
+            results = _evaluate(settings.quality, dataset, splits, fitted, job.run_dir, timings)
             results["stage1_losses"] = losses
             results["run"] = results_header(
                 cfg.run.name,
                 plain_config(cfg),
-                seed=cfg.run.seed,
+                seed=settings.seed,
                 started=start,
                 timings=timings,
             )
@@ -257,11 +292,14 @@ class FittedHeads:
 
 
 def _fit_heads(
-    cfg: DictConfig, model: QualityModel, dataset: QualitySet, splits: dict[str, np.ndarray]
+    settings: QualitySettings,
+    model: QualityModel,
+    dataset: QualitySet,
+    splits: dict[str, np.ndarray],
 ) -> FittedHeads:
     """Features of every split, then the introspective (and control) regressors fitted on
-    ``stage2.splits``."""
-    q, f = cfg.quality, cfg.stage2.features
+    ``settings.fit_splits``."""
+    q, f = settings.quality, settings.features
     levels = contrast_levels(q.contrasts, dataset.scores[splits["train"]])
     feats = {
         name: quality_features(
@@ -275,18 +313,18 @@ def _fit_heads(
         )
         for name, idx in splits.items()
     }
-    fit_on = list(cfg.stage2.splits)
+    fit_on = list(settings.fit_splits)
     standardizer = None
     if f.normalize == "standardize":
         standardizer = Standardizer().fit(torch.cat([feats[s].introspective for s in fit_on]))
     fitted = FittedHeads(levels, feats, {}, f.normalize, standardizer)
     y_fit = torch.as_tensor(np.concatenate([dataset.scores[splits[s]] for s in fit_on]))
-    recipe = _recipe(cfg)
+    recipe = settings.regressor
     x_int = torch.cat([fitted.introspective(s) for s in fit_on]).double()
-    fitted.heads["introspective"] = fit_regressor(x_int, y_fit, recipe, seed=cfg.run.seed)
-    if cfg.stage2.control:
+    fitted.heads["introspective"] = fit_regressor(x_int, y_fit, recipe, seed=settings.seed)
+    if settings.control:
         x_ctl = torch.cat([feats[s].penultimate for s in fit_on]).double()
-        fitted.heads["control"] = fit_regressor(x_ctl, y_fit, recipe, seed=cfg.run.seed)
+        fitted.heads["control"] = fit_regressor(x_ctl, y_fit, recipe, seed=settings.seed)
     return fitted
 
 
@@ -299,7 +337,7 @@ def _save_checkpoint(path: Path, model: QualityModel, fitted: FittedHeads) -> No
 
 
 def _evaluate(
-    cfg: DictConfig,
+    q: QualityConfig,
     dataset: QualitySet,
     splits: dict[str, np.ndarray],
     fitted: FittedHeads,
@@ -308,7 +346,6 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Agreement of FF, INT and CTL and of the full-reference baselines with the test split's
     scores, and the scatter plot; per-baseline seconds go to ``timings``."""
-    q = cfg.quality
     clock = time.perf_counter()
     test = splits["test"]
     target = dataset.scores[test]
@@ -378,18 +415,15 @@ def _data_summary(
 
 
 def load_quality_run(
-    cfg: DictConfig, run_dir: Path
+    settings: QualitySettings, run_dir: Path
 ) -> tuple[QualityModel, QualitySet, dict[str, np.ndarray], np.ndarray]:
     """A finished quality run's model (eval mode), data, splits and contrast levels."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"{path} is missing; was the quality run finished?")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_quality_model(cfg)
+    model = build_quality_model(settings)
     model.load_state_dict(state["model"])
-    dataset = build_quality_set(cfg)
-    q = cfg.quality
-    splits = split_by_reference(
-        dataset.reference_index, q.val_fraction, q.test_fraction, cfg.data.split_seed
-    )
+    dataset = build_quality_set(settings)
+    splits = quality_splits(settings, dataset)
     return model.eval(), dataset, splits, state["contrasts"].numpy()
