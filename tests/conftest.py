@@ -1,8 +1,12 @@
-"""Shared fixtures: the optional real-data folder ``../shared/data`` and small helpers."""
+"""Shared fixtures: the optional real-data folder ``../shared/data``, processes that run in
+sessions of their own, and small helpers."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,59 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _children_in_their_own_session():
+    """Every process a test starts runs in a session (and process group) of its own, unless
+    the test says otherwise: nothing it or its children do to their group (a signal to the
+    group, a stopped member of an orphaned group, which earns the group SIGHUP) reaches the
+    test runner."""
+    original = subprocess.Popen.__init__
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("process_group") is None:
+            kwargs.setdefault("start_new_session", True)
+        original(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = __init__
+    yield
+    subprocess.Popen.__init__ = original
+
+
+def run_isolated(
+    args: Sequence[str], *, timeout: float, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` in a session of its own, capturing its output as text, like
+    ``subprocess.run``; if it runs past ``timeout`` seconds or the test is stopped, kill its
+    whole process group (the command and every process it started) before raising."""
+    with subprocess.Popen(
+        list(args),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            kill_group(proc.pid)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process of process group ``pgid`` (one a test started in its own session);
+    nothing when the group is gone."""
+    assert pgid != os.getpgrp(), "refusing to signal the test runner's own process group"
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One intra-op thread for a module of tiny models: a second thread only adds
@@ -42,7 +99,6 @@ def run_two_process_script(tmp_path: Path, script: str) -> dict:
     zero writes a JSON dict to OUT) and return that dict."""
     import json
     import socket
-    import subprocess
     import sys
 
     path = tmp_path / "ddp.py"
@@ -52,9 +108,8 @@ def run_two_process_script(tmp_path: Path, script: str) -> dict:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(path), str(port), str(out)], check=True, env=env, timeout=120
-    )
+    proc = run_isolated([sys.executable, str(path), str(port), str(out)], env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 

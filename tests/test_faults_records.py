@@ -17,6 +17,7 @@ import pytest
 
 from introspect.config import load_config
 from introspect.runs.status import update_status
+from tests.conftest import run_isolated
 from tests.test_pipeline import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,9 +80,7 @@ def _env() -> dict[str, str]:
 
 
 def _python(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
-    )
+    return run_isolated([sys.executable, *args], cwd=REPO, env=_env(), timeout=600)
 
 
 def _inject(tmp: Path, where: str, *args: str) -> subprocess.CompletedProcess[str]:

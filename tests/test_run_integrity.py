@@ -19,6 +19,7 @@ from introspect.config import ConfigError, load_config, load_run_config, save_co
 from introspect.config.schema import RANGES, Config
 from introspect.report.differences import read_predictions
 from introspect.runs.rundir import check_run_dir, evaluation_tag
+from tests.conftest import run_isolated
 from tests.test_pipeline import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,14 +70,7 @@ def _env() -> dict[str, str]:
 
 
 def _python(args: list[str], *, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_isolated([sys.executable, *args], cwd=REPO, env=_env(), timeout=timeout)
 
 
 def _train(*args: str) -> subprocess.CompletedProcess[str]:
