@@ -82,6 +82,32 @@ def kill_group(pgid: int) -> None:
         pass
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of one finished tiny run (``tests.test_pipeline.TINY``, the default
+    seed) made by ``python train.py`` in a process of its own with one thread, shared by every
+    module: tests only read it; a test that changes a run (or writes an evaluation into it)
+    copies it first with ``shutil.copytree``."""
+    import sys
+
+    from tests.test_pipeline import TINY
+
+    tmp = tmp_path_factory.mktemp("finished")
+    run_dir = tmp / "run"
+    args = [*TINY, f"run.dir={run_dir}", f"stage2.cache_dir={tmp / 'cache'}"]
+    proc = run_isolated(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=one_thread_env(), timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def one_thread_env() -> dict[str, str]:
+    """The environment of a test's ``train.py`` process: this checkout first, W&B offline, one
+    thread (runs compared bit for bit must share it)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One intra-op thread for a module of tiny models: a second thread only adds
