@@ -14,6 +14,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's ``--dist loadgroup``, the tests that run two processes of one
+    job (DDP) share one worker: no two of them compete for the cores (their collectives wait
+    at most ``trainer.timeout_s``), and ``test_ddp.py``'s two-process run is made once."""
+    for item in items:
+        in_ddp = item.path.name == "test_ddp.py" and item.get_closest_marker("slow")
+        if in_ddp or "two_process" in item.name:
+            item.add_marker(pytest.mark.xdist_group("two-processes"))
+
+
 def shared_data_dir() -> Path:
     """The real-data folder: ``$INTROSPECT_SHARED_DATA`` or ``../shared/data`` beside the repo."""
     env = os.environ.get("INTROSPECT_SHARED_DATA")
