@@ -52,9 +52,16 @@ def _children_in_their_own_session():
             kwargs.setdefault("start_new_session", True)
         original(self, *args, **kwargs)
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM (``timeout``, a CI runner) stops the tests like Ctrl-C: ``run_isolated`` then
+    # kills the process group of the command it waits for, which the signal no longer reaches.
+    sigterm = signal.signal(signal.SIGTERM, interrupt)
     subprocess.Popen.__init__ = __init__
     yield
     subprocess.Popen.__init__ = original
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 def run_isolated(
@@ -144,7 +151,8 @@ def run_two_process_script(tmp_path: Path, script: str) -> dict:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = run_isolated([sys.executable, str(path), str(port), str(out)], env=env, timeout=120)
+    # A bound on a hang, not on speed: a loaded machine starts the two processes slowly.
+    proc = run_isolated([sys.executable, str(path), str(port), str(out)], env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
