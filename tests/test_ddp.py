@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from introspect.runs import distributed
 from introspect.runs.csvlog import read_long_csv
 from introspect.runs.distributed import launch, trainer_strategy, world_size
 from introspect.stages.stage1 import build_data
+from tests.conftest import run_isolated
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,8 +39,8 @@ DDP_TINY = [
     "data=synthetic",
     "data.num_samples=505",
     "data.image_size=8",
-    "stage1.epochs=2",
-    "stage2.head.epochs=2",
+    "stage1.epochs=1",
+    "stage2.head.epochs=1",
     "stage2.head.hidden=[32,16]",
     "stage2.extract_batch_size=32",
     "stage2.shard_batches=2",
@@ -93,20 +93,24 @@ def test_launch_refuses_what_cannot_run_the_pipeline(overrides: list[str], messa
     assert world_size() == 1
 
 
+def test_launch_refuses_a_command_it_cannot_run_again(monkeypatch) -> None:
+    """What a worker of a parallel test runner (``python -c``) looks like: no script."""
+    import __main__
+
+    monkeypatch.setattr(__main__, "__spec__", None, raising=False)
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    with pytest.raises(ConfigError, match="here no script .*python train.py trainer=ddp_cpu"):
+        launch(load_config(["trainer=ddp_cpu"]))
+    assert world_size() == 1 and distributed._LAUNCHER_PID not in os.environ
+
+
 def test_launch_of_one_process_starts_nothing() -> None:
     launch(load_config(["trainer=cpu"]))
     assert world_size() == 1 and "LOCAL_RANK" not in os.environ
 
 
 def _train(args: list[str], *, script: Path = REPO / "train.py", env=None, check: bool = True):
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_isolated([sys.executable, str(script), *args], cwd=REPO, env=env, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -365,12 +369,26 @@ def event(name):
         log.write(json.dumps(line) + "\\n")
 
 
+def logged(names):
+    with open(os.environ["FAULT_LOG"]) as log:
+        return [e for e in map(json.loads, log) if e["event"] in names]
+
+
 def inject(owner, name, stage):
     original = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
-        for target, action in FAULTS.get(stage, []):
+        faults = FAULTS.get(stage, [])
+        for target, action in faults:
             if target == rank():
+                # A rank that stops waits until each "busy" rank of this stage is stuck where
+                # the test puts it: the order of the faults is the test's, not a race.
+                busy = {{r for r, a in faults if a == "busy" and r != target}}
+                deadline = time.monotonic() + 600
+                while busy and time.monotonic() < deadline:
+                    if busy <= {{e["rank"] for e in logged(("busy",))}}:
+                        break
+                    time.sleep(0.1)
                 event(action)
                 if action == "busy":
                     time.sleep(3600)
@@ -431,14 +449,8 @@ def _run_with_faults(tmp_path: Path, faults: dict, timeout_s: int):
     try:
         # Today's 30-minute default would hang here: a bounded wait fails the test instead
         # (generous: a loaded machine runs the two processes slowly, not in a race with it).
-        proc = subprocess.run(
-            [sys.executable, str(script), *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s + 600,
-        )
+        proc = run_isolated([sys.executable, str(script), *args], cwd=REPO, env=env,
+                            timeout=timeout_s + 600)  # fmt: skip
     finally:
         lines = log.read_text().splitlines() if log.exists() else []
         events = [json.loads(line) for line in lines]

@@ -53,13 +53,9 @@ ATTACKER = {
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory, single_thread) -> Path:
-    """One finished tiny run (train.py in this process)."""
-    tmp = tmp_path_factory.mktemp("faults-config")
-    run_dir = tmp / "run"
-    rc = train.main([*TINY, f"run.dir={run_dir}", f"stage2.cache_dir={tmp / 'cache'}"])
-    assert rc == 0
-    return run_dir
+def finished(finished_run: Path) -> Path:
+    """One finished tiny run, shared: the tests change copies of it only."""
+    return finished_run
 
 
 def _copy(run_dir: Path, tmp_path: Path, name: str = "copy") -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import shutil
 import subprocess
 import sys
 import typing
@@ -19,6 +19,7 @@ from introspect.config import ConfigError, load_config, load_run_config, save_co
 from introspect.config.schema import RANGES, Config
 from introspect.report.differences import read_predictions
 from introspect.runs.rundir import check_run_dir, evaluation_tag
+from tests.conftest import one_thread_env, run_isolated
 from tests.test_pipeline import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,18 +66,11 @@ sys.exit(train.main(argv))
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return one_thread_env()
 
 
 def _python(args: list[str], *, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_isolated([sys.executable, *args], cwd=REPO, env=_env(), timeout=timeout)
 
 
 def _train(*args: str) -> subprocess.CompletedProcess[str]:
@@ -92,12 +86,10 @@ def _results(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted tiny run (through train.py)."""
-    tmp = tmp_path_factory.mktemp("integrity")
-    proc = _train(*_run_args(tmp, "reference"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "reference"
+def reference(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted tiny run (through train.py): this module's copy of the shared one
+    (its tests write re-evaluations into it)."""
+    return Path(shutil.copytree(finished_run, tmp_path_factory.mktemp("integrity") / "reference"))
 
 
 # --- 1. a run directory is data -------------------------------------------------------------
@@ -402,7 +394,6 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(
 def test_resume_refuses_a_changed_config_a_complete_run_and_an_empty_directory(
     reference: Path, tmp_path: Path
 ) -> None:
-    import shutil
 
     from introspect.runs.status import update_status
 
@@ -430,7 +421,6 @@ def test_resume_refuses_a_changed_config_a_complete_run_and_an_empty_directory(
 def test_a_run_made_before_a_schema_addition_resumes_while_it_stays_at_its_default(
     reference: Path, tmp_path: Path
 ) -> None:
-    import shutil
 
     import yaml
 

@@ -238,8 +238,9 @@ class _Watch:
         if kind is None:
             return False
         if kind == "connection" and self.children:
-            # Its connection closes as a process dies, just before it can be waited for.
-            deadline = time.monotonic() + 1.0
+            # Its connection closes as a process dies, just before it can be waited for (the
+            # wait ends as soon as it is; the bound only covers a connection lost otherwise).
+            deadline = time.monotonic() + 10.0
             while self.failure is None and time.monotonic() < deadline:
                 time.sleep(0.05)
         if self.failure is not None:
@@ -291,12 +292,16 @@ def trainer_strategy(cfg: DictConfig) -> str | TrainerDDPStrategy:
     return TrainerDDPStrategy(timeout=timeout, **options)
 
 
-def _launch_command() -> str:
-    """The module or script that Lightning re-runs to start the other processes."""
+def _launch_command() -> str | None:
+    """The module or script that Lightning re-runs to start the other processes; None when
+    there is none to re-run (``python -c``, an interactive session, a test runner's worker)."""
     import __main__
 
     spec = getattr(__main__, "__spec__", None)
-    return spec.name if spec is not None else Path(sys.argv[0]).name
+    if spec is not None:
+        return spec.name
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    return script.name if script is not None and script.is_file() else None
 
 
 def launch(cfg: DictConfig) -> None:
@@ -334,10 +339,12 @@ def launch(cfg: DictConfig) -> None:
             "return nothing of them)"
         )
     command = _launch_command()
-    if command.split(".")[0] in ("pytest", "_pytest", "py"):
+    if command is None or command.split(".")[0] in ("pytest", "_pytest", "py"):
+        here = "no script" if command is None else repr(command)
         raise ConfigError(
-            f"a multi-process run re-runs the command that started it, here {command!r} (the "
-            "test runner); start it as a subprocess, e.g. python train.py trainer=ddp_cpu"
+            f"a multi-process run re-runs the command that started it, here {here} (a test "
+            "runner, python -c or an interactive session); start it as a subprocess, e.g. "
+            "python train.py trainer=ddp_cpu"
         )
     _watch.start(cfg, strategy, local)
     fabric.launch()
