@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
         f"total {elapsed:.0f} s.",
         "",
     ]
-    text = "\n".join(header) + table.markdown()
+    text = "\n".join(header) + "\n" + table.markdown()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(text)
