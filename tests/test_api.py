@@ -23,6 +23,7 @@ LOWER = (
     "quality",
     "metrics",
     "data",
+    "corruptions",
     "backbones",
     "attacks",
     "config",

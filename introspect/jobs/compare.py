@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from introspect.config.loader import leaf_paths
-from introspect.data.cells import is_cell
+from introspect.corruptions.cells import is_cell
 from introspect.metrics.layout import fit_legend, fit_suptitle, fit_text
 from introspect.metrics.paired import PairedDifference
 from introspect.report.compare_active import compare_active

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect.data.cells import is_cell
+from introspect.corruptions.cells import is_cell
 from introspect.metrics.paired import PairedDifference, paired_mean_difference
 
 PREDICTIONS = "predictions.npz"
