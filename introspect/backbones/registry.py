@@ -102,52 +102,6 @@ def _check_options(name: str, checkpoint: object, *, cifar_stem: bool, pretraine
     return is_torchvision
 
 
-_Defaults = tuple[Sequence[float], Sequence[float], tuple[int, int, int]]
-
-
-def _build_network(
-    name: str,
-    is_torchvision: bool,
-    *,
-    num_classes: int | None,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    head: str | None,
-    cifar_stem: bool,
-    pretrained: bool,
-    input_size: tuple[int, int, int] | None,
-    kwargs: dict[str, Any],
-) -> tuple[nn.Module, _Defaults, str | None]:
-    """The network ``name`` builds, its default ``(mean, std, input_size)`` and head path."""
-    if name in _REGISTRY:
-        spec = _REGISTRY[name]
-        net = _call_factory(spec.factory, name, num_classes, kwargs)
-        defaults: _Defaults = (
-            getattr(net, "input_mean", spec.mean),  # a network may carry its own (protopnet)
-            getattr(net, "input_std", spec.std),
-            getattr(net, "input_size", spec.input_size),
-        )
-        return net, defaults, head if head is not None else spec.head
-    if is_torchvision:
-        size = input_size or ((3, 32, 32) if cifar_stem else (3, 224, 224))
-        net = build_torchvision(
-            name,
-            num_classes=num_classes,
-            cifar_stem=cifar_stem,
-            pretrained=pretrained,
-            input_size=size,
-            kwargs=kwargs,
-        )
-        return net, (IMAGENET_MEAN, IMAGENET_STD, size), head
-    if mean is None or std is None:
-        raise BackboneError(
-            f"backbone {name!r} is a user model: give its input normalization as mean and std "
-            "(backbone.mean / backbone.std, one value per channel for images in [0, 1])"
-        )
-    net = _call_factory(_import_callable(name), name, num_classes, kwargs)
-    return net, (mean, std, (3, 32, 32)), head
-
-
 def load_backbone(
     name: str,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -174,18 +128,36 @@ def load_backbone(
     is_torchvision = _check_options(name, checkpoint, cifar_stem=cifar_stem, pretrained=pretrained)
     if input_size is not None:
         input_size = check_input_size(input_size)
-    net, defaults, head = _build_network(
-        name,
-        is_torchvision,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
-        head=head,
-        cifar_stem=cifar_stem,
-        pretrained=pretrained,
-        input_size=input_size,
-        kwargs=dict(kwargs or {}),
-    )
+    kwargs = dict(kwargs or {})
+    if name in _REGISTRY:
+        spec = _REGISTRY[name]
+        net = _call_factory(spec.factory, name, num_classes, kwargs)
+        defaults: tuple[Sequence[float], Sequence[float], tuple[int, int, int]] = (
+            getattr(net, "input_mean", spec.mean),  # a network may carry its own (protopnet)
+            getattr(net, "input_std", spec.std),
+            getattr(net, "input_size", spec.input_size),
+        )
+        head = head if head is not None else spec.head
+    elif is_torchvision:
+        size = input_size or ((3, 32, 32) if cifar_stem else (3, 224, 224))
+        net = build_torchvision(
+            name,
+            num_classes=num_classes,
+            cifar_stem=cifar_stem,
+            pretrained=pretrained,
+            input_size=size,
+            kwargs=kwargs,
+        )
+        defaults = (IMAGENET_MEAN, IMAGENET_STD, size)
+    else:
+        if mean is None or std is None:
+            raise BackboneError(
+                f"backbone {name!r} is a user model: give its input normalization as mean and std "
+                "(backbone.mean / backbone.std, one value per channel for images in [0, 1])"
+            )
+        net = _call_factory(_import_callable(name), name, num_classes, kwargs)
+        defaults = (mean, std, (3, 32, 32))
+
     backbone = Backbone(
         net,
         mean if mean is not None else defaults[0],
