@@ -11,11 +11,11 @@ from typing import Any
 
 from introspect.report.compare_active import compare_active
 from introspect.report.comparison import (
-    Group,
     comparison_dir,
     group_intervals,
     group_runs,
     group_table,
+    log_comparison,
     markdown,
     severity_curves,
     write_outputs,
@@ -103,7 +103,7 @@ def compare(
     if severity_curves(out / "severity_curves.png", groups) is not None:
         images.append(out / "severity_curves.png")
     if wandb:
-        _log_wandb(out, runs, groups, tables, images, target or WandbTarget())
+        log_comparison(out, runs, groups, tables, images, target or WandbTarget())
     return {
         "out_dir": out,
         "skipped": skipped,
@@ -142,40 +142,3 @@ def complete_runs(
     if not complete:
         raise CompareError(f"none of the runs is complete (skipped: {', '.join(skipped)})")
     return complete, skipped
-
-
-
-def _log_wandb(
-    out: Path,
-    runs: Sequence[FinishedRun],
-    groups: Sequence[Group],
-    tables: Sequence[dict[str, tuple[float, float]]],
-    images: Sequence[Path],
-    target: WandbTarget,
-) -> None:
-    """One W&B run of job type ``compare``, logged to ``target``."""
-    import wandb
-
-    keys: list[str] = []
-    for t in tables:
-        keys += [k for k in t if k not in keys]
-    run = wandb.init(
-        job_type="compare",
-        dir=str(out),
-        config={"runs": [str(r.path) for r in runs]},
-        **target.init_args(),
-    )
-    try:
-        columns = ["run", "n_seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
-        data = [
-            [g.label, len(g.runs)] + [t[k][i] if k in t else None for k in keys for i in (0, 1)]
-            for g, t in zip(groups, tables, strict=True)
-        ]
-        run.log(
-            {
-                "compare/table": wandb.Table(columns=columns, data=data),
-                **{f"compare/{p.stem}": wandb.Image(str(p)) for p in images},
-            }
-        )
-    finally:
-        run.finish()

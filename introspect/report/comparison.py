@@ -31,6 +31,7 @@ from introspect.report.differences import (
 )
 from introspect.report.experiments import (
     CompareError,
+    WandbTarget,
     describe,
     differing_keys,
     experiment_key,
@@ -462,3 +463,39 @@ def write_outputs(
     write_csv(out / "comparison.csv", groups, tables, intervals)
     scatter(out / "accuracy_vs_ece.png", groups, tables)
     return text
+
+
+def log_comparison(
+    out: Path,
+    runs: Sequence[FinishedRun],
+    groups: Sequence[Group],
+    tables: Sequence[dict[str, tuple[float, float]]],
+    images: Sequence[Path],
+    target: WandbTarget,
+) -> None:
+    """One W&B run of job type ``compare``, logged to ``target``."""
+    import wandb
+
+    keys: list[str] = []
+    for t in tables:
+        keys += [k for k in t if k not in keys]
+    run = wandb.init(
+        job_type="compare",
+        dir=str(out),
+        config={"runs": [str(r.path) for r in runs]},
+        **target.init_args(),
+    )
+    try:
+        columns = ["run", "n_seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
+        data = [
+            [g.label, len(g.runs)] + [t[k][i] if k in t else None for k in keys for i in (0, 1)]
+            for g, t in zip(groups, tables, strict=True)
+        ]
+        run.log(
+            {
+                "compare/table": wandb.Table(columns=columns, data=data),
+                **{f"compare/{p.stem}": wandb.Image(str(p)) for p in images},
+            }
+        )
+    finally:
+        run.finish()
