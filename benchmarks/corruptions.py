@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from introspect.data.corruptions import NAMES, corrupt
+from introspect.corruptions import NAMES, corrupt
 from introspect.data.shifted import CorruptedDataset
 
 SHARED = Path(os.environ.get("INTROSPECT_SHARED_DATA", Path(__file__).parents[2] / "shared/data"))

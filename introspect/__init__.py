@@ -56,9 +56,9 @@ _EXPORTS = {
 
 _SUBPACKAGES = frozenset(
     {
-        "active", "attacks", "backbones", "cli", "config", "data", "detect", "explain",
-        "gradients", "jobs", "metrics", "models", "quality", "report", "runs", "scores",
-        "stages", "uncertainty",
+        "active", "attacks", "backbones", "cli", "config", "corruptions", "data", "detect",
+        "explain", "gradients", "jobs", "metrics", "models", "quality", "report", "runs",
+        "scores", "stages", "uncertainty",
     }
 )  # fmt: skip
 

@@ -24,6 +24,7 @@ LOWER = (
     "quality",
     "metrics",
     "data",
+    "corruptions",
     "backbones",
     "attacks",
     "config",

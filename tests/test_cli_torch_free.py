@@ -79,7 +79,7 @@ def test_compare_of_finished_runs_without_torch(tmp_path: Path) -> None:
 
 def test_corruption_names_match_the_registry() -> None:
     from introspect.config.schema import CORRUPTIONS
-    from introspect.data.corruptions import ALL_NAMES
+    from introspect.corruptions.transforms import ALL_NAMES
 
     assert CORRUPTIONS == ALL_NAMES
 

@@ -136,7 +136,8 @@ def _assert_readable(fig, *, suptitle: tuple[str, ...]) -> None:
 
 
 def test_figures_name_runs_and_split_in_percent(runs, tmp_path: Path) -> None:
-    from introspect.jobs.compare import group_runs, group_table, load_run, scatter, severity_curves
+    from introspect.jobs.compare import load_run
+    from introspect.report.comparison import group_runs, group_table, scatter, severity_curves
 
     groups = group_runs([load_run(p) for p in [*runs["a"], *runs["b"]]])
     tables = [group_table(g) for g in groups]
@@ -336,7 +337,8 @@ def test_severity_curves_fit_any_number_of_severities_and_runs(
 ) -> None:
     """Title, panel titles and the legend are drawn inside the figure; each head has its own
     x position at every severity (one severity does not stack every head on one point)."""
-    from introspect.jobs.compare import group_runs, load_run, severity_curves
+    from introspect.jobs.compare import load_run
+    from introspect.report.comparison import group_runs, severity_curves
     from introspect.stages.evaluation import HEADS as ALL_HEADS
     from tests.conftest import assert_drawn_inside
 

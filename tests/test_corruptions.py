@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from introspect.data.corruptions import ALL_NAMES, CURE_NAMES, EXTRA_NAMES, NAMES, corrupt
+from introspect.corruptions.transforms import ALL_NAMES, CURE_NAMES, EXTRA_NAMES, NAMES, corrupt
 
 SEVERITIES = (1, 2, 3, 4, 5)
 

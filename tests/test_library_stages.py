@@ -189,3 +189,26 @@ def test_the_cli_stage_two_and_fit_heads_train_the_same_weights(parts, tmp_path:
     for kind, head in again.heads.items():
         for key, value in head.head_state().items():
             assert torch.equal(value, library.heads[kind].head_state()[key]), key
+
+
+def test_fit_heads_on_a_raw_torchvision_model_matches_autograd() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    images, labels = torch.rand(32, 3, 32, 32), torch.arange(32) % 10
+    loader = DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=16)
+    # Reference: per image, autograd of CE(logits, all-ones label) w.r.t. fc.weight, L2-scaled.
+    rows = []
+    for x in images[:6]:
+        loss = -F.log_softmax(model(x[None]), dim=-1).sum()
+        (grad,) = torch.autograd.grad(loss, model.fc.weight)
+        rows.append(grad.flatten())
+    reference = torch.stack(rows)
+    reference = reference / reference.norm(dim=1, keepdim=True)
+    recipe = HeadRecipe(hidden=(16,), epochs=1, batch_size=16)
+    for layer in (None, "fc"):
+        fitted = fit_heads(copy.deepcopy(model), loader, head=recipe, layer=layer)
+        assert fitted.backbone.head_path == "net.fc"
+        intro = fitted.heads["introspective"]
+        torch.testing.assert_close(intro.features(images[:6]), reference, rtol=1e-4, atol=1e-6)
+        assert set(fitted.temperatures) == set()  # no val loader: nothing calibrated

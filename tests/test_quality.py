@@ -222,7 +222,7 @@ def test_random_patches_are_crops_of_their_image() -> None:
 def test_proxy_set_is_labelled_by_the_metric_and_cached(tmp_path: Path) -> None:
     import piq
 
-    from introspect.data.corruptions import corrupt
+    from introspect.corruptions.transforms import corrupt
 
     kwargs = {"size": 32, "label": "psnr", "seed": 5, "cache_dir": tmp_path}
     data = build_proxy_set(["camera", "coins"], ["gaussian_noise"], [1, 4], **kwargs)

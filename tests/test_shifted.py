@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import introspect.data.corruptions as corruptions_mod
+import introspect.corruptions.transforms as corruptions_mod
 from introspect.config import ConfigError, load_config
+from introspect.corruptions.cells import is_cell
+from introspect.corruptions.transforms import corrupt
 from introspect.data import DataError
-from introspect.data.cells import is_cell
-from introspect.data.corruptions import corrupt
 from introspect.data.shifted import (
     CorruptedDataset,
     cell_seed,

@@ -7,7 +7,7 @@ from introspect.backbones.checkpoint import (
 )
 from introspect.backbones.head import HeadNotFoundError
 from introspect.backbones.registry import available_backbones, load_backbone, register_backbone
-from introspect.backbones.wrapper import Backbone, BackboneError, Normalize
+from introspect.backbones.wrapper import Backbone, BackboneError, Normalize, as_backbone
 
 __all__ = [
     "Backbone",
@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "HeadNotFoundError",
     "Normalize",
+    "as_backbone",
     "available_backbones",
     "load_backbone",
     "load_into_backbone",

@@ -83,6 +83,25 @@ def available_backbones() -> list[str]:
     return sorted(set(_REGISTRY) | set(torchvision_names()))
 
 
+def _check_options(name: str, checkpoint: object, *, cifar_stem: bool, pretrained: bool) -> bool:
+    """``BackboneError`` for an unknown ``name`` or options that do not apply to it; whether
+    ``name`` is a torchvision model."""
+    is_torchvision = name not in _REGISTRY and ":" not in name and name in torchvision_names()
+    if name not in _REGISTRY and ":" not in name and not is_torchvision:
+        raise BackboneError(_unknown_name_message(name))
+    if not is_torchvision and (cifar_stem or pretrained):
+        raise BackboneError(
+            f"cifar_stem and pretrained apply to torchvision models only, not {name!r}; set them "
+            "to false (and give trained weights as a checkpoint)"
+        )
+    if pretrained and checkpoint is not None:
+        raise BackboneError(
+            "pretrained=True and a checkpoint were both given, and the checkpoint would "
+            "overwrite the pretrained weights; use one of them"
+        )
+    return is_torchvision
+
+
 def load_backbone(
     name: str,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -106,23 +125,10 @@ def load_backbone(
     ``cifar_stem`` and ``pretrained`` apply to torchvision models only. Raises
     ``BackboneError`` (or its subclass ``CheckpointError``) with the fix for bad input.
     """
-    kwargs = dict(kwargs or {})
-    is_torchvision = name not in _REGISTRY and ":" not in name and name in torchvision_names()
-    if name not in _REGISTRY and ":" not in name and not is_torchvision:
-        raise BackboneError(_unknown_name_message(name))
-    if not is_torchvision and (cifar_stem or pretrained):
-        raise BackboneError(
-            f"cifar_stem and pretrained apply to torchvision models only, not {name!r}; set them "
-            "to false (and give trained weights as a checkpoint)"
-        )
-    if pretrained and checkpoint is not None:
-        raise BackboneError(
-            "pretrained=True and a checkpoint were both given, and the checkpoint would "
-            "overwrite the pretrained weights; use one of them"
-        )
+    is_torchvision = _check_options(name, checkpoint, cifar_stem=cifar_stem, pretrained=pretrained)
     if input_size is not None:
         input_size = check_input_size(input_size)
-
+    kwargs = dict(kwargs or {})
     if name in _REGISTRY:
         spec = _REGISTRY[name]
         net = _call_factory(spec.factory, name, num_classes, kwargs)

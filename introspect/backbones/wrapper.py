@@ -108,6 +108,31 @@ class Backbone(nn.Module):
         return f"name={self.name!r}, head_path={self.head_path!r}, input_size={self.input_size}"
 
 
+def as_backbone(
+    model: nn.Module, *, layer: str | None = None, input_size: Sequence[int] = (3, 32, 32)
+) -> Backbone:
+    """``model`` as a ``Backbone``: itself if it is one, else the trained classifier ``model``
+    taking images as they come (no normalization), with its head at the attribute path
+    ``layer`` (e.g. ``"fc"``) or, when ``None``, the last ``nn.Linear`` it executes on zeros
+    of shape ``input_size``."""
+    if isinstance(model, Backbone):
+        if layer is not None and model.head is not model.net.get_submodule(layer):
+            raise BackboneError(
+                f"layer {layer!r} is not the head {model.head_path!r} of this Backbone; drop "
+                "layer or build the Backbone with head=layer"
+            )
+        return model
+    channels = check_input_size(input_size)[0]
+    return Backbone(
+        model,
+        [0.0] * channels,
+        [1.0] * channels,
+        name=type(model).__name__,
+        head=layer,
+        input_size=tuple(input_size),
+    )
+
+
 def check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
     """``input_size`` as a ``(C, H, W)`` tuple of positive ints, or a ``BackboneError``."""
     message = f"input_size must be (channels, height, width) of positive ints, got {input_size!r}"

@@ -326,22 +326,22 @@ def _delete(cfg: DictConfig, schema: DictConfig, key: str, value: str | None) ->
     del parent[leaf]
 
 
-def _compose(args: Sequence[str], config_dir: Path | str | None) -> DictConfig:
-    config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
-    root_file = config_dir / "config.yaml"
-    if not root_file.is_file():
-        raise ConfigError(
-            f"no root config at {root_file}; set INTROSPECT_CONFIG_DIR to the configs/"
-        )
-    choices, root_body = _split_defaults(_read_yaml(root_file), str(root_file), config_dir)
+@dataclasses.dataclass
+class _CommandLine:
+    """The command-line overrides sorted by what they change."""
 
     experiment: str | None = None
-    group_args: dict[str, str] = {}
-    dropped: set[str] = set()
-    added_groups: dict[str, str] = {}
-    dotlist: list[str] = []
-    added: list[str] = []
-    deletions: list[Override] = []
+    group_args: dict[str, str] = dataclasses.field(default_factory=dict)  # group=option
+    added_groups: dict[str, str] = dataclasses.field(default_factory=dict)  # +group=option
+    dropped: set[str] = dataclasses.field(default_factory=set)  # ~group
+    dotlist: list[str] = dataclasses.field(default_factory=list)  # key=value, +key, ++key
+    added: list[str] = dataclasses.field(default_factory=list)  # +key: must be new
+    deletions: list[Override] = dataclasses.field(default_factory=list)  # ~key[=value]
+
+
+def _parse_command_line(args: Sequence[str]) -> _CommandLine:
+    """``args`` parsed into experiment, config-group choices, value overrides and deletions."""
+    cli = _CommandLine()
     for arg in args:
         try:
             override = parse_override(arg)
@@ -350,42 +350,53 @@ def _compose(args: Sequence[str], config_dir: Path | str | None) -> DictConfig:
         key, value = override.key, override.value
         if override.kind == "delete":
             if key in GROUPS and value is None:
-                dropped.add(key)
+                cli.dropped.add(key)
             elif key == "experiment" and value is None:
-                experiment = None
+                cli.experiment = None
             else:
-                deletions.append(override)
+                cli.deletions.append(override)
         elif key == "experiment":
-            experiment = value
+            cli.experiment = value
         elif key in GROUPS:
-            (added_groups if override.kind == "add" else group_args)[key] = str(value)
+            (cli.added_groups if override.kind == "add" else cli.group_args)[key] = str(value)
         else:
-            dotlist.append(override.dotlist())
+            cli.dotlist.append(override.dotlist())
             if override.kind == "add":
-                added.append(key)
+                cli.added.append(key)
+    return cli
 
-    layers: list[tuple[str, DictConfig]] = []
+
+def _layers(config_dir: Path, cli: _CommandLine) -> list[tuple[str, DictConfig]]:
+    """The ``(source, config)`` layers to merge in order: the chosen option of every config
+    group, the root config, the experiment, the command line."""
+    root_file = config_dir / "config.yaml"
+    if not root_file.is_file():
+        raise ConfigError(
+            f"no root config at {root_file}; set INTROSPECT_CONFIG_DIR to the configs/"
+        )
+    choices, root_body = _split_defaults(_read_yaml(root_file), str(root_file), config_dir)
     exp_body: DictConfig | None = None
-    if experiment:
-        path = config_dir / "experiment" / f"{experiment}.yaml"
+    if cli.experiment:
+        path = config_dir / "experiment" / f"{cli.experiment}.yaml"
         if not path.is_file():
             raise ConfigError(
-                f"unknown experiment {experiment!r}. "
-                f"{_suggest(experiment, _options(config_dir, 'experiment'))}"
+                f"unknown experiment {cli.experiment!r}. "
+                f"{_suggest(cli.experiment, _options(config_dir, 'experiment'))}"
             )
         exp_defaults, exp_body = _split_defaults(_read_yaml(path), str(path), config_dir)
         choices.update(exp_defaults)
-    for group, option in added_groups.items():
+    for group, option in cli.added_groups.items():
         if choices.get(group) is not None:
             raise ConfigError(
                 f"+{group}={option}: {group} already has the option {choices[group]!r}; choose "
                 f"another with {group}={option} (no +)"
             )
-    choices.update(added_groups)
-    choices.update(group_args)
-    for group in dropped:
+    choices.update(cli.added_groups)
+    choices.update(cli.group_args)
+    for group in cli.dropped:
         choices.pop(group, None)
 
+    layers: list[tuple[str, DictConfig]] = []
     for group in GROUPS:
         option = choices.get(group)
         if option is None:
@@ -397,19 +408,24 @@ def _compose(args: Sequence[str], config_dir: Path | str | None) -> DictConfig:
         layers.append((str(path), OmegaConf.create({group: _read_yaml(path)})))
     layers.append((str(root_file), root_body))
     if exp_body is not None:
-        layers.append((f"experiment {experiment!r}", exp_body))
+        layers.append((f"experiment {cli.experiment!r}", exp_body))
     try:
-        cli = OmegaConf.from_dotlist(dotlist)
+        overrides = OmegaConf.from_dotlist(cli.dotlist)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse command-line overrides {dotlist}: {err}") from None
-    layers.append(("command line", named_ood_sets(cli, config_dir)))
+        raise ConfigError(f"cannot parse command-line overrides {cli.dotlist}: {err}") from None
+    layers.append(("command line", named_ood_sets(overrides, config_dir)))
+    return layers
 
+
+def _compose(args: Sequence[str], config_dir: Path | str | None) -> DictConfig:
+    config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
+    cli = _parse_command_line(args)
     schema = OmegaConf.structured(Config)
     cfg = schema
     required: set[str] = set()
-    for source, layer in layers:
+    for source, layer in _layers(config_dir, cli):
         if source == "command line":
-            for key in added:
+            for key in cli.added:
                 if OmegaConf.select(cfg, key, default=None) is not None:
                     raise ConfigError(
                         f"+{key}: {key} already has a value; override it with {key}=VALUE (no "
@@ -423,8 +439,8 @@ def _compose(args: Sequence[str], config_dir: Path | str | None) -> DictConfig:
                 required.add(path)
             else:
                 required.discard(path)
-    cfg.experiment = experiment
-    for deletion in deletions:
+    cfg.experiment = cli.experiment
+    for deletion in cli.deletions:
         _delete(cfg, schema, deletion.key, deletion.value)
         required.discard(deletion.key)
 

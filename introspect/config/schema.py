@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 # Names of the corruptions ``eval.corruptions`` may list (the CIFAR-10-C benchmark, its held-out
 # four, the CURE-TSR additions): checked here so that a typo fails before torch is imported;
-# tests/test_cli_torch_free.py checks them against ``introspect.data.corruptions.ALL_NAMES``.
+# tests/test_cli_torch_free.py checks them against ``introspect.corruptions.transforms.ALL_NAMES``.
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
     "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",

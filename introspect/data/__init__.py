@@ -1,7 +1,7 @@
 """Image data: sources, deterministic splits, the Lightning datamodule and augmentations.
 
 The names below are imported on first use, so that importing one torch-free submodule
-(e.g. ``introspect.data.cells``) does not import torch."""
+(e.g. ``introspect.data.errors``) does not import torch."""
 
 from __future__ import annotations
 

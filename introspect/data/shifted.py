@@ -58,7 +58,7 @@ class CorruptedDataset(Dataset[tuple[Tensor, Tensor]]):
         device: torch.device | str = "cpu",
         keep_chunks: int = 2,
     ) -> None:
-        from introspect.data.corruptions import ALL_NAMES
+        from introspect.corruptions.transforms import ALL_NAMES
 
         if name not in ALL_NAMES:
             raise DataError(f"unknown corruption {name!r}; valid: {', '.join(ALL_NAMES)}")
@@ -113,7 +113,7 @@ class CorruptedDataset(Dataset[tuple[Tensor, Tensor]]):
         return images, labels
 
     def _compute(self, k: int, clean: Tensor) -> Tensor:
-        from introspect.data.corruptions import corrupt
+        from introspect.corruptions.transforms import corrupt
 
         seed = cell_seed(self.name, self.severity, self.seed) + k
         return corrupt(clean.to(self.device), self.name, self.severity, seed=seed).cpu()
@@ -178,7 +178,7 @@ def check_cells(corruptions: Sequence[str], severities: Sequence[int]) -> None:
     1..5 and corruptions that cannot run here (e.g. frost without its photographs) fail before
     any training starts.
     """
-    from introspect.data.corruptions import ALL_NAMES, corrupt
+    from introspect.corruptions.transforms import ALL_NAMES, corrupt
 
     for field, values in (("eval.corruptions", corruptions), ("eval.severities", severities)):
         duplicates = sorted({str(v) for v in values if list(values).count(v) > 1})

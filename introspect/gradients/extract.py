@@ -183,6 +183,20 @@ def extract_features(
         include_bias=include_bias,
         head=head,
     )
+    return _head_features(g, h, logits, include_bias, normalize, standardizer, materialize)
+
+
+def _head_features(
+    g: torch.Tensor,
+    h: torch.Tensor,
+    logits: torch.Tensor,
+    include_bias: bool,
+    normalize: str,
+    standardizer: Standardizer | None,
+    materialize: bool,
+) -> IntrospectiveFeatures:
+    """The features of the head's output gradients ``g`` and input ``h``: rank-one factors
+    where the head sees one input row per image, the (normalized) rows when ``materialize``."""
     rank_one = h.ndim == 2 and g.ndim == 3
     if not rank_one and not materialize:
         raise ValueError(

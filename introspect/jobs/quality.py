@@ -102,7 +102,7 @@ def check_quality_settings(settings: QualitySettings) -> None:
             "drop it from quality.baselines or pick another quality.label"
         )
     if q.database == "proxy":
-        from introspect.data.corruptions import ALL_NAMES
+        from introspect.corruptions.transforms import ALL_NAMES
 
         unknown = [d for d in q.distortions if d not in ALL_NAMES]
         if unknown or not q.distortions or not q.references:

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from introspect.attacks import ATTACKS
 from introspect.config import ConfigError
+from introspect.corruptions.cells import is_cell
 from introspect.data import DataError, ImageDataModule
-from introspect.data.cells import is_cell
 from introspect.data.module import SPLITS
 from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed

@@ -264,6 +264,76 @@ def save_checkpoint(backbone: Backbone, path: Path, **info: Any) -> None:
     tmp.replace(path)
 
 
+class _Steps:
+    """The loggers of one ProtoPNet training and its running logging step."""
+
+    def __init__(self, loggers: Iterable[Logger], step: int = 0) -> None:
+        self.loggers = list(loggers)
+        self.step = step
+
+    def log(self, metrics: Mapping[str, float]) -> None:
+        """Log ``metrics`` at the current step, then advance it."""
+        for logger in self.loggers:
+            logger.log_metrics(dict(metrics), step=self.step)
+        self.step += 1
+
+    def epoch(self, phase: str, epoch: int, row: Mapping[str, float]) -> None:
+        """Log one epoch's ``row`` of ``phase``."""
+        metrics = {f"protopnet/{phase}/{k}": v for k, v in row.items()}
+        self.log(metrics | {f"protopnet/{phase}/epoch": epoch})
+
+
+def _restore(backbone: Backbone, checkpoint: Mapping[str, Any]) -> int:
+    """Load a checkpoint's weights and random state; returns its logging step."""
+    backbone.load_state_dict(
+        {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items()}
+    )
+    _set_rng(checkpoint["rng"])
+    return int(checkpoint["step"])
+
+
+def _run_phase(
+    backbone: Backbone,
+    dm: Any,
+    loader: DataLoader,
+    phase: str,
+    settings: Mapping[str, Any],
+    device: torch.device,
+    steps: _Steps,
+    *,
+    partial: Path,
+    resume: bool,
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """One phase (the push on ``dm``'s train split, or a training phase on ``loader`` that
+    checkpoints each epoch to ``partial`` and, with ``resume``, continues from it): its
+    per-epoch history and extra record keys."""
+    record: dict[str, Any] = {}
+    if phase == "push":
+        push_prototypes(backbone, dm.split("train"), device=device)
+        return [], record
+    begun = _epoch_checkpoint(partial, phase) if resume else None
+    if begun is not None:
+        steps.step = _restore(backbone, begun)
+        record["resumed_at_epoch"] = len(begun["history"])
+
+    def on_epoch(state: dict[str, Any]) -> None:
+        save_checkpoint(backbone, partial, phase=phase, rng=_get_rng(), step=steps.step, **state)
+
+    epochs = settings[f"{phase}_epochs"]
+    history = train_phase(
+        backbone,
+        loader,
+        phase,
+        epochs,
+        settings,
+        device,
+        log=steps.epoch,
+        start=begun,
+        on_epoch=on_epoch,
+    )
+    return history, record
+
+
 def train_protopnet(
     backbone: Backbone,
     dm: Any,
@@ -291,85 +361,35 @@ def train_protopnet(
     backbone.to(device)
     folder = Path(run_dir) / "checkpoints"
     summary: dict[str, Any] = {}
-    step = [0]
+    steps = _Steps(loggers)
     if resume:
         finished = finished_phases(folder)
         for phase, ckpt in finished:
             summary[phase] = {**ckpt["record"], "restored": True}
         if finished:
-            last = finished[-1][1]
-            backbone.load_state_dict(
-                {k.removeprefix("backbone."): v for k, v in last["state_dict"].items()}
-            )
-            _set_rng(last["rng"])
-            step[0] = int(last["step"])
+            steps.step = _restore(backbone, finished[-1][1])
     loader = dm.train_dataloader()
     val = dm.split("val")
-    loggers = list(loggers)
-
-    def log(phase: str, epoch: int, row: Mapping[str, float]) -> None:
-        metrics = {f"protopnet/{phase}/{k}": v for k, v in row.items()}
-        metrics[f"protopnet/{phase}/epoch"] = epoch
-        for logger in loggers:
-            logger.log_metrics(metrics, step=step[0])
-        step[0] += 1
-
-    epochs = {
-        "warm": settings["warm_epochs"],
-        "joint": settings["joint_epochs"],
-        "last_layer": settings["last_layer_epochs"],
-    }
     for phase in PHASES:
         partial = folder / f"protopnet-{phase}-epoch.ckpt"
         if phase in summary:
             partial.unlink(missing_ok=True)
             continue
         start = time.perf_counter()
-        record: dict[str, Any] = {}
-        if phase == "push":
-            push_prototypes(backbone, dm.split("train"), device=device)
-            history: list[dict[str, float]] = []
-        else:
-            begun = _epoch_checkpoint(partial, phase) if resume else None
-            if begun is not None:
-                backbone.load_state_dict(
-                    {k.removeprefix("backbone."): v for k, v in begun["state_dict"].items()}
-                )
-                _set_rng(begun["rng"])
-                step[0] = int(begun["step"])
-                record["resumed_at_epoch"] = len(begun["history"])
-
-            def on_epoch(
-                state: dict[str, Any], phase: str = phase, partial: Path = partial
-            ) -> None:
-                save_checkpoint(
-                    backbone, partial, phase=phase, rng=_get_rng(), step=step[0], **state
-                )
-
-            history = train_phase(
-                backbone,
-                loader,
-                phase,
-                epochs[phase],
-                settings,
-                device,
-                log=log,
-                start=begun,
-                on_epoch=on_epoch,
-            )
+        history, record = _run_phase(
+            backbone, dm, loader, phase, settings, device, steps, partial=partial, resume=resume
+        )
         val_acc = accuracy(backbone, val, device) if len(val) else float("nan")
         seconds = time.perf_counter() - start
         summary[phase] = {"history": history, "val_acc": val_acc, "seconds": seconds, **record}
-        for logger in loggers:
-            logger.log_metrics({f"protopnet/{phase}/val_acc": val_acc}, step=step[0])
-        step[0] += 1
+        steps.log({f"protopnet/{phase}/val_acc": val_acc})
         save_checkpoint(
             backbone,
             folder / f"protopnet-{phase}.ckpt",
             phase=phase,
             record=summary[phase],
             rng=_get_rng(),
-            step=step[0],
+            step=steps.step,
         )
         partial.unlink(missing_ok=True)
     for name in ("stage1-best.ckpt", "stage1-last.ckpt"):

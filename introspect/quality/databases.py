@@ -18,7 +18,9 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,42 @@ def _groups(ref_names: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.asarray([position[n] for n in ref_names], dtype=np.int64), unique
 
 
+@dataclass
+class _Rows:
+    """A database's images as read, one list entry per distorted image."""
+
+    paths: list[Path] = field(default_factory=list)
+    ref_names: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    levels: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, path: Path, ref_name: str, kind: str, level: int, score: float) -> None:
+        """Append one distorted image."""
+        self.paths.append(path)
+        self.ref_names.append(ref_name)
+        self.kinds.append(kind)
+        self.levels.append(level)
+        self.scores.append(score)
+
+    def quality_set(
+        self, name: str, reference_of: Callable[[str], Path], **extra: Any
+    ) -> QualitySet:
+        """The ``QualitySet`` of the rows: references grouped by name, located by
+        ``reference_of``; ``extra`` are its further fields (score name, stds, ...)."""
+        index, unique = _groups(self.ref_names)
+        return QualitySet(
+            name=name,
+            scores=np.asarray(self.scores),
+            reference_index=index,
+            distortions=self.kinds,
+            levels=np.asarray(self.levels, dtype=np.int64),
+            paths=self.paths,
+            reference_paths=[reference_of(n) for n in unique],
+            **extra,
+        )
+
+
 _TID_NAME = re.compile(r"^i(\d+)_(\d+)_(\d+)\.bmp$", re.IGNORECASE)
 
 
@@ -68,7 +106,7 @@ def load_tid2013(path: str | Path | None) -> QualitySet:
             )
     distorted = _files_by_lower_name(_require(root / "distorted_images", "TID2013"))
     references = _files_by_lower_name(_require(root / "reference_images", "TID2013"))
-    paths, ref_names, kinds, levels, scores = [], [], [], [], []
+    read = _Rows()
     for row in rows:
         if len(row) != 2:
             raise QualityDataError(f"TID2013: bad line {' '.join(row)!r} in mos_with_names.txt")
@@ -79,23 +117,9 @@ def load_tid2013(path: str | Path | None) -> QualitySet:
         ref = f"i{match.group(1)}.bmp"
         if ref not in references:
             raise QualityDataError(f"TID2013: no reference image {ref.upper()} for {name}")
-        paths.append(distorted[name.lower()])
-        ref_names.append(ref)
-        kinds.append(f"tid{int(match.group(2)):02d}")
-        levels.append(int(match.group(3)))
-        scores.append(float(score))
-    index, unique = _groups(ref_names)
-    return QualitySet(
-        name="tid2013",
-        scores=np.asarray(scores),
-        reference_index=index,
-        distortions=kinds,
-        levels=np.asarray(levels, dtype=np.int64),
-        score_name="MOS",
-        stds=stds,
-        paths=paths,
-        reference_paths=[references[n] for n in unique],
-    )
+        level = int(match.group(3))
+        read.add(distorted[name.lower()], ref, f"tid{int(match.group(2)):02d}", level, float(score))
+    return read.quality_set("tid2013", references.__getitem__, score_name="MOS", stds=stds)
 
 
 def load_kadid10k(path: str | Path | None) -> QualitySet:
@@ -108,31 +132,21 @@ def load_kadid10k(path: str | Path | None) -> QualitySet:
     needed = {"dist_img", "ref_img", "dmos", "var"}
     if not rows or not needed <= set(rows[0]):
         raise QualityDataError(f"KADID-10k: {table} must have the columns {sorted(needed)}")
-    paths, ref_names, kinds, levels, scores, stds = [], [], [], [], [], []
+    read, stds = _Rows(), []
     for row in rows:
         image = images / row["dist_img"]
         if not image.is_file():
             raise QualityDataError(f"KADID-10k: {image} is missing")
         parts = Path(row["dist_img"]).stem.split("_")  # I01_01_01
-        paths.append(image)
-        ref_names.append(row["ref_img"])
-        kinds.append(f"kadid{parts[1]}" if len(parts) == 3 else "unknown")
-        levels.append(int(parts[2]) if len(parts) == 3 else 0)
-        scores.append(float(row["dmos"]))
+        kind = f"kadid{parts[1]}" if len(parts) == 3 else "unknown"
+        level = int(parts[2]) if len(parts) == 3 else 0
+        read.add(image, row["ref_img"], kind, level, float(row["dmos"]))
         stds.append(float(np.sqrt(max(float(row["var"]), 0.0))))
-    index, unique = _groups(ref_names)
-    for name in unique:
-        _require(images / name, "KADID-10k")
-    return QualitySet(
-        name="kadid10k",
-        scores=np.asarray(scores),
-        reference_index=index,
-        distortions=kinds,
-        levels=np.asarray(levels, dtype=np.int64),
+    return read.quality_set(
+        "kadid10k",
+        lambda n: _require(images / n, "KADID-10k"),
         score_name="DMOS (1-5, higher is better)",
         stds=np.asarray(stds),
-        paths=paths,
-        reference_paths=[images / n for n in unique],
     )
 
 
@@ -157,7 +171,7 @@ def load_livemd(path: str | Path | None) -> QualitySet:
     root = _folder(path, "LIVE MD")
     if (root / "To_Release").is_dir():
         root = root / "To_Release"
-    paths, ref_paths, kinds, scores = [], [], [], []
+    read = _Rows()
     for part, sub in _LIVEMD_PARTS:
         folder = _require(root / part, "LIVE MD")
         lists = loadmat(_require(folder / "Imagelists.mat", "LIVE MD"))
@@ -176,22 +190,8 @@ def load_livemd(path: str | Path | None) -> QualitySet:
             for wanted in (name.lower(), ref):
                 if wanted not in files:
                     raise QualityDataError(f"LIVE MD: {folder / sub / wanted} is missing")
-            paths.append(files[name.lower()])
-            ref_paths.append(files[ref])
-            kinds.append(sub)
-            scores.append(float(score))
-    index, unique = _groups([str(p) for p in ref_paths])
-    return QualitySet(
-        name="livemd",
-        scores=np.asarray(scores),
-        reference_index=index,
-        distortions=kinds,
-        levels=np.zeros(len(scores), dtype=np.int64),
-        score_name="DMOS",
-        higher_is_better=False,
-        paths=paths,
-        reference_paths=[Path(r) for r in unique],
-    )
+            read.add(files[name.lower()], str(files[ref]), sub, 0, float(score))
+    return read.quality_set("livemd", Path, score_name="DMOS", higher_is_better=False)
 
 
 DATABASES: dict[str, Callable[[str | Path | None], QualitySet]] = {

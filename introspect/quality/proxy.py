@@ -81,7 +81,7 @@ def build_proxy_set(
     With ``cache_dir`` the set is stored there as an ``.npz`` named by a digest of the
     arguments and reused when present.
     """
-    from introspect.data.corruptions import corrupt
+    from introspect.corruptions.transforms import corrupt
 
     if label not in FULL_REFERENCE:
         raise QualityDataError(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from introspect.report.active_report import CELL, ROWS, SPLITS, curve_plot, table_markdown
+from introspect.report.comparison import comparison_dir
 from introspect.report.experiments import (
     CompareError,
     WandbTarget,
@@ -128,13 +129,12 @@ def compare_active(
     paths: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
     *,
-    wandb: bool = False,
-    target: WandbTarget | None = None,
+    log_to: WandbTarget | None = None,
     allow_modified: bool = False,
 ) -> dict[str, Any]:
     """Pool the seeds of active runs: ``active_comparison.md``/``.json`` and one
     ``active_curves_<k>.png`` per experiment in ``out_dir`` (default: next to the runs), logged
-    to W&B when ``wandb``, to ``target`` (default: offline; never the runs' own settings). An
+    to W&B when ``log_to`` names a target (never the runs' own settings). An
     ``active.json`` that does not match its integrity digest is refused unless
     ``allow_modified``; such records are marked in the experiment's heading and a note line,
     records without a digest in a note line."""
@@ -152,12 +152,7 @@ def compare_active(
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path, res in runs:
         groups.setdefault(experiment_key(res["run"]["config"]), []).append((path, res))
-    out = (
-        Path(out_dir).expanduser().resolve()
-        if out_dir
-        else Path(os.path.commonpath([str(p.parent) for p, _ in runs])) / "comparison"
-    )
-    out.mkdir(parents=True, exist_ok=True)
+    out = comparison_dir(out_dir, [p for p, _ in runs])
     sections, summary = [], []
     for k, members in enumerate(groups.values()):
         seeds = [int(r["run"]["seed"]) for _, r in members]
@@ -192,8 +187,8 @@ def compare_active(
     text = "\n\n".join(sections + records_notes(states, "active.json")) + "\n"
     (out / "active_comparison.md").write_text(text)
     write_json_atomic(out / "active_comparison.json", summary)
-    if wandb:
-        _log_wandb(out, target or WandbTarget(), summary, text)
+    if log_to is not None:
+        _log_wandb(out, log_to, summary, text)
     return {"out_dir": out, "markdown": text, "groups": summary, "skipped": []}
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect.data.cells import is_cell
+from introspect.corruptions.cells import is_cell
 from introspect.metrics.paired import (
     PairedDifference,
     paired_ece_differences,

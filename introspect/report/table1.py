@@ -48,7 +48,7 @@ def table1_markdown(
     tables: Sequence[dict[str, tuple[float, float]]],
 ) -> str | None:
     """Markdown of the Table-1 layout for the groups (``labels``, their stage-1 ``recipes``,
-    seed counts and ``compare.group_table`` tables) trained with a Table-1 recipe, in the
+    seed counts and ``report.comparison.group_table`` tables) trained with a Table-1 recipe, in the
     seed's row order; None when no group has one. Columns: the seed's FF and INT accuracy,
     ours (FF, INT, CTL, CTL(h,p), INT−FF; ``–`` for a head a run lacks) on the mean over the
     corruption cells, their ECE, and the clean FF accuracy of the stage-1 network."""

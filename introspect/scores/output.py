@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from introspect.uncertainty.measures import check_float_tensor
+
 
 def check_logits(logits: torch.Tensor) -> None:
     """Raise ``ValueError`` unless ``logits`` is a floating-point ``(B, N)`` tensor with N >= 2."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a (batch, num_classes >= 2) tensor, got {shape}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
+    check_float_tensor(logits, "logits", "(batch, num_classes >= 2)", (0, 2))
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch.utils.data import Dataset
 
+from introspect.corruptions.cells import is_cell
 from introspect.data import ImageDataModule
-from introspect.data.cells import is_cell
 from introspect.data.samplers import ContiguousSampler
 from introspect.metrics.reliability import bins_from_sums, reliability_grid
 from introspect.models.stage2 import StageTwoClassifier

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import CatMetric, SumMetric
 
-from introspect.data.cells import is_cell
+from introspect.corruptions.cells import is_cell
 from introspect.data.seeding import derive_seed
 from introspect.metrics import classification_metrics
 from introspect.metrics.temperature import fit_temperature, temper

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
+from introspect.backbones import Backbone, as_backbone
 from introspect.config import ConfigError
 from introspect.data import DataError, ImageDataModule
 from introspect.data.augment import augment_batches, build_batch_augmentation
@@ -428,6 +429,13 @@ def _as_features(
     return loader_features(backbone, source, features=features, device=device, cache=cache, tag=tag)
 
 
+def _image_shape(train: DataLoader | Features) -> tuple[int, ...]:
+    """``(C, H, W)`` of the first training image; CIFAR's for features given."""
+    if isinstance(train, DataLoader):
+        return tuple(train.dataset[0][0].shape)
+    return (3, 32, 32)
+
+
 def fit_heads(
     backbone: torch.nn.Module,
     train: DataLoader | Features,
@@ -444,9 +452,13 @@ def fit_heads(
     gradient_clip_val: float | None = None,
     device: torch.device | str | None = None,
     calibrate: bool = True,
+    layer: str | None = None,
 ) -> FittedHeads:
     """Train the stage-2 heads ``kinds`` (of ``models.stage2.KINDS``: ``introspective``,
-    ``control`` on ``h``, ``control_hp`` on ``[h, p]``) on a frozen ``backbone``.
+    ``control`` on ``h``, ``control_hp`` on ``[h, p]``) on a frozen ``backbone``: a
+    ``Backbone`` or any trained ``nn.Module`` classifier of images, whose head is the
+    ``nn.Linear`` at the attribute path ``layer`` (e.g. ``"fc"``) or, when ``None``, the last
+    one it executes (``backbones.as_backbone``; the returned heads hold the wrapped model).
 
     ``train``/``val`` are DataLoaders of ``(images, labels)`` (features are extracted from
     them, and cached in ``cache`` under ``cache_tag`` when given) or features already
@@ -458,6 +470,8 @@ def fit_heads(
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown stage-2 head kinds {unknown}; choose among {list(KINDS)}")
+    if layer is not None or not isinstance(backbone, Backbone):
+        backbone = as_backbone(backbone, layer=layer, input_size=_image_shape(train))
     head = head or HeadRecipe()
     features = features or FeatureOptions()
     device = device or next(backbone.parameters()).device

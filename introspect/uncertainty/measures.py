@@ -12,12 +12,22 @@ from __future__ import annotations
 import torch
 
 
+def check_float_tensor(value: object, name: str, shape: str, min_sizes: tuple[int, ...]) -> None:
+    """``ValueError`` unless ``value`` is a floating-point tensor with one dimension per entry
+    of ``min_sizes``, each at least that long (``shape`` describes them in the message)."""
+    if (
+        not isinstance(value, torch.Tensor)
+        or value.ndim != len(min_sizes)
+        or any(n < least for n, least in zip(value.shape, min_sizes, strict=True))
+    ):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must have shape {shape}, got {got}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {value.dtype}")
+
+
 def _check(probs: torch.Tensor) -> None:
-    if not isinstance(probs, torch.Tensor) or probs.ndim != 3 or probs.shape[0] < 1:
-        shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
-        raise ValueError(f"probs must have shape (samples >= 1, batch, classes), got {shape}")
-    if not probs.is_floating_point():
-        raise ValueError(f"probs must be floating point, got dtype {probs.dtype}")
+    check_float_tensor(probs, "probs", "(samples >= 1, batch, classes)", (1, 0, 0))
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
