@@ -5,7 +5,7 @@ Stage 2 (introspective and control heads, ``HeadRecipe`` with ``--epochs``) trai
 5,170 lossless CIFAR-10 training images. The released network saw every training image, so the
 calibration split of the conformal sets and temperatures is the even-indexed half of the 1,017
 lossless test images (clean); evaluation is the odd-indexed half, clean and under a few
-corruption cells of ``introspect.data.corruptions`` (seed 0).
+corruption cells of ``introspect.corruptions`` (seed 0).
 One table per split from ``introspect.metrics.questions.conformal_selective_table`` for
 stage-2 seeds ``--seeds``; written with versions and hardware to ``--out``. Usage::
 
@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from introspect.backbones import load_backbone
-from introspect.data.corruptions import corrupt
+from introspect.corruptions import corrupt
 from introspect.metrics.questions import RunLogits, conformal_selective_table
 from introspect.stages.heads import fit_heads, loader_features
 from introspect.stages.options import FeatureOptions, HeadRecipe
