@@ -27,6 +27,7 @@ from introspect.active.heuristics import (
 from introspect.active.loop import area_under_curve, curve_keys
 from introspect.active.pool import LabelPool, initial_indices, shard_indices
 from introspect.config import load_config
+from introspect.jobs.settings import train_settings
 
 PROBS = torch.tensor(
     [
@@ -328,7 +329,7 @@ def test_unacquired_labels_never_change_the_run(tmp_path: Path, monkeypatch, sin
     from introspect.stages.stage1 import build_data
 
     cfg = load_config([*TINY, f"run.dir={tmp_path / 'run'}"])
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     train = dm.split("train")
     passes: list[tuple[int, int]] = []
     clean = _curves(cfg, dm, train, monkeypatch, passes)
@@ -506,7 +507,7 @@ def test_stage1_starts_from_the_previous_round_only_when_warm(
     from introspect.stages.stage1 import build_data
 
     cfg = load_config([*TINY, f"active.warm_start={warm}", f"run.dir={tmp_path / 'run'}"])
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     starts: list[dict[str, torch.Tensor]] = []
     original = active_run.FeedForwardClassifier
 

@@ -147,9 +147,10 @@ def reevaluate_main(
         return 2
 
     def job(cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None) -> Any:
+        from introspect.jobs.settings import train_settings
         from introspect.jobs.train import reevaluate
 
-        return reevaluate(cfg, run_dir, out_dir, note=note)
+        return reevaluate(train_settings(cfg), run_dir, out_dir, note=note)
 
     if not _run_job(loaded, job):
         return 2

@@ -376,7 +376,8 @@ def _explain(
     from introspect.explain.figure import explanation_figure, introspection_figure, methods_figure
     from introspect.explain.methods import MAP_METHODS
     from introspect.jobs.explain import _backbone, check_method_options
-    from introspect.jobs.job import job_loggers, with_stage1_checkpoint
+    from introspect.jobs.job import job_loggers, job_settings, with_stage1_checkpoint
+    from introspect.jobs.settings import train_settings
     from introspect.runs.trainer import resolve_device
     from introspect.stages.stage1 import build_data
 
@@ -387,8 +388,8 @@ def _explain(
     n = _count("n", options.get("n", "8"))
     index = _count("index", options.get("index", "0"), minimum=0)
     split = _split(options)
-    dm = build_data(cfg)
-    device = resolve_device(cfg)
+    dm = build_data(train_settings(cfg).stage1)
+    device = resolve_device(cfg.trainer.accelerator)
     cfg = with_stage1_checkpoint(cfg, run_dir)
     backbone = _backbone(cfg, dm, device)
     dataset = dm.split(split)
@@ -438,7 +439,7 @@ def _explain(
             backbone, images[0], dm.class_names, out, layer=layer, label=labels[0]
         )
     if cfg.logger.wandb:
-        for logger in job_loggers(cfg, run_dir):
+        for logger in job_loggers(job_settings(cfg), run_dir):
             if isinstance(logger, WandbLogger):
                 key = "explanations" if figure == "paradigms" else f"explanations/{figure}"
                 logger.log_image(key=key, images=[str(path)])

@@ -25,8 +25,8 @@ from introspect.data import ImageDataModule
 from introspect.data.images import TransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients import extract
-from introspect.jobs.job import plain_config, run_job
-from introspect.jobs.settings import feature_options, head_recipe
+from introspect.jobs.job import job_settings, run_job
+from introspect.jobs.settings import train_settings
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.models.stage2 import IntrospectiveClassifier
@@ -95,7 +95,9 @@ class RunLearner:
         """Stage 1's initial weights (the same in every round and curve for a seed)."""
 
         L.seed_everything(self.cfg.run.seed, workers=True, verbose=False)
-        return build_backbone(self.cfg, self.dm.num_classes, self.dm.image_shape)
+        return build_backbone(
+            train_settings(self.cfg).stage1, self.dm.num_classes, self.dm.image_shape
+        )
 
     def fit(self, pool: LabelPool, previous: Models | None, tag: str) -> Models:
         """Stage 1, then the introspective head, trained on the pool's labelled images."""
@@ -113,7 +115,8 @@ class RunLearner:
             num_classes=self.dm.num_classes,
             optim=dict(cfg.stage1.optim),
             label_smoothing=cfg.stage1.label_smoothing,
-            adversarial=dict(cfg.stage1.adversarial) | {"enabled": stage1_recipe(cfg).adversarial},
+            adversarial=dict(cfg.stage1.adversarial)
+            | {"enabled": stage1_recipe(train_settings(cfg).stage1).adversarial},
             jsd_weight=cfg.stage1.augmix_jsd,
         )
         labelled = pool.labelled_dataset()
@@ -123,7 +126,11 @@ class RunLearner:
         loader = self.dm.loader(train, shuffle=True, batch_size=cfg.data.batch_size)
         quiet = {"enable_checkpointing": False, "num_sanity_val_steps": 0}
         trainer = build_trainer(
-            cfg, self.run_dir, max_epochs=cfg.stage1.epochs, enable_progress_bar=False, **quiet
+            job_settings(cfg).trainer,
+            self.run_dir,
+            max_epochs=cfg.stage1.epochs,
+            enable_progress_bar=False,
+            **quiet,
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*(num_workers|train_dataloader|log_every)")
@@ -148,7 +155,7 @@ class RunLearner:
         L.seed_everything(derive_seed(cfg.run.seed, tag, "head"), workers=True, verbose=False)
         head = build_head(
             "introspective", backbone, x.shape[1], self.dm.num_classes,
-            head=head_recipe(cfg), features=feature_options(cfg),
+            head=train_settings(cfg).stage2.head, features=train_settings(cfg).stage2.features,
         )  # fmt: skip
         assert isinstance(head, IntrospectiveClassifier)
         head.fit_standardizer(x)
@@ -156,7 +163,7 @@ class RunLearner:
             TensorDataset(x, y), batch_size=cfg.stage2.head.batch_size, shuffle=True
         )
         trainer = build_trainer(
-            cfg,
+            job_settings(cfg).trainer,
             self.run_dir,
             max_epochs=cfg.stage2.head.epochs,
             enable_progress_bar=False,
@@ -177,7 +184,8 @@ class RunLearner:
         backbone.load_state_dict(state["backbone"])
         head = build_head(
             "introspective", backbone, int(state["in_dim"]), self.dm.num_classes,
-            head=head_recipe(self.cfg), features=feature_options(self.cfg),
+            head=train_settings(self.cfg).stage2.head,
+            features=train_settings(self.cfg).stage2.features,
         )  # fmt: skip
         assert isinstance(head, IntrospectiveClassifier)
         head.load_head_state(state["head"])
@@ -340,27 +348,28 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     like the two-stage job's (``jobs.job``). Only rank zero writes.
     """
     started = time.perf_counter()
-    check_run_dir(cfg)
+    settings = job_settings(cfg)
+    check_run_dir(settings.run, settings.config)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    if stage1_recipe(cfg).contrastive:
+    if stage1_recipe(train_settings(cfg).stage1).contrastive:
         raise ActiveError(
             f"stage1.recipe={cfg.stage1.recipe} (SimCLR pre-training) is not available in active "
             "learning; pick another stage1.recipe"
         )
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     a = cfg.active
     train = _subset(dm.split("train"), a.pool_size, seed=cfg.data.split_seed, name="pool")
     test = _subset(dm.split("test"), a.test_size, seed=cfg.data.split_seed, name="test")
     schedule = check_active(cfg, len(train))  # type: ignore[arg-type]
-    build_backbone(cfg, dm.num_classes, dm.image_shape)  # class counts checked before any work
-    launch(cfg)
-    device = resolve_device(cfg)
+    build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape)  # checked first
+    launch(settings.trainer, settings.run)
+    device = resolve_device(cfg.trainer.accelerator)
     # Dozens of short fits: Lightning's per-fit notices would bury the per-round lines.
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)
     try:
-        with run_job(cfg, started=started) as job, job.stage("active"):
+        with run_job(settings, started=started) as job, job.stage("active"):
             learner = RunLearner(cfg, dm, job.run_dir, device, test)
             store = RoundStore(
                 job.run_dir / "active_rounds", learner, resume=bool(cfg.run.resume), write=job.write
@@ -381,8 +390,8 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
                 progress=store,
             )
             header = results_header(
-                cfg.run.name,
-                plain_config(cfg),
+                job.settings.run.name,  # type: ignore[union-attr]
+                job.settings.config,  # type: ignore[union-attr]
                 device=device,
                 world_size=world_size(),
                 seed=cfg.run.seed,

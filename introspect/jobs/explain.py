@@ -35,7 +35,8 @@ from introspect.explain.network import (
     tsne_figure,
 )
 from introspect.explain.uncertainty import VoiceEvaluation, evaluate_voice, voice
-from introspect.jobs.job import plain_config, with_stage1_checkpoint
+from introspect.jobs.job import job_settings, with_stage1_checkpoint
+from introspect.jobs.settings import train_settings
 from introspect.runs.integrity import seal
 
 
@@ -99,7 +100,9 @@ def _backbone(cfg: DictConfig, dm: Any, device: torch.device) -> torch.nn.Module
     mode on ``device``."""
     from introspect.stages.stage1 import build_backbone
 
-    return build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
+    return (
+        build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval().to(device)
+    )
 
 
 def eval_dataset(cfg: DictConfig, dm: Any, split: str, cell: str | None, n: int) -> Dataset:
@@ -146,8 +149,8 @@ def explain_eval(
     from introspect.stages.stage1 import build_data
 
     started = time.perf_counter()
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
+    device = resolve_device(cfg.trainer.accelerator)
+    dm = build_data(train_settings(cfg).stage1)
     dataset = eval_dataset(cfg, dm, options.split, options.cell, options.n)
     cfg = with_stage1_checkpoint(cfg, run_dir)
     backbone = _backbone(cfg, dm, device)
@@ -185,7 +188,11 @@ def explain_eval(
     (out_dir / "explain.md").write_text(markdown)
     print(markdown)
     header = results_header(
-        cfg.run.name, plain_config(cfg), device=device, started=started, evaluation_of=str(run_dir)
+        cfg.run.name,
+        job_settings(cfg).config,
+        device=device,
+        started=started,
+        evaluation_of=str(run_dir),
     )
     results = {
         "run": header,
@@ -279,8 +286,8 @@ def explain_network(
     from introspect.runs.trainer import resolve_device
     from introspect.stages.stage1 import build_data
 
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
+    device = resolve_device(cfg.trainer.accelerator)
+    dm = build_data(train_settings(cfg).stage1)
     dataset = eval_dataset(cfg, dm, options.split, None, options.n)
     cfg = with_stage1_checkpoint(cfg, run_dir)
     backbone = _backbone(cfg, dm, device)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from introspect.backbones import load_backbone
 from introspect.config import ConfigError
 from introspect.gradients.normalize import Standardizer, normalize_features
-from introspect.jobs.job import plain_config, run_job
+from introspect.jobs.job import job_settings, run_job
 from introspect.metrics.quality import krcc, outlier_ratio, plcc, rmse, srcc
 from introspect.quality import (
     FULL_REFERENCE,
@@ -206,7 +206,7 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
         dataset.reference_index, q.val_fraction, q.test_fraction, cfg.data.split_seed
     )
     model = build_quality_model(cfg)
-    with run_job(cfg, started=start, loggers=False) as job:
+    with run_job(job_settings(cfg), started=start, loggers=False) as job:
         timings: dict[str, float] = {"data": time.perf_counter() - start}
         with job.stage("stage1"):
             t = q.train
@@ -226,7 +226,7 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
             results["stage1_losses"] = losses
             results["run"] = results_header(
                 cfg.run.name,
-                plain_config(cfg),
+                job.settings.config,  # type: ignore[union-attr]
                 seed=cfg.run.seed,
                 started=start,
                 timings=timings,

@@ -31,8 +31,8 @@ from introspect.data.module import SPLITS
 from introspect.data.ood import ood_source
 from introspect.data.seeding import derive_seed
 from introspect.detect import LayerMahalanobis, default_layers, layer_features
-from introspect.jobs.job import job_loggers, plain_config, with_stage1_checkpoint
-from introspect.jobs.settings import feature_options, head_recipe
+from introspect.jobs.job import job_loggers, job_settings, with_stage1_checkpoint
+from introspect.jobs.settings import train_settings
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.runs.errors import PipelineError
@@ -163,7 +163,8 @@ def ood_set(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
         raise DataError(f"{where}: {err}") from None
     if unlabeled is not None:
         return unlabeled
-    return read_source(cfg, entry, where, image_size=height)[1]
+    data = train_settings(cfg).stage1.data
+    return read_source(data, entry, where, image_size=height)[1]
 
 
 def seeded_subset(dataset: Dataset, max_samples: int | None, seed: int, name: str) -> Dataset:
@@ -426,7 +427,12 @@ def score_sets(cfg: DictConfig, dm: ImageDataModule, device: torch.device) -> Sc
     if s.noise:
         ood_sets[NOISE] = UniformNoise(len(in_dist), dm.image_shape, s.seed)
     trust_sets: dict[str, Dataset] = {}
-    splits = evaluation_splits(cfg, dm, device) if s.trust or s.corruption_detection else {}
+    t = train_settings(cfg)
+    splits = (
+        evaluation_splits(t.eval, t.stage1.data, dm, device)
+        if s.trust or s.corruption_detection
+        else {}
+    )
     # Corruption cells of the very clean images scored as in-distribution (same indices).
     keep = in_dist.indices if in_dist is not test and isinstance(in_dist, Subset) else None
     cell_sets = {
@@ -597,13 +603,14 @@ def score_run(
     started = time.perf_counter()
     check_scores_config(cfg)
     s = cfg.scores
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
+    device = resolve_device(cfg.trainer.accelerator)
+    dm = build_data(train_settings(cfg).stage1)
     sets = score_sets(cfg, dm, device)  # every data source opened before any work
     cfg = with_stage1_checkpoint(cfg, run_dir)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
+    t = train_settings(cfg)
+    backbone = build_backbone(t.stage1, dm.num_classes, dm.image_shape).eval().to(device)
     heads = load_heads(
-        backbone, run_dir, dm.num_classes, head=head_recipe(cfg), features=feature_options(cfg)
+        backbone, run_dir, dm.num_classes, head=t.stage2.head, features=t.stage2.features
     )
     intro = heads.get("introspective")
     if intro is not None:
@@ -622,12 +629,16 @@ def score_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scores.md").write_text(markdown)
     print(markdown)
-    for logger in job_loggers(cfg, out_dir):
+    for logger in job_loggers(job_settings(cfg), out_dir):
         logger.log_metrics(_flat(ood, trust, detection))
         logger.save()
         logger.finalize("success")
     header = results_header(
-        cfg.run.name, plain_config(cfg), device=device, started=started, evaluation_of=str(run_dir)
+        cfg.run.name,
+        job_settings(cfg).config,
+        device=device,
+        started=started,
+        evaluation_of=str(run_dir),
     )
     results = {"run": header, "ood": ood, "trust": trust, "detection": detection}
     # results.json last and atomically: a failed scoring run leaves none.
