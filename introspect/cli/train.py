@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, default_config_dir, load_config
 from introspect.jobs.job import job_settings
@@ -138,8 +138,6 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(argv)
         if show:
-            from omegaconf import OmegaConf
-
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
         settings = job_settings(cfg)  # the run named once, for every check and the run itself

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from introspect.config.schema import Config, LoggerConfig, TrainerConfig
+from introspect.config.schema import BackboneConfig, Config, LoggerConfig, TrainerConfig
 from introspect.runs.errors import PipelineError
 from introspect.runs.faults import disk_full, interrupted, resume_hint
 from introspect.runs.options import RunOptions
@@ -41,13 +41,6 @@ class JobSettings:
         return replace(self, run=run, config=config)
 
 
-def typed_config(cfg: DictConfig) -> Config:
-    """``cfg`` as the schema's typed record (``config.schema.Config``)."""
-    whole = OmegaConf.to_object(cfg)
-    assert isinstance(whole, Config), "a configuration composed by config.load_config"
-    return whole
-
-
 def _plain(section: Any) -> dict[str, Any]:
     out = OmegaConf.to_container(section, resolve=True)
     assert isinstance(out, dict)
@@ -57,7 +50,8 @@ def _plain(section: Any) -> dict[str, Any]:
 def job_settings(cfg: DictConfig) -> JobSettings:
     """The bookkeeping settings of the validated configuration ``cfg``; a run without a name
     is named here, once (``RunOptions.named``)."""
-    whole = typed_config(cfg)
+    whole = OmegaConf.to_object(cfg)  # the schema's typed record
+    assert isinstance(whole, Config), "a configuration composed by config.load_config"
     r = whole.run
     run = RunOptions(
         name=r.name,
@@ -179,7 +173,9 @@ def with_stage1_checkpoint(cfg: DictConfig, run_dir: Path) -> DictConfig:
     run in ``run_dir`` (``cfg`` itself is left as it is); ``PipelineError`` when it has none."""
     from introspect.stages.stage1 import stage1_checkpoint
 
-    checkpoint = stage1_checkpoint(typed_config(cfg).backbone, run_dir)
+    backbone = OmegaConf.to_object(cfg.backbone)
+    assert isinstance(backbone, BackboneConfig)
+    checkpoint = stage1_checkpoint(backbone, run_dir)
     if checkpoint is None:
         raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
     copy = OmegaConf.merge(cfg, {"backbone": {"checkpoint": checkpoint}})

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from introspect.config.schema import (
     Config,
@@ -17,7 +17,7 @@ from introspect.config.schema import (
     Stage2Config,
     TrainerConfig,
 )
-from introspect.jobs.job import JobSettings, job_settings, typed_config
+from introspect.jobs.job import JobSettings, job_settings
 from introspect.runs.options import RunOptions
 from introspect.runs.rundir import config_digest
 from introspect.runs.trainer import resolve_device
@@ -93,7 +93,8 @@ class TrainSettings:
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
     """Everything the training job of the validated configuration ``cfg`` takes."""
-    whole = typed_config(cfg)
+    whole = OmegaConf.to_object(cfg)  # the schema's typed record
+    assert isinstance(whole, Config), "a configuration composed by config.load_config"
     job = job_settings(cfg)
     device = str(resolve_device(whole.trainer.accelerator))
     mc = whole.eval.mc_dropout
