@@ -271,39 +271,10 @@ def stage1(
     if is_protopnet(backbone):
         protopnet_stage1(options, dm, backbone, run_dir, loggers)
         return model
-    folder = run_dir / "checkpoints"
-    best, last = folder / f"{name}-best.ckpt", folder / f"{name}-last.ckpt"
+    best = run_dir / "checkpoints" / f"{name}-best.ckpt"
     finished = options.resume and name in broadcast_from_zero(stages_done(run_dir))
     if not finished:
-        ckpt = ModelCheckpoint(
-            dirpath=str(folder),
-            filename=f"{name}-best",
-            monitor="feedforward/val/acc",
-            mode="max",
-            save_last=True,
-            enable_version_counter=False,
-        )
-        ckpt.CHECKPOINT_NAME_LAST = f"{name}-last"
-        trainer = build_trainer(
-            options.trainer,
-            run_dir,
-            loggers=loggers,
-            callbacks=[ckpt, RandomStates()],
-            max_epochs=s.epochs,
-        )
-        resume_from = str(last) if options.resume and broadcast_from_zero(last.is_file()) else None
-        with warnings.catch_warnings():
-            # The SimCLR pre-training and ensemble members share the folder, by design.
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
-            on_device = (
-                resolve_device(options.trainer.accelerator) if options.data.on_device else None
-            )
-            _fit_feedforward(
-                trainer, model, dm, resume_from, on_device=on_device,
-                batch_size=options.data.batch_size, augment=recipe.augment,
-                noise_std=s.noise_std,
-            )  # fmt: skip
-        best = Path(ckpt.best_model_path) if ckpt.best_model_path else best
+        best = _train(options, model, dm, run_dir, loggers, name=name, recipe=recipe) or best
     if best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
@@ -311,6 +282,49 @@ def stage1(
         raise PipelineError(f"{best} is missing; the run cannot be resumed, only overwritten")
     backbone.requires_grad_(True)  # a frozen trunk is frozen for stage-1 training only
     return model
+
+
+def _train(
+    options: Stage1Options,
+    model: FeedForwardClassifier,
+    dm: ImageDataModule,
+    run_dir: Path,
+    loggers: list[Logger],
+    *,
+    name: str,
+    recipe: Recipe,
+) -> Path | None:
+    """Fit ``model`` (continuing ``<run>/checkpoints/<name>-last.ckpt`` when resuming); return
+    its best checkpoint (None when none was kept)."""
+    folder = run_dir / "checkpoints"
+    last = folder / f"{name}-last.ckpt"
+    ckpt = ModelCheckpoint(
+        dirpath=str(folder),
+        filename=f"{name}-best",
+        monitor="feedforward/val/acc",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    ckpt.CHECKPOINT_NAME_LAST = f"{name}-last"
+    trainer = build_trainer(
+        options.trainer,
+        run_dir,
+        loggers=loggers,
+        callbacks=[ckpt, RandomStates()],
+        max_epochs=options.stage1.epochs,
+    )
+    resume_from = str(last) if options.resume and broadcast_from_zero(last.is_file()) else None
+    with warnings.catch_warnings():
+        # The SimCLR pre-training and ensemble members share the folder, by design.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+        on_device = resolve_device(options.trainer.accelerator) if options.data.on_device else None
+        _fit_feedforward(
+            trainer, model, dm, resume_from, on_device=on_device,
+            batch_size=options.data.batch_size, augment=recipe.augment,
+            noise_std=options.stage1.noise_std,
+        )  # fmt: skip
+    return Path(ckpt.best_model_path) if ckpt.best_model_path else None
 
 
 def stage1_checkpoint(backbone: BackboneConfig, run_dir: Path) -> str | None:
