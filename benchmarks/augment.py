@@ -35,7 +35,7 @@ from introspect.data.augment import augment_batches, build_batch_augmentation, t
 from introspect.data.images import IndexedDataset, SeededTransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients.batches import iter_features
-from introspect.stages.heads import feature_options
+from introspect.jobs.settings import train_settings
 from introspect.stages.stage1 import build_backbone, build_data
 
 
@@ -72,11 +72,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(["experiment=cifar10_resnet20"])
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     train = Subset(dm.split("train"), range(min(args.images, len(dm.split("train")))))
     severity = cfg.stage2.augmix_severity
-    options = feature_options(cfg)
+    options = train_settings(cfg).stage2.features
     totals = {"per-image": [0.0, 0.0, 0.0], "batched": [0.0, 0.0, 0.0]}
     for pass_index in range(args.passes):
         seed = derive_seed(cfg.run.seed, "augmix", pass_index)

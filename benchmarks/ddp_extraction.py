@@ -33,6 +33,7 @@ def measure(args: argparse.Namespace) -> None:
     """One configuration, run by every process of it; rank zero prints one result line."""
     from introspect.config import load_config
     from introspect.gradients.cache import FeatureCache, weights_digest
+    from introspect.jobs.settings import train_settings
     from introspect.runs.distributed import barrier, is_global_zero, launch
     from introspect.runs.trainer import resolve_device
     from introspect.stages.heads import split_features
@@ -52,17 +53,18 @@ def measure(args: argparse.Namespace) -> None:
         ]
     )
     L.seed_everything(cfg.run.seed, verbose=False)  # the same weights in every process
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
-    launch(cfg)
-    backbone.eval().to(resolve_device(cfg))
+    settings = train_settings(cfg)
+    dm = build_data(settings.stage1)
+    backbone = build_backbone(settings.stage1, dm.num_classes, dm.image_shape)
+    launch(settings.job.trainer, settings.job.run)
+    backbone.eval().to(resolve_device(cfg.trainer.accelerator))
     digest = weights_digest(backbone)
     images = len(dm.split("train"))
     for repeat in range(args.repeats + 1):  # the first one warms up and is not reported
         cache = FeatureCache(Path(args.cache) / f"{args.accelerator}-{args.processes}-{repeat}")
         barrier()
         start = time.perf_counter()
-        split_features(cfg, dm, backbone, "train", cache=cache, digest=digest)
+        split_features(dm, backbone, "train", settings=settings.stage2, cache=cache, digest=digest)
         barrier()
         seconds = time.perf_counter() - start
         if is_global_zero() and repeat > 0:

@@ -167,11 +167,12 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> None:
     """Train the experiment's network on its real data held on the device until it reaches
     ``args.target_acc`` on the validation split (or ``args.max_epochs``)."""
     from introspect.config import load_config
+    from introspect.jobs.settings import train_settings
     from introspect.stages.stage1 import build_data
 
     cfg = load_config([f"experiment={args.experiment}", "stage1.recipe=standard"])
     start = time.perf_counter()
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     x_train, y_train = load_split(dm.split("train"), device)
     x_val, y_val = load_split(dm.split("val"), device)
     print(f"data: {len(y_train)} training / {len(y_val)} validation images on {device} "

@@ -28,6 +28,7 @@ from introspect.active.heuristics import (
 from introspect.active.loop import area_under_curve, curve_keys
 from introspect.active.pool import LabelPool, initial_indices, shard_indices
 from introspect.config import load_config
+from introspect.jobs.settings import train_settings
 
 PROBS = torch.tensor(
     [
@@ -241,9 +242,11 @@ def make_learner(cfg, dm, run_dir: Path, test):
     from introspect.runs.trainer import build_trainer
     from introspect.stages.stage1 import build_backbone
 
+    settings = ActiveSettings.from_config(cfg)
+
     def trainer(epochs: int):
         return build_trainer(
-            cfg,
+            settings.job.trainer,
             run_dir,
             max_epochs=epochs,
             enable_progress_bar=False,
@@ -251,8 +254,7 @@ def make_learner(cfg, dm, run_dir: Path, test):
             num_sanity_val_steps=0,
         )
 
-    backbone = partial(build_backbone, cfg, dm.num_classes, dm.image_shape)
-    settings = ActiveSettings.from_config(cfg)
+    backbone = partial(build_backbone, settings.options, dm.num_classes, dm.image_shape)
     return RunLearner(settings, dm, torch.device("cpu"), test, backbone=backbone, trainer=trainer)
 
 
@@ -350,7 +352,7 @@ def test_unacquired_labels_never_change_the_run(tmp_path: Path, monkeypatch, sin
     from introspect.stages.stage1 import build_data
 
     cfg = load_config([*TINY, f"run.dir={tmp_path / 'run'}"])
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     train = dm.split("train")
     passes: list[tuple[int, int]] = []
     clean = _curves(cfg, dm, train, monkeypatch, passes)
@@ -528,7 +530,7 @@ def test_stage1_starts_from_the_previous_round_only_when_warm(
     from introspect.stages.stage1 import build_data
 
     cfg = load_config([*TINY, f"active.warm_start={warm}", f"run.dir={tmp_path / 'run'}"])
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     starts: list[dict[str, torch.Tensor]] = []
     original = active_run.FeedForwardClassifier
 

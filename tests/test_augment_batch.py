@@ -31,7 +31,7 @@ from introspect.data.augment import (
 )
 from introspect.data.images import IndexedDataset, SeededTransformDataset
 from introspect.gradients.cache import FeatureCache, weights_digest
-from introspect.jobs.settings import stage2_settings
+from introspect.jobs.settings import train_settings
 from introspect.stages.stage1 import build_backbone, build_data
 
 BILINEAR = InterpolationMode.BILINEAR
@@ -215,7 +215,7 @@ TINY = ["data=synthetic", "data.num_samples=120", "data.image_size=16"]
 
 def _split_features(cfg, dm, backbone, root: Path) -> dict[str, torch.Tensor]:
     return stage2_mod.split_features(
-        dm, backbone, "train", "augmix", 1, settings=stage2_settings(cfg),
+        dm, backbone, "train", "augmix", 1, settings=train_settings(cfg).stage2,
         cache=FeatureCache(root), digest=weights_digest(backbone),
     )  # fmt: skip
 
@@ -225,8 +225,8 @@ def test_augmix_features_do_not_depend_on_batch_size_or_on_two_halves(
     tmp_path: Path, monkeypatch
 ) -> None:
     cfg = load_config(TINY)
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     features = {}
     for batch in (7, 32):
         cfg.stage2.extract_batch_size, cfg.stage2.shard_batches = batch, 1

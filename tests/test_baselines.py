@@ -12,7 +12,7 @@ import torch
 import introspect.stages.heads as stage2_mod
 from introspect.config import ConfigError, load_config, load_run_config
 from introspect.jobs import train as pipeline
-from introspect.jobs.settings import calibration_plan, feature_options, head_recipe
+from introspect.jobs.settings import train_settings
 from introspect.jobs.train import run
 from introspect.metrics import fit_temperature
 from introspect.stages.baselines import calibration_skips
@@ -61,14 +61,18 @@ def test_temperatures_are_fitted_on_the_val_split(finished) -> None:
     temps = results["run"]["temperatures"]
     assert set(temps) == {"feedforward", "introspective", "control", "control_hp"}
     assert results["run"]["calibration"]["skipped"] == {}
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     x, y = _stack(dm.split("val"))
     assert results["run"]["calibration"]["num_samples"] == len(y)
     cfg2 = load_run_config(run_dir)
     cfg2.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
-    backbone = build_backbone(cfg2, dm.num_classes, dm.image_shape).eval()
+    backbone = build_backbone(train_settings(cfg2).stage1, dm.num_classes, dm.image_shape).eval()
     heads = stage2_mod.load_heads(
-        backbone, run_dir, dm.num_classes, head=head_recipe(cfg2), features=feature_options(cfg2)
+        backbone,
+        run_dir,
+        dm.num_classes,
+        head=train_settings(cfg2).stage2.head,
+        features=train_settings(cfg2).stage2.features,
     )
     logits, _ = head_logits(backbone, heads, x)
     for head, t in temps.items():
@@ -109,27 +113,38 @@ def test_trained_ensemble_members_are_saved_and_reloaded(finished) -> None:
 def test_heads_trained_on_the_calibration_split_are_not_tempered(tmp_path: Path) -> None:
     heads = ["introspective", "control"]
     cfg = _cfg(tmp_path, "stage2.splits=[train,val]")
-    dm = build_data(cfg)
-    skipped = calibration_skips(calibration_plan(cfg, tmp_path), dm, heads)
+    dm = build_data(train_settings(cfg).stage1)
+    skipped = calibration_skips(train_settings(cfg).calibration(tmp_path), dm, heads)
     assert set(skipped) == set(heads)
     assert "trained on the val split" in skipped["introspective"]
     # No validation split: nothing can be tempered, and the reason names the key.
     cfg = _cfg(tmp_path, "data.val_fraction=0")
-    skipped = calibration_skips(calibration_plan(cfg, tmp_path), build_data(cfg), heads)
+    skipped = calibration_skips(
+        train_settings(cfg).calibration(tmp_path), build_data(train_settings(cfg).stage1), heads
+    )
     assert set(skipped) == {"feedforward", *heads}
     assert "data.val_fraction=0" in skipped["feedforward"]
     # Calibrating on train: the feed-forward network trained here saw it, the heads too.
     cfg = _cfg(tmp_path, "eval.calibration_split=train")
-    assert set(calibration_skips(calibration_plan(cfg, tmp_path), build_data(cfg), heads)) == {
+    assert set(
+        calibration_skips(
+            train_settings(cfg).calibration(tmp_path), build_data(train_settings(cfg).stage1), heads
+        )
+    ) == {
         "feedforward",
         *heads,
     }
     cfg = _cfg(tmp_path, "eval.calibration_split=none")
-    assert calibration_skips(calibration_plan(cfg, tmp_path), build_data(cfg), heads)[
-        "control"
-    ] == ("eval.calibration_split=none")
+    assert calibration_skips(
+        train_settings(cfg).calibration(tmp_path), build_data(train_settings(cfg).stage1), heads
+    )["control"] == ("eval.calibration_split=none")
     assert (
-        calibration_skips(calibration_plan(_cfg(tmp_path), tmp_path), build_data(cfg), heads) == {}
+        calibration_skips(
+            train_settings(_cfg(tmp_path)).calibration(tmp_path),
+            build_data(train_settings(cfg).stage1),
+            heads,
+        )
+        == {}
     )
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from introspect.config import load_config
 from introspect.config.discovery import first_line
+from introspect.jobs.settings import train_settings
 from introspect.jobs.sweep import SweepError, expand, plan_sweep, split_values
 from introspect.runs.trainer import LineProgress, build_trainer
 
@@ -353,7 +354,7 @@ def test_lightning_banners_appear_once_per_process(tmp_path: Path) -> None:
     try:
         cfg = load_config(["trainer.enable_progress_bar=false"])
         for _ in range(3):
-            build_trainer(cfg, tmp_path)
+            build_trainer(train_settings(cfg).job.trainer, tmp_path)
     finally:
         logger.removeHandler(handler)
     banners = [m for m in seen if m.startswith("GPU available")]

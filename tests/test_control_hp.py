@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from introspect.config import load_config
 from introspect.gradients.cache import FeatureCache
-from introspect.jobs.settings import stage2_settings
+from introspect.jobs.settings import train_settings
 from introspect.models.stage2 import KINDS
 from introspect.report.differences import confidence_key, head_differences
 from introspect.runs.trainer import build_trainer
@@ -42,8 +42,9 @@ def parts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hp")
     cfg = load_config([*TINY, f"run.dir={tmp / 'run'}", f"stage2.cache_dir={tmp / 'cache'}"])
     L.seed_everything(0, verbose=False)
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    options = train_settings(cfg).stage1
+    dm = build_data(options)
+    backbone = build_backbone(options, dm.num_classes, dm.image_shape).eval()
     loaders = {s: DataLoader(dm.split(s), batch_size=32) for s in ("train", "val", "test")}
     cache = FeatureCache(tmp / "lib-cache")
     feats = {
@@ -135,11 +136,17 @@ def test_switch_and_runs_without_the_head(parts, fitted) -> None:
     cfg, dm, backbone, _, _, tmp = parts
     off = load_config([*TINY, f"run.dir={tmp / 'off'}", f"stage2.cache_dir={tmp / 'cache'}",
                        "stage2.control_hp=false"])  # fmt: skip
-    settings = stage2_settings(off)
-    assert not settings.control_hp and stage2_settings(cfg).control_hp
+    settings = train_settings(off).stage2
+    assert not settings.control_hp and train_settings(cfg).stage2.control_hp
     run_dir = tmp / "off"
     run_dir.mkdir()
-    heads = stage2(settings, dm, backbone, run_dir, partial(build_trainer, off, run_dir))
+    heads = stage2(
+        settings,
+        dm,
+        backbone,
+        run_dir,
+        partial(build_trainer, train_settings(off).job.trainer, run_dir),
+    )
     assert list(heads) == ["introspective", "control"]
     assert sorted(p.name for p in (run_dir / "stage2").iterdir()) == [
         "control.pt",

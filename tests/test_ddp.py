@@ -21,6 +21,8 @@ from PIL import Image
 from introspect.config import ConfigError, load_config, load_run_config
 from introspect.data.samplers import ContiguousSampler
 from introspect.gradients.cache import FeatureCache
+from introspect.jobs.job import job_settings
+from introspect.jobs.settings import train_settings
 from introspect.jobs.train import reevaluate
 from introspect.metrics import ExpectedCalibrationError, bins_from_sums, reliability_bins
 from introspect.report.console import console_table
@@ -89,7 +91,7 @@ def test_bin_sums_of_shards_pool_to_the_bins_of_all_samples() -> None:
 def test_launch_refuses_what_cannot_run_the_pipeline(overrides: list[str], message: str) -> None:
     cfg = load_config(["trainer=ddp_cpu", *overrides])
     with pytest.raises(ConfigError, match=message):
-        launch(cfg)
+        launch(job_settings(cfg).trainer)
     assert world_size() == 1
 
 
@@ -105,7 +107,7 @@ def test_launch_refuses_a_command_it_cannot_run_again(monkeypatch) -> None:
 
 
 def test_launch_of_one_process_starts_nothing() -> None:
-    launch(load_config(["trainer=cpu"]))
+    launch(job_settings(load_config(["trainer=cpu"])).trainer)
     assert world_size() == 1 and "LOCAL_RANK" not in os.environ
 
 
@@ -150,7 +152,7 @@ def test_two_processes_run_every_stage_and_count_each_sample_once(ddp_run) -> No
     assert proc.stdout.count(console_table(table)) == 1  # printed once, by rank zero
     results = json.loads((run_dir / "results.json").read_text())
     assert results["run"]["config"]["trainer"]["devices"] == 2
-    dm = build_data(load_run_config(run_dir))
+    dm = build_data(train_settings(load_run_config(run_dir)).stage1)
     assert len(dm.split("test")) == 101
     counts = {split: entry["num_samples"] for split, entry in results["splits"].items()}
     assert counts == {"clean": 101, "one": 1, **dict.fromkeys(CELLS, 101)}
@@ -180,7 +182,7 @@ def test_two_process_metrics_equal_single_process_metrics(ddp_run, tmp_path: Pat
     shutil.copytree(run_dir, single_dir)
     one_process = ["trainer.devices=1", "trainer.strategy=auto", "logger.wandb=false"]
     cfg = load_run_config(single_dir, one_process)
-    single = reevaluate(cfg, single_dir, single_dir / "evaluations" / "single")
+    single = reevaluate(train_settings(cfg), single_dir, single_dir / "evaluations" / "single")
     ddp = json.loads((run_dir / "results.json").read_text())
     assert list(single["splits"]) == list(ddp["splits"])
     for split, entry in ddp["splits"].items():
@@ -285,11 +287,13 @@ def test_timeout_must_be_positive() -> None:
 
 def test_trainers_of_a_multi_process_run_use_the_timeout(monkeypatch) -> None:
     cfg = load_config(["trainer=ddp_cpu", "trainer.timeout_s=7"])
-    assert trainer_strategy(cfg) == "ddp"  # one process: the name, as configured
+    assert (
+        trainer_strategy(job_settings(cfg).trainer) == "ddp"
+    )  # one process: the name, as configured
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     for name, unused in [("ddp", 0), ("auto", 0), ("ddp_find_unused_parameters_true", 1)]:
         cfg.trainer.strategy = name
-        strategy = trainer_strategy(cfg)
+        strategy = trainer_strategy(job_settings(cfg).trainer)
         assert isinstance(strategy, TrainerDDPStrategy)
         assert strategy._timeout == datetime.timedelta(seconds=7)
         assert strategy._ddp_kwargs.get("find_unused_parameters", False) == unused
@@ -526,13 +530,13 @@ def run(rank, world, port, out):
     from introspect.stages.heads import build_head
 
     cfg = load_config({tiny!r})
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     backbone.load_state_dict(torch.load({backbone_path!r}, weights_only=True))
     state = torch.load({head_path!r}, weights_only=True)
     head = build_head(
         "introspective", backbone, state["feature_mean"].shape[0], 10,
-        head=head_recipe(cfg), features=feature_options(cfg),
+        head=train_settings(cfg).stage2.head, features=train_settings(cfg).stage2.features,
     )
     head.load_head_state(state)
     learner = make_learner(cfg, dm, Path({tmp!r}), dm.split("test"))
@@ -558,7 +562,7 @@ def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single
     """Active learning's pool scoring: each process scores its block, all get every output."""
     from introspect.active.pool import LabelPool, initial_indices
     from introspect.jobs.active import Models
-    from introspect.jobs.settings import feature_options, head_recipe
+    from introspect.jobs.settings import train_settings
     from introspect.stages.heads import build_head
     from introspect.stages.stage1 import build_backbone
     from tests.conftest import run_two_process_script
@@ -566,15 +570,15 @@ def test_two_processes_score_every_active_pool_image_once(tmp_path: Path, single
 
     tiny = [*TINY, "active.batch_size=128", f"run.dir={tmp_path / 'run'}"]
     cfg = load_config(tiny)
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     head = build_head(
         "introspective",
         backbone,
         10 * backbone.feature_dim,
         10,
-        head=head_recipe(cfg),
-        features=feature_options(cfg),
+        head=train_settings(cfg).stage2.head,
+        features=train_settings(cfg).stage2.features,
     ).eval()
     torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
     torch.save(head.head_state(), tmp_path / "head.pt")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import evaluate
 from introspect.config import load_config, load_run_config
+from introspect.jobs.settings import train_settings
 from introspect.jobs.train import run
 from introspect.stages.stage1 import build_backbone, build_data, stage1_checkpoint
 from tests.test_scores_task import TINY
@@ -91,9 +92,11 @@ def test_detection_sets_detectors_and_tables(detected) -> None:
 
 def test_fgsm_success_rate_matches_a_direct_attack(detected) -> None:
     cfg = load_run_config(Path(detected["args"][0].split("=", 1)[1]), detected["args"][2:])
-    dm = build_data(cfg)
-    cfg.backbone.checkpoint = stage1_checkpoint(cfg, Path(cfg.run.dir))
-    net = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    cfg.backbone.checkpoint = stage1_checkpoint(
+        train_settings(cfg).stage1.backbone, Path(cfg.run.dir)
+    )
+    net = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     test = dm.split("test")
     x = torch.stack([test[i][0] for i in range(len(test))])
     y = torch.stack([test[i][1] for i in range(len(test))]).long()

@@ -30,6 +30,7 @@ from introspect.explain import (
     voice,
 )
 from introspect.jobs import job
+from introspect.jobs.settings import train_settings
 from introspect.stages.stage1 import build_backbone, build_data
 
 METHODS = dict(MAP_METHODS)
@@ -615,8 +616,8 @@ def test_explain_main_draws_a_finished_run(
     cfg = load_config(
         ["data=synthetic", "data.num_samples=40", "data.image_size=8", f"run.dir={run_dir}"]
     )
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape)
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"state_dict": backbone.state_dict()}, run_dir / "checkpoints" / "stage1-last.ckpt")
     save_config(cfg, run_dir / "config.yaml")

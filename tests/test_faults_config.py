@@ -26,7 +26,15 @@ import train
 from introspect.config import ConfigError, load_config, load_run_config, save_config
 from introspect.config.loader import CODE_SETTINGS, _validate
 from introspect.config.schema import CHOICES, Config
+from introspect.jobs.job import job_settings
 from introspect.runs.rundir import check_run_dir
+
+
+def check_config(cfg: DictConfig) -> Path:
+    """``check_run_dir`` for the run of ``cfg``."""
+    settings = job_settings(cfg)
+    return check_run_dir(settings.run, settings.config)
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +142,7 @@ def test_resume_compares_a_planted_interpolation_without_resolving_it(
     saved.data.root = "${oc.env:" + SECRET_VAR + "}"
     OmegaConf.save(saved, run_dir / "config.yaml")
     with pytest.raises(ConfigError) as caught:
-        check_run_dir(load_config([*args, "run.resume=true"]))
+        check_config(load_config([*args, "run.resume=true"]))
     message = str(caught.value)
     assert "data.root holds an interpolation" in message and SECRET not in message
 

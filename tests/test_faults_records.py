@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from introspect.config import load_config
+from introspect.jobs.settings import train_settings
 from introspect.runs.status import update_status
 from tests.conftest import one_thread_env, run_isolated
 from tests.test_pipeline import TINY
@@ -346,7 +347,7 @@ def test_a_stray_label_is_refused_unless_num_classes_says_so(
         "labels or set data.num_classes=1001"
     ]
     assert not (tmp_path / "run").exists()
-    dm = build_data(load_config([*args, "data.num_classes=1001"]))
+    dm = build_data(train_settings(load_config([*args, "data.num_classes=1001"])).stage1)
     assert dm.num_classes == 1001
 
 

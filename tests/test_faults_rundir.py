@@ -13,11 +13,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import DictConfig
 
 from introspect.config import ConfigError, load_config, load_run_config
+from introspect.jobs.job import job_settings
 from introspect.runs.lock import LOCK_FILE, LockError, acquire_lock
 from introspect.runs.rundir import check_run_dir
 from introspect.runs.status import update_status
+
+
+def check_config(cfg: DictConfig) -> Path:
+    """``check_run_dir`` for the run of ``cfg``."""
+    settings = job_settings(cfg)
+    return check_run_dir(settings.run, settings.config)
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,7 +152,7 @@ def test_overwrite_refuses_a_run_holding_foreign_files(tmp_path: Path) -> None:
     (run_dir / "config.yaml").write_text("run: {seed: 5}\n")
     (run_dir / "my-analysis.ipynb").write_text("{}")
     with pytest.raises(ConfigError, match=r"files no run writes \(my-analysis\.ipynb\)"):
-        check_run_dir(load_config([*QUICK, f"run.dir={run_dir}", "run.overwrite=true"]))
+        check_config(load_config([*QUICK, f"run.dir={run_dir}", "run.overwrite=true"]))
     assert (run_dir / "my-analysis.ipynb").read_text() == "{}"
 
 
@@ -152,7 +161,7 @@ def test_a_foreign_config_yaml_is_no_run_of_ours(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "config.yaml").write_text("services: {web: {image: nginx}}\n")
     with pytest.raises(ConfigError, match="holds no run of this program"):
-        check_run_dir(load_config([*QUICK, f"run.dir={folder}", "run.overwrite=true"]))
+        check_config(load_config([*QUICK, f"run.dir={folder}", "run.overwrite=true"]))
     assert (folder / "config.yaml").is_file()
 
 
@@ -168,7 +177,7 @@ def test_home_root_and_the_working_directory_are_never_run_directories(
     for overwrite in ("false", "true"):
         cfg = load_config([*QUICK, f"run.dir={run_dir}", f"run.overwrite={overwrite}"])
         with pytest.raises(ConfigError, match="a run needs its own folder"):
-            check_run_dir(cfg)
+            check_config(cfg)
     assert sorted(p.name for p in home.iterdir()) == ["project"]
 
 
@@ -177,7 +186,7 @@ def test_a_run_name_is_one_folder_name(tmp_path: Path, name: str) -> None:
     root = tmp_path / "runs"
     cfg = load_config([*QUICK, f"run.root={root}", f"run.name={name}", "run.overwrite=true"])
     with pytest.raises(ConfigError, match="must be one plain folder name"):
-        check_run_dir(cfg)
+        check_config(cfg)
 
 
 @pytest.mark.slow
@@ -299,7 +308,7 @@ def test_resume_refuses_a_symlinked_output_folder(run: Path, tmp_path: Path, lin
     (run / link).symlink_to(outside, target_is_directory=True)
     cfg = load_config([*QUICK, f"run.dir={run}", "run.resume=true"])
     with pytest.raises(ConfigError, match=f"{link} is a symbolic link"):
-        check_run_dir(cfg)
+        check_config(cfg)
 
 
 def _plant(run: Path, **paths: str) -> None:

@@ -20,7 +20,7 @@ from introspect.gradients.cache import (
     ShardPlan,
     weights_digest,
 )
-from introspect.jobs.settings import feature_options, stage2_settings
+from introspect.jobs.settings import train_settings
 from introspect.stages.stage1 import build_backbone, build_data
 
 # 200 images: 40 test, 16 val, 144 train = shards of 2 batches of 16: four of 32 and one of 16.
@@ -37,8 +37,8 @@ N_TRAIN, SHARD = 144, 32
 @pytest.fixture(scope="module")
 def tiny():
     cfg = load_config(TINY)
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     assert len(dm.split("train")) == N_TRAIN
     return cfg, dm, backbone
 
@@ -48,7 +48,14 @@ def _features(tiny, root: Path, augment: str = "none") -> dict[str, torch.Tensor
     cache = FeatureCache(root)
     digest = weights_digest(backbone)
     return stage2_mod.split_features(
-        dm, backbone, "train", augment, 0, settings=stage2_settings(cfg), cache=cache, digest=digest
+        dm,
+        backbone,
+        "train",
+        augment,
+        0,
+        settings=train_settings(cfg).stage2,
+        cache=cache,
+        digest=digest,
     )
 
 
@@ -80,7 +87,7 @@ def test_manifest_describes_every_shard(tiny, tmp_path: Path) -> None:
     assert manifest["complete"] and manifest["key"] == entry.name
     recipe = manifest["recipe"]
     assert recipe["backbone"] == weights_digest(backbone)
-    assert recipe["features"] == feature_options(cfg).extraction()
+    assert recipe["features"] == train_settings(cfg).stage2.features.extraction()
     assert recipe["split"] == "train" and recipe["data"]["num_samples"] == 200
     assert (manifest["num_samples"], manifest["shard_size"], manifest["num_shards"]) == (
         N_TRAIN,
@@ -424,12 +431,12 @@ def run(rank, world, port, out):
     import introspect.stages.heads as stage2_mod
     from introspect.config import load_config
     from introspect.gradients.cache import FeatureCache, weights_digest
-    from introspect.jobs.settings import stage2_settings
+    from introspect.jobs.settings import train_settings
     from introspect.stages.stage1 import build_backbone, build_data
 
     cfg = load_config({tiny!r})
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     backbone.load_state_dict(torch.load({weights!r}, weights_only=True))
     extracted = []
     original = stage2_mod.iter_features
@@ -442,7 +449,7 @@ def run(rank, world, port, out):
     stage2_mod.iter_features = counting
     cache = FeatureCache({root!r})
     tensors = stage2_mod.split_features(
-        dm, backbone, "train", settings=stage2_settings(cfg), cache=cache,
+        dm, backbone, "train", settings=train_settings(cfg).stage2, cache=cache,
         digest=weights_digest(backbone),
     )
     torch.save(tensors, out + f".rank{{rank}}.pt")
@@ -490,8 +497,8 @@ def test_two_processes_agree_on_recomputing_an_inconsistent_entry(
 def test_cache_holds_factors_within_the_byte_bound(tmp_path: Path) -> None:
     """4·(N + D) + 64 bytes per image at most (the materialized feature would take 4·N·D)."""
     cfg = load_config([*TINY, "stage2.shard_batches=9"])  # one shard of all 144 rows
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     tensors = _features((cfg, dm, backbone), tmp_path)
     n, d = backbone.head.weight.shape
     on_disk = sum(p.stat().st_size for p in _entry(tmp_path).glob("shard-*.pt"))
@@ -515,7 +522,7 @@ def test_load_fills_one_preallocated_tensor_without_concatenating(
         dm,
         backbone,
         "val",
-        settings=stage2_settings(cfg),
+        settings=train_settings(cfg).stage2,
         cache=FeatureCache(tmp_path),
         digest=weights_digest(backbone),
     )

@@ -16,7 +16,7 @@ from scipy.optimize import minimize_scalar
 from torch.utils.data import DataLoader
 
 from introspect.config import load_config
-from introspect.jobs.settings import feature_options, head_recipe, stage2_settings
+from introspect.jobs.settings import train_settings
 from introspect.runs.trainer import build_trainer
 from introspect.stages.evaluation import EvaluationResult, evaluate, format_table
 from introspect.stages.heads import fit_heads, loader_features, stage2
@@ -42,8 +42,8 @@ def parts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lib")
     cfg = load_config([*TINY, f"run.dir={tmp / 'run'}", f"stage2.cache_dir={tmp / 'cache'}"])
     L.seed_everything(0, verbose=False)
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     loaders = {s: DataLoader(dm.split(s), batch_size=32) for s in ("train", "val", "test")}
     return cfg, dm, backbone, loaders
 
@@ -162,14 +162,14 @@ def test_the_cli_stage_two_and_fit_heads_train_the_same_weights(parts, tmp_path:
     cfg, dm, backbone, loaders = parts
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    trainer = partial(build_trainer, cfg, run_dir, loggers=[])
-    cli = stage2(stage2_settings(cfg), dm, backbone, run_dir, trainer)
+    trainer = partial(build_trainer, train_settings(cfg).job.trainer, run_dir, loggers=[])
+    cli = stage2(train_settings(cfg).stage2, dm, backbone, run_dir, trainer)
     library = fit_heads(
         backbone,
         loaders["train"],
         loaders["val"],
-        head=head_recipe(cfg),
-        features=feature_options(cfg),
+        head=train_settings(cfg).stage2.head,
+        features=train_settings(cfg).stage2.features,
         seed=cfg.run.seed,
         cache=tmp_path / "library-cache",
         cache_tag="synthetic",
@@ -182,8 +182,9 @@ def test_the_cli_stage_two_and_fit_heads_train_the_same_weights(parts, tmp_path:
             torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
     # A second fit reads its features from the cache: same heads again.
     again = fit_heads(
-        backbone, loaders["train"], loaders["val"], head=head_recipe(cfg),
-        features=feature_options(cfg), seed=cfg.run.seed, cache=tmp_path / "library-cache",
+        backbone, loaders["train"], loaders["val"], head=train_settings(cfg).stage2.head,
+        features=train_settings(cfg).stage2.features, seed=cfg.run.seed,
+        cache=tmp_path / "library-cache",
         cache_tag="synthetic",
     )  # fmt: skip
     for kind, head in again.heads.items():

@@ -17,7 +17,7 @@ import introspect.stages.heads as stage2_mod
 from introspect.config import load_config, load_run_config
 from introspect.gradients import extract
 from introspect.jobs import train as pipeline
-from introspect.jobs.settings import feature_options, head_recipe, stage2_settings
+from introspect.jobs.settings import train_settings
 from introspect.jobs.train import run
 from introspect.runs.csvlog import read_long_csv
 from introspect.runs.trainer import build_trainer
@@ -40,8 +40,8 @@ TINY = [
 
 def _stage2(cfg, dm, backbone, run_dir: Path):
     """Stage 2 as the train job calls it."""
-    trainer = partial(build_trainer, cfg, run_dir, loggers=[])
-    return stage2_mod.stage2(stage2_settings(cfg), dm, backbone, run_dir, trainer)
+    trainer = partial(build_trainer, train_settings(cfg).job.trainer, run_dir, loggers=[])
+    return stage2_mod.stage2(train_settings(cfg).stage2, dm, backbone, run_dir, trainer)
 
 
 def _cfg(tmp_path: Path, *extra: str):
@@ -79,7 +79,7 @@ def test_results_json_has_every_split_head_and_metric(finished) -> None:
     assert on_disk["splits"].keys() == results["splits"].keys()
     cells = [f"{c}/{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
     assert list(on_disk["splits"]) == ["clean", "other", *cells]
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     for name, entry in on_disk["splits"].items():
         # split=all: every image of the extra file
         assert entry["num_samples"] == (30 if name == "other" else len(dm.split("test")))
@@ -114,12 +114,16 @@ def test_results_json_has_every_split_head_and_metric(finished) -> None:
 @pytest.mark.slow
 def test_clean_metrics_match_a_direct_computation(finished) -> None:
     cfg, run_dir, results = finished
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     cfg2 = load_run_config(run_dir)
     cfg2.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
-    backbone = build_backbone(cfg2, dm.num_classes, dm.image_shape).eval()
+    backbone = build_backbone(train_settings(cfg2).stage1, dm.num_classes, dm.image_shape).eval()
     heads = stage2_mod.load_heads(
-        backbone, run_dir, dm.num_classes, head=head_recipe(cfg2), features=feature_options(cfg2)
+        backbone,
+        run_dir,
+        dm.num_classes,
+        head=train_settings(cfg2).stage2.head,
+        features=train_settings(cfg2).stage2.features,
     )
     test = dm.split("test")
     x = torch.stack([test[i][0] for i in range(len(test))])
@@ -178,8 +182,8 @@ def extractions(monkeypatch) -> list[str]:
 def test_feature_cache_is_reused_and_keyed(tmp_path: Path, extractions: list[str]) -> None:
     calls = extractions
     cfg = _cfg(tmp_path, "eval.corruptions=[]", "stage2.control=false")
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     _stage2(cfg, dm, backbone, run_dir)
@@ -210,8 +214,8 @@ def test_augmented_recipe_extracts_each_pass(tmp_path: Path, extractions: list[s
         "stage2.include_clean=true",
         "stage2.control=false",
     )
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     _stage2(cfg, dm, backbone, run_dir)
@@ -334,7 +338,7 @@ def test_channels_last_frozen_network_matches_the_default_format(
     cfg0, run_dir0, _ = finished
     from introspect.stages.stage1 import stage1_checkpoint
 
-    checkpoint = stage1_checkpoint(cfg0, run_dir0)
+    checkpoint = stage1_checkpoint(train_settings(cfg0).stage1.backbone, run_dir0)
     formats: dict[bool, bool] = {}
     original = stage2_mod.stage2
 

@@ -18,6 +18,7 @@ from introspect.config import ConfigError, load_config
 from introspect.data.augment import crop_flip, standard_padding
 from introspect.data.device import DeviceBatches
 from introspect.data.views import SimCLRAugment, TwoViews
+from introspect.jobs.settings import train_settings
 from introspect.models.contrastive import SimCLRPretraining, nt_xent
 from introspect.models.feedforward import jsd_consistency
 from introspect.runs.errors import PipelineError
@@ -189,7 +190,7 @@ def _clean_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
 def test_simclr_module_lowers_nt_xent_on_fixed_views() -> None:
     torch.manual_seed(0)
     cfg = load_config(["data=digits", "backbone=cifar_resnet20"])
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     images = next(iter(dm.loader(dm.split("train"), batch_size=32)))[0]
     aug = SimCLRAugment(min_scale=0.5)
     v1, v2 = (
@@ -199,8 +200,8 @@ def test_simclr_module_lowers_nt_xent_on_fixed_views() -> None:
         for k in (0, 1)
     )
     model = SimCLRPretraining(
-        build_backbone(cfg, dm.num_classes, dm.image_shape), projection_dim=32,
-        temperature=0.5, optim={"lr": 0.05},
+        build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape),
+        projection_dim=32, temperature=0.5, optim={"lr": 0.05},
     )  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
@@ -220,8 +221,8 @@ def test_recipe_trains_on_digits_and_checkpoint_reloads(recipe: str, tmp_path: P
     recipe = recipe.removesuffix("+jsd")
     cfg = load_config([*_STEPS, f"stage1.recipe={recipe}", f"run.dir={tmp_path}", *extra])
     torch.manual_seed(0)
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape)
     assert hasattr(backbone.net.layer1, "denoise") == (recipe == "denoising")
     images, labels = next(iter(dm.loader(dm.split("train"), batch_size=256)))[:2]
     if extra:  # AugMix triplets: the clean (cropped) image and two AugMix draws of it
@@ -231,7 +232,7 @@ def test_recipe_trains_on_digits_and_checkpoint_reloads(recipe: str, tmp_path: P
     if recipe == "simclr":
         # stage 1 (resuming) reuses the pre-trained trunk and trains only the head on top
         before_pre = [p.detach().clone() for p in backbone.parameters()]
-        pretrain_contrastive(cfg, dm, backbone, tmp_path, [])
+        pretrain_contrastive(train_settings(cfg).stage1, dm, backbone, tmp_path, [])
         changed = [
             not torch.equal(a, b) for a, b in zip(before_pre, backbone.parameters(), strict=True)
         ]
@@ -239,7 +240,7 @@ def test_recipe_trains_on_digits_and_checkpoint_reloads(recipe: str, tmp_path: P
         trunk = {n: p.detach().clone() for n, p in backbone.named_parameters() if "linear" not in n}
         cfg.run.resume = True
     before = _clean_loss(backbone, images, labels)
-    model = stage1(cfg, dm, backbone, tmp_path, loggers=[])
+    model = stage1(train_settings(cfg).stage1, dm, backbone, tmp_path, loggers=[])
     after = _clean_loss(model.backbone, images, labels)
     assert after < before, f"{recipe}: training loss {before:.3f} -> {after:.3f}"
     if recipe == "simclr":
@@ -247,7 +248,9 @@ def test_recipe_trains_on_digits_and_checkpoint_reloads(recipe: str, tmp_path: P
     ckpt = tmp_path / "checkpoints" / "stage1-best.ckpt"
     assert torch.load(ckpt, weights_only=True)["state_dict"]
     reloaded_cfg = load_config([*_STEPS, f"stage1.recipe={recipe}", f"backbone.checkpoint={ckpt}"])
-    reloaded = build_backbone(reloaded_cfg, dm.num_classes, dm.image_shape).eval()
+    reloaded = build_backbone(
+        train_settings(reloaded_cfg).stage1, dm.num_classes, dm.image_shape
+    ).eval()
     model.backbone.eval()
     with torch.no_grad():
         assert torch.equal(reloaded(images), model.backbone(images))
@@ -298,29 +301,39 @@ def test_on_device_training_path(tmp_path: Path) -> None:
         [*_STEPS, "stage1.recipe=noise", "data.on_device=true", f"run.dir={tmp_path}"]
     )
     torch.manual_seed(0)
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     assert dm.train_transform is not None  # the CPU path stays configured, unused here
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape)
     images, labels = next(iter(dm.loader(dm.split("train"), batch_size=256)))[:2]
     before = _clean_loss(backbone, images, labels)
-    model = stage1(cfg, dm, backbone, tmp_path, loggers=[])
+    model = stage1(train_settings(cfg).stage1, dm, backbone, tmp_path, loggers=[])
     assert _clean_loss(model.backbone, images, labels) < before
     with pytest.raises(PipelineError, match="not augmix"):
-        build_data(load_config([*_STEPS, "stage1.recipe=augmix", "data.on_device=true"]))
+        build_data(
+            train_settings(
+                load_config([*_STEPS, "stage1.recipe=augmix", "data.on_device=true"])
+            ).stage1
+        )
     with pytest.raises(PipelineError, match="SimCLR views"):
-        build_data(load_config([*_STEPS, "stage1.recipe=simclr", "data.on_device=true"]))
+        build_data(
+            train_settings(
+                load_config([*_STEPS, "stage1.recipe=simclr", "data.on_device=true"])
+            ).stage1
+        )
 
 
 def test_train_limit_takes_a_seeded_subset_of_the_training_split() -> None:
-    full = build_data(load_config([]))
-    limited = [build_data(load_config(["data.train_limit=100"])) for _ in range(2)]
+    full = build_data(train_settings(load_config([])).stage1)
+    limited = [
+        build_data(train_settings(load_config(["data.train_limit=100"])).stage1) for _ in range(2)
+    ]
     indices = [set(d.split("train").indices) for d in limited]
     assert len(indices[0]) == 100 and indices[0] == indices[1]
     assert indices[0] < set(full.split("train").indices)
     assert limited[0].split("val").indices == full.split("val").indices
-    assert len(build_data(load_config(["data.train_limit=100000"])).split("train")) == len(
-        full.split("train")
-    )
+    assert len(
+        build_data(train_settings(load_config(["data.train_limit=100000"])).stage1).split("train")
+    ) == len(full.split("train"))
 
 
 def test_active_learning_refuses_simclr_before_any_work(tmp_path: Path) -> None:
@@ -349,4 +362,8 @@ def test_jsd_consistency_is_the_generalized_jensen_shannon_divergence() -> None:
 
 def test_augmix_jsd_needs_augmix(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="stage1.augmix_jsd=12.0 needs AugMix"):
-        build_data(load_config([*_STEPS, "stage1.recipe=noise", "stage1.augmix_jsd=12"]))
+        build_data(
+            train_settings(
+                load_config([*_STEPS, "stage1.recipe=noise", "stage1.augmix_jsd=12"])
+            ).stage1
+        )

@@ -13,14 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, load_config, load_run_config, save_config
 from introspect.config.schema import RANGES, Config
+from introspect.jobs.job import job_settings
 from introspect.report.differences import read_predictions
 from introspect.runs.rundir import check_run_dir, evaluation_tag
 from tests.conftest import one_thread_env, run_isolated
 from tests.test_pipeline import TINY
+
+
+def check_config(cfg: DictConfig) -> Path:
+    """``check_run_dir`` for the run of ``cfg``."""
+    settings = job_settings(cfg)
+    return check_run_dir(settings.run, settings.config)
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +179,7 @@ def test_overwrite_clears_the_directory_first(tmp_path: Path) -> None:
     (run_dir / "config.yaml").write_text("run: {seed: 5}\n")
     cfg = load_config([*TINY, f"run.dir={run_dir}"])
     with pytest.raises(ConfigError, match="already holds a run"):
-        check_run_dir(cfg)
+        check_config(cfg)
     proc = _train(*_run_args(tmp_path, "run"), "run.overwrite=true", "stage1.epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
@@ -398,23 +406,26 @@ def test_resume_refuses_a_changed_config_a_complete_run_and_an_empty_directory(
     from introspect.runs.status import update_status
 
     with pytest.raises(ConfigError, match="complete; nothing to resume"):
-        check_run_dir(load_config([*TINY, f"run.dir={reference}", "run.resume=true"]))
+        check_config(load_config([*TINY, f"run.dir={reference}", "run.resume=true"]))
     unfinished = tmp_path / "unfinished"
     shutil.copytree(reference, unfinished)
     update_status(unfinished, state="running")
     with pytest.raises(ConfigError, match=r"config differs.*stage1\.epochs \(2 -> 3\)"):
-        check_run_dir(
+        check_config(
             load_config([*TINY, "stage1.epochs=3", f"run.dir={unfinished}", "run.resume=true"])
         )
     # Where and how visibly it runs may change.
-    check_run_dir(
-        load_config(
+    check_config(load_config(
             [*TINY, f"run.dir={unfinished}", "run.resume=true", "stage2.cache_dir=/elsewhere",
              "trainer.enable_progress_bar=true"]
-        )
-    )  # fmt: skip
+        ))  # fmt: skip
     with pytest.raises(ConfigError, match="holds no run"):
-        check_run_dir(load_config([*TINY, f"run.dir={tmp_path / 'x'}", "run.resume=true"]))
+        check_run_dir(
+            job_settings(load_config([*TINY, f"run.dir={tmp_path / 'x'}", "run.resume=true"])).run,
+            job_settings(
+                load_config([*TINY, f"run.dir={tmp_path / 'x'}", "run.resume=true"])
+            ).config,
+        )
 
 
 @pytest.mark.slow
@@ -432,9 +443,9 @@ def test_a_run_made_before_a_schema_addition_resumes_while_it_stays_at_its_defau
     saved = yaml.safe_load((older / "config.yaml").read_text())
     del saved["active"]  # a section the run's version of the schema did not have
     (older / "config.yaml").write_text(yaml.safe_dump(saved))
-    check_run_dir(load_config([*TINY, f"run.dir={older}", "run.resume=true"]))
+    check_config(load_config([*TINY, f"run.dir={older}", "run.resume=true"]))
     with pytest.raises(ConfigError, match=r"config differs.*active\.initial \(None -> 7\)"):
-        check_run_dir(
+        check_config(
             load_config([*TINY, "active.initial=7", f"run.dir={older}", "run.resume=true"])
         )
 
@@ -446,9 +457,10 @@ def test_partial_evaluation_survives_a_schema_addition_at_its_default() -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     del plain["active"]  # as written by a version of the schema without that section
-    assert config_digest(OmegaConf.create(plain)) == config_digest(cfg)
-    assert config_digest(load_config([*TINY, "active.initial=7"])) != config_digest(cfg)
-    assert config_digest(load_config([*TINY, "eval.severities=[2]"])) != config_digest(cfg)
+    digest = config_digest(job_settings(cfg).config)
+    assert config_digest(plain) == digest  # type: ignore[arg-type]
+    assert config_digest(job_settings(load_config([*TINY, "active.initial=7"])).config) != digest
+    assert config_digest(job_settings(load_config([*TINY, "eval.severities=[2]"])).config) != digest
 
 
 @pytest.mark.slow

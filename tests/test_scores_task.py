@@ -20,7 +20,7 @@ from introspect.config import load_config, load_run_config
 from introspect.config.schema import ScoresConfig
 from introspect.jobs import scores as scores_mod
 from introspect.jobs.scores import UniformNoise, score_run, seeded_subset
-from introspect.jobs.settings import feature_options, head_recipe
+from introspect.jobs.settings import train_settings
 from introspect.jobs.train import run
 from introspect.runs.csvlog import read_long_csv
 from introspect.scores import energy, msp
@@ -132,10 +132,14 @@ def test_scores_writes_ood_and_trust_beside_the_run_record(scored) -> None:
 def _reload(run_dir: Path):
     cfg = load_run_config(run_dir)
     cfg.backbone.checkpoint = str(run_dir / "checkpoints" / "stage1-best.ckpt")
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     heads = load_heads(
-        backbone, run_dir, dm.num_classes, head=head_recipe(cfg), features=feature_options(cfg)
+        backbone,
+        run_dir,
+        dm.num_classes,
+        head=train_settings(cfg).stage2.head,
+        features=train_settings(cfg).stage2.features,
     )
     intro = heads["introspective"]
     test = dm.split("test")

@@ -22,6 +22,7 @@ from introspect.data.shifted import (
     corrupted_splits,
     load_official,
 )
+from introspect.jobs.settings import train_settings
 from introspect.stages.splits import evaluation_splits
 from introspect.stages.stage1 import build_data
 
@@ -180,8 +181,8 @@ def test_evaluation_splits_of_a_config(tmp_path: Path) -> None:
     cfg = load_config([*SYNTH, "eval.corruptions=[fog,contrast]", "eval.severities=[2]",
                        "eval.extra.shifted.source=npz", f"eval.extra.shifted.path={extra}",
                        "eval.extra.shifted.split=all"])  # fmt: skip
-    dm = build_data(cfg)
-    splits = evaluation_splits(cfg, dm)
+    dm = build_data(train_settings(cfg).stage1)
+    splits = evaluation_splits(train_settings(cfg).eval, train_settings(cfg).stage1.data, dm)
     assert list(splits) == ["clean", "shifted", "fog/2", "contrast/2"]
     assert len(splits["shifted"]) == 12 and len(splits["fog/2"]) == len(dm.split("test"))
     test = dm.split("test")
@@ -225,9 +226,9 @@ def test_bad_evaluation_splits_fail_before_any_work(
     except ConfigError as err:
         assert re.search(message, str(err)), str(err)
         return
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     with pytest.raises(DataError, match=message):
-        evaluation_splits(cfg, dm)
+        evaluation_splits(train_settings(cfg).eval, train_settings(cfg).stage1.data, dm)
 
 
 def test_official_source_in_a_config(tmp_path: Path) -> None:
@@ -236,7 +237,11 @@ def test_official_source_in_a_config(tmp_path: Path) -> None:
         [*SYNTH, "data.num_classes=10", "eval.corruptions=[snow]", "eval.severities=[1,3]",
          "eval.source=official", f"eval.official_dir={root}"]
     )  # fmt: skip
-    splits = evaluation_splits(cfg, build_data(cfg))
+    splits = evaluation_splits(
+        train_settings(cfg).eval,
+        train_settings(cfg).stage1.data,
+        build_data(train_settings(cfg).stage1),
+    )
     assert list(splits) == ["clean", "snow/1", "snow/3"] and len(splits["snow/3"]) == 6
 
 
@@ -249,14 +254,14 @@ def test_real_experiment_splits_and_jpeg_accuracy(shared_data: Path) -> None:
     from introspect.stages.stage1 import build_backbone
 
     cfg = load_config(["experiment=cifar10_resnet20"])
-    dm = build_data(cfg)
+    dm = build_data(train_settings(cfg).stage1)
     assert len(dm.split("train")) == 5170  # val_from=test: stage 2 sees every training image
     assert len(dm.split("val")) == 509  # the calibration split, held out of the test images
-    splits = evaluation_splits(cfg, dm)
+    splits = evaluation_splits(train_settings(cfg).eval, train_settings(cfg).stage1.data, dm)
     assert len(splits) == 2 + 75
     assert len(splits["clean"]) == 508 and len(splits["jpeg_q75"]) == 10000
     assert sum(is_cell(n) for n in splits) == 75
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval()
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape).eval()
     loader = DataLoader(splits["jpeg_q75"], batch_size=500)
     correct = 0
     with torch.no_grad():

@@ -13,6 +13,7 @@ from torch import nn
 
 from introspect.attacks import pgd
 from introspect.config import load_config
+from introspect.jobs.settings import train_settings
 from introspect.jobs.train import run
 from introspect.models import FeedForwardClassifier
 from introspect.stages.stage1 import build_backbone, build_data, stage1
@@ -64,10 +65,10 @@ def test_fast_dev_run_trains_and_tests(tmp_path: Path) -> None:
             "stage1.adversarial.steps=2",
         ]
     )
-    dm = build_data(cfg)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape)
+    dm = build_data(train_settings(cfg).stage1)
+    backbone = build_backbone(train_settings(cfg).stage1, dm.num_classes, dm.image_shape)
     before = [p.detach().clone() for p in backbone.parameters()]
-    model = stage1(cfg, dm, backbone, tmp_path, loggers=[])
+    model = stage1(train_settings(cfg).stage1, dm, backbone, tmp_path, loggers=[])
     assert isinstance(model, FeedForwardClassifier)
     changed = any(not torch.equal(a, b) for a, b in zip(before, backbone.parameters(), strict=True))
     assert changed, "one training step should have updated the backbone"

@@ -123,13 +123,17 @@ def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: str) -> boo
     from introspect.jobs.errors import exit_code, quiet_library_warnings
 
     quiet_library_warnings()
-    if job == "scores":
-        from introspect.jobs.scores import score_run as run
-    else:
-        from introspect.jobs.train import reevaluate as run
     cfg, run_dir, out_dir, note = loaded
     try:
-        run(cfg, run_dir, out_dir, note=note)
+        if job == "scores":
+            from introspect.jobs.scores import score_run
+
+            score_run(cfg, run_dir, out_dir, note=note)
+        else:
+            from introspect.jobs.settings import train_settings
+            from introspect.jobs.train import reevaluate
+
+            reevaluate(train_settings(cfg), run_dir, out_dir, note=note)
     except Exception as err:
         again = "run the same command again (it continues where it stopped)"
         if exit_code(err, out=out_dir, again=f"free space and {again}", stopped=2) is None:

@@ -26,10 +26,12 @@ finished jobs are compared into the sweep directory (comparison.md/.csv and plot
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from introspect.config import ConfigError, default_config_dir, load_config
+from introspect.jobs.job import job_settings
 from introspect.runs.rundir import check_run_dir
 
 
@@ -136,11 +138,12 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(argv)
         if show:
-            from omegaconf import OmegaConf
-
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
-        check_run_dir(cfg)  # before the heavy imports below
+        settings = job_settings(cfg)  # the run named once, for every check and the run itself
+        named = OmegaConf.merge(cfg, {"run": {"name": settings.run.name}})
+        assert isinstance(named, DictConfig)
+        run_dir = check_run_dir(settings.run, settings.config)  # before the heavy imports below
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -151,29 +154,29 @@ def main(argv: list[str]) -> int:
 
     quiet_library_warnings()
     try:
-        results = run(cfg)
+        results = run(named)
     except BaseException as err:  # Ctrl-C too, also as Lightning's SystemExit(1) after it
+        hint = run_resume_hint(settings.run.placed(str(settings.run.name), str(run_dir)))
         code = exit_code(
             err,
-            out=str(cfg.run.dir),
-            again=f"free space and continue with {run_resume_hint(cfg)}",
-            interrupted_line=f"interrupted: the run in {cfg.run.dir} stopped; continue it "
-            f"with {run_resume_hint(cfg)}",
+            out=str(run_dir),
+            again=f"free space and continue with {hint}",
+            interrupted_line=f"interrupted: the run in {run_dir} stopped; continue it with {hint}",
         )
         if code is None:
             raise
         return code
     if is_global_zero():
-        print(f"run directory: {cfg.run.dir} ({_timing(cfg, results['run']['seconds'])})")
+        print(f"run directory: {run_dir} ({_timing(run_dir, results['run']['seconds'])})")
     return 0
 
 
-def _timing(cfg: DictConfig, recorded: float) -> str:
+def _timing(run_dir: Path, recorded: float) -> str:
     """``14.1 s; stage1 1.2 s, stage2 3.4 s, ...``: the run's whole time and each stage's from
     its ``status.json`` (the whole time until the record was written, ``recorded``, without)."""
     from introspect.runs.status import read_status
 
-    status = read_status(str(cfg.run.dir)) or {}
+    status = read_status(run_dir) or {}
     seconds = status.get("stage_seconds", {})
     total = f"{status.get('seconds', recorded):.1f} s"
     if not seconds:

@@ -34,9 +34,9 @@ SPLITS = ("train", "val", "test")
 _PATH_SOURCES = ("imagefolder", "npz")
 
 
-def _field(cfg: Any, name: str) -> Any:
+def _field(section: Any, name: str) -> Any:
     try:
-        return getattr(cfg, name)
+        return getattr(section, name)
     except MissingMandatoryValue as err:
         raise DataError(f"data.{name} is required here; set data.{name}=...") from err
 
@@ -66,15 +66,16 @@ class DataSettings:
     skip_bad_files: bool = False
 
     @classmethod
-    def from_config(cls, cfg: Any) -> DataSettings:
-        """Read and check every field of ``cfg`` (attribute access); raise DataError if bad."""
+    def from_config(cls, data: Any) -> DataSettings:
+        """Read and check every field of the data section ``data`` (a ``DataConfig`` or any
+        object with its attributes); raise DataError if bad."""
         optional = ("decode", "train_limit", "skip_bad_files")
         values = {
-            name: _field(cfg, name) for name in cls.__dataclass_fields__ if name not in optional
+            name: _field(data, name) for name in cls.__dataclass_fields__ if name not in optional
         }
-        values["decode"] = bool(getattr(cfg, "decode", False))
-        values["train_limit"] = getattr(cfg, "train_limit", None)
-        values["skip_bad_files"] = bool(getattr(cfg, "skip_bad_files", False))
+        values["decode"] = bool(getattr(data, "decode", False))
+        values["train_limit"] = getattr(data, "train_limit", None)
+        values["skip_bad_files"] = bool(getattr(data, "skip_bad_files", False))
         source = values["source"]
         if source not in SOURCES:
             raise DataError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
@@ -209,10 +210,10 @@ class ImageDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, cfg: Any, *, train_transform: Callable[[Tensor], Tensor] | None = None
+        self, data: Any, *, train_transform: Callable[[Tensor], Tensor] | None = None
     ) -> None:
         super().__init__()
-        self.settings = DataSettings.from_config(cfg)
+        self.settings = DataSettings.from_config(data)
         self.train_transform = train_transform
         self._pools: Pools | None = None
         self._splits: dict[str, Dataset] = {}
@@ -319,7 +320,8 @@ class ImageDataModule(L.LightningDataModule):
 
 
 def build_datamodule(
-    cfg: Any, *, train_transform: Callable[[Tensor], Tensor] | None = None
+    data: Any, *, train_transform: Callable[[Tensor], Tensor] | None = None
 ) -> ImageDataModule:
-    """The datamodule of the data config ``cfg`` (loaded lazily on ``setup`` or first use)."""
-    return ImageDataModule(cfg, train_transform=train_transform)
+    """The datamodule of the data section ``data`` (``DataConfig``, ``DataSettings`` or the
+    like; loaded lazily on ``setup`` or first use)."""
+    return ImageDataModule(data, train_transform=train_transform)

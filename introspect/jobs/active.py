@@ -29,8 +29,8 @@ from introspect.data import ImageDataModule
 from introspect.data.images import TransformDataset
 from introspect.data.seeding import derive_seed
 from introspect.gradients import extract
-from introspect.jobs.job import Job, plain_config, run_job
-from introspect.jobs.settings import feature_options, head_recipe
+from introspect.jobs.job import Job, JobSettings, run_job
+from introspect.jobs.settings import train_settings
 from introspect.metrics import ExpectedCalibrationError
 from introspect.models.feedforward import FeedForwardClassifier
 from introspect.models.stage2 import IntrospectiveClassifier
@@ -46,7 +46,7 @@ from introspect.runs.provenance import results_header
 from introspect.runs.rundir import check_run_dir
 from introspect.runs.trainer import build_trainer, resolve_device
 from introspect.stages.heads import build_head
-from introspect.stages.options import FeatureOptions, HeadRecipe
+from introspect.stages.options import FeatureOptions, HeadRecipe, Stage1Options
 from introspect.stages.recipes import Recipe
 from introspect.stages.stage1 import build_backbone, build_data, stage1_recipe
 from introspect.uncertainty.mc_dropout import MCDropout
@@ -70,6 +70,8 @@ class ActiveSettings:
     ``stage1`` sections, stage 1's resolved recipe, the introspective head's features and
     recipe, and the plain values of ``stage2``, ``data``, ``eval`` and ``run`` it uses."""
 
+    job: JobSettings
+    options: Stage1Options
     active: ActiveConfig
     stage1: Stage1Config
     recipe: Recipe
@@ -85,12 +87,15 @@ class ActiveSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> ActiveSettings:
         """The settings of ``cfg`` (a validated configuration)."""
+        t = train_settings(cfg)
         return cls(
+            job=t.job,
+            options=t.stage1,
             active=OmegaConf.to_object(cfg.active),  # type: ignore[arg-type]
-            stage1=OmegaConf.to_object(cfg.stage1),  # type: ignore[arg-type]
-            recipe=stage1_recipe(cfg),
-            features=feature_options(cfg),
-            head=head_recipe(cfg),
+            stage1=t.stage1.stage1,
+            recipe=stage1_recipe(t.stage1),
+            features=t.stage2.features,
+            head=t.stage2.head,
             stage2_augment=cfg.stage2.augment,
             seed=cfg.run.seed,
             split_seed=cfg.data.split_seed,
@@ -368,32 +373,32 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
     like the two-stage job's (``jobs.job``). Only rank zero writes.
     """
     started = time.perf_counter()
-    check_run_dir(cfg)
     settings = ActiveSettings.from_config(cfg)
+    check_run_dir(settings.job.run, settings.job.config)
     L.seed_everything(settings.seed, workers=True, verbose=False)
     if settings.recipe.contrastive:
         raise ActiveError(
             f"stage1.recipe={settings.stage1.recipe} (SimCLR pre-training) is not available in "
             "active learning; pick another stage1.recipe"
         )
-    dm = build_data(cfg)
+    dm = build_data(settings.options)
     a, split_seed = settings.active, settings.split_seed
     train = _subset(dm.split("train"), a.pool_size, seed=split_seed, name="pool")
     test = _subset(dm.split("test"), a.test_size, seed=split_seed, name="test")
     schedule = check_active(settings, len(train))  # type: ignore[arg-type]
-    build_backbone(cfg, dm.num_classes, dm.image_shape)  # class counts checked before any work
-    launch(cfg)
-    device = resolve_device(cfg)
+    build_backbone(settings.options, dm.num_classes, dm.image_shape)  # class counts checked first
+    launch(settings.job.trainer, settings.job.run)
+    device = resolve_device(settings.job.trainer.accelerator)
     # Dozens of short fits: Lightning's per-fit notices would bury the per-round lines.
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)
     try:
-        with run_job(cfg, started=started) as job, job.stage("active"):
+        with run_job(settings.job, started=started) as job, job.stage("active"):
 
             def trainer(epochs: int) -> L.Trainer:
                 return build_trainer(
-                    cfg,
+                    settings.job.trainer,
                     job.run_dir,
                     max_epochs=epochs,
                     enable_progress_bar=False,
@@ -401,12 +406,12 @@ def run_active(cfg: DictConfig) -> dict[str, Any]:
                     num_sanity_val_steps=0,
                 )
 
-            backbone = partial(build_backbone, cfg, dm.num_classes, dm.image_shape)
+            backbone = partial(build_backbone, settings.options, dm.num_classes, dm.image_shape)
             learner = RunLearner(settings, dm, device, test, backbone=backbone, trainer=trainer)
             curves, initial, store = _run_curves(settings, learner, train, schedule, job)
             header = results_header(
-                cfg.run.name,
-                plain_config(cfg),
+                job.settings.run.name,  # type: ignore[union-attr]
+                job.settings.config,  # type: ignore[union-attr]
                 device=device,
                 world_size=world_size(),
                 seed=settings.seed,

@@ -139,20 +139,22 @@ def open_run(cfg: DictConfig, run_dir: Path) -> ExplainedRun | QualitySettings:
     explanation jobs; a quality run (``task: quality``) gives its ``QualitySettings``."""
     if cfg.task == "quality":
         return QualitySettings.from_config(cfg)
-    from introspect.jobs import job
+    from introspect.jobs.job import job_loggers
+    from introspect.jobs.settings import train_settings
     from introspect.runs.trainer import resolve_device
     from introspect.stages.stage1 import build_backbone, build_data
 
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
+    settings = train_settings(cfg)
+    device = resolve_device(settings.job.trainer.accelerator)
+    dm = build_data(settings.stage1)
 
     def network() -> Network:
-        with_checkpoint = job.with_stage1_checkpoint(cfg, run_dir)
-        backbone = build_backbone(with_checkpoint, dm.num_classes, dm.image_shape)
+        finished = settings.of_finished_run(run_dir)
+        backbone = build_backbone(finished.stage1, dm.num_classes, dm.image_shape)
         return Network(
             backbone.eval().to(device),
-            job.plain_config(with_checkpoint),
-            lambda: job.job_loggers(with_checkpoint, run_dir),
+            finished.job.config,
+            lambda: job_loggers(finished.job, run_dir),
         )
 
     e = cfg.eval
@@ -160,7 +162,7 @@ def open_run(cfg: DictConfig, run_dir: Path) -> ExplainedRun | QualitySettings:
         dm=dm,
         device=device,
         network=network,
-        name=cfg.run.name,
+        name=settings.job.run.name,
         seed=int(cfg.run.seed),
         corruptions=CorruptionSource(e.seed, e.chunk_size, e.cache_dir),
         progress=bool(cfg.trainer.enable_progress_bar),

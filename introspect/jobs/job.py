@@ -1,21 +1,24 @@
 """The bookkeeping every job shares: its run directory (created or continued), ``status.json``
 (``running`` with the stage under way, each finished stage with its seconds, then ``complete``,
 ``failed`` or ``interrupted``), its loggers, and how a run that fails from outside (a full disk,
-Ctrl-C) is recorded and reported. Jobs write their own results; ``Job`` does the rest."""
+Ctrl-C) is recorded and reported. Jobs write their own results; ``Job`` does the rest.
+``job_settings`` builds what it takes from a validated configuration."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from introspect.config.schema import LoggerConfig
+from introspect.config.schema import Config, LoggerConfig, TrainerConfig
 from introspect.runs.errors import PipelineError
 from introspect.runs.faults import disk_full, interrupted, resume_hint
+from introspect.runs.options import RunOptions
 from introspect.runs.rundir import build_loggers, log_version, prepare_run_dir
 from introspect.runs.status import mark_stage_done, now, update_status
 
@@ -23,11 +26,50 @@ if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """What every job's bookkeeping takes: the run's options, the plain resolved configuration
+    (``config.yaml``, W&B, records), the trainer and the logger settings."""
+
+    run: RunOptions
+    config: dict[str, Any]
+    trainer: TrainerConfig
+    logger: LoggerConfig
+
+    def placed(self, run: RunOptions, config: dict[str, Any]) -> JobSettings:
+        """These settings for the run as placed (``rundir.prepare_run_dir``'s results)."""
+        return replace(self, run=run, config=config)
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    out = OmegaConf.to_container(section, resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def job_settings(cfg: DictConfig) -> JobSettings:
+    """The bookkeeping settings of the validated configuration ``cfg``; a run without a name
+    is named here, once (``RunOptions.named``)."""
+    whole = OmegaConf.to_object(cfg)  # the schema's typed record
+    assert isinstance(whole, Config), "a configuration composed by config.load_config"
+    r = whole.run
+    run = RunOptions(
+        name=r.name,
+        dir=r.dir,
+        root=r.root,
+        seed=r.seed,
+        overwrite=bool(r.overwrite),
+        resume=bool(r.resume),
+        experiment=whole.experiment,
+    ).named()
+    return JobSettings(run=run, config=_plain(cfg), trainer=whole.trainer, logger=whole.logger)
+
+
 class Job:
     """A running job in ``run_dir``: ``stage(name)`` follows its stages in ``status.json``
     (only when ``write``: rank zero of a multi-process run) and keeps their seconds in
-    ``stage_seconds``; ``seconds`` is the wall time since ``started`` (``time.perf_counter``).
-    """
+    ``stage_seconds``; ``seconds`` is the wall time since ``started`` (``time.perf_counter``);
+    ``settings`` are the job's settings as placed (run named, its directory filled in)."""
 
     def __init__(
         self,
@@ -36,8 +78,10 @@ class Job:
         write: bool = True,
         started: float | None = None,
         loggers: list[Logger] | None = None,
+        settings: JobSettings | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.settings = settings
         self.write = write
         self.started = time.perf_counter() if started is None else started
         self.loggers: list[Logger] = loggers or []
@@ -96,20 +140,21 @@ def describe_error(err: BaseException) -> str:
 
 @contextmanager
 def run_job(
-    cfg: DictConfig, *, started: float | None = None, loggers: bool = True
+    settings: JobSettings, *, started: float | None = None, loggers: bool = True
 ) -> Iterator[Job]:
-    """Create (or continue) the run directory of ``cfg`` and run the block as its job: the run
+    """Create (or continue) the run directory of ``settings`` and run the block as its job: the run
     is ``complete`` when the block ends, ``failed``/``interrupted`` when it raises. A full disk
     becomes a ``PipelineError`` saying how to continue. With ``loggers``, the job holds the
     run's loggers (``rundir.build_loggers``; resumed runs log under ``resume-K``)."""
     from introspect.runs.distributed import is_global_zero
 
-    run_dir = prepare_run_dir(cfg)
-    job = Job(run_dir, write=is_global_zero(), started=started)
+    settings = settings.placed(*prepare_run_dir(settings.run, settings.config))
+    run_dir = Path(str(settings.run.dir))
+    job = Job(run_dir, write=is_global_zero(), started=started, settings=settings)
     try:
         if loggers:
-            version = log_version(run_dir, resume=bool(cfg.run.resume))
-            job.loggers = job_loggers(cfg, run_dir, csv_version=version)
+            version = log_version(run_dir, resume=settings.run.resume)
+            job.loggers = job_loggers(settings, run_dir, csv_version=version)
         yield job
     except BaseException as err:
         full = disk_full(err, run_dir)
@@ -117,48 +162,24 @@ def run_job(
         if full is not None:
             raise PipelineError(
                 f"no space left on device while writing {full}; free space and continue with "
-                f"{run_resume_hint(cfg)}"
+                f"{run_resume_hint(settings.run)}"
             ) from err
         raise
     job.complete()
 
 
-def with_stage1_checkpoint(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """A copy of ``cfg`` whose ``backbone.checkpoint`` is the stage-1 checkpoint of the finished
-    run in ``run_dir`` (``cfg`` itself is left as it is); ``PipelineError`` when it has none."""
-    from omegaconf import OmegaConf
-
-    from introspect.stages.stage1 import stage1_checkpoint
-
-    checkpoint = stage1_checkpoint(cfg, run_dir)
-    if checkpoint is None:
-        raise PipelineError(f"{run_dir} holds no stage-1 checkpoint; was the run finished?")
-    copy = OmegaConf.merge(cfg, {"backbone": {"checkpoint": checkpoint}})
-    assert isinstance(copy, DictConfig)
-    return copy
-
-
-def job_loggers(cfg: DictConfig, run_dir: Path, *, csv_version: str = "") -> list[Logger]:
-    """The loggers ``cfg.logger`` asks for, writing under ``run_dir`` (``rundir.build_loggers``;
-    W&B gets the run's name and resolved config)."""
-    from omegaconf import OmegaConf
-
-    settings = OmegaConf.to_object(cfg.logger)
-    assert isinstance(settings, LoggerConfig)
+def job_loggers(settings: JobSettings, run_dir: Path, *, csv_version: str = "") -> list[Logger]:
+    """The loggers ``settings.logger`` asks for, writing under ``run_dir``
+    (``rundir.build_loggers``; W&B gets the run's name and resolved config)."""
     return build_loggers(
-        settings, run_dir, name=str(cfg.run.name), config=plain_config(cfg), csv_version=csv_version
+        settings.logger,
+        run_dir,
+        name=str(settings.run.name),
+        config=settings.config,
+        csv_version=csv_version,
     )
 
 
-def run_resume_hint(cfg: DictConfig) -> str:
-    """The settings that continue the run of ``cfg`` (``faults.resume_hint``)."""
-    return resume_hint(cfg.run.name, cfg.run.dir, cfg.run.root)
-
-
-def plain_config(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg`` as plain resolved containers (what records and W&B keep)."""
-    from omegaconf import OmegaConf
-
-    out = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(out, dict)
-    return out
+def run_resume_hint(run: RunOptions) -> str:
+    """The settings that continue the run ``run`` (``faults.resume_hint``)."""
+    return resume_hint(run.name, run.dir, run.root)

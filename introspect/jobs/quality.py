@@ -17,8 +17,8 @@ from introspect.backbones import load_backbone
 from introspect.config import ConfigError
 from introspect.config.schema import BackboneConfig, QualityConfig
 from introspect.gradients.normalize import Standardizer, normalize_features
-from introspect.jobs.job import plain_config, run_job
-from introspect.jobs.settings import feature_options
+from introspect.jobs.job import JobSettings, run_job
+from introspect.jobs.settings import train_settings
 from introspect.metrics.quality import krcc, outlier_ratio, plcc, rmse, srcc
 from introspect.quality import (
     FULL_REFERENCE,
@@ -56,6 +56,7 @@ class QualitySettings:
     ``backbone`` sections, the introspective features, the regressors' recipe
     (``stage2.head``), the splits they are fitted on, and the seeds."""
 
+    job: JobSettings
     quality: QualityConfig
     backbone: BackboneConfig
     features: FeatureOptions
@@ -69,10 +70,12 @@ class QualitySettings:
     def from_config(cls, cfg: DictConfig) -> QualitySettings:
         """The settings of ``cfg`` (a validated configuration)."""
         h = cfg.stage2.head
+        t = train_settings(cfg)
         return cls(
+            job=t.job,
             quality=OmegaConf.to_object(cfg.quality),  # type: ignore[arg-type]
             backbone=OmegaConf.to_object(cfg.backbone),  # type: ignore[arg-type]
-            features=feature_options(cfg),
+            features=t.stage2.features,
             regressor=RegressorRecipe(
                 tuple(h.hidden),
                 h.dropout,
@@ -241,7 +244,7 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
     dataset = build_quality_set(settings)
     splits = quality_splits(settings, dataset)
     model = build_quality_model(settings)
-    with run_job(cfg, started=start, loggers=False) as job:
+    with run_job(settings.job, started=start, loggers=False) as job:
         timings: dict[str, float] = {"data": time.perf_counter() - start}
         with job.stage("stage1"):
             t = settings.quality.train
@@ -260,8 +263,8 @@ def run_quality(cfg: DictConfig) -> dict[str, Any]:
             results = _evaluate(settings.quality, dataset, splits, fitted, job.run_dir, timings)
             results["stage1_losses"] = losses
             results["run"] = results_header(
-                cfg.run.name,
-                plain_config(cfg),
+                job.settings.run.name,  # type: ignore[union-attr]
+                job.settings.config,  # type: ignore[union-attr]
                 seed=settings.seed,
                 started=start,
                 timings=timings,

@@ -38,8 +38,8 @@ from introspect.detect import (
     layer_features,
 )
 from introspect.detect.posthoc import POSTHOC
-from introspect.jobs.job import job_loggers, plain_config, with_stage1_checkpoint
-from introspect.jobs.settings import feature_options, head_recipe
+from introspect.jobs.job import job_loggers
+from introspect.jobs.settings import TrainSettings, train_settings
 from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
 from introspect.runs.errors import PipelineError
@@ -90,6 +90,7 @@ class ScoresSettings:
     """What the scores task takes from a run's configuration (``scores.*``, the MC-dropout
     settings, the run's name and whether progress bars show); built by ``from_config``."""
 
+    train: TrainSettings
     run_name: str
     scores: DictConfig
     mc_dropout: MCDropout | None
@@ -101,8 +102,10 @@ class ScoresSettings:
         """The settings of ``cfg``, checked first (``ConfigError`` names the key)."""
         check_scores_config(cfg)
         mc = cfg.eval.mc_dropout
+        train = train_settings(cfg)
         return cls(
-            run_name=str(cfg.run.name),
+            train=train,
+            run_name=str(train.job.run.name),
             scores=cfg.scores,
             mc_dropout=MCDropout(mc.samples, mc.p, seed=mc.seed) if mc.samples > 0 else None,
             mc_dropout_note=(
@@ -180,12 +183,13 @@ class UniformNoise(Dataset):
         return torch.rand(self.shape, generator=g), torch.tensor(-1)
 
 
-def ood_set(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
+def ood_set(settings: ScoresSettings, dm: ImageDataModule, name: str) -> Dataset:
     """The ``scores.ood.<name>`` set, resized to the run's (square) image size: an unlabeled
     source (``introspect.data.ood``: an npz without ``y`` or with one class, any image tree,
     SVHN) or else a labelled one read with the run's data settings (its classes may differ
     from the run's). ``DataError`` names the fix."""
-    entry = cfg.scores.ood[name]
+    entry = settings.scores.ood[name]
+    data = settings.train.stage1.data
     where = f"scores.ood.{name}"
     _, height, width = dm.image_shape
     if height != width:
@@ -198,13 +202,13 @@ def ood_set(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
             f"{where}.split={entry.split!r} is not a split; valid: {', '.join(SPLITS)}, all"
         )
     try:
-        root = Path(str(cfg.data.root)).expanduser()
+        root = Path(str(data.root)).expanduser()
         unlabeled = ood_source(entry.source, entry.path, entry.test_path, entry.split, height, root)
     except DataError as err:
         raise DataError(f"{where}: {err}") from None
     if unlabeled is not None:
         return unlabeled
-    return read_source(cfg, entry, where, image_size=height)[1]
+    return read_source(data, entry, where, image_size=height)[1]
 
 
 def seeded_subset(dataset: Dataset, max_samples: int | None, seed: int, name: str) -> Dataset:
@@ -481,18 +485,23 @@ class ScoreSets:
     cells: dict[str, Dataset]
 
 
-def score_sets(cfg: DictConfig, dm: ImageDataModule, device: torch.device) -> ScoreSets:
-    """In-distribution, OOD, trust and corruption-cell sets of ``cfg.scores`` (each opened, so
-    bad settings fail before any work)."""
-    s = cfg.scores
+def score_sets(settings: ScoresSettings, dm: ImageDataModule, device: torch.device) -> ScoreSets:
+    """In-distribution, OOD, trust and corruption-cell sets of ``settings.scores`` (each opened,
+    so bad settings fail before any work)."""
+    s = settings.scores
     test = dm.split("test")
     in_dist = seeded_subset(test, s.max_samples, s.seed, "in_distribution")
-    ood_sets = {str(n): ood_set(cfg, dm, str(n)) for n in s.ood}
+    ood_sets = {str(n): ood_set(settings, dm, str(n)) for n in s.ood}
     ood_sets = {n: seeded_subset(d, s.max_samples, s.seed, n) for n, d in ood_sets.items()}
     if s.noise:
         ood_sets[NOISE] = UniformNoise(len(in_dist), dm.image_shape, s.seed)
     trust_sets: dict[str, Dataset] = {}
-    splits = evaluation_splits(cfg, dm, device) if s.trust or s.corruption_detection else {}
+    t = settings.train
+    splits = (
+        evaluation_splits(t.eval, t.stage1.data, dm, device)
+        if s.trust or s.corruption_detection
+        else {}
+    )
     # Corruption cells of the very clean images scored as in-distribution (same indices).
     keep = in_dist.indices if in_dist is not test and isinstance(in_dist, Subset) else None
     cell_sets = {
@@ -664,13 +673,13 @@ def score_run(
     started = time.perf_counter()
     opts = ScoresSettings.from_config(cfg)
     s = opts.scores
-    device = resolve_device(cfg)
-    dm = build_data(cfg)
-    sets = score_sets(cfg, dm, device)  # every data source opened before any work
-    cfg = with_stage1_checkpoint(cfg, run_dir)
-    backbone = build_backbone(cfg, dm.num_classes, dm.image_shape).eval().to(device)
+    device = resolve_device(opts.train.job.trainer.accelerator)
+    dm = build_data(opts.train.stage1)
+    sets = score_sets(opts, dm, device)  # every data source opened before any work
+    t = opts.train.of_finished_run(run_dir)
+    backbone = build_backbone(t.stage1, dm.num_classes, dm.image_shape).eval().to(device)
     heads = load_heads(
-        backbone, run_dir, dm.num_classes, head=head_recipe(cfg), features=feature_options(cfg)
+        backbone, run_dir, dm.num_classes, head=t.stage2.head, features=t.stage2.features
     )
     intro = heads.get("introspective")
     if intro is not None:
@@ -689,12 +698,12 @@ def score_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scores.md").write_text(markdown)
     print(markdown)
-    for logger in job_loggers(cfg, out_dir):
+    for logger in job_loggers(t.job, out_dir):
         logger.log_metrics(_flat(ood, trust, detection))
         logger.save()
         logger.finalize("success")
     header = results_header(
-        cfg.run.name, plain_config(cfg), device=device, started=started, evaluation_of=str(run_dir)
+        opts.run_name, t.job.config, device=device, started=started, evaluation_of=str(run_dir)
     )
     results = {"run": header, "ood": ood, "trust": trust, "detection": detection}
     # results.json last and atomically: a failed scoring run leaves none.

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from introspect.config import ConfigError, load_config
 from introspect.config.launcher import load_launcher
 from introspect.config.overrides import OverrideError, split_values
+from introspect.jobs.job import job_settings
 from introspect.report.experiments import WandbTarget
 from introspect.runs.rundir import check_run_dir
 from introspect.runs.status import write_json_atomic
@@ -131,7 +132,8 @@ def plan_sweep(argv: Sequence[str], config_dir: Path, *, now: float | None = Non
         job = Job(index, tuple(overrides), tuple(varied), run_dir)
         try:
             cfg = load_config(job.argv(), config_dir=config_dir)
-            check_run_dir(cfg)
+            settings = job_settings(cfg)
+            check_run_dir(settings.run, settings.config)
         except ConfigError as err:
             raise SweepError(f"job {index} ({' '.join(varied) or 'no sweep'}): {err}") from None
         jobs.append(job)

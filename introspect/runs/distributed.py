@@ -21,9 +21,10 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.strategies import DDPStrategy
 from lightning.pytorch.strategies import DDPStrategy as TrainerDDPStrategy
 from lightning.pytorch.strategies import StrategyRegistry
-from omegaconf import DictConfig
 
 from introspect.config import ConfigError
+from introspect.config.schema import TrainerConfig
+from introspect.runs.options import RunOptions
 from introspect.runs.status import read_status
 
 T = TypeVar("T")
@@ -132,20 +133,24 @@ class _Watch:
         self.world = 1
         self.rank = 0
         self.timeout_s = 0.0
-        self.cfg: DictConfig | None = None
+        self.run: RunOptions | None = None
+        self.run_dir: Path | None = None
         self.children: list[subprocess.Popen] = []
         self.failure: str | None = None
         self._lock = threading.Lock()
         self._reported = False
 
-    def start(self, cfg: DictConfig, strategy: DDPStrategy, local: int) -> None:
-        """Watch the other processes of the run that ``strategy`` is about to launch."""
+    def start(
+        self, run: RunOptions | None, timeout_s: float, strategy: DDPStrategy, local: int
+    ) -> None:
+        """Watch the other processes of the run ``run`` that ``strategy`` is about to launch,
+        waiting ``timeout_s`` for them after one stopped."""
         env = strategy.cluster_environment
         self.world = local * strategy.num_nodes
         first = env.node_rank() * local  # global rank of this node's local rank 0
         self.rank = first + env.local_rank()
-        self.timeout_s = float(cfg.trainer.timeout_s)
-        self.cfg = cfg  # its run directory is known once the run has made it
+        self.timeout_s = float(timeout_s)
+        self.run = run  # its run directory is known once the run has made it
         if not isinstance(env, LightningEnvironment):
             return  # torchrun, SLURM, ...: the tool that started the processes watches them
         if not env.creates_processes_externally:
@@ -205,7 +210,7 @@ class _Watch:
 
     def hint(self) -> str:
         """How to go on: resume a run that has a directory and status, else run again."""
-        run_dir = _named_run_dir(self.cfg) if self.cfg is not None else None
+        run_dir = self.run_dir or (_named_run_dir(self.run) if self.run is not None else None)
         status = read_status(run_dir) if run_dir is not None else None
         if status is None:
             return "no run directory was made yet: run the same command again"
@@ -258,14 +263,19 @@ class _Watch:
 _watch = _Watch()
 
 
-def _named_run_dir(cfg: DictConfig) -> Path | None:
-    """The run directory ``cfg`` names (``run.dir``, else ``run.root/run.name``); None while
-    no name is chosen yet (then no directory exists either)."""
-    if cfg.run.dir:
-        return Path(str(cfg.run.dir)).expanduser()
-    if cfg.run.name:
-        return Path(str(cfg.run.root)).expanduser() / str(cfg.run.name)
+def _named_run_dir(run: RunOptions) -> Path | None:
+    """The run directory ``run`` names (``dir``, else ``root/name``); None while no name is
+    chosen yet (then no directory exists either)."""
+    if run.dir:
+        return Path(str(run.dir)).expanduser()
+    if run.name:
+        return Path(str(run.root)).expanduser() / str(run.name)
     return None
+
+
+def watch_run_dir(run_dir: Path) -> None:
+    """Tell this process's watch (see ``launch``) the directory its run has made."""
+    _watch.run_dir = run_dir
 
 
 def report_stopped_process(err: BaseException) -> bool:
@@ -275,11 +285,11 @@ def report_stopped_process(err: BaseException) -> bool:
     return _watch.report_error(err)
 
 
-def trainer_strategy(cfg: DictConfig) -> str | TrainerDDPStrategy:
-    """``cfg.trainer.strategy`` for a ``lightning.Trainer``: in a multi-process run, a ``ddp``
+def trainer_strategy(trainer: TrainerConfig) -> str | TrainerDDPStrategy:
+    """``trainer.strategy`` for a ``lightning.Trainer``: in a multi-process run, a ``ddp``
     strategy (what ``auto`` picks there too) that waits at most ``trainer.timeout_s`` for the
     other processes; the name itself otherwise."""
-    name = str(cfg.trainer.strategy)
+    name = str(trainer.strategy)
     if world_size() <= 1:
         return name
     if name == "auto":
@@ -288,7 +298,7 @@ def trainer_strategy(cfg: DictConfig) -> str | TrainerDDPStrategy:
         options = dict(StrategyRegistry[name]["init_params"])
     else:
         return name
-    timeout = datetime.timedelta(seconds=cfg.trainer.timeout_s)
+    timeout = datetime.timedelta(seconds=trainer.timeout_s)
     return TrainerDDPStrategy(timeout=timeout, **options)
 
 
@@ -304,8 +314,9 @@ def _launch_command() -> str | None:
     return script.name if script is not None and script.is_file() else None
 
 
-def launch(cfg: DictConfig) -> None:
-    """Start the other processes of a multi-process ``cfg.trainer`` and join its process group.
+def launch(t: TrainerConfig, run: RunOptions | None = None) -> None:
+    """Start the other processes of a multi-process trainer ``t`` (of the run ``run``) and join
+    its process group.
 
     ``trainer.devices`` processes per node (times ``trainer.num_nodes``) run the command that
     started this one from its beginning, as Lightning's ``ddp`` strategy does; every later
@@ -319,7 +330,6 @@ def launch(cfg: DictConfig) -> None:
     """
     if _initialized():
         return
-    t = cfg.trainer
     fabric = Fabric(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -346,5 +356,5 @@ def launch(cfg: DictConfig) -> None:
             "runner, python -c or an interactive session); start it as a subprocess, e.g. "
             "python train.py trainer=ddp_cpu"
         )
-    _watch.start(cfg, strategy, local)
+    _watch.start(run, t.timeout_s, strategy, local)
     fabric.launch()

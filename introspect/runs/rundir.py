@@ -15,16 +15,16 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from introspect.config import ConfigError, save_config
+from introspect.config import ConfigError
 from introspect.config.loader import first_interpolation, leaf_paths
 from introspect.config.schema import Config, LoggerConfig
 from introspect.runs.lock import LOCK_FILE, RunLock, acquire_lock
+from introspect.runs.options import RunOptions, with_run
 from introspect.runs.status import (
     STATES,
     STATUS_FILE,
@@ -136,20 +136,18 @@ def holds_run(path: Path | str) -> bool:
     return path.is_dir() and any((path / m).exists() for m in markers)
 
 
-def run_path(cfg: DictConfig) -> Path:
-    """Fill ``run.name`` (default ``<experiment or 'default'>-<YYYYmmdd-HHMMSS>``) and return
-    the absolute run directory: ``run.dir`` or ``run.root/run.name``.
+def run_path(run: RunOptions) -> Path:
+    """The absolute run directory of ``run``: ``dir`` or ``root/name`` (a run without a name
+    gets the default one of ``RunOptions.named``, now).
 
-    ``RunDirError`` when ``run.name`` is not one plain folder name."""
-    if not cfg.run.name:
-        cfg.run.name = f"{cfg.experiment or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name = str(cfg.run.name)
+    ``RunDirError`` when the name is not one plain folder name."""
+    name = str(run.named().name)
     if name in (".", "..") or "/" in name or "\\" in name or name.strip() != name:
         raise RunDirError(
             f"run.name={name!r} must be one plain folder name (no '/', not '.' or '..'); "
             "give the folder as run.dir=PATH or the parent as run.root=PATH"
         )
-    run_dir = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / name
+    run_dir = Path(run.dir) if run.dir else Path(run.root) / name
     return run_dir.expanduser().resolve()
 
 
@@ -282,8 +280,9 @@ def _changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ]
 
 
-def check_run_dir(cfg: DictConfig) -> Path:
-    """The checks made before any work (fills ``run.name``; returns the run directory).
+def check_run_dir(run: RunOptions, config: dict[str, Any]) -> Path:
+    """The checks made before any work, for the run ``run`` of the plain resolved ``config``
+    (name it first with ``RunOptions.named``); returns the run directory.
 
     Refuses a directory that holds a run unless ``run.overwrite`` or ``run.resume``; with
     ``run.overwrite``, the directory must hold a run of ours and nothing else; with
@@ -291,8 +290,8 @@ def check_run_dir(cfg: DictConfig) -> Path:
     must be creatable and writable, not home, root or the working directory (or above it), and
     its output folders no symbolic links. Processes of rank > 0 only compute the path.
     """
-    path = run_path(cfg)
-    if cfg.run.overwrite and cfg.run.resume:
+    path = run_path(run)
+    if run.overwrite and run.resume:
         raise RunDirError("run.overwrite=true and run.resume=true exclude each other; pick one")
     if is_secondary_process():
         return path
@@ -300,47 +299,11 @@ def check_run_dir(cfg: DictConfig) -> Path:
     _check_writable(path)
     if path.is_dir():
         check_inside(path, *(path / e.rstrip("/") for e in RUN_ENTRIES))
-    if cfg.run.overwrite:
+    if run.overwrite:
         _check_overwrite(path)
-    if cfg.run.resume:
-        if not holds_run(path):
-            raise RunDirError(
-                f"run.resume=true but {path} holds no run to continue; give the run's "
-                "run.name or run.dir, or drop run.resume"
-            )
-        status = read_status(path) or {}
-        if status.get("state") == "complete":
-            raise RunDirError(
-                f"the run in {path} is complete; nothing to resume (run.overwrite=true redoes it)"
-            )
-        try:
-            saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
-        except Exception as err:  # missing or unreadable: nothing to compare with
-            raise RunDirError(
-                f"{path} has no readable config.yaml ({err}); it cannot be resumed, only "
-                "overwritten (run.overwrite=true)"
-            ) from None
-        key = first_interpolation(saved)
-        if key is not None:  # a saved config is data: never resolved, not even to compare
-            raise RunDirError(
-                f"{path / 'config.yaml'}: {key} holds an interpolation ('${{...}}'), which "
-                "train.py never writes; it cannot be resumed, only overwritten "
-                "(run.overwrite=true)"
-            )
-        current = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(saved, dict) and isinstance(current, dict)
-        changed = _changed_keys(saved, current)
-        if changed:
-            shown = ", ".join(
-                f"{k} ({OmegaConf.select(OmegaConf.create(saved), k)!r} -> "
-                f"{OmegaConf.select(cfg, k)!r})"
-                for k in changed[:5]
-            )
-            raise RunDirError(
-                f"run.resume=true but the config differs from the run in {path}: {shown}; "
-                "resume with the run's own settings, or start a new run"
-            )
-    elif holds_run(path) and not cfg.run.overwrite:
+    if run.resume:
+        _check_resume(path, config)
+    elif holds_run(path) and not run.overwrite:
         raise RunDirError(
             f"{path} already holds a run ({_state(path)}); a directory holds one run: choose "
             "another run.name/run.dir, continue it with run.resume=true, or replace it with "
@@ -349,31 +312,79 @@ def check_run_dir(cfg: DictConfig) -> Path:
     return path
 
 
+def _check_resume(path: Path, config: dict[str, Any]) -> None:
+    """``RunDirError`` unless ``path`` holds an unfinished run made with ``config``."""
+    if not holds_run(path):
+        raise RunDirError(
+            f"run.resume=true but {path} holds no run to continue; give the run's "
+            "run.name or run.dir, or drop run.resume"
+        )
+    status = read_status(path) or {}
+    if status.get("state") == "complete":
+        raise RunDirError(
+            f"the run in {path} is complete; nothing to resume (run.overwrite=true redoes it)"
+        )
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
+    except Exception as err:  # missing or unreadable: nothing to compare with
+        raise RunDirError(
+            f"{path} has no readable config.yaml ({err}); it cannot be resumed, only "
+            "overwritten (run.overwrite=true)"
+        ) from None
+    key = first_interpolation(saved)
+    if key is not None:  # a saved config is data: never resolved, not even to compare
+        raise RunDirError(
+            f"{path / 'config.yaml'}: {key} holds an interpolation ('${{...}}'), which "
+            "train.py never writes; it cannot be resumed, only overwritten "
+            "(run.overwrite=true)"
+        )
+    assert isinstance(saved, dict)
+    changed = _changed_keys(saved, config)
+    if changed:
+        current = leaf_paths(config)
+        shown = ", ".join(
+            f"{k} ({OmegaConf.select(OmegaConf.create(saved), k)!r} -> {current.get(k)!r})"
+            for k in changed[:5]
+        )
+        raise RunDirError(
+            f"run.resume=true but the config differs from the run in {path}: {shown}; "
+            "resume with the run's own settings, or start a new run"
+        )
+
+
 def _state(path: Path) -> str:
     status = read_status(path)
     return str(status.get("state", "unknown state")) if status else "no status.json"
 
 
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    """Create the run directory (a run's files deleted first with ``run.overwrite``), fill
-    ``run.name``/``run.dir`` in ``cfg``, save ``config.yaml`` and mark the run ``running``.
+def prepare_run_dir(run: RunOptions, config: dict[str, Any]) -> tuple[RunOptions, dict[str, Any]]:
+    """Create the run directory of ``run`` (a run's files deleted first with ``overwrite``),
+    save ``config`` there as ``config.yaml`` and mark the run ``running``; return ``run`` and
+    ``config`` with the run's name and directory filled in.
 
     In a multi-process run, rank zero picks name and path for every process and alone writes.
     """
-    from introspect.runs.distributed import barrier, broadcast_from_zero, is_global_zero
+    from introspect.runs.distributed import (
+        barrier,
+        broadcast_from_zero,
+        is_global_zero,
+        watch_run_dir,
+    )
 
-    path = run_path(cfg)
-    name, where = broadcast_from_zero((cfg.run.name, str(path)))
-    cfg.run.name, cfg.run.dir = name, where
+    named = run.named()
+    name, where = broadcast_from_zero((named.name, str(run_path(named))))
+    run = run.placed(name, where)
+    config = with_run(config, run)
     run_dir = Path(where)
+    watch_run_dir(run_dir)
     if is_global_zero():
-        if cfg.run.overwrite and run_dir.is_dir():
+        if run.overwrite and run_dir.is_dir():
             _clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        previous = read_status(run_dir) if cfg.run.resume else None
-        if not cfg.run.resume:
-            save_config(cfg, run_dir / "config.yaml")
-        resumes = (previous or {}).get("resumes", []) + ([now()] if cfg.run.resume else [])
+        previous = read_status(run_dir) if run.resume else None
+        if not run.resume:
+            save_plain_config(config, run_dir / "config.yaml")
+        resumes = (previous or {}).get("resumes", []) + ([now()] if run.resume else [])
         update_status(
             run_dir,
             state="running",
@@ -385,7 +396,12 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
             command=" ".join(sys.argv),
         )
     barrier()
-    return run_dir
+    return run, config
+
+
+def save_plain_config(config: dict[str, Any], path: Path) -> None:
+    """Write the plain resolved ``config`` as YAML (its strings as they are)."""
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
 
 
 def log_version(run_dir: Path, *, resume: bool) -> str:
@@ -441,12 +457,6 @@ def build_loggers(
             )
         )
     return loggers
-
-
-def _plain(cfg: DictConfig) -> dict[str, Any]:
-    out = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(out, dict)
-    return out
 
 
 def evaluation_tag(overrides: list[str]) -> str:
@@ -506,16 +516,16 @@ def lock_evaluation(run_dir: Path, out_dir: Path) -> RunLock:
     return lock
 
 
-def lock_run_dir(cfg: DictConfig) -> RunLock | None:
-    """Lock the run directory of ``cfg`` for the whole run (``LockError`` naming the holder
+def lock_run_dir(run: RunOptions, config: dict[str, Any]) -> RunLock | None:
+    """Lock the run directory of ``run`` for the whole run (``LockError`` naming the holder
     when another process has it), then repeat ``check_run_dir`` under the lock. Processes of
     rank > 0 take no lock (rank zero holds it for them): None."""
-    path = check_run_dir(cfg)
+    path = check_run_dir(run, config)
     if is_secondary_process():
         return None
     lock = acquire_lock(path, f"run directory {path}")
     try:
-        check_run_dir(cfg)
+        check_run_dir(run, config)
     except BaseException:
         lock.release()
         raise
@@ -527,9 +537,9 @@ def _schema_defaults() -> dict[str, Any]:
     return leaf_paths(OmegaConf.to_container(OmegaConf.structured(Config)))
 
 
-def config_digest(cfg: DictConfig) -> str:
-    """A digest of everything ``cfg`` computes (bookkeeping keys excluded), e.g. to tell
-    whether partial results were made by the same evaluation.
+def config_digest(config: dict[str, Any]) -> str:
+    """A digest of everything the plain resolved ``config`` computes (bookkeeping keys
+    excluded), e.g. to tell whether partial results were made by the same evaluation.
 
     Settings at their schema default are left out, so a setting added to the schema later
     (at its default) keeps the digest of an interrupted run, as it keeps ``run.resume``
@@ -537,7 +547,7 @@ def config_digest(cfg: DictConfig) -> str:
     import hashlib
 
     defaults = _schema_defaults()
-    plain = leaf_paths(_plain(cfg))
+    plain = leaf_paths(config)
     kept = {
         k: v
         for k, v in plain.items()

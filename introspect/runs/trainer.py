@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.trainer.states import TrainerFn
-from omegaconf import DictConfig
 
+from introspect.config.schema import TrainerConfig
 from introspect.runs.distributed import trainer_strategy
 
 # Where Lightning's banners and tips are logged from (filters apply to a record's own logger).
@@ -164,16 +164,16 @@ def progress_callbacks(enabled: bool, stream: TextIO | None = None) -> list[Call
     return [LineProgress(stream)]
 
 
-def resolve_device(cfg: DictConfig) -> torch.device:
+def resolve_device(accelerator: str) -> torch.device:
     """The device feature extraction runs on, following ``trainer.accelerator``."""
-    acc = cfg.trainer.accelerator
+    acc = accelerator
     if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
 
 
 def build_trainer(
-    cfg: DictConfig,
+    t: TrainerConfig,
     run_dir: Path,
     *,
     loggers: list[Logger] | bool = False,
@@ -181,9 +181,8 @@ def build_trainer(
     max_epochs: int | None = None,
     **overrides: Any,
 ) -> L.Trainer:
-    """A ``lightning.Trainer`` from ``cfg.trainer`` writing under ``run_dir``."""
+    """A ``lightning.Trainer`` from the trainer settings ``t`` writing under ``run_dir``."""
     quiet_library_banners()
-    t = cfg.trainer
     callbacks = list(callbacks or [])
     callbacks += progress_callbacks(
         bool(overrides.get("enable_progress_bar", t.enable_progress_bar))
@@ -192,7 +191,7 @@ def build_trainer(
         "accelerator": t.accelerator,
         "devices": t.devices,
         "num_nodes": t.num_nodes,
-        "strategy": trainer_strategy(cfg),
+        "strategy": trainer_strategy(t),
         "precision": t.precision,
         "deterministic": t.deterministic,
         "log_every_n_steps": t.log_every_n_steps,
@@ -206,7 +205,7 @@ def build_trainer(
         "max_epochs": max_epochs,
     }
     for key in ("limit_train_batches", "limit_val_batches"):
-        if t[key] is not None:
-            kwargs[key] = t[key]
+        if getattr(t, key) is not None:
+            kwargs[key] = getattr(t, key)
     kwargs.update(overrides)
     return L.Trainer(**kwargs)

@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from introspect.data import ImageDataModule
@@ -31,6 +30,7 @@ from introspect.models.stage2 import StageTwoClassifier, freeze
 from introspect.runs.distributed import broadcast_from_zero, is_global_zero
 from introspect.runs.errors import PipelineError
 from introspect.stages.evaluation import head_logits_of
+from introspect.stages.options import Stage1Options
 from introspect.stages.stage1 import build_backbone, stage1
 from introspect.uncertainty import MCDropout
 
@@ -179,18 +179,22 @@ def fit_temperatures(
     return temperatures, record
 
 
-def _member_config(cfg: DictConfig, name: str | None, checkpoint: str) -> DictConfig:
-    """``cfg`` with the backbone replaced by one ensemble member: the same options when the
+def _member_options(
+    options: Stage1Options, name: str | None, checkpoint: str | None
+) -> Stage1Options:
+    """``options`` with the backbone replaced by one ensemble member: the same options when the
     member has the run's architecture, the registry's defaults otherwise."""
-    member = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    b = member.backbone
-    if name is not None and name != b.name:
-        b.name = name
-        b.mean = b.std = b.head = None
-        b.kwargs = {}
-        b.cifar_stem = False
-    b.checkpoint = checkpoint
-    return member
+    if name is not None and name != options.backbone.name:
+        return options.with_backbone(
+            name=name,
+            mean=None,
+            std=None,
+            head=None,
+            kwargs={},
+            cifar_stem=False,
+            checkpoint=checkpoint,
+        )
+    return options.with_backbone(checkpoint=checkpoint)
 
 
 def _label(name: str, checkpoint: str | None) -> str:
@@ -198,28 +202,29 @@ def _label(name: str, checkpoint: str | None) -> str:
 
 
 def ensemble_members(
-    cfg: DictConfig, dm: ImageDataModule, run_dir: Path, *, train: bool
+    options: Stage1Options, dm: ImageDataModule, run_dir: Path, *, train: bool
 ) -> tuple[list[nn.Module], bool, list[str]]:
     """``(members, with_backbone, labels)``: the stage-1 networks of the ensemble besides the
     run's backbone (eval mode, frozen), whether the run's backbone is a member, and a label per
-    member. ``stage1.ensemble=K`` trains members 2..K with their own seeds (``train``) or loads
-    them from ``<run>/checkpoints/stage1-member<k>-best.ckpt``; ``backbone.ensemble_checkpoints``
-    loads the listed networks (a member equal to the run's backbone reuses its pass)."""
+    member, for the stage-1 ``options``. ``stage1.ensemble=K`` trains members 2..K with their
+    own seeds (``train``) or loads them from ``<run>/checkpoints/stage1-member<k>-best.ckpt``;
+    ``backbone.ensemble_checkpoints`` loads the listed networks (a member equal to the run's
+    backbone reuses its pass)."""
 
     members: list[nn.Module] = []
-    b = cfg.backbone
-    if cfg.stage1.ensemble > 1:
-        labels = [f"{b.name} [stage1, run.seed={cfg.run.seed}]"]
-        for k in range(2, cfg.stage1.ensemble + 1):
-            seed = member_seed(cfg.run.seed, k)
+    b = options.backbone
+    if options.stage1.ensemble > 1:
+        labels = [f"{b.name} [stage1, run.seed={options.seed}]"]
+        for k in range(2, options.stage1.ensemble + 1):
+            seed = member_seed(options.seed, k)
             stem = member_checkpoint_name(k)
             if train:
                 L.seed_everything(seed, workers=True, verbose=False)
-                net = build_backbone(cfg, dm.num_classes, dm.image_shape)
+                net = build_backbone(options, dm.num_classes, dm.image_shape)
                 with warnings.catch_warnings():
                     # Members share <run>/checkpoints with the first network, by design.
                     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
-                    model = stage1(cfg, dm, net, run_dir, [], name=stem)
+                    model = stage1(options, dm, net, run_dir, [], name=stem)
                 net = model.backbone
             else:
                 ckpt = next(
@@ -235,7 +240,7 @@ def ensemble_members(
                         f"{run_dir} has no checkpoint of ensemble member {k} ({stem}-best.ckpt)"
                     )
                 net = build_backbone(
-                    _member_config(cfg, None, str(ckpt)), dm.num_classes, dm.image_shape
+                    _member_options(options, None, str(ckpt)), dm.num_classes, dm.image_shape
                 )
             members.append(freeze(net))
             labels.append(f"{b.name} [{stem}, seed {seed}]")
@@ -252,7 +257,9 @@ def ensemble_members(
             with_backbone = True  # the run's own backbone: its pass is reused
             continue
         net = build_backbone(
-            _member_config(cfg, entry.name, entry.checkpoint), dm.num_classes, dm.image_shape
+            _member_options(options, entry.name, entry.checkpoint),
+            dm.num_classes,
+            dm.image_shape,
         )
         members.append(freeze(net))
     return members, with_backbone, labels

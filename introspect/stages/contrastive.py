@@ -3,12 +3,12 @@ classifier head is trained on top (``runs.stage1``)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from introspect.backbones import Backbone
@@ -18,6 +18,7 @@ from introspect.models.contrastive import SimCLRPretraining
 from introspect.runs.distributed import broadcast_from_zero, is_global_zero
 from introspect.runs.status import mark_stage_done, stages_done
 from introspect.runs.trainer import build_trainer
+from introspect.stages.options import Stage1Options
 
 
 def contrastive_loader(dm: ImageDataModule, augment: SimCLRAugment) -> DataLoader:
@@ -36,7 +37,7 @@ def contrastive_loader(dm: ImageDataModule, augment: SimCLRAugment) -> DataLoade
 
 
 def pretrain_contrastive(
-    cfg: DictConfig,
+    options: Stage1Options,
     dm: ImageDataModule,
     backbone: Backbone,
     run_dir: Path,
@@ -45,19 +46,19 @@ def pretrain_contrastive(
     name: str = "stage1-simclr",
     callbacks: list[Callback] | None = None,
 ) -> SimCLRPretraining:
-    """Train ``backbone``'s trunk with SimCLR (``cfg.stage1.simclr``) in place; its last state
-    is ``<run>/checkpoints/<name>-last.ckpt``. With ``run.resume`` a finished pre-training
-    (stage ``name`` done) is loaded instead, an interrupted one continued."""
-    s = cfg.stage1.simclr
+    """Train ``backbone``'s trunk with SimCLR (``options.stage1.simclr``) in place; its last
+    state is ``<run>/checkpoints/<name>-last.ckpt``. With ``options.resume`` a finished
+    pre-training (stage ``name`` done) is loaded instead, an interrupted one continued."""
+    s = options.stage1.simclr
     model = SimCLRPretraining(
         backbone,
         projection_dim=s.projection_dim,
         temperature=s.temperature,
-        optim=dict(s.optim),
-        channels_last=cfg.trainer.channels_last,
+        optim=asdict(s.optim),
+        channels_last=options.trainer.channels_last,
     )
     last = run_dir / "checkpoints" / f"{name}-last.ckpt"
-    if cfg.run.resume and name in broadcast_from_zero(stages_done(run_dir)):
+    if options.resume and name in broadcast_from_zero(stages_done(run_dir)):
         state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         return model
@@ -66,7 +67,7 @@ def pretrain_contrastive(
     )
     ckpt.CHECKPOINT_NAME_LAST = f"{name}-last"
     trainer = build_trainer(
-        cfg,
+        options.trainer,
         run_dir,
         loggers=loggers,
         callbacks=[ckpt, *(callbacks or [])],
@@ -74,7 +75,7 @@ def pretrain_contrastive(
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    resume_from = str(last) if cfg.run.resume and broadcast_from_zero(last.is_file()) else None
+    resume_from = str(last) if options.resume and broadcast_from_zero(last.is_file()) else None
     augment = SimCLRAugment(min_scale=s.min_scale, strength=s.jitter)
     trainer.fit(model, train_dataloaders=contrastive_loader(dm, augment), ckpt_path=resume_from)
     if is_global_zero():

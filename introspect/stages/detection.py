@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from introspect.attacks import attack_by_name
+from introspect.config.schema import AttackConfig, DetectConfig
 from introspect.data import ImageDataModule
 from introspect.detect import Halves, LayerMahalanobis, LogisticDetector, halves, held_out_metrics
 from introspect.detect.lid import lid_features
@@ -46,7 +46,7 @@ DETECTION_NOTE = (
 )
 
 
-def attack_kwargs(name: str, a: DictConfig) -> dict[str, Any]:
+def attack_kwargs(name: str, a: AttackConfig) -> dict[str, Any]:
     """Keyword arguments of attack ``name`` from the ``scores.attack`` settings."""
     if name == "cw":
         return {"c": a.cw_c, "kappa": a.cw_kappa, "steps": a.cw_steps, "lr": a.cw_lr}
@@ -71,7 +71,7 @@ def adversarial_set(
     backbone: nn.Module,
     clean: Dataset,
     dm: ImageDataModule,
-    a: DictConfig,
+    a: AttackConfig,
     batch_size: int,
     device: torch.device,
     progress: bool,
@@ -124,7 +124,7 @@ class DetectorFeatures:
         backbone: nn.Module,
         mahalanobis: LayerMahalanobis,
         reference: list[torch.Tensor],
-        d: DictConfig,
+        d: DetectConfig,
     ) -> None:
         self.backbone = backbone
         self.mahalanobis = mahalanobis

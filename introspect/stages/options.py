@@ -1,13 +1,15 @@
-"""The values stage 2 works with, as small frozen records: built once from the configuration by
-the command layer (``jobs.settings``) or written directly by a library user."""
+"""The values stages 1 and 2 work with, as small frozen records: built once from the
+configuration by the command layer (``jobs.settings``) or written directly by a library user."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import lightning as L
+
+from introspect.config.schema import BackboneConfig, DataConfig, Stage1Config, TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -104,3 +106,20 @@ class Stage2Settings:
     resume: bool = False
     progress: bool = False
     gradient_clip_val: float | None = None
+
+
+@dataclass(frozen=True)
+class Stage1Options:
+    """Everything stage 1 takes: the data, backbone and stage-1 sections, the trainer settings,
+    whether the run is resumed and its seed (the sections are the schema's typed records)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    resume: bool = False
+    seed: int = 0
+
+    def with_backbone(self, **changes: Any) -> Stage1Options:
+        """These options with the backbone fields ``changes`` replaced (a new record)."""
+        return replace(self, backbone=replace(self.backbone, **changes))

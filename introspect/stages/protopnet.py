@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
 
 from introspect.backbones import Backbone
 from introspect.data import ImageDataModule
@@ -17,30 +17,35 @@ from introspect.runs.distributed import world_size
 from introspect.runs.errors import PipelineError
 from introspect.runs.status import stages_done, write_json_atomic
 from introspect.runs.trainer import resolve_device
+from introspect.stages.options import Stage1Options
 
 
 def protopnet_stage1(
-    cfg: DictConfig, dm: ImageDataModule, backbone: Backbone, run_dir: Path, loggers: list[Logger]
+    options: Stage1Options,
+    dm: ImageDataModule,
+    backbone: Backbone,
+    run_dir: Path,
+    loggers: list[Logger],
 ) -> None:
-    """Train ``backbone`` with the phases of ``cfg.stage1.protopnet`` (or, resuming a run that
+    """Train ``backbone`` with the phases of ``options.stage1.protopnet`` (or, resuming a run that
     finished stage 1, load its weights); writes ``<run>/protopnet.json`` with the per-phase
     history. A resumed run that stopped during the phases continues after the last phase it
     finished (see ``train_protopnet``)."""
 
-    if world_size() > 1 or cfg.trainer.num_nodes > 1 or cfg.trainer.devices not in (1, "1"):
+    t = options.trainer
+    if world_size() > 1 or t.num_nodes > 1 or t.devices not in (1, "1"):
         raise PipelineError(
             "protopnet stage 1 runs in one process; set trainer.devices=1 and trainer.num_nodes=1"
         )
     best = run_dir / "checkpoints" / "stage1-best.ckpt"
-    if cfg.run.resume and "stage1" in stages_done(run_dir):
+    if options.resume and "stage1" in stages_done(run_dir):
         if not best.is_file():
             raise PipelineError(f"{best} is missing; the run cannot be resumed, only overwritten")
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()})
         return
-    settings = OmegaConf.to_container(cfg.stage1.protopnet, resolve=True)
-    assert isinstance(settings, dict)
-    device = resolve_device(cfg)
+    settings = asdict(options.stage1.protopnet)
+    device = resolve_device(t.accelerator)
     summary = train_protopnet(
         backbone,
         dm,
@@ -48,7 +53,7 @@ def protopnet_stage1(
         run_dir=run_dir,
         loggers=loggers,
         device=device,
-        resume=bool(cfg.run.resume),
+        resume=options.resume,
     )
     backbone.cpu()
     write_json_atomic(run_dir / "protopnet.json", _finite(summary))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, Dataset
 
+from introspect.config.schema import DataConfig, EvalConfig, SourceSplitConfig
 from introspect.data import DataError, ImageDataModule, build_datamodule
 from introspect.data.module import SPLITS
 from introspect.data.shifted import check_cells, corrupted_splits, load_official
@@ -20,24 +20,29 @@ def _default_names(names: list[str]) -> bool:
 
 
 def read_source(
-    cfg: DictConfig, entry: DictConfig, where: str, *, image_size: int | None = None
+    data: DataConfig, entry: SourceSplitConfig, where: str, *, image_size: int | None = None
 ) -> tuple[ImageDataModule, Dataset]:
     """The datamodule of another source ``entry`` (``source``/``path``/``test_path``/``split``)
-    read with the run's data settings (``image_size`` overriding), and its ``split``: ``train``,
-    ``val``, ``test`` or ``all`` of its images. ``DataError`` messages start with ``where``."""
+    read with the run's data settings ``data`` (``image_size`` overriding), and its ``split``:
+    ``train``, ``val``, ``test`` or ``all`` of its images. ``DataError`` messages start with
+    ``where``."""
     if entry.split not in (*SPLITS, "all"):
         raise DataError(
             f"{where}.split={entry.split!r} is not a split; valid: {', '.join(SPLITS)}, all"
         )
-    settings: dict[str, Any] = OmegaConf.to_container(cfg.data, resolve=True)  # type: ignore[assignment]
-    settings |= {"source": entry.source, "path": entry.path, "test_path": entry.test_path}
-    # Its test split is all of its test images: the run's val_from=test does not carve it up.
-    settings["val_from"] = "train"
-    settings["train_limit"] = None  # the run's smoke-run limit is for its own training split
+    settings = replace(
+        data,  # a new record: the run's own settings stay as they are
+        source=entry.source,
+        path=entry.path,
+        test_path=entry.test_path,
+        # Its test split is all of its test images: the run's val_from=test does not carve it.
+        val_from="train",
+        train_limit=None,  # the run's smoke-run limit is for its own training split
+    )
     if image_size is not None:
-        settings["image_size"] = image_size
+        settings = replace(settings, image_size=image_size)
     try:
-        other = build_datamodule(OmegaConf.create(settings))
+        other = build_datamodule(settings)
         other.setup()
         if entry.split == "all":
             dataset: Dataset = ConcatDataset([other.split(s) for s in SPLITS])
@@ -50,15 +55,18 @@ def read_source(
     return other, dataset
 
 
-def extra_split(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
-    """The ``eval.extra.<name>`` split: another source, read with the run's data settings.
+def extra_split(
+    data: DataConfig, entry: SourceSplitConfig, dm: ImageDataModule, name: str
+) -> Dataset:
+    """The ``eval.extra.<name>`` split ``entry``: another source, read with the run's data
+    settings ``data``.
 
     Raises ``DataError`` naming the fix when its classes or image size differ from the run's.
     """
     where = f"eval.extra.{name}"
     if name in _RESERVED or "/" in name or not name:
         raise DataError(f"{where}: the name must be non-empty, not 'clean' and contain no '/'")
-    other, dataset = read_source(cfg, cfg.eval.extra[name], where)
+    other, dataset = read_source(data, entry, where)
     ours, theirs = dm.class_names, other.class_names
     if len(ours) != len(theirs):
         raise DataError(
@@ -79,17 +87,17 @@ def extra_split(cfg: DictConfig, dm: ImageDataModule, name: str) -> Dataset:
 
 
 def evaluation_splits(
-    cfg: DictConfig, dm: ImageDataModule, device: torch.device | str = "cpu"
+    e: EvalConfig, data: DataConfig, dm: ImageDataModule, device: torch.device | str = "cpu"
 ) -> dict[str, Dataset]:
-    """``clean`` (the test split), every ``eval.extra`` split, then every configured
+    """``clean`` (the test split of ``dm``, read with ``data``), every extra split of ``e``,
+    then every configured
     ``<corruption>/<severity>`` cell, generated on the fly on ``device`` or read from the
     official arrays. Everything is checked here, before any work, so bad settings fail early.
     """
-    e = cfg.eval
     test = dm.split("test")
     splits: dict[str, Dataset] = {"clean": test} if e.clean else {}
-    for name in e.extra:
-        splits[str(name)] = extra_split(cfg, dm, str(name))
+    for name, entry in e.extra.items():
+        splits[str(name)] = extra_split(data, entry, dm, str(name))
     if e.corruptions:
         if e.chunk_size < 1:
             raise DataError(f"eval.chunk_size={e.chunk_size} must be a positive integer")
@@ -108,7 +116,7 @@ def evaluation_splits(
                     "remove eval.official_dir"
                 )
             # Worker processes cannot share a CUDA device: corrupt there only in the main one.
-            where = device if cfg.data.num_workers == 0 else "cpu"
+            where = device if data.num_workers == 0 else "cpu"
             cells = dict(
                 corrupted_splits(
                     test,

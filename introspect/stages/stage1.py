@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
 from torch import Tensor
 from torchvision import transforms as T
 
@@ -20,6 +20,7 @@ from introspect.backbones import Backbone, load_backbone
 from introspect.backbones.checkpoint import load_into_backbone, load_state_dict_file
 from introspect.backbones.denoising import add_denoising_blocks
 from introspect.backbones.protopnet import is_protopnet
+from introspect.config.schema import BackboneConfig
 from introspect.data import ImageDataModule, build_augmentation, build_datamodule
 from introspect.data.augment import AugMixTriplet
 from introspect.data.device import DEVICE_AUGMENTATIONS, DeviceBatches, load_split
@@ -30,42 +31,44 @@ from introspect.runs.errors import PipelineError
 from introspect.runs.status import stages_done
 from introspect.runs.trainer import build_trainer, resolve_device
 from introspect.stages.contrastive import pretrain_contrastive
+from introspect.stages.options import Stage1Options
 from introspect.stages.protopnet import protopnet_stage1
 from introspect.stages.recipes import Recipe, resolve_recipe
 
 
-def stage1_recipe(cfg: DictConfig) -> Recipe:
-    """What ``cfg.stage1.recipe`` trains with (checked against ``augment``/``adversarial``)."""
-    s = cfg.stage1
+def stage1_recipe(options: Stage1Options) -> Recipe:
+    """What ``stage1.recipe`` trains with (checked against ``augment``/``adversarial``)."""
+    s = options.stage1
     return resolve_recipe(s.recipe, s.augment, bool(s.adversarial.enabled))
 
 
-def build_data(cfg: DictConfig) -> ImageDataModule:
-    """The datamodule of ``cfg.data``, set up, with stage 1's training augmentation (the
+def build_data(options: Stage1Options) -> ImageDataModule:
+    """The datamodule of ``options.data``, set up, with stage 1's training augmentation (the
     recipe's augmentations, applied in order). The labels of an ``npz`` source must not imply
     classes that never occur unless ``data.num_classes`` says that many (``DataError``)."""
-    recipe = stage1_recipe(cfg)  # a bad recipe fails before the data is read
-    if cfg.data.on_device:
-        _check_on_device(cfg, recipe)
-    dm = build_datamodule(cfg.data)
+    recipe = stage1_recipe(options)  # a bad recipe fails before the data is read
+    data, s = options.data, options.stage1
+    if data.on_device:
+        _check_on_device(options, recipe)
+    dm = build_datamodule(data)
     dm.setup()
-    if cfg.data.source == "npz":  # a stray label would make a run of classes never seen
-        check_classes_occur(dm.source_labels(), cfg.data.num_classes, str(cfg.data.path))
+    if data.source == "npz":  # a stray label would make a run of classes never seen
+        check_classes_occur(dm.source_labels(), data.num_classes, str(data.path))
     steps = [
         build_augmentation(
             name,
             image_size=dm.image_shape[-1],
-            noise_std=cfg.stage1.noise_std,
-            augmix_severity=cfg.stage1.augmix_severity,
+            noise_std=s.noise_std,
+            augmix_severity=s.augmix_severity,
         )
         for name in recipe.augment
     ]
     transforms = [t for t in steps if t is not None]
-    if cfg.stage1.augmix_jsd > 0:
+    if s.augmix_jsd > 0:
         if "augmix" not in recipe.augment or recipe.adversarial:
             raise PipelineError(
-                f"stage1.augmix_jsd={cfg.stage1.augmix_jsd} needs AugMix without PGD training "
-                f"(stage1.recipe={cfg.stage1.recipe}); set stage1.augmix_jsd=0 or "
+                f"stage1.augmix_jsd={s.augmix_jsd} needs AugMix without PGD training "
+                f"(stage1.recipe={s.recipe}); set stage1.augmix_jsd=0 or "
                 "stage1.recipe=augmix"
             )
         k = recipe.augment.index("augmix")
@@ -80,16 +83,17 @@ def _compose(transforms: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor],
     return transforms[0] if len(transforms) == 1 else T.Compose(transforms)
 
 
-def _check_on_device(cfg: DictConfig, recipe: Recipe) -> None:
+def _check_on_device(options: Stage1Options, recipe: Recipe) -> None:
     off = [a for a in recipe.augment if a not in DEVICE_AUGMENTATIONS]
     if recipe.contrastive:
         off.append("SimCLR views")
     if off:
         raise PipelineError(
             f"data.on_device=true applies only {', '.join(DEVICE_AUGMENTATIONS)} on the device, "
-            f"not {', '.join(off)} (stage1.recipe={cfg.stage1.recipe}); set data.on_device=false"
+            f"not {', '.join(off)} (stage1.recipe={options.stage1.recipe}); "
+            "set data.on_device=false"
         )
-    if cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1:
+    if options.trainer.devices not in (1, "1") or options.trainer.num_nodes != 1:
         raise PipelineError(
             "data.on_device=true trains in one process; set trainer.devices=1 and "
             "trainer.num_nodes=1, or data.on_device=false"
@@ -97,14 +101,15 @@ def _check_on_device(cfg: DictConfig, recipe: Recipe) -> None:
 
 
 def build_backbone(
-    cfg: DictConfig, num_classes: int, image_shape: tuple[int, int, int]
+    options: Stage1Options, num_classes: int, image_shape: tuple[int, int, int]
 ) -> Backbone:
-    """The stage-1 network of ``cfg.backbone``; its output count must match the data's classes."""
-    b = cfg.backbone
-    denoise = stage1_recipe(cfg).denoise
+    """The stage-1 network of ``options.backbone``; its output count must match the data's
+    classes."""
+    b = options.backbone
+    denoise = stage1_recipe(options).denoise
     if b.num_classes is not None and b.num_classes != num_classes:
         raise PipelineError(
-            f"backbone.num_classes={b.num_classes} but the data ({cfg.data.source}) has "
+            f"backbone.num_classes={b.num_classes} but the data ({options.data.source}) has "
             f"{num_classes} classes; remove backbone.num_classes or pick matching data"
         )
     backbone = load_backbone(
@@ -130,9 +135,9 @@ def build_backbone(
             add_denoising_blocks(
                 backbone.net,
                 torch.zeros(1, *backbone.input_size),
-                operation=cfg.stage1.denoise.operation,
-                embed=cfg.stage1.denoise.embed,
-                stages=cfg.stage1.denoise.stages,
+                operation=options.stage1.denoise.operation,
+                embed=options.stage1.denoise.embed,
+                stages=options.stage1.denoise.stages,
             )
         except ValueError as err:
             raise PipelineError(f"stage1.recipe=denoising: {err}") from None
@@ -222,7 +227,7 @@ def _fit_feedforward(
 
 
 def stage1(
-    cfg: DictConfig,
+    options: Stage1Options,
     dm: ImageDataModule,
     backbone: Backbone,
     run_dir: Path,
@@ -230,65 +235,46 @@ def stage1(
     *,
     name: str = "stage1",
 ) -> FeedForwardClassifier:
-    """Train the feed-forward classifier unless ``backbone.checkpoint`` is set; return it.
+    """Train the feed-forward classifier of ``options`` unless ``backbone.checkpoint`` is set;
+    return it.
 
     Training keeps the best (by validation accuracy) and the last checkpoint under
     ``<run>/checkpoints`` (``<name>-best.ckpt``, ``<name>-last.ckpt``) and continues with the
-    best weights. With ``run.resume`` training continues from the last checkpoint (weights,
+    best weights. With ``options.resume`` training continues from the last checkpoint (weights,
     optimizer, schedule, epoch, random states), or is skipped when the run finished ``name``.
     """
-    recipe = stage1_recipe(cfg)
-    trains = cfg.backbone.checkpoint is None and not is_protopnet(backbone)
+    recipe = stage1_recipe(options)
+    s = options.stage1
+    trains = options.backbone.checkpoint is None and not is_protopnet(backbone)
     if trains and recipe.contrastive:  # the trunk first, then the head on top
         pretrain_contrastive(
-            cfg, dm, backbone, run_dir, loggers, name=f"{name}-simclr", callbacks=[RandomStates()]
+            options,
+            dm,
+            backbone,
+            run_dir,
+            loggers,
+            name=f"{name}-simclr",
+            callbacks=[RandomStates()],
         )
     model = FeedForwardClassifier(
         backbone,
         num_classes=dm.num_classes,
-        optim=dict(cfg.stage1.optim),
-        label_smoothing=cfg.stage1.label_smoothing,
-        adversarial=dict(cfg.stage1.adversarial) | {"enabled": recipe.adversarial},
-        freeze_trunk=recipe.contrastive and not cfg.stage1.simclr.finetune,
-        channels_last=cfg.trainer.channels_last,
-        jsd_weight=cfg.stage1.augmix_jsd,
+        optim=asdict(s.optim),
+        label_smoothing=s.label_smoothing,
+        adversarial=asdict(s.adversarial) | {"enabled": recipe.adversarial},
+        freeze_trunk=recipe.contrastive and not s.simclr.finetune,
+        channels_last=options.trainer.channels_last,
+        jsd_weight=s.augmix_jsd,
     )
-    if cfg.backbone.checkpoint is not None:
+    if options.backbone.checkpoint is not None:
         return model
     if is_protopnet(backbone):
-        protopnet_stage1(cfg, dm, backbone, run_dir, loggers)
+        protopnet_stage1(options, dm, backbone, run_dir, loggers)
         return model
-    folder = run_dir / "checkpoints"
-    best, last = folder / f"{name}-best.ckpt", folder / f"{name}-last.ckpt"
-    finished = cfg.run.resume and name in broadcast_from_zero(stages_done(run_dir))
+    best = run_dir / "checkpoints" / f"{name}-best.ckpt"
+    finished = options.resume and name in broadcast_from_zero(stages_done(run_dir))
     if not finished:
-        ckpt = ModelCheckpoint(
-            dirpath=str(folder),
-            filename=f"{name}-best",
-            monitor="feedforward/val/acc",
-            mode="max",
-            save_last=True,
-            enable_version_counter=False,
-        )
-        ckpt.CHECKPOINT_NAME_LAST = f"{name}-last"
-        trainer = build_trainer(
-            cfg,
-            run_dir,
-            loggers=loggers,
-            callbacks=[ckpt, RandomStates()],
-            max_epochs=cfg.stage1.epochs,
-        )
-        resume_from = str(last) if cfg.run.resume and broadcast_from_zero(last.is_file()) else None
-        with warnings.catch_warnings():
-            # The SimCLR pre-training and ensemble members share the folder, by design.
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
-            on_device = resolve_device(cfg) if cfg.data.on_device else None
-            _fit_feedforward(
-                trainer, model, dm, resume_from, on_device=on_device,
-                batch_size=cfg.data.batch_size, augment=recipe.augment,
-                noise_std=cfg.stage1.noise_std,
-            )  # fmt: skip
-        best = Path(ckpt.best_model_path) if ckpt.best_model_path else best
+        best = _train(options, model, dm, run_dir, loggers, name=name, recipe=recipe) or best
     if best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
@@ -298,10 +284,54 @@ def stage1(
     return model
 
 
-def stage1_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The weights a finished run's backbone is restored from (configured or trained here)."""
-    if cfg.backbone.checkpoint is not None:
-        return str(cfg.backbone.checkpoint)
+def _train(
+    options: Stage1Options,
+    model: FeedForwardClassifier,
+    dm: ImageDataModule,
+    run_dir: Path,
+    loggers: list[Logger],
+    *,
+    name: str,
+    recipe: Recipe,
+) -> Path | None:
+    """Fit ``model`` (continuing ``<run>/checkpoints/<name>-last.ckpt`` when resuming); return
+    its best checkpoint (None when none was kept)."""
+    folder = run_dir / "checkpoints"
+    last = folder / f"{name}-last.ckpt"
+    ckpt = ModelCheckpoint(
+        dirpath=str(folder),
+        filename=f"{name}-best",
+        monitor="feedforward/val/acc",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    ckpt.CHECKPOINT_NAME_LAST = f"{name}-last"
+    trainer = build_trainer(
+        options.trainer,
+        run_dir,
+        loggers=loggers,
+        callbacks=[ckpt, RandomStates()],
+        max_epochs=options.stage1.epochs,
+    )
+    resume_from = str(last) if options.resume and broadcast_from_zero(last.is_file()) else None
+    with warnings.catch_warnings():
+        # The SimCLR pre-training and ensemble members share the folder, by design.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+        on_device = resolve_device(options.trainer.accelerator) if options.data.on_device else None
+        _fit_feedforward(
+            trainer, model, dm, resume_from, on_device=on_device,
+            batch_size=options.data.batch_size, augment=recipe.augment,
+            noise_std=options.stage1.noise_std,
+        )  # fmt: skip
+    return Path(ckpt.best_model_path) if ckpt.best_model_path else None
+
+
+def stage1_checkpoint(backbone: BackboneConfig, run_dir: Path) -> str | None:
+    """The weights the finished run in ``run_dir`` restores its backbone from (configured in
+    ``backbone`` or trained here)."""
+    if backbone.checkpoint is not None:
+        return str(backbone.checkpoint)
     best = run_dir / "checkpoints" / "stage1-best.ckpt"
     if best.is_file():
         return str(best)
