@@ -102,7 +102,8 @@ def test_launch_refuses_a_command_it_cannot_run_again(monkeypatch) -> None:
     monkeypatch.setattr(__main__, "__spec__", None, raising=False)
     monkeypatch.setattr(sys, "argv", ["-c"])
     with pytest.raises(ConfigError, match="here no script .*python train.py trainer=ddp_cpu"):
-        launch(load_config(["trainer=ddp_cpu"]))
+        settings = job_settings(load_config(["trainer=ddp_cpu"]))
+        launch(settings.trainer, settings.run)
     assert world_size() == 1 and distributed._LAUNCHER_PID not in os.environ
 
 

@@ -430,13 +430,15 @@ def test_sigint_is_recorded_as_interrupted_with_one_line(tmp_path: Path, point: 
 def test_a_ddp_stop_hints_resume_only_where_a_run_directory_exists(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from introspect.jobs.job import job_settings
     from introspect.runs.distributed import _Watch
 
     cfg = load_config([*TINY, f"run.dir={tmp_path / 'run'}"])
     env = SimpleNamespace(node_rank=lambda: 0, local_rank=lambda: 0)
     strategy = SimpleNamespace(cluster_environment=env, num_nodes=1)
     watch = _Watch()
-    watch.start(cfg, strategy, 2)  # type: ignore[arg-type]
+    settings = job_settings(cfg)
+    watch.start(settings.run, settings.trainer.timeout_s, strategy, 2)  # type: ignore[arg-type]
     watch.report("process 1 of 2 did not answer within trainer.timeout_s=5 s")
     (line,) = _lines(capsys.readouterr().err)
     assert "run.resume" not in line and "no run directory was made yet" in line
@@ -444,7 +446,8 @@ def test_a_ddp_stop_hints_resume_only_where_a_run_directory_exists(
     (tmp_path / "run").mkdir()
     update_status(tmp_path / "run", state="running")
     watch = _Watch()
-    watch.start(cfg, strategy, 2)  # type: ignore[arg-type]
+    settings = job_settings(cfg)
+    watch.start(settings.run, settings.trainer.timeout_s, strategy, 2)  # type: ignore[arg-type]
     watch.report("process 1 of 2 stopped")
     (line,) = _lines(capsys.readouterr().err)
     assert "continue it with run.resume=true" in line

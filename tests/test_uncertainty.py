@@ -14,7 +14,11 @@ from torch import nn
 
 from introspect.backbones import Backbone
 from introspect.metrics import classification_metrics
-from introspect.models.stage2 import IntrospectiveClassifier, ProbeClassifier
+from introspect.models.stage2 import (
+    IntrospectiveClassifier,
+    ProbeClassifier,
+    ProbeWithOutputClassifier,
+)
 from introspect.stages.evaluation import HEADS, Evaluator, head_logits
 from introspect.uncertainty import (
     MCDropout,
@@ -209,7 +213,8 @@ def _stage2_heads(backbone: Backbone) -> dict[str, nn.Module]:
         backbone, feature_options={"normalize": "l2"}, num_classes=N, in_dim=N * D, hidden=(8,)
     ).eval()
     ctl = ProbeClassifier(backbone, num_classes=N, in_dim=D, hidden=(8,)).eval()
-    return {"introspective": intro, "control": ctl}
+    hp = ProbeWithOutputClassifier(backbone, num_classes=N, in_dim=D + N, hidden=(8,)).eval()
+    return {"introspective": intro, "control": ctl, "control_hp": hp}
 
 
 def _labels(n: int = B, seed: int = 4) -> torch.Tensor:
@@ -220,7 +225,7 @@ def test_evaluator_runs_one_backbone_pass_per_batch_for_all_heads() -> None:
     backbone = _backbone()
     member = _backbone(seed=5)
     heads = _stage2_heads(backbone)
-    temps = {"feedforward": 1.7, "introspective": 0.6, "control": 2.5}
+    temps = {"feedforward": 1.7, "introspective": 0.6, "control": 2.5, "control_hp": 1.2}
     evaluator = Evaluator(
         backbone,
         heads,
@@ -241,7 +246,7 @@ def test_evaluator_runs_one_backbone_pass_per_batch_for_all_heads() -> None:
 def test_tempered_twins_keep_accuracy_and_equal_direct_metrics() -> None:
     backbone = _backbone()
     heads = _stage2_heads(backbone)
-    temps = {"feedforward": 1.7, "introspective": 0.6, "control": 2.5}
+    temps = {"feedforward": 1.7, "introspective": 0.6, "control": 2.5, "control_hp": 1.2}
     member = _backbone(seed=5)
     evaluator = Evaluator(
         backbone, heads, ["a"], num_classes=N, temperatures=temps, ensemble=[member]
