@@ -260,11 +260,11 @@ def make_learner(cfg, dm, run_dir: Path, test):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, single_thread):
-    from introspect.jobs.active import run_active
+    from introspect.jobs.active import ActiveSettings, run_active
 
     tmp = tmp_path_factory.mktemp("active")
     cfg = load_config([*TINY, f"run.dir={tmp / 'run'}"])
-    return cfg, Path(cfg.run.dir), run_active(cfg)
+    return cfg, Path(cfg.run.dir), run_active(ActiveSettings.from_config(cfg))
 
 
 @pytest.mark.slow
@@ -368,21 +368,21 @@ def test_unacquired_labels_never_change_the_run(tmp_path: Path, monkeypatch, sin
 
 
 def test_a_schedule_larger_than_the_pool_fails_before_any_work(tmp_path: Path) -> None:
-    from introspect.jobs.active import ActiveError, run_active
+    from introspect.jobs.active import ActiveError, ActiveSettings, run_active
 
     cfg = load_config([*TINY, "active.initial=5000", f"run.dir={tmp_path / 'run'}"])
     with pytest.raises(ActiveError, match="lower one of them"):
-        run_active(cfg)
+        run_active(ActiveSettings.from_config(cfg))
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("key", ["pool_size", "test_size"])
 def test_a_subset_larger_than_its_split_fails_before_any_work(tmp_path: Path, key: str) -> None:
-    from introspect.jobs.active import ActiveError, run_active
+    from introspect.jobs.active import ActiveError, ActiveSettings, run_active
 
     cfg = load_config([*TINY, f"active.{key}=100000", f"run.dir={tmp_path / 'run'}"])
     with pytest.raises(ActiveError, match=rf"active\.{key}=100000 but the (train|test) split"):
-        run_active(cfg)
+        run_active(ActiveSettings.from_config(cfg))
     assert not (tmp_path / "run").exists()
 
 

@@ -33,13 +33,20 @@ class Killed(RuntimeError):
     pass
 
 
+def run_settings(cfg):
+    """The active job of the configuration ``cfg``."""
+    from introspect.jobs.active import ActiveSettings, run_active
+
+    return run_active(ActiveSettings.from_config(cfg))
+
+
 @pytest.mark.slow
 def test_a_killed_active_run_resumes_to_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread
 ) -> None:
     from introspect.jobs import active as active_run
 
-    whole = active_run.run_active(load_config([*TINY, f"run.dir={tmp_path / 'whole'}"]))
+    whole = run_settings(load_config([*TINY, f"run.dir={tmp_path / 'whole'}"]))
 
     fit = active_run.RunLearner.fit
     fitted: list[str] = []
@@ -55,7 +62,7 @@ def test_a_killed_active_run_resumes_to_the_uninterrupted_result(
     monkeypatch.setattr(active_run.RunLearner, "fit", killing)
     run_dir = tmp_path / "killed"
     with pytest.raises(Killed):
-        active_run.run_active(load_config([*TINY, f"run.dir={run_dir}"]))
+        run_settings(load_config([*TINY, f"run.dir={run_dir}"]))
     assert not (run_dir / "active.json").exists()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
     assert sorted(p.name for p in (run_dir / "active_rounds").iterdir()) == [
@@ -71,7 +78,7 @@ def test_a_killed_active_run_resumes_to_the_uninterrupted_result(
     ]
 
     fitted.clear()
-    resumed = active_run.run_active(load_config([*TINY, f"run.dir={run_dir}", "run.resume=true"]))
+    resumed = run_settings(load_config([*TINY, f"run.dir={run_dir}", "run.resume=true"]))
     # Only the rounds that had not finished are trained.
     assert fitted == [
         "margin/feedforward/round2",
@@ -100,8 +107,8 @@ def test_resume_refuses_a_changed_schedule(tmp_path: Path, monkeypatch, single_t
     monkeypatch.setattr(active_run.RunLearner, "fit", killing)
     run_dir = tmp_path / "run"
     with pytest.raises(Killed):
-        active_run.run_active(load_config([*TINY, f"run.dir={run_dir}"]))
+        run_settings(load_config([*TINY, f"run.dir={run_dir}"]))
     with pytest.raises(ConfigError, match=r"config differs.*active\.per_round \(8 -> 9\)"):
-        active_run.run_active(
+        run_settings(
             load_config([*TINY, "active.per_round=9", f"run.dir={run_dir}", "run.resume=true"])
         )

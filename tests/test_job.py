@@ -118,7 +118,7 @@ def test_run_dispatches_through_the_jobs_table(
     if kind == "two-stage":  # run hands the two-stage job its settings, not the config
         assert kind not in train.JOBS
     else:
-        assert train.JOBS[kind] is expected[kind]
+        assert train.JOBS[kind][1] is expected[kind]
 
 
 def test_exit_codes_and_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -337,11 +337,11 @@ def test_train_limit_takes_a_seeded_subset_of_the_training_split() -> None:
 
 
 def test_active_learning_refuses_simclr_before_any_work(tmp_path: Path) -> None:
-    from introspect.jobs.active import ActiveError, run_active
+    from introspect.jobs.active import ActiveError, ActiveSettings, run_active
 
     cfg = load_config(["experiment=active_digits", "stage1.recipe=simclr", f"run.dir={tmp_path}/r"])
     with pytest.raises(ActiveError, match="stage1.recipe=simclr"):
-        run_active(cfg)
+        run_active(ActiveSettings.from_config(cfg))
     assert not (tmp_path / "r").exists()
 
 

@@ -19,7 +19,7 @@ from introspect.backbones.head import resolve_head
 from introspect.config import load_config, load_run_config
 from introspect.config.schema import ScoresConfig
 from introspect.jobs import scores as scores_mod
-from introspect.jobs.scores import UniformNoise, score_run, seeded_subset
+from introspect.jobs.scores import ScoresSettings, UniformNoise, score_run, seeded_subset
 from introspect.jobs.settings import train_settings
 from introspect.jobs.train import run
 from introspect.runs.csvlog import read_long_csv
@@ -232,7 +232,7 @@ def test_a_failure_while_scoring_leaves_results_untouched(scored, monkeypatch) -
     cfg = load_run_config(scored["run_dir"], ["scores.purview=false"])
     out = scored["run_dir"] / "evaluations" / "failing"
     with pytest.raises(RuntimeError, match="scoring failed"):
-        score_run(cfg, scored["run_dir"], out)
+        score_run(ScoresSettings.from_config(cfg), scored["run_dir"], out)
     assert path.read_bytes() == data
     assert not (out / "results.json").exists()
 
@@ -262,7 +262,7 @@ def test_purview_and_the_supervised_detector(scored, tmp_path: Path, one_thread)
     shutil.copytree(scored["run_dir"], run_dir)
     args = ["scores.max_samples=12", "scores.purview_detector=true", "scores.trust=false"]
     folder = run_dir / "evaluations" / "detector"
-    out = score_run(load_run_config(run_dir, args), run_dir, folder)
+    out = score_run(ScoresSettings.from_config(load_run_config(run_dir, args)), run_dir, folder)
     on_disk = json.loads((folder / "results.json").read_text())
     assert on_disk["ood"] == json.loads(json.dumps(out["ood"])) and out["trust"] is None
     assert on_disk["trust"] is None
@@ -287,7 +287,9 @@ def test_posthoc_detectors_in_the_scores_task(scored, tmp_path: Path) -> None:
         "scores.trust=false",
         "scores.posthoc=[fdbd,gen_introspective]",
     ]
-    table = score_run(load_run_config(run_dir, args), run_dir, tmp_path / "out")["ood"]["scores"]
+    table = score_run(
+        ScoresSettings.from_config(load_run_config(run_dir, args)), run_dir, tmp_path / "out"
+    )["ood"]["scores"]
     backbone, intro, x, _ = _reload(run_dir)
     keep = seeded_subset(TensorDataset(x), 12, 0, "in_distribution").indices  # type: ignore[attr-defined]
     noise = UniformNoise(12, tuple(x.shape[1:]), 0)

@@ -126,9 +126,9 @@ def _run_job(loaded: tuple[DictConfig, Path, Path, str | None], job: str) -> boo
     cfg, run_dir, out_dir, note = loaded
     try:
         if job == "scores":
-            from introspect.jobs.scores import score_run
+            from introspect.jobs.scores import ScoresSettings, score_run
 
-            score_run(cfg, run_dir, out_dir, note=note)
+            score_run(ScoresSettings.from_config(cfg), run_dir, out_dir, note=note)
         else:
             from introspect.jobs.settings import train_settings
             from introspect.jobs.train import reevaluate

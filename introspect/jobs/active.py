@@ -366,14 +366,14 @@ def _flat(strategy: str, source: str, entry: dict[str, Any]) -> dict[str, float]
     return flat
 
 
-def run_active(cfg: DictConfig) -> dict[str, Any]:
-    """Run the active-learning job of ``cfg`` and return what ``active.json`` holds.
+def run_active(settings: ActiveSettings) -> dict[str, Any]:
+    """Run the active-learning job of ``settings`` (``ActiveSettings.from_config``) and return
+    what ``active.json`` holds.
 
     Data, schedule and backbone are checked before any training; ``status.json`` follows the run
     like the two-stage job's (``jobs.job``). Only rank zero writes.
     """
     started = time.perf_counter()
-    settings = ActiveSettings.from_config(cfg)
     check_run_dir(settings.job.run, settings.job.config)
     L.seed_everything(settings.seed, workers=True, verbose=False)
     if settings.recipe.contrastive:

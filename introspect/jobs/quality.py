@@ -233,11 +233,11 @@ def _scatter(
     fig.savefig(path, dpi=100)
 
 
-def run_quality(cfg: DictConfig) -> dict[str, Any]:
-    """Run the quality job end to end and return its results (also ``results.json``,
-    ``table.md`` and ``scatter.png`` in the run directory)."""
+def run_quality(settings: QualitySettings) -> dict[str, Any]:
+    """Run the quality job of ``settings`` (``QualitySettings.from_config``) end to end and
+    return its results (also ``results.json``, ``table.md`` and ``scatter.png`` in the run
+    directory)."""
     start = time.perf_counter()
-    settings = QualitySettings.from_config(cfg)
     check_quality_settings(settings)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)

@@ -100,7 +100,7 @@ class ScoresSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> ScoresSettings:
         """The settings of ``cfg``, checked first (``ConfigError`` names the key)."""
-        check_scores_config(cfg)
+        check_scores_config(cfg.scores, corruptions=list(cfg.eval.corruptions))
         mc = cfg.eval.mc_dropout
         train = train_settings(cfg)
         return cls(
@@ -117,9 +117,9 @@ class ScoresSettings:
         )
 
 
-def check_scores_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` naming the key when a ``scores.*`` value cannot be used."""
-    s = cfg.scores
+def check_scores_config(s: DictConfig, *, corruptions: list[str]) -> None:
+    """Raise ``ConfigError`` naming the key when a value of the ``scores`` section ``s``
+    cannot be used (``corruptions``: the run's ``eval.corruptions``)."""
     for key in ("batch_size", "gradtrust_k", "max_samples"):
         value = s[key]
         if value is not None and value < 1:
@@ -153,7 +153,7 @@ def check_scores_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"scores.attacks: unknown attack(s) {unknown}; choose from {list(ATTACKS)}"
         )
-    if s.corruption_detection and not cfg.eval.corruptions:
+    if s.corruption_detection and not corruptions:
         raise ConfigError(
             "scores.corruption_detection=true needs corruption cells: set eval.corruptions"
         )
@@ -658,9 +658,10 @@ def _trust_section(
 
 
 def score_run(
-    cfg: DictConfig, run_dir: Path, out_dir: Path, *, note: str | None = None
+    opts: ScoresSettings, run_dir: Path, out_dir: Path, *, note: str | None = None
 ) -> dict[str, Any]:
-    """Score a finished run's OOD detection and trust (see the module docstring); write
+    """Score the finished run in ``run_dir`` (its settings ``opts``, from
+    ``ScoresSettings.from_config``): OOD detection and trust (see the module docstring); write
     ``results.json`` (``"run"``, ``"ood"``, ``"trust"``) and ``scores.md`` to ``out_dir``
     (e.g. ``<run>/evaluations/scores``), print the tables and log the scalars. The run's own
     ``results.json`` is not touched. Returns ``{"ood": ..., "trust": ...}`` (``None`` for a
@@ -671,7 +672,6 @@ def score_run(
     record was modified) goes at the top of ``scores.md``.
     """
     started = time.perf_counter()
-    opts = ScoresSettings.from_config(cfg)
     s = opts.scores
     device = resolve_device(opts.train.job.trainer.accelerator)
     dm = build_data(opts.train.stage1)

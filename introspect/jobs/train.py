@@ -13,9 +13,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from introspect.jobs.active import run_active
+from introspect.jobs.active import ActiveSettings, run_active
 from introspect.jobs.job import job_loggers, run_job
-from introspect.jobs.quality import run_quality
+from introspect.jobs.quality import QualitySettings, run_quality
 from introspect.jobs.settings import TrainSettings, train_settings
 from introspect.runs.distributed import barrier, is_global_zero, launch
 from introspect.runs.errors import PipelineError
@@ -45,7 +45,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return run_two_stage(settings)
         named = OmegaConf.merge(cfg, {"run": {"name": run.name}})  # a new config, named once
         assert isinstance(named, DictConfig)
-        return JOBS[settings.kind](named)
+        settings_of, job = JOBS[settings.kind]
+        return job(settings_of.from_config(named))
     finally:
         if lock is not None:
             lock.release()
@@ -94,11 +95,11 @@ def run_two_stage(settings: TrainSettings) -> dict[str, Any]:
     return results
 
 
-# The jobs ``run`` hands the configuration to, by ``TrainSettings.kind`` (the two-stage job
-# takes the settings themselves).
-JOBS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
-    "active": run_active,
-    "quality": run_quality,
+# The other jobs ``run`` starts, by ``TrainSettings.kind``: each one's settings (built from the
+# configuration) and the job that takes them.
+JOBS: dict[str, tuple[Any, Callable[[Any], dict[str, Any]]]] = {
+    "active": (ActiveSettings, run_active),
+    "quality": (QualitySettings, run_quality),
 }
 
 
