@@ -18,8 +18,10 @@ import evaluate
 from introspect.backbones.head import resolve_head
 from introspect.config import load_config, load_run_config
 from introspect.config.schema import ScoresConfig
+from introspect.data.ood import UniformNoise
+from introspect.data.samplers import seeded_subset
 from introspect.jobs import scores as scores_mod
-from introspect.jobs.scores import ScoresSettings, UniformNoise, score_run, seeded_subset
+from introspect.jobs.scores import ScoresSettings, score_run
 from introspect.jobs.settings import train_settings
 from introspect.jobs.train import run
 from introspect.runs.csvlog import read_long_csv

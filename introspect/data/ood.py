@@ -13,9 +13,29 @@ from torch.utils.data import ConcatDataset, Dataset
 from introspect.data.errors import DataError
 from introspect.data.imagefolder import IMAGE_EXTENSIONS, resolve_tree, subfolders
 from introspect.data.images import ArrayImages, FileImages
+from introspect.data.seeding import derive_seed
 
 NO_LABEL = -1
 OOD_SOURCES = ("npz", "imagefolder", "svhn")
+
+
+class UniformNoise(Dataset):
+    """``length`` images of i.i.d. uniform ``[0, 1)`` pixels of ``shape`` (C, H, W); image ``i``
+    depends only on ``seed`` and ``i``. Labels are -1 (no class)."""
+
+    def __init__(self, length: int, shape: tuple[int, int, int], seed: int) -> None:
+        self.length = length
+        self.shape = shape
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} images")
+        g = torch.Generator().manual_seed(derive_seed(self.seed, index))
+        return torch.rand(self.shape, generator=g), torch.tensor(-1)
 
 
 def unlabeled_npz(path: Path) -> ArrayImages | None:

@@ -1,10 +1,13 @@
-"""Exact partitions of a dataset across the processes of a multi-process run."""
+"""Exact partitions of a dataset across the processes of a multi-process run, and seeded subsets."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import Dataset, Sampler, Subset
+
+from introspect.data.seeding import derive_seed
 
 
 def block_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -35,3 +38,14 @@ class ContiguousSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+
+def seeded_subset(dataset: Dataset, max_samples: int | None, seed: int, name: str) -> Dataset:
+    """``dataset`` itself, or at most ``max_samples`` of its items: a subset seeded by ``seed`` and
+    ``name``, in index order (so corrupted cells are read chunk by chunk)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if max_samples is None or n <= max_samples:
+        return dataset
+    g = torch.Generator().manual_seed(derive_seed(seed, name))
+    keep = torch.randperm(n, generator=g)[:max_samples].sort().values
+    return Subset(dataset, keep.tolist())

@@ -28,7 +28,8 @@ from introspect.config import ConfigError
 from introspect.corruptions.cells import is_cell
 from introspect.data import DataError, ImageDataModule
 from introspect.data.module import SPLITS
-from introspect.data.ood import ood_source
+from introspect.data.ood import UniformNoise, ood_source
+from introspect.data.samplers import seeded_subset
 from introspect.data.seeding import derive_seed
 from introspect.detect import (
     Detector,
@@ -40,16 +41,20 @@ from introspect.detect import (
 from introspect.detect.posthoc import POSTHOC
 from introspect.jobs.job import job_loggers
 from introspect.jobs.settings import TrainSettings, train_settings
-from introspect.metrics.ood import ood_metrics
 from introspect.models.stage2 import IntrospectiveClassifier
+from introspect.report.scores_report import (
+    DETECTOR,
+    DETECTOR_NOTE,
+    TRUST_NOTE,
+    flat_scalars,
+    scores_markdown,
+)
 from introspect.runs.errors import PipelineError
 from introspect.runs.integrity import write_sealed
 from introspect.runs.provenance import results_header
 from introspect.runs.trainer import console_is_terminal, resolve_device
 from introspect.scores import (
     Mahalanobis,
-    PurviewDetector,
-    format_ood_table,
     ood_table,
     purview_features,
     purview_score,
@@ -63,6 +68,7 @@ from introspect.stages.detection import (
     adversarial_set,
     detection_markdown,
     detection_rows,
+    purview_detector_rows,
 )
 from introspect.stages.heads import load_heads
 from introspect.stages.splits import evaluation_splits, read_source
@@ -71,18 +77,7 @@ from introspect.uncertainty import MCDropout
 
 NOISE = "noise"
 CORRUPTED = "corrupted"
-DETECTOR = "purview_detector_supervised"
 INTROSPECTIVE_SUFFIX = "_introspective"
-MARKDOWN_OOD_METRICS = ("auroc", "fpr95_ood", "fpr95_id", "aupr_in", "aupr_out")
-TRUST_NOTE = (
-    "Feed-forward scores rank the backbone's predictions, int_* scores the introspective "
-    "head's predictions."
-)
-DETECTOR_NOTE = (
-    f"{DETECTOR} is supervised: one PurviewDetector per OOD set, trained on a seeded half of "
-    "that set and of the in-distribution samples and evaluated on the other halves; it is not "
-    "comparable with the unsupervised scores."
-)
 
 
 @dataclass(frozen=True)
@@ -164,25 +159,6 @@ def check_scores_config(s: DictConfig, *, corruptions: list[str]) -> None:
         )
 
 
-class UniformNoise(Dataset):
-    """``length`` images of i.i.d. uniform ``[0, 1)`` pixels of ``shape`` (C, H, W); image ``i``
-    depends only on ``seed`` and ``i``. Labels are -1 (no class)."""
-
-    def __init__(self, length: int, shape: tuple[int, int, int], seed: int) -> None:
-        self.length = length
-        self.shape = shape
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} images")
-        g = torch.Generator().manual_seed(derive_seed(self.seed, index))
-        return torch.rand(self.shape, generator=g), torch.tensor(-1)
-
-
 def ood_set(settings: ScoresSettings, dm: ImageDataModule, name: str) -> Dataset:
     """The ``scores.ood.<name>`` set, resized to the run's (square) image size: an unlabeled
     source (``introspect.data.ood``: an npz without ``y`` or with one class, any image tree,
@@ -209,17 +185,6 @@ def ood_set(settings: ScoresSettings, dm: ImageDataModule, name: str) -> Dataset
     if unlabeled is not None:
         return unlabeled
     return read_source(data, entry, where, image_size=height)[1]
-
-
-def seeded_subset(dataset: Dataset, max_samples: int | None, seed: int, name: str) -> Dataset:
-    """``dataset`` itself, or at most ``max_samples`` of its items: a subset seeded by ``seed`` and
-    ``name``, in index order (so corrupted cells are read chunk by chunk)."""
-    n = len(dataset)  # type: ignore[arg-type]
-    if max_samples is None or n <= max_samples:
-        return dataset
-    g = torch.Generator().manual_seed(derive_seed(seed, name))
-    keep = torch.randperm(n, generator=g)[:max_samples].sort().values
-    return Subset(dataset, keep.tolist())
 
 
 @dataclass
@@ -348,92 +313,6 @@ def _trust_of(scored: ScoredSet, num_classes: int) -> dict[str, dict[str, float]
         intro = {k: v for k, v in scored.scores.items() if k.startswith("int_")}
         table |= trust_table(intro, scored.int_preds, scored.labels, num_classes)
     return table
-
-
-def _detector_rows(
-    in_dist: ScoredSet, ood: dict[str, ScoredSet], seed: int
-) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """Metrics of one supervised ``PurviewDetector`` per OOD set on the held-out halves, and the
-    numbers of held-out samples."""
-    assert in_dist.norms is not None
-
-    def halves(norms: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(norms) < 2:
-            raise DataError(
-                f"the supervised Purview detector needs at least 2 samples of {name!r}; raise "
-                "scores.max_samples or set scores.purview_detector=false"
-            )
-        g = torch.Generator().manual_seed(derive_seed(seed, name))
-        order = torch.randperm(len(norms), generator=g)
-        cut = len(norms) // 2
-        return norms[order[:cut]], norms[order[cut:]]
-
-    in_fit, in_eval = halves(in_dist.norms, "in-distribution")
-    rows: dict[str, dict[str, float]] = {}
-    held_out = {"in_distribution": len(in_eval)}
-    for name, scored in ood.items():
-        assert scored.norms is not None
-        out_fit, out_eval = halves(scored.norms, name)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            detector = PurviewDetector(in_fit.shape[1]).fit(in_fit, out_fit)
-        with torch.no_grad():
-            values = ood_metrics(detector(in_eval), detector(out_eval))
-        rows[name] = {metric: float(value) for metric, value in values.items()}
-        held_out[name] = len(out_eval)
-    return rows, held_out
-
-
-def format_trust_splits(table: dict[str, dict[str, dict[str, float]]], digits: int = 2) -> str:
-    """Markdown of ``table[score][split] = {"auac", "aufc"}``: one row per score, one AUAC and
-    one AUFC column per split, in percent."""
-    splits = list(next(iter(table.values()), {}))
-    header = ["score"] + [f"{s} {m}" for s in splits for m in ("AUAC", "AUFC")]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    for name, by_split in table.items():
-        cells = [f"{100 * by_split[s][m]:.{digits}f}" for s in splits for m in ("auac", "aufc")]
-        lines.append("| " + " | ".join([name, *cells]) + " |")
-    note = "Area under the accuracy (AUAC) and macro-F1 (AUFC) curves, in %; higher is better."
-    return note + " " + TRUST_NOTE + "\n\n" + "\n".join(lines)
-
-
-def _markdown(
-    run_name: str,
-    settings: dict[str, Any],
-    ood: dict[str, Any] | None,
-    trust: dict[str, Any] | None,
-) -> str:
-    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "ood")
-    parts = [f"# Scores of run {run_name}", f"Settings (scores.*): {shown}."]
-    if ood is not None:
-        counts = ood["num_samples"]
-        sizes = ", ".join(f"{k} {v}" for k, v in counts["ood_sets"].items())
-        parts += [
-            "## OOD detection",
-            f"In-distribution: the clean test split ({counts['in_distribution']} samples); "
-            f"OOD sets: {sizes}.",
-            format_ood_table(ood["scores"], MARKDOWN_OOD_METRICS),
-        ]
-        if DETECTOR in ood["scores"]:
-            parts.append(DETECTOR_NOTE)
-    if trust is not None:
-        sizes = ", ".join(f"{k} {v}" for k, v in trust["num_samples"].items())
-        parts += ["## Trust", f"Samples: {sizes}.", format_trust_splits(trust["scores"])]
-    return "\n\n".join(parts) + "\n"
-
-
-def _flat(
-    ood: dict[str, Any] | None, trust: dict[str, Any] | None, detection: dict[str, Any] | None
-) -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for task, section in (("ood", ood), ("trust", trust), ("detection", detection)):
-        if section is None:
-            continue
-        key = "detectors" if task == "detection" else "scores"
-        for score, by_set in section[key].items():
-            for name, metrics in by_set.items():
-                flat |= {f"scores/{task}/{score}/{name}/{m}": v for m, v in metrics.items()}
-    return flat
 
 
 def _detector_features(
@@ -619,7 +498,9 @@ def _ood_section(
         "scores": table,
     }
     if purview_detector:
-        rows, held_out = _detector_rows(scored.in_dist, scored.ood, seed)
+        assert scored.in_dist.norms is not None
+        ood_norms = {n: o.norms for n, o in scored.ood.items() if o.norms is not None}
+        rows, held_out = purview_detector_rows(scored.in_dist.norms, ood_norms, seed)
         table[DETECTOR] = rows
         ood["purview_detector"] = {"note": DETECTOR_NOTE, "held_out_samples": held_out}
     return ood
@@ -692,14 +573,16 @@ def score_run(
     if s.attacks or s.corruption_detection or s.detectors:
         detection = _detection_section(scored, s.seed)
     trust = _trust_section(scored, settings, dm.num_classes)
-    markdown = (f"{note}\n\n" if note else "") + _markdown(opts.run_name, settings, ood, trust)
+    markdown = (f"{note}\n\n" if note else "") + scores_markdown(
+        opts.run_name, settings, ood, trust
+    )
     if detection is not None:
         markdown += "\n" + detection_markdown(detection, ood["scores"] if ood else None) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scores.md").write_text(markdown)
     print(markdown)
     for logger in job_loggers(t.job, out_dir):
-        logger.log_metrics(_flat(ood, trust, detection))
+        logger.log_metrics(flat_scalars(ood, trust, detection))
         logger.save()
         logger.finalize("success")
     header = results_header(

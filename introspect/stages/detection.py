@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 
 from introspect.attacks import attack_by_name
 from introspect.config.schema import AttackConfig, DetectConfig
-from introspect.data import ImageDataModule
+from introspect.data import DataError, ImageDataModule
+from introspect.data.seeding import derive_seed
 from introspect.detect import Halves, LayerMahalanobis, LogisticDetector, halves, held_out_metrics
 from introspect.detect.lid import lid_features
+from introspect.metrics.ood import ood_metrics
 from introspect.scores import PurviewDetector
 
 ADV_PREFIX = "adv_"
@@ -335,3 +337,36 @@ def detection_markdown(detection: Mapping[str, Any], ood_scores: Mapping[str, An
         _md(["set"] + [DETECTOR_LABELS[d] for d in present], rows),
     ]
     return "\n\n".join(parts)
+
+
+def purview_detector_rows(
+    in_norms: torch.Tensor, ood_norms: Mapping[str, torch.Tensor], seed: int
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Metrics of one supervised ``PurviewDetector`` per OOD set (``ood_norms``: its Purview
+    features; ``in_norms``: the in-distribution ones), each fitted on a seeded half and measured
+    on the held-out halves, and the numbers of held-out samples."""
+
+    def halves(norms: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(norms) < 2:
+            raise DataError(
+                f"the supervised Purview detector needs at least 2 samples of {name!r}; raise "
+                "scores.max_samples or set scores.purview_detector=false"
+            )
+        g = torch.Generator().manual_seed(derive_seed(seed, name))
+        order = torch.randperm(len(norms), generator=g)
+        cut = len(norms) // 2
+        return norms[order[:cut]], norms[order[cut:]]
+
+    in_fit, in_eval = halves(in_norms, "in-distribution")
+    rows: dict[str, dict[str, float]] = {}
+    held_out = {"in_distribution": len(in_eval)}
+    for name, norms in ood_norms.items():
+        out_fit, out_eval = halves(norms, name)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            detector = PurviewDetector(in_fit.shape[1]).fit(in_fit, out_fit)
+        with torch.no_grad():
+            values = ood_metrics(detector(in_eval), detector(out_eval))
+        rows[name] = {metric: float(value) for metric, value in values.items()}
+        held_out[name] = len(out_eval)
+    return rows, held_out
