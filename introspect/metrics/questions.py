@@ -191,6 +191,49 @@ def _paired_ranking(
     return result
 
 
+def _per_image_values(
+    runs: Sequence[RunLogits],
+    heads: list[str],
+    splits: list[str],
+    alpha: float,
+    coverage: float,
+    *,
+    tempered: bool,
+) -> dict[str, dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]]:
+    """``[head][split] = (metric -> (seeds, n) per-image values, confidences (seeds, n),
+    correctness (seeds, n))`` of every head (and, with ``tempered``, its ``+TS`` twin)."""
+    # per[head][split] = (metric -> (seeds, n) per-image values, conf (seeds, n), ok (seeds, n))
+    per: dict[str, dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]] = {}
+    for run in runs:
+        if list(run.calibration) != heads or list(run.splits) != splits:
+            raise ValueError("every run must hold the same heads and splits")
+        variants: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        for h in heads:
+            cal = run.calibration[h]
+            variants[h] = (cal, {s: run.splits[s][h] for s in splits})
+            if tempered:
+                t = fit_temperature(cal, run.calibration_labels)
+                variants[f"{h}+TS"] = (
+                    temper(cal, t),
+                    {s: temper(run.splits[s][h], t) for s in splits},
+                )
+        for h, (cal, logits) in variants.items():
+            for s in splits:
+                values, conf, ok = _per_image(
+                    cal, run.calibration_labels, logits[s], run.labels[s], alpha, coverage
+                )
+                acc = per.setdefault(h, {}).setdefault(s, ({}, [], []))  # type: ignore[arg-type]
+                for m, v in values.items():
+                    acc[0].setdefault(m, []).append(v)  # type: ignore[attr-defined]
+                acc[1].append(conf)  # type: ignore[attr-defined]
+                acc[2].append(ok)  # type: ignore[attr-defined]
+    return {
+        h: {s: ({m: np.stack(v) for m, v in d.items()}, np.stack(c), np.stack(o))
+            for s, (d, c, o) in by_split.items()}
+        for h, by_split in per.items()
+    }  # fmt: skip
+
+
 def conformal_selective_table(
     runs: Sequence[RunLogits],
     *,
@@ -217,36 +260,7 @@ def conformal_selective_table(
     if missing:
         raise ValueError(f"heads {missing} missing from the logits (have {heads})")
     splits = list(runs[0].splits)
-    # per[head][split] = (metric -> (seeds, n) per-image values, conf (seeds, n), ok (seeds, n))
-    per: dict[str, dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]] = {}
-    for run in runs:
-        if list(run.calibration) != heads or list(run.splits) != splits:
-            raise ValueError("every run must hold the same heads and splits")
-        variants: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
-        for h in heads:
-            cal = run.calibration[h]
-            variants[h] = (cal, {s: run.splits[s][h] for s in splits})
-            if tempered:
-                t = fit_temperature(cal, run.calibration_labels)
-                variants[f"{h}+TS"] = (
-                    temper(cal, t),
-                    {s: temper(run.splits[s][h], t) for s in splits},
-                )
-        for h, (cal, logits) in variants.items():
-            for s in splits:
-                values, conf, ok = _per_image(
-                    cal, run.calibration_labels, logits[s], run.labels[s], alpha, coverage
-                )
-                acc = per.setdefault(h, {}).setdefault(s, ({}, [], []))  # type: ignore[arg-type]
-                for m, v in values.items():
-                    acc[0].setdefault(m, []).append(v)  # type: ignore[attr-defined]
-                acc[1].append(conf)  # type: ignore[attr-defined]
-                acc[2].append(ok)  # type: ignore[attr-defined]
-    stacked = {
-        h: {s: ({m: np.stack(v) for m, v in d.items()}, np.stack(c), np.stack(o))
-            for s, (d, c, o) in by_split.items()}
-        for h, by_split in per.items()
-    }  # fmt: skip
+    stacked = _per_image_values(runs, heads, splits, alpha, coverage, tempered=tempered)
     rows: list[QuestionRow] = []
     for h, by_split in stacked.items():
         for s, (values, conf, ok) in by_split.items():
