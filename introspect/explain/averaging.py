@@ -14,6 +14,7 @@ from introspect.explain.core import (
     MapMethod,
     Target,
     baseline_images,
+    check_noise,
     check_positive_int,
     explaining,
     map_method,
@@ -66,11 +67,7 @@ def smoothgrad(
             (samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype
         )
         noise = draws * (sigma * spread)
-    elif not isinstance(noise, torch.Tensor) or noise.ndim != 5 or noise.shape[1:] != x.shape:
-        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ExplanationError(
-            f"noise must be a (samples, {', '.join(map(str, x.shape))}) tensor, got {shape}"
-        )
+    noise = check_noise(noise, x)
     classes = _targets_of(model, x, call.target)
     with explaining(model):  # also allocates outside an inference mode the caller may be in
         noisy = (x.unsqueeze(0) + noise.to(x)).flatten(0, 1)  # sample-major: (S * B, C, H, W)

@@ -160,6 +160,17 @@ def map_method(compute: Callable[..., torch.Tensor]) -> MapMethod:
     )
 
 
+def check_noise(noise: object, images: torch.Tensor) -> torch.Tensor:
+    """``noise`` if it is a ``(samples, B, C, H, W)`` tensor of perturbations of ``images``,
+    else ``ExplanationError``."""
+    if not isinstance(noise, torch.Tensor) or noise.ndim != 5 or noise.shape[1:] != images.shape:
+        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ExplanationError(
+            f"noise must be a (samples, {', '.join(map(str, images.shape))}) tensor, got {shape}"
+        )
+    return noise
+
+
 Baseline = float | torch.Tensor | str
 BASELINE_NAMES = ("mean", "blur")
 # The Gaussian of the "blur" baseline (the blurred image RISE's insertion metric starts from).
