@@ -10,21 +10,37 @@ from torch import nn
 from introspect.detect.posthoc_base import FeatureSource, Fitted, PosthocDetector, energy
 
 
-class KNN(PosthocDetector):
-    """KNN (Sun et al. 2022): minus the distance from the L2-normalized features to their
-    ``k``-th nearest normalized in-distribution training feature."""
+class _NearestNeighbours(PosthocDetector):
+    """A detector that compares the features with a bank of ``k`` or more training rows."""
 
-    def __init__(self, source: FeatureSource, *, k: int = 50) -> None:
+    def __init__(self, source: FeatureSource, *, k: int) -> None:
         super().__init__(source)
+        name = type(self).__name__
         if k < 1:
-            raise ValueError(f"KNN needs k >= 1, got {k}")
+            raise ValueError(f"{name} needs k >= 1, got {k}")
         self.k = k
         self.bank: torch.Tensor | None = None
 
     def _fit(self, data: Fitted) -> None:
         if len(data.z) < self.k:
-            raise ValueError(f"KNN with k={self.k} needs at least {self.k} fitting rows")
-        self.bank = F.normalize(data.z.double(), dim=1)
+            name = type(self).__name__
+            raise ValueError(f"{name} with k={self.k} needs at least {self.k} fitting rows")
+        self.bank = self._bank(data)
+
+    def _bank(self, data: Fitted) -> torch.Tensor:
+        """The ``(n, D)`` rows the test features are compared with."""
+        raise NotImplementedError
+
+
+class KNN(_NearestNeighbours):
+    """KNN (Sun et al. 2022): minus the distance from the L2-normalized features to their
+    ``k``-th nearest normalized in-distribution training feature."""
+
+    def __init__(self, source: FeatureSource, *, k: int = 50) -> None:
+        super().__init__(source, k=k)
+
+    def _bank(self, data: Fitted) -> torch.Tensor:
+        return F.normalize(data.z.double(), dim=1)
 
     def score_features(
         self, z: torch.Tensor, logits: torch.Tensor, linear: nn.Linear
@@ -102,21 +118,15 @@ class RMD(PosthocDetector):
         return -(per_class.amin(1) - background).to(z.dtype)
 
 
-class NNGuide(PosthocDetector):
+class NNGuide(_NearestNeighbours):
     """NNGuide (Park et al. 2023): energy times the mean of the ``k`` largest cosine similarities
     to the training features scaled by their energy."""
 
     def __init__(self, source: FeatureSource, *, k: int = 10) -> None:
-        super().__init__(source)
-        if k < 1:
-            raise ValueError(f"NNGuide needs k >= 1, got {k}")
-        self.k = k
-        self.bank: torch.Tensor | None = None
+        super().__init__(source, k=k)
 
-    def _fit(self, data: Fitted) -> None:
-        if len(data.z) < self.k:
-            raise ValueError(f"NNGuide with k={self.k} needs at least {self.k} fitting rows")
-        self.bank = F.normalize(data.z, dim=1) * energy(data.logits)[:, None]
+    def _bank(self, data: Fitted) -> torch.Tensor:
+        return F.normalize(data.z, dim=1) * energy(data.logits)[:, None]
 
     def score_features(
         self, z: torch.Tensor, logits: torch.Tensor, linear: nn.Linear

@@ -7,187 +7,64 @@ with autograd enabled (also inside ``torch.inference_mode``); its train/eval mod
 restored, hooks removed and no parameter ``.grad`` is touched.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from introspect.lazy import lazy_exports
 
-# Names -> defining submodule, imported on first use: the command-line front ends check
-# their arguments before torch is imported.
-_EXPORTS = {
-    "Explainer": "explainers",
-    "ExplanationError": "errors",
-    "MapExplainer": "explainers",
-    "create_explainer": "explainers",
-    "list_explainers": "explainers",
-    "Faithfulness": "faithfulness",
-    "MAP_METHODS": "methods",
-    "Patches": "network",
-    "VoiceEvaluation": "uncertainty",
-    "VoiceResult": "uncertainty",
-    "activation_maps": "network",
-    "activations_figure": "network",
-    "cam": "class_maps",
-    "class_gradients": "figure",
-    "contrast_cam": "class_maps",
-    "counterfactual_cam": "class_maps",
-    "curve_auc": "faithfulness",
-    "deconvnet": "saliency",
-    "deletion_insertion": "faithfulness",
-    "evaluate_faithfulness": "faithfulness",
-    "evaluate_voice": "uncertainty",
-    "explanation_figure": "figure",
-    "filters_figure": "network",
-    "first_layer_filters": "network",
-    "gradcam": "class_maps",
-    "gradcam_plus_plus": "class_maps",
-    "guided_backprop": "saliency",
-    "guided_gradcam": "saliency",
-    "integrated_gradients": "averaging",
-    "introspection_figure": "figure",
-    "lime": "perturbation",
-    "methods_figure": "figure",
-    "nearest_neighbours": "network",
-    "neighbours_figure": "network",
-    "occlusion": "saliency",
-    "patches_figure": "network",
-    "penultimate_features": "network",
-    "perturbation_curves": "faithfulness",
-    "random_map": "methods",
-    "prototype_evidence": "prototypes",
-    "prototype_figure": "prototypes",
-    "resolve_layer": "layers",
-    "rise": "perturbation",
-    "rise_masks": "perturbation",
-    "smoothgrad": "averaging",
-    "superpixels": "perturbation",
-    "top_activating_patches": "network",
-    "tsne_embedding": "network",
-    "tsne_figure": "network",
-    "vanilla_gradient": "saliency",
-    "voice": "uncertainty",
-    "voice_figure": "figure",
+# Public name -> the submodule that defines it, imported on first use: the command-line front
+# ends check their arguments before torch is imported.
+_EXPORTS: dict[str, str] = {
+    "Explainer": "introspect.explain.explainers",
+    "ExplanationError": "introspect.explain.errors",
+    "MapExplainer": "introspect.explain.explainers",
+    "create_explainer": "introspect.explain.explainers",
+    "list_explainers": "introspect.explain.explainers",
+    "Faithfulness": "introspect.explain.faithfulness",
+    "MAP_METHODS": "introspect.explain.methods",
+    "Patches": "introspect.explain.network",
+    "VoiceEvaluation": "introspect.explain.uncertainty",
+    "VoiceResult": "introspect.explain.uncertainty",
+    "activation_maps": "introspect.explain.network",
+    "activations_figure": "introspect.explain.network",
+    "cam": "introspect.explain.class_maps",
+    "class_gradients": "introspect.explain.figure",
+    "contrast_cam": "introspect.explain.class_maps",
+    "counterfactual_cam": "introspect.explain.class_maps",
+    "curve_auc": "introspect.explain.faithfulness",
+    "deconvnet": "introspect.explain.saliency",
+    "deletion_insertion": "introspect.explain.faithfulness",
+    "evaluate_faithfulness": "introspect.explain.faithfulness",
+    "evaluate_voice": "introspect.explain.uncertainty",
+    "explanation_figure": "introspect.explain.figure",
+    "filters_figure": "introspect.explain.network",
+    "first_layer_filters": "introspect.explain.network",
+    "gradcam": "introspect.explain.class_maps",
+    "gradcam_plus_plus": "introspect.explain.class_maps",
+    "guided_backprop": "introspect.explain.saliency",
+    "guided_gradcam": "introspect.explain.saliency",
+    "integrated_gradients": "introspect.explain.averaging",
+    "introspection_figure": "introspect.explain.figure",
+    "lime": "introspect.explain.perturbation",
+    "methods_figure": "introspect.explain.figure",
+    "nearest_neighbours": "introspect.explain.network",
+    "neighbours_figure": "introspect.explain.network",
+    "occlusion": "introspect.explain.saliency",
+    "patches_figure": "introspect.explain.network",
+    "penultimate_features": "introspect.explain.network",
+    "perturbation_curves": "introspect.explain.faithfulness",
+    "random_map": "introspect.explain.methods",
+    "prototype_evidence": "introspect.explain.prototypes",
+    "prototype_figure": "introspect.explain.prototypes",
+    "resolve_layer": "introspect.explain.layers",
+    "rise": "introspect.explain.perturbation",
+    "rise_masks": "introspect.explain.perturbation",
+    "smoothgrad": "introspect.explain.averaging",
+    "superpixels": "introspect.explain.perturbation",
+    "top_activating_patches": "introspect.explain.network",
+    "tsne_embedding": "introspect.explain.network",
+    "tsne_figure": "introspect.explain.network",
+    "vanilla_gradient": "introspect.explain.saliency",
+    "voice": "introspect.explain.uncertainty",
+    "voice_figure": "introspect.explain.figure",
 }
 
-if TYPE_CHECKING:
-    from introspect.explain.averaging import integrated_gradients, smoothgrad
-    from introspect.explain.class_maps import (
-        cam,
-        contrast_cam,
-        counterfactual_cam,
-        gradcam,
-        gradcam_plus_plus,
-    )
-    from introspect.explain.errors import ExplanationError
-    from introspect.explain.explainers import (
-        Explainer,
-        MapExplainer,
-        create_explainer,
-        list_explainers,
-    )
-    from introspect.explain.faithfulness import (
-        Faithfulness,
-        curve_auc,
-        deletion_insertion,
-        evaluate_faithfulness,
-        perturbation_curves,
-    )
-    from introspect.explain.figure import (
-        class_gradients,
-        explanation_figure,
-        introspection_figure,
-        methods_figure,
-        voice_figure,
-    )
-    from introspect.explain.layers import resolve_layer
-    from introspect.explain.methods import MAP_METHODS, random_map
-    from introspect.explain.network import (
-        Patches,
-        activation_maps,
-        activations_figure,
-        filters_figure,
-        first_layer_filters,
-        nearest_neighbours,
-        neighbours_figure,
-        patches_figure,
-        penultimate_features,
-        top_activating_patches,
-        tsne_embedding,
-        tsne_figure,
-    )
-    from introspect.explain.perturbation import lime, rise, rise_masks, superpixels
-    from introspect.explain.prototypes import prototype_evidence, prototype_figure
-    from introspect.explain.saliency import (
-        deconvnet,
-        guided_backprop,
-        guided_gradcam,
-        occlusion,
-        vanilla_gradient,
-    )
-    from introspect.explain.uncertainty import VoiceEvaluation, VoiceResult, evaluate_voice, voice
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'introspect.explain' has no attribute {name!r}")
-    value = getattr(import_module(f"introspect.explain.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-__all__ = [
-    "Explainer",
-    "ExplanationError",
-    "MapExplainer",
-    "create_explainer",
-    "list_explainers",
-    "Faithfulness",
-    "MAP_METHODS",
-    "Patches",
-    "VoiceEvaluation",
-    "VoiceResult",
-    "activation_maps",
-    "activations_figure",
-    "cam",
-    "class_gradients",
-    "contrast_cam",
-    "counterfactual_cam",
-    "curve_auc",
-    "deconvnet",
-    "deletion_insertion",
-    "evaluate_faithfulness",
-    "evaluate_voice",
-    "explanation_figure",
-    "filters_figure",
-    "first_layer_filters",
-    "gradcam",
-    "gradcam_plus_plus",
-    "guided_backprop",
-    "guided_gradcam",
-    "integrated_gradients",
-    "introspection_figure",
-    "lime",
-    "methods_figure",
-    "nearest_neighbours",
-    "neighbours_figure",
-    "occlusion",
-    "patches_figure",
-    "penultimate_features",
-    "perturbation_curves",
-    "random_map",
-    "prototype_evidence",
-    "prototype_figure",
-    "resolve_layer",
-    "rise",
-    "rise_masks",
-    "smoothgrad",
-    "superpixels",
-    "top_activating_patches",
-    "tsne_embedding",
-    "tsne_figure",
-    "vanilla_gradient",
-    "voice",
-    "voice_figure",
-]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

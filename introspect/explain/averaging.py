@@ -3,8 +3,6 @@ Integrated Gradients (points on a straight path from a baseline to the image).""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -12,18 +10,18 @@ from torch import nn
 from introspect.explain.core import (
     Baseline,
     ExplanationError,
+    MapCall,
+    MapMethod,
     Target,
     baseline_images,
-    check_images,
+    check_noise,
     check_positive_int,
     explaining,
-    finish,
+    map_method,
     resolve_targets,
 )
-from introspect.explain.layers import LayerSpec
 from introspect.explain.saliency import vanilla_gradient
 
-MapMethod = Callable[..., torch.Tensor]
 IG_METHODS = ("gausslegendre", "trapezoid")
 
 
@@ -33,12 +31,9 @@ def _targets_of(model: nn.Module, images: torch.Tensor, target: Target) -> torch
         return resolve_targets(target, model(images.detach()))
 
 
+@map_method
 def smoothgrad(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
+    call: MapCall,
     *,
     method: MapMethod = vanilla_gradient,
     samples: int = 25,
@@ -58,11 +53,10 @@ def smoothgrad(
     copies go through ``method`` ``batch_size`` at a time. Output as for
     :func:`~introspect.explain.gradcam`.
     """
-    check_images(images)
     check_positive_int("batch_size", batch_size)
     if not callable(method):
         raise ExplanationError(f"method must be a map function such as gradcam, got {method!r}")
-    x = images.detach()
+    model, layer, x = call.model, call.layer, call.images.detach()
     if noise is None:
         check_positive_int("samples", samples)
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or sigma < 0:
@@ -73,12 +67,8 @@ def smoothgrad(
             (samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype
         )
         noise = draws * (sigma * spread)
-    elif not isinstance(noise, torch.Tensor) or noise.ndim != 5 or noise.shape[1:] != x.shape:
-        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ExplanationError(
-            f"noise must be a (samples, {', '.join(map(str, x.shape))}) tensor, got {shape}"
-        )
-    classes = _targets_of(model, x, target)
+    noise = check_noise(noise, x)
+    classes = _targets_of(model, x, call.target)
     with explaining(model):  # also allocates outside an inference mode the caller may be in
         noisy = (x.unsqueeze(0) + noise.to(x)).flatten(0, 1)  # sample-major: (S * B, C, H, W)
         repeated = classes.repeat(len(noise))
@@ -88,7 +78,7 @@ def smoothgrad(
             chunk = slice(begin, begin + batch_size)
             maps = method(model, noisy[chunk], layer, repeated[chunk], normalize=False)
             total.index_add_(0, owner[chunk], maps.to(total.dtype))
-    return finish(total / len(noise), normalize)
+    return total / len(noise)
 
 
 def path_points(steps: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,12 +101,9 @@ def path_points(steps: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     raise ExplanationError(f"method must be one of {', '.join(IG_METHODS)}, got {method!r}")
 
 
+@map_method
 def integrated_gradients(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
+    call: MapCall,
     *,
     baseline: Baseline = 0.0,
     steps: int = 32,
@@ -133,11 +120,10 @@ def integrated_gradients(
     ``z_t(x) - z_t(x')`` (completeness). ``layer`` is ignored (the map lives in input space).
     Other arguments and the output as for :func:`~introspect.explain.gradcam`.
     """
-    check_images(images)
     check_positive_int("batch_size", batch_size)
     alphas, weights = path_points(steps, method)
-    x = images.detach()
-    classes = _targets_of(model, x, target)
+    model, x = call.model, call.images.detach()
+    classes = _targets_of(model, x, call.target)
     alphas, weights = alphas.to(x), weights.to(x)
     count = len(alphas)
     with explaining(model):
@@ -155,5 +141,4 @@ def integrated_gradients(
             (grad,) = torch.autograd.grad(score, points)
             contribution = grad * weights[step].view(-1, 1, 1, 1)
             integral.index_add_(0, image, contribution)
-        maps = ((x - start) * integral).sum(dim=1)
-    return finish(maps, normalize)
+        return ((x - start) * integral).sum(dim=1)

@@ -17,16 +17,17 @@ from torch import nn
 
 from introspect.explain.core import (
     ExplanationError,
+    MapCall,
     Target,
     check_images,
     explaining,
-    finish,
     grad_input,
+    map_method,
     resolve_targets,
     runner_up,
     upsample,
 )
-from introspect.explain.layers import LayerCapture, LayerSpec, resolve_layer
+from introspect.explain.layers import LayerCapture, resolve_layer
 
 Score = Callable[[torch.Tensor], torch.Tensor]
 
@@ -62,26 +63,25 @@ def weighted_activations(
     return F.relu((sign * alpha * activations).sum(dim=1))
 
 
-def _cam(
-    model: nn.Module, images: torch.Tensor, layer: LayerSpec, score: Score, sign: float
-) -> torch.Tensor:
-    """Unnormalized maps at input resolution for the per-sample scalars ``score(logits)``."""
-    check_images(images)
-    with explaining(model), LayerCapture(model, layer) as capture:
-        logits = model(grad_input(images))
+def _gradients_of(call: MapCall, score: Score) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explained layer's activations (detached) and the gradient of the sum of the
+    per-sample scalars ``score(logits)`` with respect to them."""
+    check_images(call.images)
+    with explaining(call.model), LayerCapture(call.model, call.layer) as capture:
+        logits = call.model(grad_input(call.images))
         activations = capture.activations()
         grad = layer_gradient(score(logits).sum(), activations)
-        maps = weighted_activations(activations.detach(), grad, sign)
-    return upsample(maps, images.shape[-2:])
+    return activations.detach(), grad
 
 
-def gradcam(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+def _cam(call: MapCall, score: Score, sign: float) -> torch.Tensor:
+    """Unnormalized maps at input resolution for the per-sample scalars ``score(logits)``."""
+    maps = weighted_activations(*_gradients_of(call, score), sign)
+    return upsample(maps, call.images.shape[-2:])
+
+
+@map_method
+def gradcam(call: MapCall) -> torch.Tensor:
     """Grad-CAM, "why P?": ``s = z_P``, the logit of class ``target`` (default: the prediction).
 
     Returns ``(B, H, W)`` maps at the input resolution on ``images.device``, min-max
@@ -90,35 +90,21 @@ def gradcam(
     ``None`` for the last ``nn.Conv2d`` the forward pass executes. ``target`` is one class for
     all images (int), one per image (sequence or ``(B,)`` tensor), or ``None``.
     """
-    maps = _cam(model, images, layer, lambda z: class_logit(z, target), sign=1.0)
-    return finish(maps, normalize)
+    return _cam(call, lambda z: class_logit(z, call.target), sign=1.0)
 
 
-def counterfactual_cam(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+@map_method
+def counterfactual_cam(call: MapCall) -> torch.Tensor:
     """Counterfactual-CAM, "why not P?" / "what if this region were absent?".
 
     Grad-CAM with negated weights ``-alpha_k``: the regions whose removal would raise the
     logit of ``target``. Arguments and output as for :func:`gradcam`.
     """
-    maps = _cam(model, images, layer, lambda z: class_logit(z, target), sign=-1.0)
-    return finish(maps, normalize)
+    return _cam(call, lambda z: class_logit(z, call.target), sign=-1.0)
 
 
-def contrast_cam(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-    *,
-    contrast: Target = None,
-) -> torch.Tensor:
+@map_method
+def contrast_cam(call: MapCall, *, contrast: Target = None) -> torch.Tensor:
     """Contrast-CAM, "why P, rather than Q?": ``s = CE(z, Q)`` for the class Q ``contrast``.
 
     ``contrast`` is one class for all images, one per image, or ``None``: the class with the
@@ -126,17 +112,11 @@ def contrast_cam(
     through that default, so with ``target=None`` the default Q is the second-highest logit.
     Other arguments and the output as for :func:`gradcam`.
     """
-    maps = _cam(model, images, layer, lambda z: contrast_loss(z, target, contrast), sign=1.0)
-    return finish(maps, normalize)
+    return _cam(call, lambda z: contrast_loss(z, call.target, contrast), sign=1.0)
 
 
-def gradcam_plus_plus(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+@map_method
+def gradcam_plus_plus(call: MapCall) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018) for the logit ``z_t`` of class ``target``.
 
     Channel weights ``w_k = sum_ij a_ij^k ReLU(g_ij^k)`` with ``g = dz_t/dA`` and
@@ -144,21 +124,16 @@ def gradcam_plus_plus(
     exponential of the score, 0 where the denominator is 0); map ``ReLU(sum_k w_k A^k)``.
     Arguments and output as for :func:`gradcam`.
     """
-    check_images(images)
-    with explaining(model), LayerCapture(model, layer) as capture:
-        logits = model(grad_input(images))
-        activations = capture.activations()
-        grad = layer_gradient(class_logit(logits, target).sum(), activations)
-        acts = activations.detach()
-        squared = grad.pow(2)
-        denominator = 2 * squared + acts.sum(dim=(2, 3), keepdim=True) * squared * grad
-        nonzero = denominator != 0
-        alpha = torch.where(
-            nonzero, squared / torch.where(nonzero, denominator, 1.0), torch.zeros_like(grad)
-        )
-        weights = (alpha * F.relu(grad)).sum(dim=(2, 3), keepdim=True)
-        maps = F.relu((weights * acts).sum(dim=1))
-    return finish(upsample(maps, images.shape[-2:]), normalize)
+    acts, grad = _gradients_of(call, lambda z: class_logit(z, call.target))
+    squared = grad.pow(2)
+    denominator = 2 * squared + acts.sum(dim=(2, 3), keepdim=True) * squared * grad
+    nonzero = denominator != 0
+    alpha = torch.where(
+        nonzero, squared / torch.where(nonzero, denominator, 1.0), torch.zeros_like(grad)
+    )
+    weights = (alpha * F.relu(grad)).sum(dim=(2, 3), keepdim=True)
+    maps = F.relu((weights * acts).sum(dim=1))
+    return upsample(maps, call.images.shape[-2:])
 
 
 # A layer's output whose spatial mean is within this relative distance of the head's input
@@ -175,13 +150,8 @@ def _is_pooled(activations: torch.Tensor, head_input: torch.Tensor) -> bool:
     return bool(((pooled - head_input).abs().max() / scale) <= POOL_TOLERANCE)
 
 
-def cam(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+@map_method
+def cam(call: MapCall) -> torch.Tensor:
     """CAM (Zhou et al. 2016) for networks whose head is a linear layer on the global average
     pool of a feature map: ``ReLU(sum_k W_tk A^k)`` with ``W`` the head's weight.
 
@@ -192,7 +162,7 @@ def cam(
     is kept from Grad-CAM so that the two agree. Other arguments and the output as for
     :func:`gradcam`.
     """
-    check_images(images)
+    model, images, layer, target = call
     target_module = resolve_layer(model, layer)
     outputs: list[tuple[nn.Module, torch.Tensor]] = []
     linears: list[tuple[nn.Linear, torch.Tensor]] = []
@@ -228,4 +198,4 @@ def cam(
         )
     weights = head.weight.detach()[classes]  # (B, K)
     maps = F.relu(torch.einsum("bk,bkhw->bhw", weights, pooled[0]))
-    return finish(upsample(maps, images.shape[-2:]), normalize)
+    return upsample(maps, images.shape[-2:])

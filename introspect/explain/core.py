@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from introspect.explain.errors import ExplanationError as ExplanationError  # re-exported
+
+if TYPE_CHECKING:
+    from introspect.explain.layers import LayerSpec
 
 Target = int | Sequence[int] | torch.Tensor | None
 
@@ -109,6 +115,60 @@ def finish(maps: torch.Tensor, normalize: bool) -> torch.Tensor:
     """``maps`` detached, min-max normalized per image if ``normalize``."""
     maps = maps.detach()
     return minmax_normalize(maps) if normalize else maps
+
+
+class MapCall(NamedTuple):
+    """The inputs every map method shares: the model, the checked ``(B, C, H, W)`` images, the
+    explained layer (ignored by input-space methods) and the target classes."""
+
+    model: nn.Module
+    images: torch.Tensor
+    layer: LayerSpec
+    target: Target
+
+
+MapMethod = Callable[..., torch.Tensor]
+
+
+def map_method(compute: Callable[..., torch.Tensor]) -> MapMethod:
+    """The public map method of ``compute(call: MapCall, **options)``, which returns
+    unnormalized ``(B, H, W)`` maps.
+
+    The method takes ``(model, images, layer=None, target=None, normalize=True, *, **options)``:
+    the images are checked before ``compute`` runs, and its maps are detached and min-max
+    normalized per image unless ``normalize=False`` (see :func:`finish`).
+    """
+
+    def method(
+        model: nn.Module,
+        images: torch.Tensor,
+        layer: LayerSpec = None,
+        target: Target = None,
+        normalize: bool = True,
+        **options: object,
+    ) -> torch.Tensor:
+        check_images(images)
+        return finish(compute(MapCall(model, images, layer, target), **options), normalize)
+
+    shared = list(inspect.signature(method).parameters.values())[:-1]
+    extra = list(inspect.signature(compute).parameters.values())[1:]
+    method.__signature__ = inspect.signature(method).replace(  # type: ignore[attr-defined]
+        parameters=[*shared, *extra]
+    )
+    return functools.wraps(compute, assigned=("__module__", "__name__", "__qualname__", "__doc__"))(
+        method
+    )
+
+
+def check_noise(noise: object, images: torch.Tensor) -> torch.Tensor:
+    """``noise`` if it is a ``(samples, B, C, H, W)`` tensor of perturbations of ``images``,
+    else ``ExplanationError``."""
+    if not isinstance(noise, torch.Tensor) or noise.ndim != 5 or noise.shape[1:] != images.shape:
+        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ExplanationError(
+            f"noise must be a (samples, {', '.join(map(str, images.shape))}) tensor, got {shape}"
+        )
+    return noise
 
 
 Baseline = float | torch.Tensor | str

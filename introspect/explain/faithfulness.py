@@ -19,6 +19,7 @@ from torch import nn
 from introspect.explain.core import (
     Baseline,
     ExplanationError,
+    MapMethod,
     Target,
     baseline_images,
     check_images,
@@ -27,7 +28,6 @@ from introspect.explain.core import (
     resolve_targets,
 )
 
-MapMethod = Callable[..., torch.Tensor]
 MODES = ("deletion", "insertion")
 
 

@@ -69,13 +69,7 @@ def explanation_figure(
     check_images(images)
     if isinstance(contrasts, bool) or not isinstance(contrasts, int) or contrasts < 0:
         raise ExplanationError(f"contrasts must be a non-negative integer, got {contrasts!r}")
-    with explaining(model), torch.no_grad():
-        probs = model(images.detach()).softmax(dim=1).cpu()
-    if len(class_names) < probs.shape[1]:
-        raise ExplanationError(
-            f"the model has {probs.shape[1]} classes but only {len(class_names)} class names "
-            "were given"
-        )
+    probs = _probabilities(model, images, class_names)
     if labels is not None and len(labels) != len(images):
         raise ExplanationError(f"give one label per image: {len(labels)} for {len(images)}")
     if image_names is not None and len(image_names) != len(images):
@@ -93,31 +87,66 @@ def explanation_figure(
         )
     why_not = [f"Counterfactual-CAM\nwhy not {n[0]}?" for n in name]
     columns.append((why_not, counterfactual_cam(model, images, layer, predicted)))
+    heading = _heading(title, "Grad-CAM, Contrast-CAM and Counterfactual-CAM")
+    fig = _map_rows(images, probs, predicted, class_names, columns, labels, image_names, (2.2, 2.7))
+    fit_suptitle(fig, heading)
+    return _save(fig, path)
 
+
+def _probabilities(
+    model: nn.Module, images: torch.Tensor, class_names: Sequence[str]
+) -> torch.Tensor:
+    """The model's ``(B, N)`` softmax outputs on ``images`` (on the CPU); ``ExplanationError``
+    if ``class_names`` holds fewer than N names."""
+    with explaining(model), torch.no_grad():
+        probs = model(images.detach()).softmax(dim=1).cpu()
+    if len(class_names) < probs.shape[1]:
+        raise ExplanationError(
+            f"the model has {probs.shape[1]} classes but only {len(class_names)} class names "
+            "were given"
+        )
+    return probs
+
+
+def _prediction_title(class_names: Sequence[str], predicted: int, prob: float, label: Any) -> str:
+    """``P = name (prob%)``, with the true class ``label`` below it unless ``None``."""
+    title = f"P = {class_names[predicted]} ({prob:.0%})"
+    return title if label is None else f"{title}\ntrue: {class_names[int(label)]}"
+
+
+def _map_rows(
+    images: torch.Tensor,
+    probs: torch.Tensor,
+    predicted: torch.Tensor,
+    class_names: Sequence[str],
+    columns: Sequence[tuple[Sequence[str], torch.Tensor]],
+    labels: Sequence[int] | torch.Tensor | None,
+    image_names: Sequence[str] | None,
+    cell: tuple[float, float],
+) -> Figure:
+    """A figure of one row per image: the image titled with its name, the prediction P and the
+    true class, then every column's ``(titles, maps)`` overlaid on it, and a colour bar of the
+    map scale. ``cell`` is the ``(width, height)`` of one panel in inches."""
     rows, cols = len(images), len(columns) + 1
-    fig = Figure(figsize=(2.2 * cols + 0.8, 2.7 * rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(cell[0] * cols + 0.8, cell[1] * rows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i in range(rows):
         picture = display_image(images[i])
-        gray = "gray" if picture.ndim == 2 else None
-        heading = f"P = {name[i][0]} ({float(probs[i, predicted[i]]):.0%})"
-        if labels is not None:
-            heading += f"\ntrue: {class_names[int(labels[i])]}"
+        label = None if labels is None else labels[i]
+        heading = _prediction_title(
+            class_names, int(predicted[i]), float(probs[i, predicted[i]]), label
+        )
         if image_names is not None:
             heading = f"{image_names[i]}\n{heading}"
-        axes[i, 0].imshow(picture, cmap=gray)
+        axes[i, 0].imshow(picture, cmap="gray" if picture.ndim == 2 else None)
         axes[i, 0].set_title(heading, fontsize=8)
         for j, (titles, maps) in enumerate(columns, start=1):
-            axes[i, j].imshow(picture, cmap=gray)
-            heat = maps[i].detach().float().cpu().numpy()
-            axes[i, j].imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-            axes[i, j].set_title(titles[i], fontsize=8)
+            _overlay(axes[i, j], picture, maps[i], titles[i])
     for ax in axes.flat:
         ax.axis("off")
     _map_colorbar(fig, axes)
-    fit_suptitle(fig, _heading(title, "Grad-CAM, Contrast-CAM and Counterfactual-CAM"))
-    return _save(fig, path)
+    return fig
 
 
 def _heading(title: str, what: str) -> str:
@@ -169,13 +198,7 @@ def methods_figure(
     if not methods:
         raise ExplanationError("give at least one method to draw")
     options = options or {}
-    with explaining(model), torch.no_grad():
-        probs = model(images.detach()).softmax(dim=1).cpu()
-    if len(class_names) < probs.shape[1]:
-        raise ExplanationError(
-            f"the model has {probs.shape[1]} classes but only {len(class_names)} class names "
-            "were given"
-        )
+    probs = _probabilities(model, images, class_names)
     predicted = probs.argmax(dim=1)
     maps = {
         name: method(model, images, layer, predicted.to(images.device), **options.get(name, {}))
@@ -183,24 +206,8 @@ def methods_figure(
     }
     if image_names is not None and len(image_names) != len(images):
         raise ExplanationError(f"give one name per image: {len(image_names)} for {len(images)}")
-    rows, cols = len(images), len(maps) + 1
-    fig = Figure(figsize=(1.7 * cols + 0.8, 2.0 * rows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i in range(rows):
-        picture = display_image(images[i])
-        heading = f"P = {class_names[int(predicted[i])]} ({float(probs[i, predicted[i]]):.0%})"
-        if labels is not None:
-            heading += f"\ntrue: {class_names[int(labels[i])]}"
-        if image_names is not None:
-            heading = f"{image_names[i]}\n{heading}"
-        axes[i, 0].imshow(picture, cmap="gray" if picture.ndim == 2 else None)
-        axes[i, 0].set_title(heading, fontsize=8)
-        for j, (name, heat) in enumerate(maps.items(), start=1):
-            _overlay(axes[i, j], picture, heat[i], name.replace("_", " "))
-    for ax in axes.flat:
-        ax.axis("off")
-    _map_colorbar(fig, axes)
+    columns = [([name.replace("_", " ")] * len(images), heat) for name, heat in maps.items()]
+    fig = _map_rows(images, probs, predicted, class_names, columns, labels, image_names, (1.7, 2.0))
     fit_suptitle(fig, _heading(title, f"{len(maps)} explanation methods"))
     return _save(fig, path)
 
@@ -239,12 +246,7 @@ def introspection_figure(
     images = image[None]
     grads = class_gradients(model, images)[0].cpu()  # (N, N, D)
     classes = grads.shape[0]
-    if len(class_names) < classes:
-        raise ExplanationError(
-            f"the model has {classes} classes but only {len(class_names)} class names were given"
-        )
-    with explaining(model), torch.no_grad():
-        probs = model(images.detach()).softmax(dim=1)[0].cpu()
+    probs = _probabilities(model, images, class_names)[0]
     predicted = int(probs.argmax())
     contrasts = contrast_cam(
         model,
@@ -259,9 +261,7 @@ def introspection_figure(
     axes = fig.subplots(2, classes + 1, squeeze=False)
     picture = display_image(image)
     p_name = class_names[predicted]
-    title = f"P = {p_name} ({float(probs[predicted]):.0%})"
-    if label is not None:
-        title += f"\ntrue: {class_names[int(label)]}"
+    title = _prediction_title(class_names, predicted, float(probs[predicted]), label)
     axes[0, 0].imshow(picture, cmap="gray" if picture.ndim == 2 else None)
     axes[0, 0].set_title(title, fontsize=8)
     axes[1, 0].imshow(picture, cmap="gray" if picture.ndim == 2 else None)

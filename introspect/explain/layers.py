@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from introspect.explain.core import ExplanationError
+from introspect.explain.errors import ExplanationError
 
 LayerSpec = nn.Module | str | None
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import nn
 
 from introspect.explain.averaging import integrated_gradients, smoothgrad
 from introspect.explain.class_maps import (
@@ -15,8 +12,7 @@ from introspect.explain.class_maps import (
     gradcam,
     gradcam_plus_plus,
 )
-from introspect.explain.core import Target, check_images, finish
-from introspect.explain.layers import LayerSpec
+from introspect.explain.core import MapCall, MapMethod, map_method
 from introspect.explain.perturbation import lime, rise
 from introspect.explain.saliency import (
     deconvnet,
@@ -25,8 +21,6 @@ from introspect.explain.saliency import (
     occlusion,
     vanilla_gradient,
 )
-
-MapMethod = Callable[..., torch.Tensor]
 
 # Every method shares the call (model, images, layer=None, target=None, normalize=True, ...).
 MAP_METHODS: dict[str, MapMethod] = {
@@ -47,22 +41,15 @@ MAP_METHODS: dict[str, MapMethod] = {
 }
 
 
-def random_map(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-    *,
-    seed: int = 0,
-) -> torch.Tensor:
+@map_method
+def random_map(call: MapCall, *, seed: int = 0) -> torch.Tensor:
     """Uniform random ``(B, H, W)`` maps (seeded, independent of the model): the chance level a
     faithfulness metric should separate real explanations from. ``layer`` and ``target`` are
     ignored."""
-    check_images(images)
+    images = call.images
     generator = torch.Generator().manual_seed(seed)
     maps = torch.rand(images.shape[0], *images.shape[-2:], generator=generator)
-    return finish(maps.to(device=images.device, dtype=images.dtype), normalize)
+    return maps.to(device=images.device, dtype=images.dtype)
 
 
 # Rows a method table may add as references; they are not explanations.

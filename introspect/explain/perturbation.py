@@ -13,16 +13,16 @@ from torch import nn
 from introspect.explain.core import (
     Baseline,
     ExplanationError,
+    MapCall,
     Target,
     baseline_images,
     check_fraction,
     check_images,
     check_positive_int,
     explaining,
-    finish,
+    map_method,
     resolve_targets,
 )
-from introspect.explain.layers import LayerSpec
 
 
 def _probabilities(
@@ -68,12 +68,9 @@ def rise_masks(
     return masks.to(device=device, dtype=dtype)
 
 
+@map_method
 def rise(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
+    call: MapCall,
     *,
     masks: int = 1000,
     cells: int = 8,
@@ -91,16 +88,15 @@ def rise(
     ``layer`` is ignored. Other arguments and the output as for
     :func:`~introspect.explain.gradcam`.
     """
-    check_images(images)
     check_positive_int("batch_size", batch_size)
-    x = images.detach()
+    model, x = call.model, call.images.detach()
     with explaining(model), torch.no_grad():
         grids = rise_masks(
             masks, cells, x.shape[-2:], p=p, seed=seed, device=x.device, dtype=x.dtype
         )
         fill = baseline_images(x, baseline)
         heat = torch.zeros(x.shape[0], *x.shape[-2:], dtype=x.dtype, device=x.device)
-        classes, _ = _probabilities(model, x, target)
+        classes, _ = _probabilities(model, x, call.target)
         for begin in range(0, x.shape[0] * masks, batch_size):
             index = torch.arange(
                 begin, min(begin + batch_size, x.shape[0] * masks), device=x.device
@@ -110,7 +106,7 @@ def rise(
             masked = m * x[image] + (1 - m) * fill[image]
             probs = model(masked).softmax(dim=1).gather(1, classes[image, None])[:, 0]
             heat.index_add_(0, image, probs[:, None, None] * grids[which])
-    return finish(heat / (masks * p), normalize)
+    return heat / (masks * p)
 
 
 def superpixels(
@@ -181,12 +177,9 @@ def weighted_ridge(
     return torch.linalg.solve(gram, zc.T @ (weights * yc))
 
 
+@map_method
 def lime(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
+    call: MapCall,
     *,
     samples: int = 500,
     segments: int | torch.Tensor = 50,
@@ -209,7 +202,6 @@ def lime(
     Perturbed images go through the model ``batch_size`` at a time. ``layer`` is ignored.
     Other arguments and the output as for :func:`~introspect.explain.gradcam`.
     """
-    check_images(images)
     check_positive_int("samples", samples)
     check_positive_int("batch_size", batch_size)
     if isinstance(kernel_width, bool) or not isinstance(kernel_width, int | float):
@@ -218,13 +210,13 @@ def lime(
         raise ExplanationError(f"kernel_width must be a positive number, got {kernel_width!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha < 0:
         raise ExplanationError(f"alpha must be a non-negative number, got {alpha!r}")
-    x = images.detach()
+    model, x = call.model, call.images.detach()
     labels = _segment_labels(x, segments)
     generator = torch.Generator().manual_seed(seed)
     with explaining(model), torch.no_grad():
         fill = baseline_images(x, baseline)
         maps = torch.zeros(x.shape[0], *x.shape[-2:], dtype=x.dtype, device=x.device)
-        classes, _ = _probabilities(model, x, target)
+        classes, _ = _probabilities(model, x, call.target)
         for b in range(x.shape[0]):
             features = int(labels[b].max()) + 1
             z = lime_samples(samples, features, generator)
@@ -240,4 +232,4 @@ def lime(
             weights = torch.exp(-(distance**2) / (2 * kernel_width**2))
             coef = weighted_ridge(z, y, weights, float(alpha))
             maps[b] = coef.to(maps)[labels[b]]
-    return finish(maps, normalize)
+    return maps

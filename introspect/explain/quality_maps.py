@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from introspect.explain.class_maps import _cam
-from introspect.explain.core import ExplanationError, check_images, explaining, finish
+from introspect.explain.core import ExplanationError, MapCall, check_images, explaining, finish
 from introspect.explain.figure import _overlay, _save, display_image
 from introspect.explain.layers import LayerSpec
 
@@ -31,7 +31,7 @@ def quality_gradcam(
     model: nn.Module, images: torch.Tensor, layer: LayerSpec = None, normalize: bool = True
 ) -> torch.Tensor:
     """Grad-CAM of the score, "why q?": ``(B, H, W)`` maps as ``explain.gradcam`` returns."""
-    return finish(_cam(model, images, layer, _score, sign=1.0), normalize)
+    return finish(_cam(MapCall(model, images, layer, None), _score, sign=1.0), normalize)
 
 
 def quality_contrast_cam(
@@ -51,7 +51,7 @@ def quality_contrast_cam(
     def loss(outputs: torch.Tensor) -> torch.Tensor:
         return (_score(outputs) - level) ** 2
 
-    return finish(_cam(model, images, layer, loss, sign=1.0), normalize)
+    return finish(_cam(MapCall(model, images, layer, None), loss, sign=1.0), normalize)
 
 
 def quality_figure(

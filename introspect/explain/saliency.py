@@ -20,23 +20,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from introspect.explain.class_maps import class_logit, gradcam
 from introspect.explain.core import (
     Baseline,
     ExplanationError,
-    Target,
+    MapCall,
     baseline_images,
-    check_images,
     check_positive_int,
     explaining,
-    finish,
     grad_input,
+    map_method,
     resolve_targets,
 )
-from introspect.explain.layers import LayerSpec
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -92,56 +89,36 @@ class _ReplaceReLU(TorchFunctionMode):
         return out
 
 
-def _input_gradient(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: Target,
-    rule: type[torch.autograd.Function] | None = None,
-) -> torch.Tensor:
-    """``d z_target / d images``, through ReLUs replaced by ``rule`` when given."""
-    check_images(images)
-    with explaining(model):
-        x = grad_input(images)
+def _saliency(call: MapCall, rule: type[torch.autograd.Function] | None = None) -> torch.Tensor:
+    """``max_c |d z_target / d x_c|``, through ReLUs replaced by ``rule`` when given."""
+    with explaining(call.model):
+        x = grad_input(call.images)
         if rule is None:
-            logits = model(x)
+            logits = call.model(x)
         else:
             with _ReplaceReLU(rule) as mode:
-                logits = model(x)
+                logits = call.model(x)
             if mode.calls == 0:
                 raise ExplanationError(
                     "the model runs no ReLU (nn.ReLU, F.relu, torch.relu or Tensor.relu), so "
                     "guided backpropagation and deconvnet cannot modify its backward pass"
                 )
-        (grad,) = torch.autograd.grad(class_logit(logits, target).sum(), x)
-    return grad
-
-
-def _saliency(grad: torch.Tensor) -> torch.Tensor:
+        (grad,) = torch.autograd.grad(class_logit(logits, call.target).sum(), x)
     return grad.abs().amax(dim=1)
 
 
-def vanilla_gradient(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+@map_method
+def vanilla_gradient(call: MapCall) -> torch.Tensor:
     """Vanilla gradient saliency ``max_c |d z_target / d x_c|`` as ``(B, H, W)`` maps.
 
     ``layer`` is ignored (the map lives in input space); it is accepted so that every method
     shares one signature. ``target`` and ``normalize`` as for :func:`~introspect.explain.gradcam`.
     """
-    return finish(_saliency(_input_gradient(model, images, target)), normalize)
+    return _saliency(call)
 
 
-def guided_backprop(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+@map_method
+def guided_backprop(call: MapCall) -> torch.Tensor:
     """Guided backpropagation saliency ``max_c |g_c|``: at every ReLU only positive gradients
     pass, and only where the ReLU's input was positive.
 
@@ -150,38 +127,27 @@ def guided_backprop(
     ``clamp(min=0)`` are not (see the module docstring). ``ExplanationError`` if the model
     runs none. Arguments and output as for :func:`vanilla_gradient`.
     """
-    return finish(_saliency(_input_gradient(model, images, target, _GuidedReLU)), normalize)
+    return _saliency(call, _GuidedReLU)
 
 
-def deconvnet(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+@map_method
+def deconvnet(call: MapCall) -> torch.Tensor:
     """Deconvnet saliency ``max_c |g_c|``: at every ReLU the gradient is rectified, whatever
     the ReLU's input was. The same ReLUs as in :func:`guided_backprop` are affected.
     Arguments and output as for :func:`vanilla_gradient`.
     """
-    return finish(_saliency(_input_gradient(model, images, target, _DeconvReLU)), normalize)
+    return _saliency(call, _DeconvReLU)
 
 
-def guided_gradcam(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
-) -> torch.Tensor:
+@map_method
+def guided_gradcam(call: MapCall) -> torch.Tensor:
     """Guided Grad-CAM: the guided backpropagation map times the Grad-CAM map, pixel by pixel.
 
     Both factors are taken unnormalized; the product is then min-max normalized per image
     unless ``normalize=False``. Arguments as for :func:`~introspect.explain.gradcam`.
     """
-    guided = guided_backprop(model, images, target=target, normalize=False)
-    cam = gradcam(model, images, layer, target, normalize=False)
-    return finish(guided * cam, normalize)
+    guided = guided_backprop(call.model, call.images, target=call.target, normalize=False)
+    return guided * gradcam(*call, normalize=False)
 
 
 def _starts(size: int, patch: int, stride: int) -> torch.Tensor:
@@ -198,12 +164,9 @@ def _coverage(starts: torch.Tensor, patch: int, size: int) -> torch.Tensor:
     return (pixels >= starts[:, None]) & (pixels < starts[:, None] + patch)
 
 
+@map_method
 def occlusion(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: LayerSpec = None,
-    target: Target = None,
-    normalize: bool = True,
+    call: MapCall,
     *,
     patch: int = 8,
     stride: int = 4,
@@ -223,10 +186,9 @@ def occlusion(
     :func:`~introspect.explain.gradcam`. Normalized maps are min-max scaled, so the pixel
     with the smallest drop (possibly a rise) maps to 0.
     """
-    check_images(images)
     for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
         check_positive_int(name, value)
-    x = images.detach()
+    model, target, x = call.model, call.target, call.images.detach()
     fill = baseline_images(x, baseline)
     height, width = x.shape[-2:]
     rows = _coverage(_starts(height, min(patch, height), stride), min(patch, height), height)
@@ -246,5 +208,4 @@ def occlusion(
             occluded = torch.where(masks[:, None], fill[image], x[image])
             probs = model(occluded).softmax(dim=1).gather(1, classes[image, None])[:, 0]
             heat.index_add_(0, image, (clean[image] - probs)[:, None, None] * masks)
-    covering = rows.sum(0)[:, None] * cols.sum(0)[None, :]
-    return finish(heat / covering, normalize)
+    return heat / (rows.sum(0)[:, None] * cols.sum(0)[None, :])

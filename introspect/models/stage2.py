@@ -295,10 +295,16 @@ class ProbeClassifier(StageTwoClassifier):
         self, images: torch.Tensor, *, penultimate: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Penultimate activations (L2-normalized per sample when ``normalize == "l2"``)."""
-        if penultimate is None:
-            with torch.no_grad():
-                _, penultimate = self.backbone.forward_features(images)
-        return normalize_features(penultimate, self.extraction_normalize())
+        return normalize_features(
+            self.penultimate(images, penultimate), self.extraction_normalize()
+        )
+
+    def penultimate(self, images: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+        """``given`` if not ``None``, else the backbone's penultimate activations of ``images``."""
+        if given is not None:
+            return given
+        with torch.no_grad():
+            return self.backbone.forward_features(images)[1]
 
 
 def features_and_output(h: torch.Tensor, head: nn.Linear, normalize: str) -> torch.Tensor:
@@ -328,7 +334,5 @@ class ProbeWithOutputClassifier(ProbeClassifier):
         self, images: torch.Tensor, *, penultimate: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``features_and_output`` of ``images``' penultimate activations."""
-        if penultimate is None:
-            with torch.no_grad():
-                _, penultimate = self.backbone.forward_features(images)
-        return features_and_output(penultimate, self.backbone.head, self.extraction_normalize())
+        h = self.penultimate(images, penultimate)
+        return features_and_output(h, self.backbone.head, self.extraction_normalize())

@@ -10,16 +10,15 @@ trained model's maps by Spearman rank correlation and SSIM, per image.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from introspect.explain.core import ExplanationError, check_images, explaining
+from introspect.explain.core import ExplanationError, MapMethod, check_images, explaining
 
-MapMethod = Callable[..., torch.Tensor]
 ORDERS = ("cascading", "independent")
 
 

@@ -8,7 +8,7 @@ the model predicts on ``x`` (lower = more robust).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,12 +16,12 @@ from torch import nn
 
 from introspect.explain.core import (
     ExplanationError,
+    MapMethod,
     check_images,
+    check_noise,
     check_positive_int,
     explaining,
 )
-
-MapMethod = Callable[..., torch.Tensor]
 
 
 def uniform_noise(images: torch.Tensor, samples: int, radius: float, seed: int = 0) -> torch.Tensor:
@@ -62,10 +62,7 @@ def max_sensitivity(
         if not radius > 0:
             raise ExplanationError(f"radius must be positive, got {radius!r}")
         noise = uniform_noise(x, samples, radius, seed)
-    if noise.ndim != 5 or noise.shape[1:] != x.shape:
-        raise ExplanationError(
-            f"noise must be (samples, {', '.join(map(str, x.shape))}), got {tuple(noise.shape)}"
-        )
+    noise = check_noise(noise, x)
     with explaining(model), torch.no_grad():
         target = model(x).argmax(dim=1)
     reference = method(model, x, layer, target, normalize=False, **options).flatten(1).double()

@@ -44,20 +44,10 @@ def evaluate_sanity(
     steps = even_steps(len(randomizable_layers(model)), points)
     table: dict[str, dict[str, Any]] = {}
     for name, method in methods.items():
-        settings = options.get(name, {})
-        test = model_randomization(
-            method, model, images, layer=layer, options=settings, steps=steps, seed=seed
-        )
+        common = {"layer": layer, "options": options.get(name, {}), "seed": seed}
+        test = model_randomization(method, model, images, steps=steps, **common)
         sensitivity = max_sensitivity(
-            method,
-            model,
-            images,
-            layer=layer,
-            options=settings,
-            samples=samples,
-            radius=radius,
-            seed=seed,
-            batch_size=batch_size,
+            method, model, images, samples=samples, radius=radius, batch_size=batch_size, **common
         )
         finite = sensitivity[sensitivity.isfinite()]
         table[name] = {
