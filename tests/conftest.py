@@ -139,7 +139,8 @@ def single_thread():
 
 def run_two_process_script(tmp_path: Path, script: str) -> dict:
     """Run ``script`` (called as ``script.py PORT OUT``; it spawns two gloo processes and rank
-    zero writes a JSON dict to OUT) and return that dict."""
+    zero writes a JSON dict to OUT) and return that dict; the processes' stderr is written to
+    this process's stderr."""
     import json
     import socket
     import sys
@@ -153,6 +154,7 @@ def run_two_process_script(tmp_path: Path, script: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # A bound on a hang, not on speed: a loaded machine starts the two processes slowly.
     proc = run_isolated([sys.executable, str(path), str(port), str(out)], env=env, timeout=600)
+    sys.stderr.write(proc.stderr)  # the processes' notices, for tests that read them (capfd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -99,7 +99,7 @@ def test_trained_ensemble_members_are_saved_and_reloaded(finished) -> None:
     assert len(results["run"]["ensemble"]["members"]) == 2
     # Re-evaluation reloads the member and the temperatures come out the same.
     again = pipeline.reevaluate(
-        load_run_config(run_dir), run_dir, run_dir / "evaluations" / "again"
+        train_settings(load_run_config(run_dir)), run_dir, run_dir / "evaluations" / "again"
     )
     assert again["run"]["temperatures"] == pytest.approx(results["run"]["temperatures"])
     for head in ("ensemble", "feedforward_ts", "introspective_ts"):

@@ -527,7 +527,7 @@ def run(rank, world, port, out):
     from introspect.jobs.active import Models
     from introspect.stages.stage1 import build_backbone, build_data
     from tests.test_active import make_learner
-    from introspect.jobs.settings import feature_options, head_recipe
+    from introspect.jobs.settings import train_settings
     from introspect.stages.heads import build_head
 
     cfg = load_config({tiny!r})

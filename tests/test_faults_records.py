@@ -480,7 +480,9 @@ def test_a_run_killed_at_more_points_resumes_to_the_same_results(
     assert got["splits"] == want["splits"] and got["summary"] == want["summary"]
     heads = {k: v for k, v in got["integrity"]["files"].items() if k.startswith("stage2/")}
     assert heads == {k: v for k, v in want["integrity"]["files"].items() if k in heads}
-    assert len(heads) == 2  # the resumed run's heads are bit-identical to the uninterrupted's
+    assert (
+        len(heads) == 3
+    )  # introspective, control, control_hp: bit-identical to the uninterrupted run
     assert _status(run_dir)["stages_done"] == ["stage1", "stage2", "evaluation"]
 
 

@@ -143,7 +143,7 @@ def test_clean_metrics_match_a_direct_computation(finished) -> None:
 
 @pytest.mark.slow
 def test_backbone_stays_frozen_through_stage_two(tmp_path: Path, monkeypatch) -> None:
-    cfg = _cfg(tmp_path, "stage2.control=false", "eval.corruptions=[]")
+    cfg = _cfg(tmp_path, "stage2.control=false", "stage2.control_hp=false", "eval.corruptions=[]")
     snapshots = {}
     original = stage2_mod.stage2
 
