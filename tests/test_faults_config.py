@@ -298,7 +298,6 @@ DATA_SETTINGS = {
 CODE_SITES = {
     "introspect/backbones/registry.py": ("backbone.name", "backbone.ensemble_checkpoints[].name"),
     "introspect/backbones/checkpoint.py": ("backbone.trust_checkpoint",),
-    "introspect/explain/__init__.py": (),
     "introspect/lazy.py": (),  # imports a package's own submodules on first use
     "introspect/__init__.py": (),  # imports the public API's fixed modules on first use
     "introspect/runs/provenance.py": (),
